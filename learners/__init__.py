@@ -1,0 +1,1 @@
+"""Ranking and retrieval models, online and full training, embedding snapshots."""

@@ -1,0 +1,1 @@
+"""Serving: exposure filter queries, retrieval, ranking and the HTTP API."""

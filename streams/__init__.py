@@ -1,0 +1,1 @@
+"""Bytewax dataflows over the `interactions` topic, the event contract and replays."""

@@ -1,0 +1,30 @@
+"""Errors of the streaming jobs and the event contract."""
+
+from __future__ import annotations
+
+
+class StreamsError(Exception):
+    """Root of every error raised by `streams`."""
+
+
+class EventError(StreamsError):
+    """An event failed validation; `reason` is a stable code and `field` names the culprit.
+
+    Reasons: `not_json`, `oversized`, `not_object`, `missing_field`, `unknown_field`,
+    `wrong_type`, `bad_value`, `unknown_type`, `unsupported_version`, `late`.
+    """
+
+    def __init__(self, reason: str, field: str | None, detail: str) -> None:
+        self.reason = reason
+        self.field = field
+        self.detail = detail
+        where = f"field `{field}`" if field else "event"
+        super().__init__(f"{reason}: {where}: {detail}")
+
+
+class SourceError(StreamsError):
+    """A replay source cannot be read (missing file, missing required column)."""
+
+
+class KafkaError(StreamsError):
+    """The broker refused or failed an operation; the message says which and what to check."""

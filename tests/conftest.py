@@ -1,0 +1,66 @@
+"""Session fixtures: the real local stack (Tansu broker + Redis) shared by the whole suite."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from infra import stack
+from infra.config import Settings, load_settings
+
+TEST_REDIS_DB = 13
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings from the environment, with a private state directory for this test session."""
+    state_dir = tmp_path_factory.mktemp("stack")
+    return load_settings(env={**_env(), "STREAMREC_STATE_DIR": str(state_dir)})
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
+
+
+@pytest.fixture(scope="session")
+def local_stack(settings: Settings) -> Iterator[stack.StackState]:
+    """Bring the broker and Redis up once per session; stop what was started at the end."""
+    state = stack.up(settings)
+    yield state
+    stack.down(settings)
+
+
+@pytest.fixture(scope="session")
+def bootstrap(local_stack: stack.StackState) -> str:
+    """host:port of the session's Kafka-protocol broker."""
+    return local_stack.bootstrap
+
+
+@pytest.fixture(scope="session")
+def redis_url(local_stack: stack.StackState) -> str:
+    """URL of the test Redis database (a DB of its own, flushed before and after the session)."""
+    base = local_stack.redis_url.rsplit("/", 1)[0]
+    url = f"{base}/{TEST_REDIS_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on the test database."""
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def topic_name() -> str:
+    """A fresh topic-name prefix, so tests never share data on the broker."""
+    return f"t-{uuid.uuid4().hex[:10]}"
