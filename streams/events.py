@@ -36,7 +36,7 @@ NonNeg = Annotated[int, msgspec.Meta(ge=0)]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
 
 
-class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     """One interaction of a user with a note, at event time `ts` (epoch milliseconds)."""
 
     event_id: Id

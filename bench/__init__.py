@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its figures (and the peer's, measured in the same run)."""

@@ -1,0 +1,48 @@
+"""Shared benchmark plumbing: the stack to run against, medians, fresh topic names."""
+
+from __future__ import annotations
+
+import statistics
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from infra import stack
+from infra.config import load_settings
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@contextmanager
+def bench_stack() -> Iterator[stack.StackState]:
+    """Use KAFKA_BOOTSTRAP/REDIS_URL if set, else a stack of its own that is stopped at the end."""
+    settings = load_settings(
+        env={
+            **_env(),
+            "STREAMREC_STATE_DIR": str(Path(".streamrec") / f"bench-{uuid.uuid4().hex[:6]}"),
+        }
+    )
+    state = stack.up(settings)
+    try:
+        yield state
+    finally:
+        stack.down(settings)
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if k in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
+
+
+def fresh_topic(bootstrap: str, prefix: str, partitions: int = 4) -> str:
+    """Create and return a topic with a unique name."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    stack.ensure_topics(bootstrap, [name], partitions)
+    return name
+
+
+def median(values: list[float]) -> float:
+    """Median of the values."""
+    return statistics.median(values)

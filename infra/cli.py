@@ -1,0 +1,230 @@
+"""The `streamrec` command line: one entry point, a subcommand group per job."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from infra import stack
+from infra.config import Settings, load_settings
+from infra.errors import InfraError
+from streams.errors import StreamsError
+
+app = typer.Typer(help="streamrec: streaming features and online learning.", no_args_is_help=True)
+infra_app = typer.Typer(help="The local stack: Kafka-protocol broker and Redis.")
+replay_app = typer.Typer(help="Replay a source into the interactions topic.")
+run_app = typer.Typer(help="Deploy a streaming job.")
+topics_app = typer.Typer(help="Inspect topics.")
+app.add_typer(infra_app, name="infra")
+app.add_typer(replay_app, name="replay")
+app.add_typer(run_app, name="run")
+app.add_typer(topics_app, name="topics")
+
+console = Console()
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file.")]
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def _settings(config: Path | None) -> Settings:
+    return load_settings(config)
+
+
+@infra_app.command("up")
+def infra_up(config: ConfigOpt = None) -> None:
+    """Start (or find) the broker and Redis and create the topics; idempotent."""
+    state = stack.up(_settings(config))
+    console.print(f"kafka  {state.bootstrap}" + (" (started)" if state.kafka.pid else ""))
+    console.print(f"redis  {state.redis_url}" + (" (started)" if state.redis.pid else ""))
+    console.print(f"topics {', '.join(state.topics)}")
+
+
+@infra_app.command("status")
+def infra_status(config: ConfigOpt = None) -> None:
+    """Show where the services run and whether they answer."""
+    report = stack.status(_settings(config))
+    if not report:
+        console.print("no stack recorded here: run `streamrec infra up`")
+        raise typer.Exit(1)
+    for name, info in report.items():
+        state = "answers" if info["answers"] else "DOES NOT ANSWER"
+        origin = "started by infra up" if info["started"] else "found"
+        console.print(f"{name:6} {info['address']}  {state}  ({origin})")
+
+
+@infra_app.command("down")
+def infra_down(config: ConfigOpt = None) -> None:
+    """Stop what `infra up` started (services it only found keep running)."""
+    stopped = stack.down(_settings(config))
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing'}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _replay(source, config: Path | None, rate: float | None, topic: str | None) -> None:
+    from streams.replay import replay
+
+    settings = _settings(config)
+    where = stack.endpoints(settings)
+    topic = topic or settings.kafka.topics.interactions
+    total = source.estimated_total()
+    with _progress() as progress:
+        task = progress.add_task(f"replay {source.name}", total=total, rate="")
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        report = replay(source, where.bootstrap, topic, rate=rate, on_progress=advance)
+        progress.update(task, total=report.events, rate=f"{report.rate:,.0f} ev/s")
+    _print_counts(f"replayed to {topic}", report.by_type)
+    console.print(f"{report.events:,} events in {report.seconds:.2f} s ({report.rate:,.0f}/s)")
+
+
+def _print_counts(title: str, counts: Counter) -> None:
+    table = Table(title=title)
+    table.add_column("type")
+    table.add_column("events", justify="right")
+    for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        table.add_row(str(kind), f"{n:,}")
+    table.add_row("total", f"{sum(counts.values()):,}", style="bold")
+    console.print(table)
+
+
+LimitOpt = Annotated[int | None, typer.Option(help="Stop after this many events.")]
+RateOpt = Annotated[float | None, typer.Option(help="Events per second (default: max).")]
+TopicOpt = Annotated[str | None, typer.Option(help="Target topic (default: interactions).")]
+
+
+@replay_app.command("synthetic")
+def replay_synthetic(
+    limit: Annotated[int, typer.Option(help="Events to produce.")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    users: Annotated[int, typer.Option(help="Number of users.")] = 5_000,
+    notes: Annotated[int, typer.Option(help="Number of notes.")] = 20_000,
+    truth_dir: Annotated[Path | None, typer.Option(help="Where to write ground truth.")] = None,
+    rate: RateOpt = None,
+    topic: TopicOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Replay the seeded synthetic generator (writes its ground truth too)."""
+    from streams.sources.synthetic import SyntheticConfig, SyntheticSource
+
+    source = SyntheticSource(SyntheticConfig(seed=seed, users=users, notes=notes), limit=limit)
+    settings = _settings(config)
+    truth = truth_dir or Path(settings.stack.state_dir) / "truth" / f"synthetic-{seed}"
+    source.write_truth(truth)
+    console.print(f"ground truth: {truth}")
+    _replay(source, config, rate, topic)
+
+
+@replay_app.command("movielens")
+def replay_movielens(
+    path: Annotated[Path, typer.Argument(help="u.data file.")] = DATA / "movielens-100k" / "u.data",
+    limit: LimitOpt = None,
+    rate: RateOpt = None,
+    topic: TopicOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Replay MovieLens ratings (impression + click, rating >= 4 also like)."""
+    from streams.sources.movielens import MovieLensSource
+
+    _replay(MovieLensSource(path, limit=limit), config, rate, topic)
+
+
+@replay_app.command("kuairand")
+def replay_kuairand(
+    path: Annotated[Path, typer.Argument(help="KuaiRand log (CSV/TSV).")] = DATA
+    / "kuairand-27k-likehate"
+    / "processed_standard_kcore_15.tsv",
+    limit: LimitOpt = None,
+    rate: RateOpt = None,
+    topic: TopicOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Replay a KuaiRand log, re-sorted by time (mapping in docs/sources.md)."""
+    from streams.sources.kuairand import KuaiRandSource
+
+    _replay(KuaiRandSource(path, limit=limit), config, rate, topic)
+
+
+@topics_app.command("summary")
+def topics_summary(topic: TopicOpt = None, config: ConfigOpt = None) -> None:
+    """Count the events in a topic by type, and the dead letters by reason."""
+    from streams.summary import summarize_dead_letters, summarize_events
+
+    settings = _settings(config)
+    where = stack.endpoints(settings)
+    topic = topic or settings.kafka.topics.interactions
+    summary = summarize_events(where.bootstrap, topic)
+    _print_counts(f"{topic}: events by type", summary.by_type)
+    if summary.invalid:
+        _print_counts(f"{topic}: invalid messages by reason", summary.invalid)
+    dead = summarize_dead_letters(where.bootstrap, settings.kafka.topics.dlq)
+    _print_counts(
+        f"{settings.kafka.topics.dlq}: dead letters by reason",
+        Counter({f"{r} ({f})" if f else r: n for (r, f), n in dead.items()}),
+    )
+
+
+UntilEndOpt = Annotated[
+    bool, typer.Option("--until-end", help="Bounded run: stop at the end of the topic.")
+]
+
+
+@run_app.command("validate")
+def run_validate(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> None:
+    """Audit interactions: invalid events to the DLQ with their reason, valid ones counted."""
+    from bytewax.connectors.kafka import KafkaSink
+    from bytewax.testing import run_main
+
+    from streams.kafka_io import KafkaBatchSource
+    from streams.sinks import CallbackSink
+    from streams.validate import build_flow
+
+    settings = _settings(config)
+    where = stack.endpoints(settings)
+    topics = settings.kafka.topics
+    totals: Counter = Counter()
+    flow = build_flow(
+        KafkaBatchSource(where.bootstrap, topics.interactions, tail=not until_end),
+        CallbackSink(lambda item: totals.update(item[1])),
+        KafkaSink([where.bootstrap], topics.dlq),
+        settings.events.max_bytes,
+    )
+    run_main(flow)
+    _print_counts("valid events by type", totals)
+
+
+@app.command("demo")
+def demo(
+    events: Annotated[int, typer.Option(help="Synthetic events to replay.")] = 100_000,
+    config: ConfigOpt = None,
+) -> None:
+    """Bring the stack up, replay synthetic events and summarise what is in Kafka."""
+    infra_up(config)
+    replay_synthetic(limit=events, config=config)
+    topics_summary(config=config)
+
+
+def main() -> None:
+    """Entry point: run the app, turning known errors into one-line messages."""
+    try:
+        app()
+    except (InfraError, StreamsError) as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from None

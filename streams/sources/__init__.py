@@ -1,0 +1,48 @@
+"""Replay sources: each yields batches of events in event-time order, deterministically."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import numpy as np
+
+from streams.events import Event
+
+
+class EventSource(Protocol):
+    """A replayable source of events in event-time order."""
+
+    name: str
+
+    def batches(self) -> Iterator[list[Event]]:
+        """Yield lists of events; concatenated they are sorted by `ts`."""
+        ...
+
+    def estimated_total(self) -> int | None:
+        """Return how many events the source will yield, if known cheaply."""
+        ...
+
+
+def expand_rows(
+    base_ts: np.ndarray, parts: list[tuple[str, int, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expand rows into events (one per part whose mask is set) sorted by event time.
+
+    Args:
+        base_ts: event time in ms of each row, shape (R,).
+        parts: (event type, offset in ms added to the row's time, boolean mask (R,)) per part,
+            in the order events of the same row and time are emitted.
+
+    Returns:
+        (ts, part index, row index) of every event, sorted by ts, then row order, then part.
+    """
+    ts, part, row = [], [], []
+    for i, (_, offset, mask) in enumerate(parts):
+        rows = np.flatnonzero(mask)
+        ts.append(base_ts[rows] + offset)
+        part.append(np.full(len(rows), i, dtype=np.int64))
+        row.append(rows)
+    ts_all, part_all, row_all = np.concatenate(ts), np.concatenate(part), np.concatenate(row)
+    order = np.lexsort((part_all, row_all, ts_all))
+    return ts_all[order], part_all[order], row_all[order]

@@ -1,0 +1,89 @@
+"""The local stack: idempotent up, down stops only what up started, clear errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from infra import stack
+from infra.config import load_settings
+from infra.errors import ConfigError, StackError
+
+
+def test_up_twice_then_down(tmp_path: Path, redis_url: str) -> None:
+    settings = load_settings(env={"STREAMREC_STATE_DIR": str(tmp_path), "REDIS_URL": redis_url})
+    first = stack.up(settings)
+    try:
+        assert first.kafka.pid is not None  # a broker of its own was started
+        assert first.redis.pid is None  # the Redis it was given is only used
+        second = stack.up(settings)
+        assert second == first
+        topics = AdminClient({"bootstrap.servers": first.bootstrap}).list_topics(timeout=10)
+        for name in settings.kafka.topics.all_names():
+            assert len(topics.topics[name].partitions) == settings.kafka.topics.partitions
+        report = stack.status(settings)
+        assert report["kafka"]["answers"] and report["redis"]["answers"]
+    finally:
+        stopped = stack.down(settings)
+    assert stopped == ["kafka"]
+    assert not stack.kafka_answers(first.bootstrap, 1.0)
+    assert stack.redis_answers(redis_url)  # a found Redis is never stopped
+    assert stack.status(settings) == {}
+
+
+def test_redis_is_started_when_none_answers(tmp_path: Path, bootstrap: str) -> None:
+    settings = load_settings(env={"STREAMREC_STATE_DIR": str(tmp_path), "KAFKA_BOOTSTRAP":
+                                  bootstrap})  # fmt: skip
+    settings = settings.model_copy(
+        update={
+            "stack": settings.stack.model_copy(update={"default_redis": "redis://127.0.0.1:1/0"})
+        }
+    )
+    state = stack.up(settings)
+    try:
+        assert state.redis.pid is not None
+        assert state.kafka.pid is None and state.bootstrap == bootstrap
+        assert stack.redis_answers(state.redis_url)
+    finally:
+        assert stack.down(settings) == ["redis"]
+    assert not stack.redis_answers(state.redis_url)
+    assert stack.kafka_answers(bootstrap)
+
+
+def test_unreachable_broker_is_a_one_line_error(tmp_path: Path) -> None:
+    settings = load_settings(
+        env={"STREAMREC_STATE_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    )
+    with pytest.raises(StackError, match=r"KAFKA_BOOTSTRAP=127\.0\.0\.1:1"):
+        stack.up(settings)
+
+
+def test_endpoints_without_up_says_what_to_do(tmp_path: Path) -> None:
+    settings = load_settings(env={"STREAMREC_STATE_DIR": str(tmp_path)})
+    with pytest.raises(StackError, match="streamrec infra up"):
+        stack.endpoints(settings)
+
+
+def test_bad_config_file_names_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("kafka:\n  topics:\n    partitions: 0\n")
+    with pytest.raises(ConfigError, match="partitions"):
+        load_settings(path, env={})
+
+
+def test_cli_error_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "STREAMREC_STATE_DIR": str(tmp_path)}
+    env.pop("KAFKA_BOOTSTRAP", None)
+    env.pop("REDIS_URL", None)
+    cli = Path(sys.executable).with_name("streamrec")
+    done = subprocess.run(
+        [cli, "topics", "summary"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "streamrec infra up" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,130 @@
+"""The event contract: round trips, every malformed family, and fuzzing of the decoder."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.errors import EventError
+from streams.events import (
+    EVENT_TYPES,
+    Event,
+    dead_letter,
+    decode_dead_letter,
+    decode_event,
+    encode_dead_letter,
+    encode_event,
+)
+
+
+def make_event(kind: str, i: int = 0) -> Event:
+    extra = {"watch_ms": 1234, "duration_ms": 5000} if kind == "play" else {}
+    return Event(
+        event_id=f"e{i}-{kind}", ts=1_700_000_000_000 + i, user_id=f"u{i}", note_id=f"n{i}",
+        type=kind, author_id="a1", category="c1", request_id=f"r{i}", position=i % 10, **extra,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", EVENT_TYPES)
+def test_every_type_round_trips(kind: str) -> None:
+    event = make_event(kind)
+    assert decode_event(encode_event(event)) == event
+
+
+VALID = {"event_id": "e1", "ts": 1, "user_id": "u", "note_id": "n", "type": "click"}
+
+MALFORMED = [
+    (b"not json at all", "not_json", None),
+    (b'{"event_id": "e1", "ts": 1', "not_json", None),
+    (b"[1, 2, 3]", "not_object", None),
+    (msgspec.json.encode({**VALID, "ts": "1"}), "wrong_type", "ts"),
+    (msgspec.json.encode({**VALID, "user_id": 5}), "wrong_type", "user_id"),
+    (msgspec.json.encode({**VALID, "ts": 1.5}), "wrong_type", "ts"),
+    (msgspec.json.encode({k: v for k, v in VALID.items() if k != "note_id"}), "missing_field",
+     "note_id"),
+    (msgspec.json.encode({**VALID, "type": "teleport"}), "unknown_type", "type"),
+    (msgspec.json.encode({**VALID, "ts": -5}), "bad_value", "ts"),
+    (msgspec.json.encode({**VALID, "watch_ms": -1}), "bad_value", "watch_ms"),
+    (msgspec.json.encode({**VALID, "user_id": ""}), "bad_value", "user_id"),
+    (msgspec.json.encode({**VALID, "colour": "red"}), "unknown_field", "colour"),
+    (msgspec.json.encode({**VALID, "type": "play"}), "missing_field", "watch_ms"),
+    (msgspec.json.encode({**VALID, "v": 2}), "unsupported_version", "v"),
+    (msgspec.json.encode({**VALID, "category": "x" * 20_000}), "oversized", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "reason", "field"), MALFORMED)
+def test_malformed_names_reason_and_field(raw: bytes, reason: str, field: str | None) -> None:
+    with pytest.raises(EventError) as info:
+        decode_event(raw)
+    assert info.value.reason == reason
+    assert info.value.field == field
+    if field:
+        assert f"`{field}`" in str(info.value)
+
+
+def test_dead_letter_round_trip_keeps_original_bytes() -> None:
+    raw = b"\xff\x00 binary garbage"
+    with pytest.raises(EventError) as info:
+        decode_event(raw)
+    letter = dead_letter(raw, info.value, "test", "interactions", 3, 42)
+    back = decode_dead_letter(encode_dead_letter(letter))
+    assert back.original == raw
+    assert (back.reason, back.source_topic, back.partition, back.offset) == (
+        "not_json", "interactions", 3, 42,
+    )  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=400))
+def test_decoder_never_fails_unexpectedly_on_bytes(raw: bytes) -> None:
+    try:
+        event = decode_event(raw)
+    except EventError as exc:
+        assert exc.reason
+    else:
+        assert isinstance(event, Event)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from([*VALID, "watch_ms", "position", "x"]), json_values))
+def test_decoder_classifies_arbitrary_objects(obj: dict) -> None:
+    raw = msgspec.json.encode({**VALID, **obj})
+    try:
+        decode_event(raw)
+    except EventError as exc:
+        assert exc.reason in {
+            "wrong_type", "bad_value", "unknown_type", "missing_field", "unknown_field",
+            "unsupported_version",
+        }  # fmt: skip
+        assert exc.field is not None
+
+
+ids = st.text(min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(EVENT_TYPES),
+    ts=st.integers(0, 2**53),
+    user=ids,
+    note=ids,
+    watch=st.integers(0, 10**9),
+    position=st.none() | st.integers(0, 10**6),
+)
+def test_valid_events_round_trip(kind, ts, user, note, watch, position) -> None:
+    event = Event(
+        event_id=f"{user}:{ts}", ts=ts, user_id=user, note_id=note, type=kind, position=position,
+        watch_ms=watch if kind == "play" else None,
+    )  # fmt: skip
+    assert decode_event(encode_event(event)) == event
