@@ -1,0 +1,50 @@
+"""A plain pandas computation of the window statistics, the ground truth the stats job must match.
+
+It applies the sawtooth definition in `streams.tiles` directly to a table of events: a window
+(length w, hop h) as of W sums the events whose tile floor(ts/h) lies in (floor(W/h) - w/h,
+floor(W/h)]. Late events (older than their partition's running maximum minus the lateness) are
+excluded, as the job sends them to the DLQ.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from streams.events import Event
+from streams.tiles import COMPLETION_FRACTION, METRICS, TYPE_METRIC, WINDOWS
+
+
+def events_frame(events: list[Event]) -> pd.DataFrame:
+    """Tabulate events: ts, type, user_id, note_id, watch_ms, completed."""
+    frame = pd.DataFrame(
+        {
+            "ts": [e.ts for e in events],
+            "type": [e.type for e in events],
+            "user_id": [e.user_id for e in events],
+            "note_id": [e.note_id for e in events],
+            "watch_ms": [e.watch_ms or 0 for e in events],
+            "duration_ms": [e.duration_ms or 0 for e in events],
+        }
+    )
+    frame["completed"] = (frame.duration_ms > 0) & (
+        frame.watch_ms >= COMPLETION_FRACTION * frame.duration_ms
+    )
+    return frame
+
+
+def reference_counts(frame: pd.DataFrame, key: str, as_of: int) -> pd.DataFrame:
+    """Return one row per entity of `key` with `<metric>_<window>` counts as of `as_of`."""
+    columns = {}
+    for w in WINDOWS:
+        last = as_of // w.hop_ms
+        tile = frame.ts // w.hop_ms
+        inside = frame[(tile > last - w.tiles) & (tile <= last)]
+        grouped = inside.groupby(key)
+        for kind, index in TYPE_METRIC.items():
+            metric = METRICS[index]
+            columns[f"{metric}_{w.name}"] = (inside.type == kind).groupby(inside[key]).sum()
+        columns[f"watch_ms_{w.name}"] = grouped.watch_ms.sum()
+        columns[f"completions_{w.name}"] = grouped.completed.sum()
+    out = pd.DataFrame(columns).reindex(frame[key].unique()).fillna(0).astype(np.int64)
+    return out.sort_index()

@@ -1,0 +1,264 @@
+"""The stats job: multi-window statistics of every user and note, kept fresh in Feast (Redis).
+
+Dataflow: Kafka batches -> per Kafka partition: decode (bad -> DLQ), columns, late filter
+(late -> DLQ, reason `late`) -> split into user shards and note shards (stable hash of the id)
+-> per-shard tile rings -> every `flush_interval_ms` of wall time, the changed entities' window
+counts (`StatsFlush`) -> the online sink. Every shard receives every batch's event-time maximum,
+even when none of the batch's entities belong to it, so all shards share one clock; as that clock
+moves, entities whose windows lose a tile are rewritten too ("idle-key refresh"), so a value read
+at any time is right as of the flow's event-time high-water mark.
+"""
+
+from __future__ import annotations
+
+import copy
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import bytewax.operators as op
+import numpy as np
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulLogic
+from bytewax.outputs import DynamicSink, Sink
+from pydantic import BaseModel, ConfigDict, Field
+
+from streams.decode import Decoded, decode_batch
+from streams.errors import EventError
+from streams.events import Event, dead_letter, encode_dead_letter, encode_event
+from streams.kafka_io import RawBatch
+from streams.tiles import COMPLETION_FRACTION, TYPE_METRIC, TileStore, event_metrics
+
+VIEWS = {"u": "user_stats", "n": "note_stats"}
+
+
+class StatsConfig(BaseModel):
+    """Settings of the stats job."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    allowed_lateness_ms: int = Field(default=600_000, ge=0)
+    """An event older than its partition's event-time high-water mark minus this is `late`."""
+    shards: int = Field(default=8, ge=1, le=1024)
+    """State shards per entity kind; fixed for the life of a recovery store."""
+    flush_interval_ms: int = Field(default=200, ge=1)
+    """Wall-clock interval at which changed entities are written (coalescing their updates)."""
+    max_bytes: int = Field(default=16_384, ge=256)
+    """Payload size limit of the decoder."""
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The valid events of one batch as columns."""
+
+    partition: int
+    ts: np.ndarray
+    kind: np.ndarray
+    watch: np.ndarray
+    completed: np.ndarray
+    users: list[str]
+    notes: list[str]
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardBatch:
+    """The part of a batch one shard owns, plus the batch's event-time maximum."""
+
+    view: str
+    max_ts: int
+    ids: list[str]
+    ts: np.ndarray
+    metrics: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class StatsFlush:
+    """Window counts of changed entities of one view, valid as of event time `as_of_ms`."""
+
+    view: str
+    ids: list[str]
+    counts: dict[str, np.ndarray]
+    as_of_ms: int
+
+
+def to_columns(decoded: Decoded) -> Columns:
+    """Turn a decoded batch into columns."""
+    events = decoded.events
+    n = len(events)
+    ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=n)
+    kind = np.fromiter((TYPE_METRIC[e.type] for e in events), dtype=np.int64, count=n)
+    watch = np.fromiter((e.watch_ms or 0 for e in events), dtype=np.int64, count=n)
+    duration = np.fromiter((e.duration_ms or 0 for e in events), dtype=np.int64, count=n)
+    completed = (duration > 0) & (watch >= COMPLETION_FRACTION * duration)
+    return Columns(
+        decoded.partition, ts, kind, watch, completed,
+        [e.user_id for e in events], [e.note_id for e in events], events,
+    )  # fmt: skip
+
+
+def shard_of(key: str, shards: int) -> int:
+    """Stable shard of an entity id (crc32, the same in every process)."""
+    return zlib.crc32(key.encode()) % shards
+
+
+def split_late(
+    hwm: int | None, cols: Columns, lateness: int
+) -> tuple[int | None, Columns, list[KafkaSinkMessage]]:
+    """Drop events older than the partition's high-water mark minus `lateness`.
+
+    Returns:
+        (new high-water mark, the events on time, dead letters of the late ones).
+    """
+    if len(cols.ts) == 0:
+        return hwm, cols, []
+    # An event is late against the high-water mark of everything before it in the partition.
+    running = np.maximum.accumulate(cols.ts)
+    start = cols.ts[0] if hwm is None else hwm
+    before = np.maximum(np.r_[start, running[:-1]], start)
+    late = cols.ts < before - lateness
+    new_hwm = int(max(start, running[-1]))
+    if not late.any():
+        return new_hwm, cols, []
+    letters = []
+    for i in np.flatnonzero(late).tolist():
+        err = EventError(
+            "late", "ts", f"ts {cols.ts[i]} is older than the partition's high-water mark "
+            f"{before[i]} minus the allowed lateness {lateness} ms",
+        )  # fmt: skip
+        letter = dead_letter(encode_event(cols.events[i]), err, "stats", partition=cols.partition)
+        letters.append(KafkaSinkMessage(cols.users[i].encode(), encode_dead_letter(letter)))
+    keep = np.flatnonzero(~late).tolist()
+    kept = Columns(
+        cols.partition, cols.ts[keep], cols.kind[keep], cols.watch[keep], cols.completed[keep],
+        [cols.users[i] for i in keep], [cols.notes[i] for i in keep],
+        [cols.events[i] for i in keep],
+    )  # fmt: skip
+    return new_hwm, kept, letters
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What the per-partition ingest step emits for one raw batch."""
+
+    parts: list[tuple[str, ShardBatch]]
+    dead: list[KafkaSinkMessage]
+
+
+def ingest(hwm: int | None, batch: RawBatch, config: StatsConfig) -> tuple[int | None, Ingested]:
+    """Decode a raw batch, drop late events, and split the rest into shard parts."""
+    decoded = decode_batch(batch, "stats", config.max_bytes)
+    hwm, cols, late = split_late(hwm, to_columns(decoded), config.allowed_lateness_ms)
+    return hwm, Ingested(shard_batches(cols, config.shards), decoded.dead + late)
+
+
+def shard_batches(cols: Columns, shards: int) -> list[tuple[str, ShardBatch]]:
+    """Split a batch into one (shard key, part) per user shard and per note shard."""
+    if len(cols.ts) == 0:
+        return []
+    metrics = event_metrics(cols.kind, cols.watch, cols.completed)
+    max_ts = int(cols.ts.max())
+    out = []
+    for prefix, ids in (("u", cols.users), ("n", cols.notes)):
+        shard = np.fromiter((shard_of(k, shards) for k in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(shard, kind="stable")
+        bounds = np.searchsorted(shard[order], np.arange(shards + 1))
+        for s in range(shards):
+            sel = order[bounds[s] : bounds[s + 1]]
+            part = ShardBatch(VIEWS[prefix], max_ts, [ids[i] for i in sel], cols.ts[sel],
+                              metrics[sel])  # fmt: skip
+            out.append((f"{prefix}{s}", part))
+    return out
+
+
+@dataclass
+class ShardState:
+    """Recoverable state of one shard."""
+
+    store: TileStore
+    view: str = ""
+    hwm: int | None = None
+    refreshed_to: int | None = None
+    dirty: set[int] | None = None
+
+
+class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
+    """Keeps one shard's tiles; emits the changed entities every flush interval."""
+
+    def __init__(self, state: ShardState, flush_interval_ms: int) -> None:
+        self.state = state
+        if state.dirty is None:
+            state.dirty = set()
+        self.interval = timedelta(milliseconds=flush_interval_ms)
+        self.next_flush: datetime | None = None
+
+    def on_item(self, value: ShardBatch) -> tuple[list[StatsFlush], bool]:
+        st = self.state
+        st.view = value.view
+        st.hwm = value.max_ts if st.hwm is None else max(st.hwm, value.max_ts)
+        if value.ids:
+            rows = st.store.rows_for(value.ids)
+            st.store.add(rows, value.ts, value.metrics, st.hwm)
+            st.dirty.update(rows.tolist())
+        if st.refreshed_to is not None and st.hwm > st.refreshed_to:
+            st.dirty.update(st.store.rows_changed_by_time(st.refreshed_to, st.hwm).tolist())
+        st.refreshed_to = st.hwm
+        now = datetime.now(UTC)
+        if self.next_flush is None:
+            self.next_flush = now + self.interval
+        if now >= self.next_flush:
+            return self._flush(), StatefulLogic.RETAIN
+        return [], StatefulLogic.RETAIN
+
+    def _flush(self) -> list[StatsFlush]:
+        st = self.state
+        self.next_flush = datetime.now(UTC) + self.interval
+        if not st.dirty or st.hwm is None:
+            return []
+        rows = np.fromiter(sorted(st.dirty), dtype=np.int64, count=len(st.dirty))
+        st.dirty.clear()
+        counts = st.store.window_counts(rows, st.hwm)
+        ids = [st.store.ids[r] for r in rows.tolist()]
+        return [StatsFlush(st.view, ids, counts, st.hwm)]
+
+    def on_notify(self) -> tuple[list[StatsFlush], bool]:
+        return self._flush(), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[StatsFlush], bool]:
+        return self._flush(), StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return self.next_flush if self.state.dirty else None
+
+    def snapshot(self) -> ShardState:
+        return copy.deepcopy(self.state)
+
+
+def build_flow(
+    source: Source[RawBatch], sink: Sink[StatsFlush], dlq: DynamicSink, config: StatsConfig
+) -> Dataflow:
+    """Build the stats dataflow.
+
+    Args:
+        source: raw Kafka batches (`KafkaBatchSource` or a `TestingSource` of `RawBatch`).
+        sink: receives `StatsFlush` items (the Feast online writer in production).
+        dlq: receives dead letters (undecodable and late events).
+        config: job settings.
+    """
+    flow = Dataflow("stats")
+    batches = op.input("in", flow, source)
+    keyed = op.key_on("by_partition", batches, lambda b: str(b.partition))
+    ingested = op.key_rm("ingested", op.stateful_map(
+        "ingest", keyed, lambda hwm, batch: ingest(hwm, batch, config)
+    ))  # fmt: skip
+    op.output("dlq", op.flat_map("dead", ingested, lambda i: i.dead), dlq)
+    parts = op.flat_map("shard", ingested, lambda i: i.parts)
+    flushed = op.stateful(
+        "tiles",
+        parts,
+        lambda resume: ShardLogic(resume or ShardState(TileStore()), config.flush_interval_ms),
+    )
+    op.output("online", op.key_rm("flushes", flushed), sink)
+    return flow

@@ -1,0 +1,120 @@
+"""The stats dataflow on controlled input: windows equal the pandas ground truth, late events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from streams.events import Event, decode_dead_letter, decode_event, encode_event
+from streams.kafka_io import RawBatch
+from streams.reference import events_frame, reference_counts
+from streams.sources.synthetic import SyntheticConfig, SyntheticSource
+from streams.stats import StatsConfig, StatsFlush, build_flow
+from streams.tiles import DAY, HOUR, METRICS, MINUTE, WINDOWS
+
+
+def raw_batches(events: list[Event], partitions: int = 3, size: int = 97) -> list[RawBatch]:
+    """Spread events over partitions by user, as the replay's keyed producer does."""
+    by_part: dict[int, list[tuple[int, bytes]]] = {p: [] for p in range(partitions)}
+    for e in events:
+        p = hash(e.user_id) % partitions
+        by_part[p].append((len(by_part[p]), encode_event(e)))
+    out = []
+    for p, rows in by_part.items():
+        for lo in range(0, len(rows), size):
+            chunk = rows[lo : lo + size]
+            first_ts = decode_event(chunk[0][1]).ts
+            batch = RawBatch("t", p, [None] * len(chunk), [v for _, v in chunk],
+                             [o for o, _ in chunk])  # fmt: skip
+            out.append((first_ts, p, batch))
+    # Interleave partitions in time order of their first event, as a live consumer would.
+    return [b for _, _, b in sorted(out, key=lambda x: x[:2])]
+
+
+def final_state(flushes: list[StatsFlush], view: str) -> tuple[pd.DataFrame, int]:
+    latest: dict[str, tuple[int, dict[str, int]]] = {}
+    for f in flushes:
+        if f.view != view:
+            continue
+        for i, entity in enumerate(f.ids):
+            row = {f"{m}_{w}": int(f.counts[w][i, j]) for w in f.counts
+                   for j, m in enumerate(METRICS)}  # fmt: skip
+            latest[entity] = (f.as_of_ms, row)
+    as_of = {a for a, _ in latest.values()}
+    frame = pd.DataFrame({k: v for k, (_, v) in latest.items()}).T.sort_index()
+    return frame.astype(np.int64), max(as_of)
+
+
+def run(events: list[Event], config: StatsConfig) -> tuple[list[StatsFlush], list]:
+    flushes: list[StatsFlush] = []
+    dead: list = []
+    flow = build_flow(TestingSource(raw_batches(events)), TestingSink(flushes),
+                      TestingSink(dead), config)  # fmt: skip
+    run_main(flow)
+    return flushes, dead
+
+
+def test_synthetic_windows_match_pandas() -> None:
+    cfg = SyntheticConfig(seed=11, users=60, notes=150, request_gap_ms=600_000.0)
+    events = [e for b in SyntheticSource(cfg, limit=6_000).batches() for e in b]
+    span = events[-1].ts - events[0].ts
+    assert span > 2 * DAY  # long enough that every window has old tiles dropping out
+    flushes, dead = run(events, StatsConfig(shards=3))
+    assert dead == []
+    frame = events_frame(events)
+    for view, key in (("user_stats", "user_id"), ("note_stats", "note_id")):
+        got, as_of = final_state(flushes, view)
+        assert as_of == events[-1].ts
+        want = reference_counts(frame, key, as_of)
+        pd.testing.assert_frame_equal(got[want.columns].loc[want.index], want, check_names=False)
+        assert want["impressions_30d"].sum() == (frame.type == "impression").sum()
+        assert (want["impressions_1h"] < want["impressions_1d"]).any()
+
+
+def ev(i: int, ts: int, user: str = "u1", note: str = "n1", kind: str = "impression") -> Event:
+    extra = {"watch_ms": 9_000, "duration_ms": 10_000} if kind == "play" else {}
+    return Event(f"e{i}", ts, user, note, kind, **extra)
+
+
+def test_idle_key_is_refreshed_when_its_events_leave_the_window() -> None:
+    t0 = 100 * DAY
+    events = [ev(0, t0, user="idle"), ev(1, t0 + 1, kind="play", user="idle"),
+              ev(2, t0 + 2 * HOUR, user="busy")]  # fmt: skip
+    flushes, _ = run(events, StatsConfig(shards=2))
+    got, as_of = final_state(flushes, "user_stats")
+    assert as_of == t0 + 2 * HOUR
+    # The idle user's events are 2 h old: gone from 1h, still in 1d, and it was rewritten.
+    assert got.loc["idle", "impressions_1h"] == 0
+    assert got.loc["idle", "impressions_1d"] == 1
+    assert got.loc["idle", "completions_1d"] == 1 and got.loc["idle", "watch_ms_1d"] == 9_000
+    assert got.loc["busy", "impressions_1h"] == 1
+
+
+def test_late_events_go_to_the_dlq_and_are_not_counted() -> None:
+    t0 = 50 * DAY
+    events = [ev(0, t0), ev(1, t0 + 30 * MINUTE), ev(2, t0 + 25 * MINUTE),  # 5 min behind: on time
+              ev(3, t0 + 1 * MINUTE)]  # fmt: skip  # 29 min behind: late
+    flushes, dead = run(events, StatsConfig(shards=1, allowed_lateness_ms=10 * MINUTE))
+    letters = [decode_dead_letter(d.value) for d in dead]
+    assert [(x.reason, x.field) for x in letters] == [("late", "ts")]
+    assert b'"event_id":"e3"' in letters[0].original
+    got, _ = final_state(flushes, "user_stats")
+    assert got.loc["u1", "impressions_1d"] == 3
+
+
+def test_bad_events_go_to_dlq_and_the_flow_keeps_going() -> None:
+    good = [ev(i, DAY + i) for i in range(5)]
+    batch = RawBatch("t", 0, [None] * 7, [encode_event(good[0]), b"{oops", *map(encode_event,
+                     good[1:4]), b'{"ts": 1}', encode_event(good[4])], list(range(7)))  # fmt: skip
+    flushes, dead = [], []
+    run_main(build_flow(TestingSource([batch]), TestingSink(flushes), TestingSink(dead),
+                        StatsConfig(shards=1)))  # fmt: skip
+    assert sorted(decode_dead_letter(d.value).reason for d in dead) == ["missing_field", "not_json"]
+    got, _ = final_state(flushes, "user_stats")
+    assert got.loc["u1", "impressions_1h"] == 5
+
+
+def test_window_definitions() -> None:
+    assert [(w.name, w.tiles) for w in WINDOWS] == [("1h", 12), ("1d", 24), ("7d", 168),
+                                                     ("30d", 30)]  # fmt: skip
