@@ -46,3 +46,38 @@ def fresh_topic(bootstrap: str, prefix: str, partitions: int = 4) -> str:
 def median(values: list[float]) -> float:
     """Median of the values."""
     return statistics.median(values)
+
+
+def bare_read_decode_rate(bootstrap: str, topic: str, events: int) -> float:
+    """Events/s of a bare Bytewax flow (its own KafkaSource) that reads and decodes `topic`."""
+    import time
+
+    import bytewax.operators as op
+    from bytewax.connectors.kafka import KafkaSource
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import run_main
+
+    from streams.events import decode_event
+    from streams.sinks import CallbackSink
+
+    seen = [0]
+
+    def count(_: object) -> None:
+        seen[0] += 1
+
+    flow = Dataflow("bare")
+    messages = op.input("in", flow, KafkaSource([bootstrap], [topic], tail=False))
+    decoded = op.map("decode", messages, lambda m: decode_event(m.value))
+    op.output("out", decoded, CallbackSink(count))
+    start = time.perf_counter()
+    run_main(flow)
+    elapsed = time.perf_counter() - start
+    assert seen[0] == events, f"bare flow read {seen[0]} of {events} events"
+    return events / elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of the values."""
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values), q))

@@ -210,6 +210,69 @@ def run_validate(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> No
     _print_counts("valid events by type", totals)
 
 
+ProcessesOpt = Annotated[int, typer.Option(help="Processes (Kafka partitions split among them).")]
+RecoveryOpt = Annotated[
+    Path | None, typer.Option(help="Bytewax recovery store (resume after a crash).")
+]
+SnapshotOpt = Annotated[float, typer.Option(help="Seconds between state snapshots.")]
+ProcessIdOpt = Annotated[int | None, typer.Option(hidden=True)]
+AddressesOpt = Annotated[str | None, typer.Option(hidden=True)]
+
+
+def _cluster_args(
+    job: str, until_end: bool, recovery_dir: Path | None, snapshot: float, config: Path | None
+) -> list[str]:
+    argv = ["run", job, "--snapshot-interval", str(snapshot)]
+    if until_end:
+        argv.append("--until-end")
+    if recovery_dir is not None:
+        argv += ["--recovery-dir", str(recovery_dir)]
+    if config is not None:
+        argv += ["--config", str(config)]
+    return argv
+
+
+@run_app.command("stats")
+def run_stats(
+    processes: ProcessesOpt = 1,
+    recovery_dir: RecoveryOpt = None,
+    snapshot_interval: SnapshotOpt = 10.0,
+    until_end: UntilEndOpt = False,
+    process_id: ProcessIdOpt = None,
+    addresses: AddressesOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Multi-window user and note statistics from interactions into Feast (Redis)."""
+    from bytewax.connectors.kafka import KafkaSink
+
+    from streams.kafka_io import KafkaBatchSource
+    from streams.online_sink import FeastOnlineSink
+    from streams.runner import RunConfig, launch_cluster, run_here
+    from streams.stats import build_flow
+
+    if processes > 1 and process_id is None:
+        argv = _cluster_args("stats", until_end, recovery_dir, snapshot_interval, config)
+        raise typer.Exit(launch_cluster(argv, processes))
+    settings = _settings(config)
+    where = stack.endpoints(settings)
+    topics = settings.kafka.topics
+    flow = build_flow(
+        KafkaBatchSource(where.bootstrap, topics.interactions, tail=not until_end),
+        FeastOnlineSink(where.redis_url, settings.feast_project, settings.feature_repo),
+        KafkaSink([where.bootstrap], topics.dlq),
+        settings.stats,
+        recoverable=recovery_dir is not None,
+    )
+    run = RunConfig(
+        processes=processes,
+        process_id=process_id,
+        addresses=tuple(addresses.split(";")) if addresses else (),
+        recovery_dir=recovery_dir,
+        snapshot_interval_s=snapshot_interval,
+    )
+    run_here(flow, run)
+
+
 @app.command("demo")
 def demo(
     events: Annotated[int, typer.Option(help="Synthetic events to replay.")] = 100_000,
@@ -228,3 +291,7 @@ def main() -> None:
     except (InfraError, StreamsError) as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}")
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infra.errors import ConfigError
+from streams.config import StatsConfig
 
 
 class _Frozen(BaseModel):
@@ -79,6 +80,12 @@ class Settings(_Frozen):
     """Local stack settings."""
     events: EventLimits = EventLimits()
     """Event decoding limits."""
+    stats: StatsConfig = StatsConfig()
+    """The stats job."""
+    feast_project: str = "streamrec"
+    """Feast project whose online store the jobs write."""
+    feature_repo: Path = Path("features")
+    """Directory of the Feast feature repository."""
 
 
 def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -> Settings:

@@ -12,7 +12,13 @@ import numpy as np
 import pandas as pd
 
 from streams.events import Event
-from streams.tiles import COMPLETION_FRACTION, METRICS, TYPE_METRIC, WINDOWS
+from streams.tiles import (
+    COMPLETION_FRACTION,
+    METRICS,
+    TYPE_METRIC,
+    WINDOWS,
+    expected_completion_milli,
+)
 
 
 def events_frame(events: list[Event]) -> pd.DataFrame:
@@ -27,9 +33,10 @@ def events_frame(events: list[Event]) -> pd.DataFrame:
             "duration_ms": [e.duration_ms or 0 for e in events],
         }
     )
-    frame["completed"] = (frame.duration_ms > 0) & (
-        frame.watch_ms >= COMPLETION_FRACTION * frame.duration_ms
-    )
+    play = frame.type == "play"
+    duration = frame.duration_ms.where(play, 0).to_numpy()
+    frame["completed"] = (duration > 0) & (frame.watch_ms >= COMPLETION_FRACTION * duration)
+    frame["expected_milli"] = expected_completion_milli(duration)
     return frame
 
 
@@ -46,5 +53,6 @@ def reference_counts(frame: pd.DataFrame, key: str, as_of: int) -> pd.DataFrame:
             columns[f"{metric}_{w.name}"] = (inside.type == kind).groupby(inside[key]).sum()
         columns[f"watch_ms_{w.name}"] = grouped.watch_ms.sum()
         columns[f"completions_{w.name}"] = grouped.completed.sum()
+        columns[f"expected_completions_milli_{w.name}"] = grouped.expected_milli.sum()
     out = pd.DataFrame(columns).reindex(frame[key].unique()).fillna(0).astype(np.int64)
     return out.sort_index()

@@ -23,30 +23,15 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink
-from pydantic import BaseModel, ConfigDict, Field
 
+from streams.config import StatsConfig
 from streams.decode import Decoded, decode_batch
 from streams.errors import EventError
 from streams.events import Event, dead_letter, encode_dead_letter, encode_event
 from streams.kafka_io import RawBatch
-from streams.tiles import COMPLETION_FRACTION, TYPE_METRIC, TileStore, event_metrics
+from streams.tiles import TYPE_METRIC, TileStore, event_metrics
 
 VIEWS = {"u": "user_stats", "n": "note_stats"}
-
-
-class StatsConfig(BaseModel):
-    """Settings of the stats job."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-    allowed_lateness_ms: int = Field(default=600_000, ge=0)
-    """An event older than its partition's event-time high-water mark minus this is `late`."""
-    shards: int = Field(default=8, ge=1, le=1024)
-    """State shards per entity kind; fixed for the life of a recovery store."""
-    flush_interval_ms: int = Field(default=200, ge=1)
-    """Wall-clock interval at which changed entities are written (coalescing their updates)."""
-    max_bytes: int = Field(default=16_384, ge=256)
-    """Payload size limit of the decoder."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +42,7 @@ class Columns:
     ts: np.ndarray
     kind: np.ndarray
     watch: np.ndarray
-    completed: np.ndarray
+    duration: np.ndarray
     users: list[str]
     notes: list[str]
     events: list[Event]
@@ -92,16 +77,36 @@ def to_columns(decoded: Decoded) -> Columns:
     kind = np.fromiter((TYPE_METRIC[e.type] for e in events), dtype=np.int64, count=n)
     watch = np.fromiter((e.watch_ms or 0 for e in events), dtype=np.int64, count=n)
     duration = np.fromiter((e.duration_ms or 0 for e in events), dtype=np.int64, count=n)
-    completed = (duration > 0) & (watch >= COMPLETION_FRACTION * duration)
     return Columns(
-        decoded.partition, ts, kind, watch, completed,
-        [e.user_id for e in events], [e.note_id for e in events], events,
-    )  # fmt: skip
+        decoded.partition,
+        ts,
+        kind,
+        watch,
+        duration,
+        [e.user_id for e in events],
+        [e.note_id for e in events],
+        events,
+    )
 
 
 def shard_of(key: str, shards: int) -> int:
     """Stable shard of an entity id (crc32, the same in every process)."""
     return zlib.crc32(key.encode()) % shards
+
+
+class _ShardCache(dict):
+    """id -> shard, computed once per id."""
+
+    def __init__(self, shards: int) -> None:
+        super().__init__()
+        self.shards = shards
+
+    def __missing__(self, key: str) -> int:
+        shard = self[key] = shard_of(key, self.shards)
+        return shard
+
+
+_CACHES: dict[int, _ShardCache] = {}
 
 
 def split_late(
@@ -125,17 +130,24 @@ def split_late(
     letters = []
     for i in np.flatnonzero(late).tolist():
         err = EventError(
-            "late", "ts", f"ts {cols.ts[i]} is older than the partition's high-water mark "
+            "late",
+            "ts",
+            f"ts {cols.ts[i]} is older than the partition's high-water mark "
             f"{before[i]} minus the allowed lateness {lateness} ms",
-        )  # fmt: skip
+        )
         letter = dead_letter(encode_event(cols.events[i]), err, "stats", partition=cols.partition)
         letters.append(KafkaSinkMessage(cols.users[i].encode(), encode_dead_letter(letter)))
     keep = np.flatnonzero(~late).tolist()
     kept = Columns(
-        cols.partition, cols.ts[keep], cols.kind[keep], cols.watch[keep], cols.completed[keep],
-        [cols.users[i] for i in keep], [cols.notes[i] for i in keep],
+        cols.partition,
+        cols.ts[keep],
+        cols.kind[keep],
+        cols.watch[keep],
+        cols.duration[keep],
+        [cols.users[i] for i in keep],
+        [cols.notes[i] for i in keep],
         [cols.events[i] for i in keep],
-    )  # fmt: skip
+    )
     return new_hwm, kept, letters
 
 
@@ -158,17 +170,19 @@ def shard_batches(cols: Columns, shards: int) -> list[tuple[str, ShardBatch]]:
     """Split a batch into one (shard key, part) per user shard and per note shard."""
     if len(cols.ts) == 0:
         return []
-    metrics = event_metrics(cols.kind, cols.watch, cols.completed)
+    metrics = event_metrics(cols.kind, cols.watch, cols.duration)
     max_ts = int(cols.ts.max())
     out = []
     for prefix, ids in (("u", cols.users), ("n", cols.notes)):
-        shard = np.fromiter((shard_of(k, shards) for k in ids), dtype=np.int64, count=len(ids))
+        cache = _CACHES.setdefault(shards, _ShardCache(shards))
+        shard = np.array([cache[k] for k in ids], dtype=np.int64)
         order = np.argsort(shard, kind="stable")
         bounds = np.searchsorted(shard[order], np.arange(shards + 1))
         for s in range(shards):
             sel = order[bounds[s] : bounds[s + 1]]
-            part = ShardBatch(VIEWS[prefix], max_ts, [ids[i] for i in sel], cols.ts[sel],
-                              metrics[sel])  # fmt: skip
+            part = ShardBatch(
+                VIEWS[prefix], max_ts, [ids[i] for i in sel], cols.ts[sel], metrics[sel]
+            )
             out.append((f"{prefix}{s}", part))
     return out
 
@@ -179,16 +193,15 @@ class ShardState:
 
     store: TileStore
     view: str = ""
-    hwm: int | None = None
-    refreshed_to: int | None = None
     dirty: set[int] | None = None
 
 
 class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
     """Keeps one shard's tiles; emits the changed entities every flush interval."""
 
-    def __init__(self, state: ShardState, flush_interval_ms: int) -> None:
+    def __init__(self, state: ShardState, flush_interval_ms: int, recoverable: bool) -> None:
         self.state = state
+        self.recoverable = recoverable
         if state.dirty is None:
             state.dirty = set()
         self.interval = timedelta(milliseconds=flush_interval_ms)
@@ -197,14 +210,11 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
     def on_item(self, value: ShardBatch) -> tuple[list[StatsFlush], bool]:
         st = self.state
         st.view = value.view
-        st.hwm = value.max_ts if st.hwm is None else max(st.hwm, value.max_ts)
+        st.dirty.update(st.store.advance(value.max_ts).tolist())
         if value.ids:
             rows = st.store.rows_for(value.ids)
-            st.store.add(rows, value.ts, value.metrics, st.hwm)
+            st.store.add(rows, value.ts, value.metrics)
             st.dirty.update(rows.tolist())
-        if st.refreshed_to is not None and st.hwm > st.refreshed_to:
-            st.dirty.update(st.store.rows_changed_by_time(st.refreshed_to, st.hwm).tolist())
-        st.refreshed_to = st.hwm
         now = datetime.now(UTC)
         if self.next_flush is None:
             self.next_flush = now + self.interval
@@ -215,13 +225,13 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
     def _flush(self) -> list[StatsFlush]:
         st = self.state
         self.next_flush = datetime.now(UTC) + self.interval
-        if not st.dirty or st.hwm is None:
+        if not st.dirty or st.store.clock is None:
             return []
         rows = np.fromiter(sorted(st.dirty), dtype=np.int64, count=len(st.dirty))
         st.dirty.clear()
-        counts = st.store.window_counts(rows, st.hwm)
+        counts = st.store.window_counts(rows)
         ids = [st.store.ids[r] for r in rows.tolist()]
-        return [StatsFlush(st.view, ids, counts, st.hwm)]
+        return [StatsFlush(st.view, ids, counts, st.store.clock)]
 
     def on_notify(self) -> tuple[list[StatsFlush], bool]:
         return self._flush(), StatefulLogic.RETAIN
@@ -232,12 +242,17 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
     def notify_at(self) -> datetime | None:
         return self.next_flush if self.state.dirty else None
 
-    def snapshot(self) -> ShardState:
-        return copy.deepcopy(self.state)
+    def snapshot(self) -> ShardState | None:
+        # Bytewax asks for snapshots every epoch even without recovery; copying is then waste.
+        return copy.deepcopy(self.state) if self.recoverable else None
 
 
 def build_flow(
-    source: Source[RawBatch], sink: Sink[StatsFlush], dlq: DynamicSink, config: StatsConfig
+    source: Source[RawBatch],
+    sink: Sink[StatsFlush],
+    dlq: DynamicSink,
+    config: StatsConfig,
+    recoverable: bool = True,
 ) -> Dataflow:
     """Build the stats dataflow.
 
@@ -246,19 +261,23 @@ def build_flow(
         sink: receives `StatsFlush` items (the Feast online writer in production).
         dlq: receives dead letters (undecodable and late events).
         config: job settings.
+        recoverable: snapshot the state each epoch (turn off only when running without
+            a recovery store).
     """
     flow = Dataflow("stats")
     batches = op.input("in", flow, source)
     keyed = op.key_on("by_partition", batches, lambda b: str(b.partition))
-    ingested = op.key_rm("ingested", op.stateful_map(
-        "ingest", keyed, lambda hwm, batch: ingest(hwm, batch, config)
-    ))  # fmt: skip
+    ingested = op.key_rm(
+        "ingested", op.stateful_map("ingest", keyed, lambda hwm, batch: ingest(hwm, batch, config))
+    )
     op.output("dlq", op.flat_map("dead", ingested, lambda i: i.dead), dlq)
     parts = op.flat_map("shard", ingested, lambda i: i.parts)
     flushed = op.stateful(
         "tiles",
         parts,
-        lambda resume: ShardLogic(resume or ShardState(TileStore()), config.flush_interval_ms),
+        lambda resume: ShardLogic(
+            resume or ShardState(TileStore()), config.flush_interval_ms, recoverable
+        ),
     )
     op.output("online", op.key_rm("flushes", flushed), sink)
     return flow

@@ -4,7 +4,11 @@ Windows follow Chronon's "sawtooth": a window of length w with hop h, read as of
 is the sum of the tiles with index in (floor(W/h) - w/h, floor(W/h)], i.e. it covers
 [(floor(W/h) - w/h + 1) h, W] - the span (W - w, W] to within one hop at its old edge.
 Hops: 5 min for 1h, 1 h for 1d and 7d, 1 d for 30d. Each hop keeps a ring of as many tiles as
-its longest window; a slot also records which tile it holds, so a stale slot is never summed.
+its longest window; a slot also records which tile it holds (stored as tile + 1, so that the
+zero-filled arrays of new entities read as empty). Each window's sum is kept up to date
+incrementally: an event is added to the sums of the windows it falls in, and when the clock
+moves, the tiles leaving a window are subtracted - so a read costs O(entities x metrics), and the
+entities whose values changed because time passed are known without rescanning all tiles.
 """
 
 from __future__ import annotations
@@ -18,15 +22,44 @@ HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 
 METRICS = (
-    "impressions", "clicks", "likes", "collects", "shares", "comments", "follows", "plays",
-    "hides", "watch_ms", "completions",
-)  # fmt: skip
+    "impressions",
+    "clicks",
+    "likes",
+    "collects",
+    "shares",
+    "comments",
+    "follows",
+    "plays",
+    "hides",
+    "watch_ms",
+    "completions",
+    "expected_completions_milli",
+)
 TYPE_METRIC = {
-    "impression": 0, "click": 1, "like": 2, "collect": 3, "share": 4, "comment": 5,
-    "follow": 6, "play": 7, "hide": 8,
-}  # fmt: skip
+    "impression": 0,
+    "click": 1,
+    "like": 2,
+    "collect": 3,
+    "share": 4,
+    "comment": 5,
+    "follow": 6,
+    "play": 7,
+    "hide": 8,
+}
 WATCH, COMPLETION = METRICS.index("watch_ms"), METRICS.index("completions")
+EXPECTED = METRICS.index("expected_completions_milli")
 COMPLETION_FRACTION = 0.8
+TYPICAL_DURATION_MS = 60_000
+
+
+def expected_completion_milli(duration_ms: np.ndarray) -> np.ndarray:
+    """Baseline chance (in 1/1000) that a play of a note this long completes: 1/(1 + d/60 s).
+
+    Long videos complete less (seed notes); dividing observed completions by the sum of this
+    baseline gives a completion rate adjusted for duration. 0 where the duration is unknown.
+    """
+    d = duration_ms.astype(np.float64)
+    return np.where(d > 0, np.rint(1000.0 / (1.0 + d / TYPICAL_DURATION_MS)), 0).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -49,7 +82,6 @@ WINDOWS = (
     Window("7d", 7 * DAY, HOUR),
     Window("30d", 30 * DAY, DAY),
 )
-EMPTY_TILE = np.iinfo(np.int64).min // 2
 
 
 def ring_sizes(windows: tuple[Window, ...] = WINDOWS) -> dict[int, int]:
@@ -60,18 +92,19 @@ def ring_sizes(windows: tuple[Window, ...] = WINDOWS) -> dict[int, int]:
     return sizes
 
 
-def event_metrics(kinds: np.ndarray, watch: np.ndarray, completed: np.ndarray) -> np.ndarray:
+def event_metrics(kinds: np.ndarray, watch: np.ndarray, duration: np.ndarray) -> np.ndarray:
     """Return the (n, len(METRICS)) int64 contribution of each event.
 
     Args:
         kinds: metric index of each event's type (`TYPE_METRIC`), shape (n,).
         watch: watch_ms of plays, 0 for other events, shape (n,).
-        completed: True where a play watched >= 80 % of a known duration, shape (n,).
+        duration: duration_ms of plays, 0 where unknown or not a play, shape (n,).
     """
     out = np.zeros((len(kinds), len(METRICS)), dtype=np.int64)  # (n, M)
     out[np.arange(len(kinds)), kinds] = 1
     out[:, WATCH] = watch
-    out[:, COMPLETION] = completed
+    out[:, COMPLETION] = (duration > 0) & (watch >= COMPLETION_FRACTION * duration)
+    out[:, EXPECTED] = expected_completion_milli(duration)
     return out
 
 
@@ -85,8 +118,9 @@ class TileStore:
         self.ids: list[str] = []
         m = len(METRICS)
         self.rings = {h: np.zeros((capacity, n, m), dtype=np.int64) for h, n in self.sizes.items()}
-        self.tile_of = {h: np.full((capacity, n), EMPTY_TILE, dtype=np.int64)
-                        for h, n in self.sizes.items()}  # fmt: skip
+        self.tile_of = {h: np.zeros((capacity, n), dtype=np.int64) for h, n in self.sizes.items()}
+        self.sums = {w.name: np.zeros((capacity, m), dtype=np.int64) for w in windows}
+        self.clock: int | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -94,73 +128,91 @@ class TileStore:
     def rows_for(self, ids: list[str]) -> np.ndarray:
         """Map entity ids to rows, adding unseen ids (growing the arrays by doubling)."""
         index = self.index
-        rows = np.empty(len(ids), dtype=np.int64)
-        for i, key in enumerate(ids):
-            row = index.get(key)
-            if row is None:
-                row = index[key] = len(self.ids)
-                self.ids.append(key)
-            rows[i] = row
-        capacity = next(iter(self.rings.values())).shape[0]
-        if len(self.ids) > capacity:
-            new = max(2 * capacity, len(self.ids))
-            for h, ring in self.rings.items():
-                grown = np.zeros((new, *ring.shape[1:]), dtype=ring.dtype)
-                grown[:capacity] = ring
-                self.rings[h] = grown
-                tiles = np.full((new, ring.shape[1]), EMPTY_TILE, dtype=np.int64)
-                tiles[:capacity] = self.tile_of[h]
-                self.tile_of[h] = tiles
-        return rows
+        found = [index.get(key) for key in ids]
+        if None in found:
+            for i, key in enumerate(ids):
+                if found[i] is None:
+                    row = index.get(key)
+                    if row is None:
+                        row = index[key] = len(self.ids)
+                        self.ids.append(key)
+                    found[i] = row
+            self._grow(len(self.ids))
+        return np.array(found, dtype=np.int64)
 
-    def add(self, rows: np.ndarray, ts: np.ndarray, metrics: np.ndarray, as_of: int) -> None:
-        """Add events (rows, event times, (n, M) metrics) to every hop's ring.
+    def _grow(self, needed: int) -> None:
+        capacity = len(next(iter(self.sums.values())))
+        if needed <= capacity:
+            return
+        new = max(2 * capacity, needed)
 
-        Events older than a hop's ring as of `as_of` (the high-water mark after this batch)
-        fall outside every window of that hop and are left out of it.
+        def grown(array: np.ndarray) -> np.ndarray:
+            out = np.zeros((new, *array.shape[1:]), dtype=array.dtype)
+            out[:capacity] = array
+            return out
+
+        self.rings = {h: grown(r) for h, r in self.rings.items()}
+        self.tile_of = {h: grown(t) for h, t in self.tile_of.items()}
+        self.sums = {w: grown(v) for w, v in self.sums.items()}
+
+    def advance(self, now: int) -> np.ndarray:
+        """Move the clock to event time `now`; return the rows whose window values changed.
+
+        For each window, the tiles with index in (floor(before/h) - n, floor(now/h) - n] leave
+        it and are subtracted from its sums.
         """
+        before, size = self.clock, len(self.ids)
+        if before is not None and now <= before:
+            return np.empty(0, dtype=np.int64)
+        self.clock = now
+        if before is None or size == 0:
+            return np.empty(0, dtype=np.int64)
+        changed = np.zeros(size, dtype=bool)
+        for w in self.windows:
+            lo, hi = before // w.hop_ms - w.tiles + 1, now // w.hop_ms - w.tiles + 1
+            if hi <= lo:
+                continue
+            tiles = self.tile_of[w.hop_ms][:size]  # tile + 1
+            rows, slots = np.nonzero((tiles > lo) & (tiles <= hi))
+            if len(rows):
+                np.subtract.at(self.sums[w.name], rows, self.rings[w.hop_ms][rows, slots])
+                changed[rows] = True
+        return np.flatnonzero(changed)
+
+    def add(self, rows: np.ndarray, ts: np.ndarray, metrics: np.ndarray) -> None:
+        """Add events (rows, event times, (n, M) metrics) as of the current clock.
+
+        Call `advance` to the batch's high-water mark first. An event enters a window's sum only
+        if its tile is inside that window now, and a hop's ring only if inside its longest window.
+        """
+        if self.clock is None:
+            raise ValueError("advance the clock before adding events")
+        m = len(METRICS)
         for hop, n in self.sizes.items():
-            tile = ts // hop  # (n_events,)
-            keep = tile > as_of // hop - n
+            tile = ts // hop + 1  # (n_events,) stored as tile + 1
+            last = self.clock // hop + 1
+            keep = tile > last - n
             if not keep.any():
                 continue
             tile, r, met = tile[keep], rows[keep], metrics[keep]
             flat = r * n + tile % n
             order = np.argsort(flat, kind="stable")
-            flat, tile, met = flat[order], tile[order], met[order]
+            flat, tile, met, r = flat[order], tile[order], met[order], r[order]
             starts = np.flatnonzero(np.r_[True, flat[1:] != flat[:-1]])
-            slots = flat[starts]
-            sums = np.add.reduceat(met, starts, axis=0)  # (slots, M)
-            slot_tile = tile[starts]
-            ring = self.rings[hop].reshape(-1, len(METRICS))
+            slots, slot_tile, slot_row = flat[starts], tile[starts], r[starts]
+            slot_sums = np.add.reduceat(met, starts, axis=0)  # (slots, M)
+            ring = self.rings[hop].reshape(-1, m)
             held = self.tile_of[hop].reshape(-1)
             stale = held[slots] != slot_tile
             ring[slots[stale]] = 0
             held[slots] = slot_tile
-            ring[slots] += sums
+            ring[slots] += slot_sums
+            for w in self.windows:
+                if w.hop_ms != hop:
+                    continue
+                inside = slot_tile > last - w.tiles
+                np.add.at(self.sums[w.name], slot_row[inside], slot_sums[inside])
 
-    def window_counts(self, rows: np.ndarray, as_of: int) -> dict[str, np.ndarray]:
-        """Return window name -> (len(rows), M) counts as of event time `as_of`."""
-        out = {}
-        for w in self.windows:
-            last = as_of // w.hop_ms
-            tiles = self.tile_of[w.hop_ms][rows]  # (R, n)
-            live = (tiles > last - w.tiles) & (tiles <= last)
-            out[w.name] = np.einsum("rnm,rn->rm", self.rings[w.hop_ms][rows], live)  # (R, M)
-        return out
-
-    def rows_changed_by_time(self, before: int, after: int) -> np.ndarray:
-        """Rows whose window values change when the clock moves from `before` to `after`.
-
-        A value changes when a tile holding data leaves a window: for each window, tiles with
-        index in (floor(before/h) - n, floor(after/h) - n].
-        """
-        size = len(self.ids)
-        changed = np.zeros(size, dtype=bool)
-        for w in self.windows:
-            lo, hi = before // w.hop_ms - w.tiles, after // w.hop_ms - w.tiles
-            if hi <= lo:
-                continue
-            tiles = self.tile_of[w.hop_ms][:size]
-            changed |= ((tiles > lo) & (tiles <= hi)).any(axis=1)
-        return np.flatnonzero(changed)
+    def window_counts(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Return window name -> (len(rows), M) counts as of the clock."""
+        return {name: sums[rows] for name, sums in self.sums.items()}
