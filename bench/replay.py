@@ -58,8 +58,10 @@ def main(events: int = 300_000, reps: int = 3) -> None:
         console.print(f"replay synthetic           {r:,.0f} events/s  (target >= 100,000)")
         console.print(f"bare confluent producer    {b:,.0f} events/s")
         console.print(f"ratio replay / bare        {r / b:.2f}  (target >= 0.5)")
-        console.print(f"runs: replay {[round(x) for x in replay_rates]}, "
-                      f"bare {[round(x) for x in bare_rates]}")  # fmt: skip
+        console.print(
+            f"runs: replay {[round(x) for x in replay_rates]}, "
+            f"bare {[round(x) for x in bare_rates]}"
+        )
 
 
 if __name__ == "__main__":

@@ -256,9 +256,13 @@ def run_stats(
     settings = _settings(config)
     where = stack.endpoints(settings)
     topics = settings.kafka.topics
+    if not process_id:
+        _apply_features(where.redis_url, settings)
     flow = build_flow(
         KafkaBatchSource(where.bootstrap, topics.interactions, tail=not until_end),
-        FeastOnlineSink(where.redis_url, settings.feast_project, settings.feature_repo),
+        FeastOnlineSink(
+            where.redis_url, settings.feast_project, offline_dir=settings.feature_repo / "data"
+        ),
         KafkaSink([where.bootstrap], topics.dlq),
         settings.stats,
         recoverable=recovery_dir is not None,
@@ -271,6 +275,65 @@ def run_stats(
         snapshot_interval_s=snapshot_interval,
     )
     run_here(flow, run)
+
+
+def _apply_features(redis_url: str, settings: Settings) -> None:
+    from features.store import apply_definitions, feature_store
+
+    apply_definitions(feature_store(redis_url, settings.feast_project))
+
+
+features_app = typer.Typer(help="Read features through Feast.")
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("get")
+def features_get(
+    entity: Annotated[str, typer.Argument(help="user or note")],
+    entity_id: Annotated[str, typer.Argument(help="The user_id or note_id.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Print the live window statistics of a user or note (FeatureStore.get_online_features)."""
+    from features.online_writer import OnlineWriter
+    from features.store import feature_store, online_features
+    from streams.online_sink import hwm_key
+
+    views = {"user": "user_stats", "note": "note_stats"}
+    if entity not in views:
+        raise typer.BadParameter(f"entity must be 'user' or 'note', not {entity!r}")
+    settings = _settings(config)
+    where = stack.endpoints(settings)
+    store = feature_store(where.redis_url, settings.feast_project)
+    values = online_features(store, views[entity], [entity_id])
+    import redis
+
+    client = redis.Redis.from_url(where.redis_url)
+    hwm = client.get(hwm_key(settings.feast_project, "stats"))
+    stored = client.hget(
+        OnlineWriter(client, settings.feast_project).redis_key(views[entity], entity_id),
+        f"_ts:{views[entity]}",
+    )
+    table = Table(title=f"{views[entity]} {entity_id}")
+    table.add_column("feature")
+    for w in ("1h", "1d", "7d", "30d"):
+        table.add_column(w, justify="right")
+    names = sorted(
+        {k.rsplit("_", 1)[0] for k in values if k != ("user_id", "note_id")[entity == "note"]},
+        key=lambda n: list(values).index(f"{n}_1h") if f"{n}_1h" in values else 0,
+    )
+    for name in names:
+        cells = [values.get(f"{name}_{w}", [None])[0] for w in ("1h", "1d", "7d", "30d")]
+        table.add_row(
+            name,
+            *(
+                "-" if c is None else f"{c:,.4g}" if isinstance(c, float) else f"{c:,}"
+                for c in cells
+            ),
+        )
+    console.print(table)
+    if stored is None:
+        console.print("no row stored for this id")
+    console.print(f"job event-time high-water mark: {int(hwm) if hwm else 'none yet'} ms")
 
 
 @app.command("demo")

@@ -15,6 +15,7 @@ class StatsConfig(BaseModel):
     shards: int = Field(default=8, ge=1, le=1024)
     """State shards per entity kind; fixed for the life of a recovery store."""
     flush_interval_ms: int = Field(default=200, ge=1)
-    """Wall-clock interval at which changed entities are written (coalescing their updates)."""
+    """Least wall-clock interval between two writes of a shard's changed entities (updates of
+    an entity in between coalesce); it grows to twice the recent write time when Redis lags."""
     max_bytes: int = Field(default=16_384, ge=256)
     """Payload size limit of the decoder."""

@@ -9,6 +9,7 @@ offline log that the feature views' batch sources read (point-in-time training d
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from features.online_writer import OnlineWriter
 from features.schema import FeatureConfig, derive
+from streams.pacing import PACER
 from streams.stats import StatsFlush
 
 OFFLINE_ROWS = 50_000
@@ -42,6 +44,7 @@ class _Partition(StatelessSinkPartition[StatsFlush]):
         self._pending_rows = 0
 
     def write_batch(self, items: list[StatsFlush]) -> None:
+        start = time.perf_counter()
         hwm = 0
         for flush in items:
             columns = derive(flush.view, flush.counts, self._config)
@@ -51,6 +54,7 @@ class _Partition(StatelessSinkPartition[StatsFlush]):
                 self._log(flush, columns)
         if hwm:
             self._redis.eval(_MAX_SCRIPT, 1, self._hwm_key, hwm)
+        PACER.record(time.perf_counter() - start)
 
     def _log(self, flush: StatsFlush, columns: dict) -> None:
         key = "user_id" if flush.view == "user_stats" else "note_id"

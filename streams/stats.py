@@ -29,6 +29,7 @@ from streams.decode import Decoded, decode_batch
 from streams.errors import EventError
 from streams.events import Event, dead_letter, encode_dead_letter, encode_event
 from streams.kafka_io import RawBatch
+from streams.pacing import PACER
 from streams.tiles import TYPE_METRIC, TileStore, event_metrics
 
 VIEWS = {"u": "user_stats", "n": "note_stats"}
@@ -204,7 +205,7 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
         self.recoverable = recoverable
         if state.dirty is None:
             state.dirty = set()
-        self.interval = timedelta(milliseconds=flush_interval_ms)
+        self.interval_s = flush_interval_ms / 1000
         self.next_flush: datetime | None = None
 
     def on_item(self, value: ShardBatch) -> tuple[list[StatsFlush], bool]:
@@ -217,14 +218,15 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
             st.dirty.update(rows.tolist())
         now = datetime.now(UTC)
         if self.next_flush is None:
-            self.next_flush = now + self.interval
+            self.next_flush = now + timedelta(seconds=self.interval_s)
         if now >= self.next_flush:
             return self._flush(), StatefulLogic.RETAIN
         return [], StatefulLogic.RETAIN
 
     def _flush(self) -> list[StatsFlush]:
         st = self.state
-        self.next_flush = datetime.now(UTC) + self.interval
+        wait = PACER.interval_s(self.interval_s)
+        self.next_flush = datetime.now(UTC) + timedelta(seconds=wait)
         if not st.dirty or st.store.clock is None:
             return []
         rows = np.fromiter(sorted(st.dirty), dtype=np.int64, count=len(st.dirty))

@@ -19,12 +19,28 @@ def _cli(args: list[str], settings: Settings) -> subprocess.CompletedProcess[str
     return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_replay_summary_and_validate(local_stack: StackState, settings: Settings,
-                                     topic_name: str) -> None:  # fmt: skip
+def test_replay_summary_and_validate(
+    local_stack: StackState, settings: Settings, topic_name: str
+) -> None:
     assert read_state(settings) == local_stack
     truth = Path(settings.stack.state_dir) / "truth-cli"
-    done = _cli(["replay", "synthetic", "--limit", "5000", "--users", "100", "--notes", "300",
-                 "--topic", topic_name, "--truth-dir", str(truth)], settings)  # fmt: skip
+    done = _cli(
+        [
+            "replay",
+            "synthetic",
+            "--limit",
+            "5000",
+            "--users",
+            "100",
+            "--notes",
+            "300",
+            "--topic",
+            topic_name,
+            "--truth-dir",
+            str(truth),
+        ],
+        settings,
+    )
     assert done.returncode == 0, done.stderr
     assert "5,000 events" in done.stdout
     assert (truth / "users.parquet").exists()

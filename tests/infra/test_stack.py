@@ -37,8 +37,9 @@ def test_up_twice_then_down(tmp_path: Path, redis_url: str) -> None:
 
 
 def test_redis_is_started_when_none_answers(tmp_path: Path, bootstrap: str) -> None:
-    settings = load_settings(env={"STREAMREC_STATE_DIR": str(tmp_path), "KAFKA_BOOTSTRAP":
-                                  bootstrap})  # fmt: skip
+    settings = load_settings(
+        env={"STREAMREC_STATE_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": bootstrap}
+    )
     settings = settings.model_copy(
         update={
             "stack": settings.stack.model_copy(update={"default_redis": "redis://127.0.0.1:1/0"})

@@ -22,9 +22,17 @@ from streams.events import (
 def make_event(kind: str, i: int = 0) -> Event:
     extra = {"watch_ms": 1234, "duration_ms": 5000} if kind == "play" else {}
     return Event(
-        event_id=f"e{i}-{kind}", ts=1_700_000_000_000 + i, user_id=f"u{i}", note_id=f"n{i}",
-        type=kind, author_id="a1", category="c1", request_id=f"r{i}", position=i % 10, **extra,
-    )  # fmt: skip
+        event_id=f"e{i}-{kind}",
+        ts=1_700_000_000_000 + i,
+        user_id=f"u{i}",
+        note_id=f"n{i}",
+        type=kind,
+        author_id="a1",
+        category="c1",
+        request_id=f"r{i}",
+        position=i % 10,
+        **extra,
+    )
 
 
 @pytest.mark.parametrize("kind", EVENT_TYPES)
@@ -42,8 +50,11 @@ MALFORMED = [
     (msgspec.json.encode({**VALID, "ts": "1"}), "wrong_type", "ts"),
     (msgspec.json.encode({**VALID, "user_id": 5}), "wrong_type", "user_id"),
     (msgspec.json.encode({**VALID, "ts": 1.5}), "wrong_type", "ts"),
-    (msgspec.json.encode({k: v for k, v in VALID.items() if k != "note_id"}), "missing_field",
-     "note_id"),
+    (
+        msgspec.json.encode({k: v for k, v in VALID.items() if k != "note_id"}),
+        "missing_field",
+        "note_id",
+    ),
     (msgspec.json.encode({**VALID, "type": "teleport"}), "unknown_type", "type"),
     (msgspec.json.encode({**VALID, "ts": -5}), "bad_value", "ts"),
     (msgspec.json.encode({**VALID, "watch_ms": -1}), "bad_value", "watch_ms"),
@@ -52,7 +63,7 @@ MALFORMED = [
     (msgspec.json.encode({**VALID, "type": "play"}), "missing_field", "watch_ms"),
     (msgspec.json.encode({**VALID, "v": 2}), "unsupported_version", "v"),
     (msgspec.json.encode({**VALID, "category": "x" * 20_000}), "oversized", None),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("raw", "reason", "field"), MALFORMED)
@@ -73,8 +84,11 @@ def test_dead_letter_round_trip_keeps_original_bytes() -> None:
     back = decode_dead_letter(encode_dead_letter(letter))
     assert back.original == raw
     assert (back.reason, back.source_topic, back.partition, back.offset) == (
-        "not_json", "interactions", 3, 42,
-    )  # fmt: skip
+        "not_json",
+        "interactions",
+        3,
+        42,
+    )
 
 
 @settings(max_examples=400, deadline=None)
@@ -90,10 +104,11 @@ def test_decoder_never_fails_unexpectedly_on_bytes(raw: bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
-)  # fmt: skip
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -104,9 +119,13 @@ def test_decoder_classifies_arbitrary_objects(obj: dict) -> None:
         decode_event(raw)
     except EventError as exc:
         assert exc.reason in {
-            "wrong_type", "bad_value", "unknown_type", "missing_field", "unknown_field",
+            "wrong_type",
+            "bad_value",
+            "unknown_type",
+            "missing_field",
+            "unknown_field",
             "unsupported_version",
-        }  # fmt: skip
+        }
         assert exc.field is not None
 
 
@@ -124,7 +143,12 @@ ids = st.text(min_size=1, max_size=20)
 )
 def test_valid_events_round_trip(kind, ts, user, note, watch, position) -> None:
     event = Event(
-        event_id=f"{user}:{ts}", ts=ts, user_id=user, note_id=note, type=kind, position=position,
+        event_id=f"{user}:{ts}",
+        ts=ts,
+        user_id=user,
+        note_id=note,
+        type=kind,
+        position=position,
         watch_ms=watch if kind == "play" else None,
-    )  # fmt: skip
+    )
     assert decode_event(encode_event(event)) == event

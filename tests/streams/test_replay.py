@@ -104,8 +104,11 @@ def test_synthetic_is_deterministic_ordered_and_writes_truth(tmp_path: Path) -> 
     kinds = Counter(e.type for e in first)
     assert set(kinds) >= {"impression", "click", "play", "like"}
     assert all(e.watch_ms is not None and e.duration_ms for e in first if e.type == "play")
-    other = [e for b in SyntheticSource(config.model_copy(update={"seed": 4}), limit=100)
-             .batches() for e in b]  # fmt: skip
+    other = [
+        e
+        for b in SyntheticSource(config.model_copy(update={"seed": 4}), limit=100).batches()
+        for e in b
+    ]
     assert other != first[:100]
     source = SyntheticSource(config, limit=10)
     source.write_truth(tmp_path)

@@ -6,11 +6,12 @@ import numpy as np
 import pandas as pd
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from streams.config import StatsConfig
 from streams.events import Event, decode_dead_letter, decode_event, encode_event
 from streams.kafka_io import RawBatch
 from streams.reference import events_frame, reference_counts
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
-from streams.stats import StatsConfig, StatsFlush, build_flow
+from streams.stats import StatsFlush, build_flow
 from streams.tiles import DAY, HOUR, METRICS, MINUTE, WINDOWS
 
 
@@ -25,8 +26,9 @@ def raw_batches(events: list[Event], partitions: int = 3, size: int = 97) -> lis
         for lo in range(0, len(rows), size):
             chunk = rows[lo : lo + size]
             first_ts = decode_event(chunk[0][1]).ts
-            batch = RawBatch("t", p, [None] * len(chunk), [v for _, v in chunk],
-                             [o for o, _ in chunk])  # fmt: skip
+            batch = RawBatch(
+                "t", p, [None] * len(chunk), [v for _, v in chunk], [o for o, _ in chunk]
+            )
             out.append((first_ts, p, batch))
     # Interleave partitions in time order of their first event, as a live consumer would.
     return [b for _, _, b in sorted(out, key=lambda x: x[:2])]
@@ -38,8 +40,9 @@ def final_state(flushes: list[StatsFlush], view: str) -> tuple[pd.DataFrame, int
         if f.view != view:
             continue
         for i, entity in enumerate(f.ids):
-            row = {f"{m}_{w}": int(f.counts[w][i, j]) for w in f.counts
-                   for j, m in enumerate(METRICS)}  # fmt: skip
+            row = {
+                f"{m}_{w}": int(f.counts[w][i, j]) for w in f.counts for j, m in enumerate(METRICS)
+            }
             latest[entity] = (f.as_of_ms, row)
     as_of = {a for a, _ in latest.values()}
     frame = pd.DataFrame({k: v for k, (_, v) in latest.items()}).T.sort_index()
@@ -49,8 +52,9 @@ def final_state(flushes: list[StatsFlush], view: str) -> tuple[pd.DataFrame, int
 def run(events: list[Event], config: StatsConfig) -> tuple[list[StatsFlush], list]:
     flushes: list[StatsFlush] = []
     dead: list = []
-    flow = build_flow(TestingSource(raw_batches(events)), TestingSink(flushes),
-                      TestingSink(dead), config)  # fmt: skip
+    flow = build_flow(
+        TestingSource(raw_batches(events)), TestingSink(flushes), TestingSink(dead), config
+    )
     run_main(flow)
     return flushes, dead
 
@@ -79,8 +83,11 @@ def ev(i: int, ts: int, user: str = "u1", note: str = "n1", kind: str = "impress
 
 def test_idle_key_is_refreshed_when_its_events_leave_the_window() -> None:
     t0 = 100 * DAY
-    events = [ev(0, t0, user="idle"), ev(1, t0 + 1, kind="play", user="idle"),
-              ev(2, t0 + 2 * HOUR, user="busy")]  # fmt: skip
+    events = [
+        ev(0, t0, user="idle"),
+        ev(1, t0 + 1, kind="play", user="idle"),
+        ev(2, t0 + 2 * HOUR, user="busy"),
+    ]
     flushes, _ = run(events, StatsConfig(shards=2))
     got, as_of = final_state(flushes, "user_stats")
     assert as_of == t0 + 2 * HOUR
@@ -105,16 +112,34 @@ def test_late_events_go_to_the_dlq_and_are_not_counted() -> None:
 
 def test_bad_events_go_to_dlq_and_the_flow_keeps_going() -> None:
     good = [ev(i, DAY + i) for i in range(5)]
-    batch = RawBatch("t", 0, [None] * 7, [encode_event(good[0]), b"{oops", *map(encode_event,
-                     good[1:4]), b'{"ts": 1}', encode_event(good[4])], list(range(7)))  # fmt: skip
+    batch = RawBatch(
+        "t",
+        0,
+        [None] * 7,
+        [
+            encode_event(good[0]),
+            b"{oops",
+            *map(encode_event, good[1:4]),
+            b'{"ts": 1}',
+            encode_event(good[4]),
+        ],
+        list(range(7)),
+    )
     flushes, dead = [], []
-    run_main(build_flow(TestingSource([batch]), TestingSink(flushes), TestingSink(dead),
-                        StatsConfig(shards=1)))  # fmt: skip
+    run_main(
+        build_flow(
+            TestingSource([batch]), TestingSink(flushes), TestingSink(dead), StatsConfig(shards=1)
+        )
+    )
     assert sorted(decode_dead_letter(d.value).reason for d in dead) == ["missing_field", "not_json"]
     got, _ = final_state(flushes, "user_stats")
     assert got.loc["u1", "impressions_1h"] == 5
 
 
 def test_window_definitions() -> None:
-    assert [(w.name, w.tiles) for w in WINDOWS] == [("1h", 12), ("1d", 24), ("7d", 168),
-                                                     ("30d", 30)]  # fmt: skip
+    assert [(w.name, w.tiles) for w in WINDOWS] == [
+        ("1h", 12),
+        ("1d", 24),
+        ("7d", 168),
+        ("30d", 30),
+    ]

@@ -1,0 +1,92 @@
+"""The training-sample contract between the sample joiner (streams) and the learners.
+
+A sample is one impression joined with the actions on the same (user, note, request) that
+followed it within the attribution window. It carries the ID features, the labels, the negative
+down-sampling keep-rate it survived, and the window statistics of its user and note as they were
+at impression time (point-in-time: the impression's own events and anything later excluded).
+
+On Kafka (`training-samples`) a message is one `SampleBatch` encoded as msgspec JSON, keyed by
+the batch id; the parquet log holds the same fields, one row per sample (`SAMPLE_COLUMNS`).
+`user_stats` / `note_stats` are the counts of `STAT_FEATURES`, in that order; serving reads the
+same names from Feast, so a model sees the same inputs at training and at serving time.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from features.schema import COUNTS
+from streams.tiles import WINDOWS
+
+SAMPLE_SCHEMA_VERSION: Final = 1
+LABELS: Final = ("click", "like", "collect", "share", "comment", "follow")
+"""Binary labels, 1 if the action followed the impression within the attribution window."""
+STAT_FEATURES: Final = tuple(f"{m}_{w.name}" for w in WINDOWS for m in COUNTS)
+"""Names of the window counts carried in `user_stats` / `note_stats` (Feast feature names)."""
+
+
+class Sample(msgspec.Struct, frozen=True, gc=False):
+    """One labelled impression."""
+
+    sample_id: str
+    """The impression's event_id (unique, deterministic across replays)."""
+    ts: int
+    """Impression event time, epoch ms."""
+    user_id: str
+    note_id: str
+    author_id: str
+    """"" when the impression carried none."""
+    category: str
+    """"" when the impression carried none."""
+    request_id: str
+    """"" when the impression carried none."""
+    position: int
+    """-1 when unknown."""
+    click: int
+    like: int
+    collect: int
+    share: int
+    comment: int
+    follow: int
+    watch_ms: int
+    """Total watch time of the plays that followed (0 if none)."""
+    duration_ms: int
+    """The note's duration from its plays or impression (0 if unknown)."""
+    completion: int
+    """1 if watch_ms >= 80 % of a known duration."""
+    keep_rate: float
+    """Probability with which this sample was kept (1.0 for positives, a for negatives)."""
+    user_stats: list[int]
+    """The user's `STAT_FEATURES` counts at impression time."""
+    note_stats: list[int]
+    """The note's `STAT_FEATURES` counts at impression time."""
+
+
+class SampleBatch(msgspec.Struct, frozen=True, gc=False):
+    """A micro-batch of samples: one message on `training-samples`."""
+
+    batch_id: str
+    """Deterministic id (flow partition and sequence), so a replay produces the same ids."""
+    created_ms: int
+    """Wall time the batch was emitted, epoch ms (for freshness measurement)."""
+    max_ts: int
+    """Largest impression event time in the batch."""
+    samples: list[Sample]
+    v: int = SAMPLE_SCHEMA_VERSION
+
+
+SAMPLE_COLUMNS: Final = tuple(Sample.__struct_fields__)
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(SampleBatch)
+
+
+def encode_batch(batch: SampleBatch) -> bytes:
+    """Encode a micro-batch for `training-samples`."""
+    return _ENCODER.encode(batch)
+
+
+def decode_batch(raw: bytes) -> SampleBatch:
+    """Decode a `training-samples` message (raises `msgspec.ValidationError` if malformed)."""
+    return _DECODER.decode(raw)
