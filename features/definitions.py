@@ -28,10 +28,15 @@ note = Entity(
 )
 
 
-def _view(name: str, entity: Entity) -> FeatureView:
+def offline_dir(project: str) -> Path:
+    """Directory of a project's offline log (one parquet part directory per view)."""
+    return DATA / project
+
+
+def _view(name: str, entity: Entity, log_dir: Path) -> FeatureView:
     batch = FileSource(
         name=f"{name}_log",
-        path=str(DATA / name),
+        path=str(log_dir / name),
         timestamp_field="event_ts",
         description=f"Offline log of {name} rows appended by the stats job (parquet parts).",
     )
@@ -47,5 +52,13 @@ def _view(name: str, entity: Entity) -> FeatureView:
     )
 
 
-user_stats = _view("user_stats", user)
-note_stats = _view("note_stats", note)
+def stats_views(project: str) -> list[FeatureView]:
+    """The `user_stats` and `note_stats` views whose batch sources are `project`'s offline log."""
+    return [
+        _view("user_stats", user, offline_dir(project)),
+        _view("note_stats", note, offline_dir(project)),
+    ]
+
+
+# What `feast apply` registers for the repository's own project (feature_store.yaml).
+user_stats, note_stats = stats_views("streamrec")

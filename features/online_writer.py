@@ -32,63 +32,41 @@ _INT64_TAG, _DOUBLE_TAG = 0x20, 0x29  # ValueProto fields 4 (varint) and 5 (fixe
 _CRLF = np.frombuffer(b"\r\n", dtype=np.uint8)
 
 
-class _Parts:
-    """Columns of padded byte strings; `bytes()` concatenates the valid bytes row by row."""
-
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
-        self.data: list[np.ndarray] = []
-        self.lens: list[np.ndarray] = []
-
-    def const(self, value: bytes) -> None:
-        arr = np.frombuffer(value, dtype=np.uint8)
-        self.data.append(np.broadcast_to(arr, (self.rows, len(arr))))
-        self.lens.append(np.full(self.rows, len(arr)))
-
-    def var(self, data: np.ndarray, lens: np.ndarray) -> None:
-        self.data.append(data)
-        self.lens.append(lens)
-
-    def bytes(self) -> bytes:
-        data = np.concatenate(self.data, axis=1)  # (R, total width)
-        mask = np.concatenate(
-            [np.arange(d.shape[1]) < n[:, None] for d, n in zip(self.data, self.lens, strict=True)],
-            axis=1,
-        )
-        return data[mask].tobytes()
+_SHIFTS = np.arange(10, dtype=np.uint64) * np.uint64(7)
 
 
 def _int64_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ValueProto(int64_val=v) bytes of each value: (R, 11) padded, and lengths."""
-    v = values.astype(np.int64).view(np.uint64)
-    groups = np.stack([(v >> np.uint64(7 * j)) & np.uint64(0x7F) for j in range(10)], axis=1)
-    more = np.stack([(v >> np.uint64(7 * j)) != 0 for j in range(1, 10)], axis=1)
-    length = 1 + more.sum(axis=1)  # varint bytes, 1..10
-    cont = np.arange(10)[None, :] < (length - 1)[:, None]
-    out = np.zeros((len(v), 11), dtype=np.uint8)
-    out[:, 0] = _INT64_TAG
-    out[:, 1:] = (groups | (cont.astype(np.uint64) << np.uint64(7))).astype(np.uint8)
+    """ValueProto(int64_val=v) bytes of each value: (..., 11) padded, and lengths (...)."""
+    v = values.astype(np.int64).view(np.uint64)[..., None]  # (..., 1)
+    shifted = v >> _SHIFTS  # (..., 10)
+    length = 1 + (shifted[..., 1:] != 0).sum(axis=-1)  # varint bytes, 1..10
+    cont = np.arange(10) < (length - 1)[..., None]  # (..., 10)
+    out = np.empty((*values.shape, 11), dtype=np.uint8)
+    out[..., 0] = _INT64_TAG
+    out[..., 1:] = ((shifted & np.uint64(0x7F)) | (cont.astype(np.uint64) << np.uint64(7))).astype(
+        np.uint8
+    )
     return out, length + 1
 
 
-def _double_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ValueProto(double_val=v) bytes of each value: (R, 9), all 9 long."""
-    out = np.empty((len(values), 9), dtype=np.uint8)
-    out[:, 0] = _DOUBLE_TAG
-    out[:, 1:] = values.astype("<f8").view(np.uint8).reshape(-1, 8)
-    return out, np.full(len(values), 9)
+def _double_values(values: np.ndarray) -> np.ndarray:
+    """ValueProto(double_val=v) bytes of each value: (..., 9)."""
+    out = np.empty((*values.shape, 9), dtype=np.uint8)
+    out[..., 0] = _DOUBLE_TAG
+    out[..., 1:] = values.astype("<f8")[..., None].view(np.uint8)
+    return out
 
 
 def _bulk_len(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """RESP `$<n>\\r\\n` headers for bulk strings of the given lengths (n < 100)."""
+    """RESP `$<n>\\r\\n` headers for bulk strings of the given lengths (n < 100): (..., 5)."""
     tens, ones = lengths // 10, lengths % 10
     two = tens > 0
-    out = np.zeros((len(lengths), 5), dtype=np.uint8)
-    out[:, 0] = ord("$")
-    out[:, 1] = np.where(two, ord("0") + tens, ord("0") + ones)
-    out[:, 2] = np.where(two, ord("0") + ones, ord("\r"))
-    out[:, 3] = np.where(two, ord("\r"), ord("\n"))
-    out[:, 4] = ord("\n")
+    out = np.empty((*lengths.shape, 5), dtype=np.uint8)
+    out[..., 0] = ord("$")
+    out[..., 1] = np.where(two, ord("0") + tens, ord("0") + ones)
+    out[..., 2] = np.where(two, ord("0") + ones, ord("\r"))
+    out[..., 3] = np.where(two, ord("\r"), ord("\n"))
+    out[..., 4] = ord("\n")
     return out, np.where(two, 5, 4)
 
 
@@ -111,6 +89,8 @@ class OnlineWriter:
         self._ttl = key_ttl_seconds
         self._cache_size = cache_size
         self._keys: dict[tuple[str, str], bytes] = {}
+        self._conn: redis.connection.AbstractConnection | None = None
+        self._pending = 0
         self._fields = {
             view: {name: _mmh3(f"{view}:{name}") for name in feature_types(view)}
             for view in ENTITY_KEY
@@ -150,22 +130,52 @@ class OnlineWriter:
         keys = [self.redis_key(view, i) for i in entity_ids]
         heads = [argc + _bulk(k) + ts_pair for k in keys]
         width = max(len(h) for h in heads)
-        parts = _Parts(rows)
-        parts.var(
-            np.frombuffer(b"".join(h.ljust(width, b"\0") for h in heads), dtype=np.uint8).reshape(
-                rows, width
-            ),
-            np.fromiter((len(h) for h in heads), dtype=np.int64, count=rows),
-        )
+        head_data = np.frombuffer(b"".join(h.ljust(width, b"\0") for h in heads), dtype=np.uint8)
+        head_lens = np.fromiter((len(h) for h in heads), dtype=np.int64, count=rows)
+        # Every field of every row at once: (R, F, piece) arrays, in the fields' write order.
+        names = list(fields)
         kinds = feature_types(view)
-        for name, field in fields.items():
-            parts.const(_bulk(field))
-            encode = _int64_values if kinds[name] == "int64" else _double_values
-            values, lengths = encode(np.asarray(columns[name]))
-            parts.var(*_bulk_len(lengths))
-            parts.var(values, lengths)
-            parts.var(np.broadcast_to(_CRLF, (rows, 2)), np.full(rows, 2))
-        payload = parts.bytes()
+        is_int = np.array([kinds[n] == "int64" for n in names])
+        n_fields = len(names)
+        values = np.zeros((rows, n_fields, 11), dtype=np.uint8)  # (R, F, 11)
+        value_lens = np.full((rows, n_fields), 9, dtype=np.int64)  # (R, F)
+        ints = np.stack([np.asarray(columns[n]) for n in names if kinds[n] == "int64"], axis=1)
+        values[:, is_int], value_lens[:, is_int] = _int64_values(ints)
+        floats = np.stack([np.asarray(columns[n]) for n in names if kinds[n] != "int64"], axis=1)
+        values[:, ~is_int, :9] = _double_values(floats)
+        value_heads, value_head_lens = _bulk_len(value_lens)  # (R, F, 5), (R, F)
+        field_bulks = [_bulk(fields[n]) for n in names]
+        field_width = max(len(b) for b in field_bulks)
+        field_data = np.frombuffer(
+            b"".join(b.ljust(field_width, b"\0") for b in field_bulks), dtype=np.uint8
+        ).reshape(n_fields, field_width)
+        field_lens = np.array([len(b) for b in field_bulks])
+        segment = np.concatenate(
+            [
+                np.broadcast_to(field_data, (rows, n_fields, field_width)),
+                value_heads,
+                values,
+                np.broadcast_to(_CRLF, (rows, n_fields, 2)),
+            ],
+            axis=2,
+        )  # (R, F, S)
+        offsets = np.arange(segment.shape[2])
+        segment_mask = np.concatenate(
+            [
+                np.broadcast_to(
+                    offsets[:field_width] < field_lens[:, None], (rows, n_fields, field_width)
+                ),
+                offsets[:5] < value_head_lens[..., None],
+                offsets[:11] < value_lens[..., None],
+                np.ones((rows, n_fields, 2), dtype=bool),
+            ],
+            axis=2,
+        )  # (R, F, S)
+        data = np.concatenate([head_data.reshape(rows, width), segment.reshape(rows, -1)], axis=1)
+        mask = np.concatenate(
+            [np.arange(width) < head_lens[:, None], segment_mask.reshape(rows, -1)], axis=1
+        )
+        payload = data[mask].tobytes()
         if self._ttl:
             payload += b"".join(
                 b"*3\r\n$6\r\nEXPIRE\r\n" + _bulk(k) + _bulk(str(self._ttl).encode()) for k in keys
@@ -176,24 +186,70 @@ class OnlineWriter:
         self, view: str, entity_ids: Sequence[str], columns: dict[str, np.ndarray], event_ts_ms: int
     ) -> None:
         """Write one row per entity, valid as of `event_ts_ms`, in one round trip."""
+        self.send(view, entity_ids, columns, event_ts_ms)
+        self.collect()
+
+    def send(
+        self, view: str, entity_ids: Sequence[str], columns: dict[str, np.ndarray], event_ts_ms: int
+    ) -> None:
+        """Send the writes without waiting for Redis's replies (`collect` reads them).
+
+        Redis applies commands of one connection in order, so a later `send` of the same entity
+        still lands after an earlier one; meanwhile the caller computes while Redis writes.
+        """
         if not len(entity_ids):
             return
         payload = self.encode(view, entity_ids, columns, event_ts_ms)
-        replies = len(entity_ids) * (2 if self._ttl else 1)
-        pool = self._client.connection_pool
-        conn = pool.get_connection()
+        if self._conn is None:
+            self._conn = self._client.connection_pool.get_connection()
         try:
-            conn.send_packed_command([payload])
-            errors = []
-            for _ in range(replies):
+            self._conn.send_packed_command([payload])
+        except BaseException:
+            self._drop_connection()
+            raise
+        self._pending += len(entity_ids) * (2 if self._ttl else 1)
+
+    def send_command(self, *args: object) -> None:
+        """Send one more Redis command on the writer's connection, after the writes before it."""
+        if self._conn is None:
+            self._conn = self._client.connection_pool.get_connection()
+        try:
+            self._conn.send_packed_command(self._conn.pack_command(*args))
+        except BaseException:
+            self._drop_connection()
+            raise
+        self._pending += 1
+
+    def collect(self) -> None:
+        """Wait for the replies of everything sent; raise if Redis refused any write."""
+        if not self._pending:
+            return
+        errors = []
+        try:
+            for _ in range(self._pending):
                 try:
-                    conn.read_response()
+                    self._conn.read_response()
                 except redis.ResponseError as exc:
                     errors.append(exc)
         except BaseException:
-            conn.disconnect()
+            self._drop_connection()
             raise
-        finally:
-            pool.release(conn)
+        replies, self._pending = self._pending, 0
         if errors:
             raise FeaturesError(f"Redis refused {len(errors)} of {replies} writes: {errors[0]}")
+
+    def close(self) -> None:
+        """Collect outstanding replies and give the connection back."""
+        try:
+            self.collect()
+        finally:
+            if self._conn is not None:
+                self._client.connection_pool.release(self._conn)
+                self._conn = None
+
+    def _drop_connection(self) -> None:
+        self._pending = 0
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._client.connection_pool.release(self._conn)
+            self._conn = None

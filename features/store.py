@@ -45,7 +45,7 @@ def apply_definitions(store: FeatureStore) -> None:
     """Register the entities, push sources and feature views (what `feast apply` does)."""
     from features import definitions as d
 
-    store.apply([d.user, d.note, d.user_stats, d.note_stats])
+    store.apply([d.user, d.note, *d.stats_views(store.project)])
 
 
 def online_features(store: FeatureStore, view: str, ids: list[str]) -> dict[str, list]:

@@ -12,6 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from infra import stack
+from infra.cli_exposure import exposure_app, run_exposure
+from infra.cli_learn import learn_app
+from infra.cli_samples import run_samples
+from infra.cli_snapshots import snapshots_app
 from infra.config import Settings, load_settings
 from infra.errors import InfraError
 from streams.errors import StreamsError
@@ -25,6 +29,11 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(replay_app, name="replay")
 app.add_typer(run_app, name="run")
 app.add_typer(topics_app, name="topics")
+app.add_typer(snapshots_app, name="snapshots")
+app.add_typer(learn_app, name="learn")
+app.add_typer(exposure_app, name="exposure")
+run_app.command("exposure")(run_exposure)
+run_app.command("samples")(run_samples)
 
 console = Console()
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file.")]
@@ -245,6 +254,7 @@ def run_stats(
     """Multi-window user and note statistics from interactions into Feast (Redis)."""
     from bytewax.connectors.kafka import KafkaSink
 
+    from features.definitions import offline_dir
     from streams.kafka_io import KafkaBatchSource
     from streams.online_sink import FeastOnlineSink
     from streams.runner import RunConfig, launch_cluster, run_here
@@ -261,7 +271,10 @@ def run_stats(
     flow = build_flow(
         KafkaBatchSource(where.bootstrap, topics.interactions, tail=not until_end),
         FeastOnlineSink(
-            where.redis_url, settings.feast_project, offline_dir=settings.feature_repo / "data"
+            where.redis_url,
+            settings.feast_project,
+            settings.stats.shards,
+            offline_dir=offline_dir(settings.feast_project),
         ),
         KafkaSink([where.bootstrap], topics.dlq),
         settings.stats,

@@ -9,7 +9,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infra.errors import ConfigError
-from streams.config import StatsConfig
+from learners.config import LearnConfig
+from learners.snapshots import SnapshotConfig
+from streams.config import ExposureConfig, SamplesConfig, StatsConfig
 
 
 class _Frozen(BaseModel):
@@ -82,6 +84,14 @@ class Settings(_Frozen):
     """Event decoding limits."""
     stats: StatsConfig = StatsConfig()
     """The stats job."""
+    exposure: ExposureConfig = ExposureConfig()
+    """The exposure job and the filters it keeps."""
+    samples: SamplesConfig = SamplesConfig()
+    """The sample joiner."""
+    snapshots: SnapshotConfig = SnapshotConfig()
+    """Embedding snapshots: root directory, retention, publishing intervals."""
+    learn: LearnConfig = LearnConfig()
+    """The online learner and full training."""
     feast_project: str = "streamrec"
     """Feast project whose online store the jobs write."""
     feature_repo: Path = Path("features")

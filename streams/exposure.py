@@ -1,7 +1,10 @@
 """The exposure job: impressions from `interactions` -> per-user time-sliced Bloom filters.
 
-Stateless apart from the Kafka offsets Bytewax records: setting Bloom bits is idempotent, so a
-job restarted after a crash re-reads from its last snapshot and sets the same bits again.
+Dataflow: Kafka batches -> decode (bad -> DLQ) -> the batch's impressions as columns -> the
+sink, which sets their Bloom bits with one Redis call per sink batch (`ExposureWriter`) and
+raises the event-time high-water mark that readers measure retention from. Stateless apart from
+the Kafka offsets Bytewax records: setting Bloom bits is idempotent, so a job restarted after a
+crash re-reads from its last snapshot and sets the same bits again.
 """
 
 from __future__ import annotations
@@ -14,26 +17,32 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
+from streams.config import ExposureConfig
 from streams.decode import Decoded, decode_with_dlq
 from streams.kafka_io import RawBatch
 
 
 @dataclass(frozen=True, slots=True)
 class Impressions:
-    """The impressions of one batch, as columns."""
+    """The impressions of one batch, as columns, and the batch's largest event time."""
 
     users: list[str]
     notes: list[str]
     ts: np.ndarray
+    max_ts: int
 
 
 def impressions_of(decoded: Decoded) -> Impressions | None:
-    """Keep the impressions of a decoded batch (None when it has none)."""
-    shown = [e for e in decoded.events if e.type == "impression"]
-    if not shown:
+    """Keep the impressions of a decoded batch (None when it has no valid event at all).
+
+    A batch without impressions still moves the flow's event-time clock (`max_ts`).
+    """
+    if not decoded.events:
         return None
+    shown = [e for e in decoded.events if e.type == "impression"]
     ts = np.fromiter((e.ts for e in shown), dtype=np.int64, count=len(shown))
-    return Impressions([e.user_id for e in shown], [e.note_id for e in shown], ts)
+    max_ts = max(e.ts for e in decoded.events)
+    return Impressions([e.user_id for e in shown], [e.note_id for e in shown], ts, max_ts)
 
 
 def build_flow(
@@ -55,7 +64,7 @@ def build_flow(
 
 
 class _ExposurePartition(StatelessSinkPartition[Impressions]):
-    def __init__(self, redis_url: str, config: object) -> None:
+    def __init__(self, redis_url: str, config: ExposureConfig) -> None:
         import redis
 
         from serving.exposure import ExposureWriter
@@ -67,16 +76,21 @@ class _ExposurePartition(StatelessSinkPartition[Impressions]):
         users = [u for item in items for u in item.users]
         notes = [n for item in items for n in item.notes]
         ts = np.concatenate([item.ts for item in items])
-        self._writer.add_batch(users, notes, ts)
+        self._writer.add_batch(users, notes, ts, as_of=max(item.max_ts for item in items))
 
     def close(self) -> None:
         self._redis.close()
 
 
 class ExposureSink(DynamicSink[Impressions]):
-    """Sets the Bloom bits of every impression, one Redis round trip per sink batch."""
+    """Sets the Bloom bits of every impression, one Redis call per sink batch and worker.
 
-    def __init__(self, redis_url: str, config: object) -> None:
+    Args:
+        redis_url: the Redis holding the filters.
+        config: namespace, retention and sizing (stored in Redis by the first writer).
+    """
+
+    def __init__(self, redis_url: str, config: ExposureConfig) -> None:
         self._redis_url, self._config = redis_url, config
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ExposurePartition:

@@ -1,9 +1,17 @@
 """The stats job's output: derived features into Feast's Redis online store and an offline log.
 
-Each `StatsFlush` becomes one pipelined write of Feast's own online format (`OnlineWriter`);
+Each `StatsFlush` becomes one pipelined write of Feast's own online format (`OnlineWriter`),
+whose replies are read at the next batch, so Redis writes while the flow computes;
 the flow's event-time high-water mark is kept at `<project>:hwm:stats` in Redis so readers
 know the time the values are valid as of. Rows are also appended, in parquet part files, to the
 offline log that the feature views' batch sources read (point-in-time training data).
+
+The sink has one partition per stats shard (`u0`.., `n0`..), so Bytewax calls each partition's
+`snapshot` at every epoch: there the offline rows buffered so far are written (parquet parts
+are written aside, then renamed) and Redis's replies collected, before the epoch - and the Kafka
+offsets with it - is committed. After a crash, the rows of the epochs after the last commit are
+emitted again: the online store gets the same aggregates again, the offline log may hold a row
+twice (identical values and timestamp, harmless to point-in-time joins), and nothing is lost.
 """
 
 from __future__ import annotations
@@ -11,12 +19,13 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import redis
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from features.online_writer import OnlineWriter
 from features.schema import FeatureConfig, derive
@@ -24,6 +33,8 @@ from streams.pacing import PACER
 from streams.stats import StatsFlush
 
 OFFLINE_ROWS = 50_000
+_OFFLINE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
+"""Writes full offline parts off the worker thread (pyarrow releases the GIL while writing)."""
 
 
 def hwm_key(project: str, job: str) -> str:
@@ -31,7 +42,7 @@ def hwm_key(project: str, job: str) -> str:
     return f"{project}:hwm:{job}"
 
 
-class _Partition(StatelessSinkPartition[StatsFlush]):
+class _Partition(StatefulSinkPartition[StatsFlush, None]):
     def __init__(
         self, redis_url: str, project: str, config: FeatureConfig, offline_dir: Path | None
     ) -> None:
@@ -42,18 +53,22 @@ class _Partition(StatelessSinkPartition[StatsFlush]):
         self._offline_dir = offline_dir
         self._pending: dict[str, list[pa.Table]] = {}
         self._pending_rows = 0
+        self._writing: list[Future] = []
 
     def write_batch(self, items: list[StatsFlush]) -> None:
         start = time.perf_counter()
+        # The replies of the previous batch are read first: Redis wrote it while the flow went on.
+        self._writer.collect()
         hwm = 0
         for flush in items:
             columns = derive(flush.view, flush.counts, self._config)
-            self._writer.write(flush.view, flush.ids, columns, flush.as_of_ms)
+            self._writer.send(flush.view, flush.ids, columns, flush.as_of_ms)
             hwm = max(hwm, flush.as_of_ms)
             if self._offline_dir is not None:
                 self._log(flush, columns)
         if hwm:
-            self._redis.eval(_MAX_SCRIPT, 1, self._hwm_key, hwm)
+            # Same connection, after the values: whoever sees the mark sees the values.
+            self._writer.send_command("EVAL", _MAX_SCRIPT, 1, self._hwm_key, hwm)
         PACER.record(time.perf_counter() - start)
 
     def _log(self, flush: StatsFlush, columns: dict) -> None:
@@ -70,23 +85,37 @@ class _Partition(StatelessSinkPartition[StatsFlush]):
         self._pending.setdefault(flush.view, []).append(table)
         self._pending_rows += len(flush.ids)
         if self._pending_rows >= OFFLINE_ROWS:
-            self._write_offline()
+            self._writing.append(_OFFLINE.submit(_write_parts, self._offline_dir, self._pending))
+            self._pending = {}
+            self._pending_rows = 0
 
-    def _write_offline(self) -> None:
-        for view, tables in self._pending.items():
-            directory = self._offline_dir / view
-            directory.mkdir(parents=True, exist_ok=True)
-            name = f"part-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
-            tmp = directory / f".{name}.tmp"
-            pq.write_table(pa.concat_tables(tables), tmp)
-            os.replace(tmp, directory / name)
-        self._pending.clear()
-        self._pending_rows = 0
+    def snapshot(self) -> None:
+        """Make everything written so far durable before Bytewax commits the epoch."""
+        self._writer.collect()
+        if self._pending:
+            self._writing.append(_OFFLINE.submit(_write_parts, self._offline_dir, self._pending))
+            self._pending = {}
+            self._pending_rows = 0
+        for done in self._writing:
+            done.result()
+        self._writing.clear()
 
     def close(self) -> None:
-        if self._pending:
-            self._write_offline()
+        self.snapshot()
+        self._writer.close()
         self._redis.close()
+
+
+def _write_parts(offline_dir: Path, pending: dict[str, list[pa.Table]]) -> None:
+    for view, tables in pending.items():
+        directory = offline_dir / view
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"part-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = directory / f".{name}.tmp"
+        pq.write_table(pa.concat_tables(tables), tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, directory / name)
 
 
 _MAX_SCRIPT = """
@@ -96,18 +125,29 @@ return 1
 """
 
 
-class FeastOnlineSink(DynamicSink[StatsFlush]):
-    """Writes stats flushes to Feast's online store (and, optionally, the offline log)."""
+class FeastOnlineSink(FixedPartitionedSink[StatsFlush, None]):
+    """Writes stats flushes to Feast's online store (and, optionally, the offline log).
+
+    Items are `(shard key, StatsFlush)`; the partitions are the stats shards.
+    """
 
     def __init__(
         self,
         redis_url: str,
         project: str,
+        shards: int,
         config: FeatureConfig | None = None,
         offline_dir: Path | None = None,
     ) -> None:
         self._args = (redis_url, project, config or FeatureConfig(), offline_dir)
+        self._parts = sorted(f"{kind}{i}" for kind in "un" for i in range(shards))
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
-        del step_id, worker_index, worker_count
+    def list_parts(self) -> list[str]:
+        return self._parts
+
+    def part_fn(self, item_key: str) -> int:
+        return self._parts.index(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _Partition:
+        del step_id, for_part, resume_state  # writes are idempotent: nothing to resume
         return _Partition(*self._args)

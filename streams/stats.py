@@ -251,7 +251,7 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
 
 def build_flow(
     source: Source[RawBatch],
-    sink: Sink[StatsFlush],
+    sink: Sink[tuple[str, StatsFlush]],
     dlq: DynamicSink,
     config: StatsConfig,
     recoverable: bool = True,
@@ -260,7 +260,7 @@ def build_flow(
 
     Args:
         source: raw Kafka batches (`KafkaBatchSource` or a `TestingSource` of `RawBatch`).
-        sink: receives `StatsFlush` items (the Feast online writer in production).
+        sink: receives `(shard key, StatsFlush)` items (`FeastOnlineSink` in production).
         dlq: receives dead letters (undecodable and late events).
         config: job settings.
         recoverable: snapshot the state each epoch (turn off only when running without
@@ -281,5 +281,5 @@ def build_flow(
             resume or ShardState(TileStore()), config.flush_interval_ms, recoverable
         ),
     )
-    op.output("online", op.key_rm("flushes", flushed), sink)
+    op.output("online", flushed, sink)
     return flow

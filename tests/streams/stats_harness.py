@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +65,37 @@ def expected_features(events: list, view: str) -> pd.DataFrame:
     }
     derived = derive(view, arrays, FeatureConfig())
     return pd.DataFrame({k: np.asarray(v) for k, v in derived.items()}, index=counts.index)
+
+
+def recovery_progress(recovery_dir: Path) -> int:
+    """The lowest epoch every recovery partition has committed (0 before the first snapshot)."""
+    parts = sorted(recovery_dir.glob("part-*.sqlite3"))
+    if not parts:
+        return 0
+    epochs = []
+    for part in parts:
+        with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=5) as db:
+            try:
+                row = db.execute("SELECT MIN(commit_epoch) FROM commits").fetchone()
+            except sqlite3.OperationalError:
+                return 0
+        epochs.append(row[0] or 0)
+    return min(epochs)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def resume_epochs(recovery_dir: Path) -> list[int]:
+    """The epoch each execution recorded in the recovery store resumed from, oldest first."""
+    rows: dict[int, int] = {}
+    for part in sorted(recovery_dir.glob("part-*.sqlite3")):
+        with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=5) as db:
+            rows.update(db.execute("SELECT ex_num, resume_epoch FROM exs").fetchall())
+    return [rows[k] for k in sorted(rows)]

@@ -56,7 +56,8 @@ def run(events: list[Event], config: StatsConfig) -> tuple[list[StatsFlush], lis
         TestingSource(raw_batches(events)), TestingSink(flushes), TestingSink(dead), config
     )
     run_main(flow)
-    return flushes, dead
+    assert all(key.startswith(("u", "n")) for key, _ in flushes)
+    return [flush for _, flush in flushes], dead
 
 
 def test_synthetic_windows_match_pandas() -> None:
@@ -132,7 +133,7 @@ def test_bad_events_go_to_dlq_and_the_flow_keeps_going() -> None:
         )
     )
     assert sorted(decode_dead_letter(d.value).reason for d in dead) == ["missing_field", "not_json"]
-    got, _ = final_state(flushes, "user_stats")
+    got, _ = final_state([flush for _, flush in flushes], "user_stats")
     assert got.loc["u1", "impressions_1h"] == 5
 
 

@@ -1,0 +1,293 @@
+"""The stats job's throughput (Kafka -> Redis), freshness through Feast, and the online writer.
+
+Run: `.venv/bin/python -m bench.stats [--events N] [--reps R] [--fresh-seconds S]`.
+
+1. Sustained events/s: N synthetic events are produced to a fresh 4-partition topic, then
+   `streamrec run stats --until-end` (1 process, then 2) reads them all, writes Feast (Redis) and
+   exits. The same command on an empty topic gives the fixed start-up and shutdown cost, which is
+   subtracted: net events/s = N / (wall - empty wall). Both figures are printed.
+2. Freshness: the job runs unbounded while events are produced at 10k events/s; for one event
+   every 20 ms, the time from its produce call to the moment `FeatureStore.get_online_features`
+   shows its user's counts including it (p50 / p99; PNG histogram in bench/out/).
+3. The online writer against Feast's `store.push()` on the same rows (bench/online_writer.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import redis
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import Progress
+
+from bench import online_writer
+from bench.common import bench_stack, fresh_topic, median, percentile
+from features.store import apply_definitions, feature_store
+from streams.kafka_io import make_producer
+from streams.replay import encoded_batches
+from streams.sources.synthetic import SyntheticConfig, SyntheticSource
+
+console = Console()
+CLI = Path(sys.executable).with_name("streamrec")
+OUT = Path(__file__).resolve().parent / "out"
+BENCH_DB = 12  # a Redis DB of its own, flushed at the end
+TYPE_COUNTS_30D = [
+    f"{m}_30d"
+    for m in (
+        "impressions",
+        "clicks",
+        "likes",
+        "collects",
+        "shares",
+        "comments",
+        "follows",
+        "plays",
+        "hides",
+    )
+]
+
+
+def _config(tmp: Path, topic: str) -> tuple[Path, str]:
+    project = f"bench{uuid.uuid4().hex[:6]}"
+    data = {
+        "kafka": {"topics": {"interactions": topic, "dlq": f"{topic}.dlq"}},
+        "feast_project": project,
+    }
+    path = tmp / f"{project}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, project
+
+
+def _env(bootstrap: str, redis_url: str) -> dict[str, str]:
+    return {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "REDIS_URL": redis_url}
+
+
+def _produce_all(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) -> None:
+    producer = make_producer(bootstrap)
+    for key, value in zip(keys, values, strict=True):
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
+
+
+def _timed_run(args: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run([str(CLI), *args], env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"stats job failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def throughput(
+    state, redis_url: str, tmp: Path, events: int, reps: int
+) -> dict[int, tuple[float, float]]:
+    """processes -> (median gross events/s, median net events/s)."""
+    keys, values = [], []
+    for k, v, *_ in encoded_batches(SyntheticSource(limit=events)):
+        keys += k
+        values += v
+    env = _env(state.bootstrap, redis_url)
+    out: dict[int, tuple[float, float]] = {}
+    with Progress(console=console) as progress:
+        task = progress.add_task("stats job throughput", total=2 * reps)
+        for processes in (1, 2):
+            gross, net = [], []
+            for _ in range(reps):
+                empty = fresh_topic(state.bootstrap, "bench-stats-empty")
+                config, _ = _config(tmp, empty)
+                args = ["run", "stats", "--until-end", "--processes", str(processes)]
+                fixed = _timed_run([*args, "--config", str(config)], env)
+                topic = fresh_topic(state.bootstrap, "bench-stats")
+                _produce_all(state.bootstrap, topic, keys, values)
+                config, _ = _config(tmp, topic)
+                wall = _timed_run([*args, "--config", str(config)], env)
+                gross.append(events / wall)
+                net.append(events / max(wall - fixed, 1e-9))
+                progress.advance(task)
+            out[processes] = (median(gross), median(net))
+    return out
+
+
+def freshness(
+    state, redis_url: str, tmp: Path, seconds: float, rate: float = 10_000.0
+) -> list[float]:
+    """Produce at `rate` for `seconds`; return produce -> visible-through-Feast delays (ms)."""
+    topic = fresh_topic(state.bootstrap, "bench-fresh")
+    config, project = _config(tmp, topic)
+    env = _env(state.bootstrap, redis_url)
+    job = subprocess.Popen(
+        [str(CLI), "run", "stats", "--config", str(config)],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    store = feature_store(redis_url, project, tmp / f"{project}-registry.db")
+    apply_definitions(store)
+    world = SyntheticConfig(users=20_000, notes=50_000)
+    total = int(seconds * rate)
+    batches = list(encoded_batches(SyntheticSource(world, limit=total + 20_000)))
+    keys = [k for b in batches for k in b[0]]
+    values = [v for b in batches for v in b[1]]
+    warm = 20_000  # events produced first, so the job is up and running when probes start
+    _produce_all(state.bootstrap, topic, keys[:warm], values[:warm])
+    seen: dict[str, int] = defaultdict(int)
+    for k in keys[:warm]:
+        seen[k.decode()] += 1
+    _wait_visible(store, {keys[warm - 1].decode(): seen[keys[warm - 1].decode()]}, 120)
+
+    probes: dict[str, tuple[int, float]] = {}  # user -> (events of that user, produce time)
+    delays: list[float] = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def prober() -> None:
+        while not done.is_set() or probes:
+            with lock:
+                pending = dict(probes)
+            if not pending:
+                time.sleep(0.002)
+                continue
+            users = list(pending)
+            got = store.get_online_features(
+                features=[f"user_stats:{f}" for f in TYPE_COUNTS_30D],
+                entity_rows=[{"user_id": u} for u in users],
+            ).to_dict()
+            now = time.perf_counter()
+            for i, user in enumerate(users):
+                count = sum(got[f][i] or 0 for f in TYPE_COUNTS_30D)
+                need, sent_at = pending[user]
+                if count >= need:
+                    with lock:
+                        if probes.get(user, (None,))[0] == need:
+                            del probes[user]
+                    delays.append((now - sent_at) * 1000)
+
+    thread = threading.Thread(target=prober)
+    thread.start()
+    producer = make_producer(state.bootstrap, **{"linger.ms": 1})
+    chunk = int(rate / 100)  # every 10 ms
+    start = time.perf_counter()
+    next_probe = start
+    with Progress(console=console) as progress:
+        task = progress.add_task("freshness at 10k events/s", total=total)
+        for lo in range(warm, warm + total, chunk):
+            for i in range(lo, lo + chunk):
+                producer.produce(topic, values[i], keys[i])
+                seen[keys[i].decode()] += 1
+            now = time.perf_counter()
+            if now >= next_probe:
+                user = keys[lo + chunk - 1].decode()
+                with lock:
+                    if user not in probes:
+                        probes[user] = (seen[user], now)
+                next_probe = now + 0.02
+            producer.poll(0)
+            progress.advance(task, chunk)
+            due = start + (lo + chunk - warm) / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+    producer.flush(30)
+    deadline = time.monotonic() + 30
+    while probes and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done.set()
+    thread.join()
+    lost = len(probes)
+    os.killpg(job.pid, signal.SIGTERM)
+    job.wait(30)
+    if lost:
+        console.print(f"[red]{lost} probes never became visible within 30 s[/red]")
+    return delays
+
+
+def _wait_visible(store, need: dict[str, int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        users = list(need)
+        got = store.get_online_features(
+            features=[f"user_stats:{f}" for f in TYPE_COUNTS_30D],
+            entity_rows=[{"user_id": u} for u in users],
+        ).to_dict()
+        counts = [sum(got[f][i] or 0 for f in TYPE_COUNTS_30D) for i in range(len(users))]
+        if all(c >= need[u] for c, u in zip(counts, users, strict=True)):
+            return
+        time.sleep(0.05)
+    raise RuntimeError("the stats job did not make the warm-up events visible")
+
+
+def _plot(delays: list[float]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    OUT.mkdir(exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(delays, bins=60, color="#4477aa")
+    for q, style in ((50, "--"), (99, ":")):
+        ax.axvline(percentile(delays, q), color="k", linestyle=style, label=f"p{q}")
+    ax.set_xlabel("event produced -> visible through Feast (ms)")
+    ax.set_ylabel("probes")
+    ax.set_title("stats job freshness at 10k events/s")
+    ax.legend()
+    path = OUT / "stats_freshness.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def main(
+    events: int = 300_000,
+    reps: int = 3,
+    fresh_seconds: float = 30.0,
+    only: str = "throughput,freshness,writer",
+) -> None:
+    """Measure and print the figures (`--only` picks a comma-separated subset)."""
+    parts = set(only.split(","))
+    rates: dict[int, tuple[float, float]] = {}
+    delays: list[float] = []
+    with bench_stack() as state, tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        redis_url = state.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}"
+        client = redis.Redis.from_url(redis_url)
+        try:
+            if "throughput" in parts:
+                rates = throughput(state, redis_url, tmp, events, reps)
+            if "freshness" in parts:
+                delays = freshness(state, redis_url, tmp, fresh_seconds)
+        finally:
+            client.flushdb()
+    for processes, (gross, net) in rates.items():
+        console.print(
+            f"stats job, {processes} process(es): {net:,.0f} events/s net of start-up "
+            f"({gross:,.0f} gross, {events:,} events; medians of {reps}; target >= 50,000/process)"
+        )
+    if delays:
+        console.print(
+            f"freshness at 10k events/s: p50 {percentile(delays, 50):,.0f} ms, "
+            f"p99 {percentile(delays, 99):,.0f} ms over {len(delays)} probes "
+            "(target p99 <= 1,000 ms)"
+        )
+        console.print(f"plot: {_plot(delays)}")
+    if "writer" in parts:
+        online_writer.main()
+
+
+if __name__ == "__main__":
+    typer.run(main)

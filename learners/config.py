@@ -1,0 +1,171 @@
+"""Hyperparameters of the models (frozen dataclasses) and settings of the learning jobs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from learners.errors import ModelConfigError
+
+RANKER_TASKS = ("click", "like", "collect", "share", "comment", "follow", "completion")
+"""Binary tasks of the ranker (cross-entropy); `watch` (watch time) is added as a regression."""
+ID_TABLES = ("user", "note", "author", "category")
+"""The ID embedding tables of both models."""
+
+
+@dataclass(frozen=True)
+class EmbeddingConfig:
+    """One collisionless ID table: admission, expiry, capacity, row-wise Adagrad."""
+
+    dim: int = 16
+    """Embedding dimension."""
+    admit_after: int = 1
+    """An ID gets its own row after being seen this many times; before, the default row."""
+    ttl_ms: int = 30 * 86_400_000
+    """An ID not seen for this long (event time) is expired and its row freed."""
+    max_rows: int = 1_000_000
+    """Most rows held (besides the default row); the least recently seen are evicted."""
+    lr: float = 0.05
+    """Adagrad learning rate."""
+    init_std: float = 0.01
+    """Standard deviation of new rows."""
+    initial_accumulator: float = 0.1
+    """Adagrad accumulator of a new row."""
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Architecture of the ranker (MMoE or shared-bottom) on the streamrec sample features."""
+
+    kind: str = "mmoe"
+    """"mmoe" or "shared_bottom"."""
+    tasks: tuple[str, ...] = RANKER_TASKS
+    """Binary tasks; watch time is always added as task "watch"."""
+    id_dims: dict[str, int] = field(
+        default_factory=lambda: {"user": 16, "note": 16, "author": 8, "category": 8}
+    )
+    """Embedding dimension per ID table."""
+    stat_buckets: int = 16
+    """Log2 buckets per window count (bucket b holds 2^(b-1) <= 1 + x < 2^b, capped)."""
+    stat_dim: int = 2
+    """Embedding dimension per (statistic, bucket)."""
+    positions: int = 16
+    """Position buckets (positions >= this share the last bucket; unknown has its own)."""
+    position_dim: int = 4
+    """Position embedding dimension."""
+    experts: int = 4
+    """MMoE experts."""
+    expert_hidden: tuple[int, ...] = (64,)
+    """Hidden and output widths of each expert (and of the shared bottom)."""
+    tower_hidden: tuple[int, ...] = (16,)
+    """Hidden widths of each task tower."""
+    gate_dropout: float = 0.1
+    """Probability of dropping a gate output in training (the rest renormalised)."""
+    dropout: float = 0.0
+    """Dropout in experts and towers."""
+    esmm: bool = False
+    """ESMM: every non-click task predicts pCTCVR = pCTR x p(task | click)."""
+    watch_unit_ms: float = 60_000.0
+    """Watch time t is in this unit for y = t / (1 + t)."""
+    calibrated: tuple[str, ...] = ("click",)
+    """Tasks trained on the down-sampled data as it comes and calibrated; the others are
+    importance weighted (1 / keep_rate) in the loss, so they need no calibration."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mmoe", "shared_bottom"):
+            raise ModelConfigError(
+                f"ranker kind must be 'mmoe' or 'shared_bottom', not {self.kind!r}"
+            )
+        missing = [t for t in ID_TABLES if t not in self.id_dims]
+        if missing:
+            raise ModelConfigError(
+                f"ranker id_dims lacks table(s) {missing}; give a dimension each"
+            )
+
+
+@dataclass(frozen=True)
+class RetrieverConfig:
+    """Architecture and loss of the two-tower retriever."""
+
+    id_dims: dict[str, int] = field(
+        default_factory=lambda: {"user": 32, "note": 32, "author": 16, "category": 8}
+    )
+    """Embedding dimension per ID table."""
+    stat_buckets: int = 16
+    """Log2 buckets of the user statistics."""
+    stat_dim: int = 2
+    """Embedding dimension per (statistic, bucket)."""
+    hidden: tuple[int, ...] = (64,)
+    """Hidden widths of each tower."""
+    out_dim: int = 32
+    """Dimension of the normalised user and item vectors."""
+    temperature: float = 0.05
+    """Cosine similarity is divided by this."""
+    extra_negatives: int = 64
+    """Negatives per batch sampled in proportion to clicks^`neg_power` (shared by the batch)."""
+    neg_power: float = 0.75
+    """Exponent of the click counts of the negative sampler."""
+    freq_buckets: int = 1 << 18
+    """Hash buckets of the streaming item-frequency estimate (Yi et al. 2019, algorithm 2)."""
+    freq_alpha: float = 0.01
+    """Learning rate of the streaming frequency estimate."""
+
+
+def config_to_dict(config: object) -> dict:
+    """JSON-able dict of a config dataclass (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def config_from_dict(cls: type, data: dict) -> object:
+    """Rebuild a config dataclass from `config_to_dict` output (lists back to tuples)."""
+    names = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ModelConfigError(
+            f"{cls.__name__} has no field(s) {sorted(unknown)}: the snapshot was written by a "
+            "different streamrec version; run `streamrec learn full` to publish a compatible one"
+        )
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+class LearnConfig(BaseModel):
+    """Settings of `streamrec learn online` and `streamrec learn full`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    ranker_model: str = "ranker"
+    """Snapshot model name of the ranker."""
+    retriever_model: str = "retriever"
+    """Snapshot model name of the retriever."""
+    batch_size: int = Field(default=1024, ge=1)
+    """Samples per training step (online: Kafka messages are merged up to this size)."""
+    dense_lr: float = Field(default=2e-3, gt=0)
+    """Adam learning rate of the dense parameters (full training)."""
+    emb_lr: float = Field(default=0.05, gt=0)
+    """Row-wise Adagrad learning rate of the ID embeddings."""
+    admit_after: int = Field(default=2, ge=1)
+    """Times an ID must be seen before it gets its own embedding row."""
+    ttl_days: float = Field(default=30.0, gt=0)
+    """IDs not seen for this many days (event time) are expired."""
+    max_rows: int = Field(default=1_000_000, ge=1)
+    """Most rows per ID table."""
+    seed: int = 7
+    """Seed of initialisation and of the shuffle of full training."""
+    log_dir: Path | None = None
+    """Parquet sample log read by full training; None = `samples.log_dir`."""
+    poll_timeout_s: float = Field(default=0.2, gt=0)
+    """Online: longest wait for new samples before checking the publishing clocks."""
+    threads: int = Field(default=2, ge=1)
+    """torch intra-op threads."""
+
+    def embedding(self, dim: int) -> EmbeddingConfig:
+        """The `EmbeddingConfig` of a table of dimension `dim` under these settings."""
+        return EmbeddingConfig(
+            dim=dim,
+            admit_after=self.admit_after,
+            ttl_ms=int(self.ttl_days * 86_400_000),
+            max_rows=self.max_rows,
+            lr=self.emb_lr,
+        )

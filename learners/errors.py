@@ -1,0 +1,46 @@
+"""Errors of the learners: models, online and full training, embedding snapshots."""
+
+from __future__ import annotations
+
+
+class LearnersError(Exception):
+    """Root of every error raised by `learners`."""
+
+
+class SnapshotError(LearnersError):
+    """A snapshot cannot be written or read; the message says which and what to do."""
+
+
+class SnapshotNotFoundError(SnapshotError):
+    """The model has no (such) published version."""
+
+
+class SnapshotCorruptError(SnapshotError):
+    """A published version is partial or corrupt; `version` and `file` name the culprit.
+
+    `file` is None when the version as a whole is unusable (e.g. a delta whose base is missing).
+    """
+
+    def __init__(self, model: str, version: int, file: str | None, detail: str, fix: str) -> None:
+        self.model = model
+        self.version = version
+        self.file = file
+        self.detail = detail
+        where = f"{file}: " if file else ""
+        super().__init__(f"snapshot {model!r} version {version}: {where}{detail}; {fix}")
+
+
+class SnapshotConflictError(SnapshotError):
+    """A delta was published against a full snapshot that is no longer the latest one."""
+
+
+class SnapshotAnnounceError(SnapshotError):
+    """A published version could not be announced on Kafka (it is on disk nevertheless)."""
+
+
+class ModelConfigError(LearnersError):
+    """Model hyperparameters are inconsistent or do not match a snapshot."""
+
+
+class SampleInputError(LearnersError):
+    """Training or scoring inputs have the wrong shape or content; the message names them."""

@@ -1,0 +1,140 @@
+"""Full training: all parameters, warm start from the latest snapshot, one shuffled pass.
+
+Reads the joiner's parquet log, trains the ranker and the retriever (Adam on the dense
+parameters, row-wise Adagrad on the ID rows) and publishes a full snapshot of each. A model
+without a snapshot starts from a fresh initialisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learners.config import LearnConfig, RankerConfig, RetrieverConfig
+from learners.inputs import Columns
+from learners.snapshots import (
+    Manifest,
+    SnapshotConfig,
+    SnapshotNotFoundError,
+    SnapshotReader,
+    SnapshotWriter,
+)
+from learners.training import RankerState, RetrieverState
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FullReport:
+    """What a full training did."""
+
+    samples: int = 0
+    seconds: float = 0.0
+    warm_start: dict[str, int | None] = field(default_factory=dict)
+    """Model -> snapshot version it started from (None = fresh)."""
+    published: list[Manifest] = field(default_factory=list)
+    ranker_loss: float = float("nan")
+    """Mean ranker loss over the last tenth of the pass."""
+    gate_entropy: float = float("nan")
+    """Mean gate entropy over the last tenth of the pass (MMoE)."""
+
+
+def load_or_create(
+    config: LearnConfig,
+    snapshots: SnapshotConfig,
+    ranker: RankerConfig | None = None,
+    retriever: RetrieverConfig | None = None,
+) -> tuple[RankerState, RetrieverState, dict[str, int | None], dict]:
+    """The latest published models (or fresh ones), their versions, and the offsets meta."""
+    emb = config.embedding(16)
+    versions: dict[str, int | None] = {}
+    offsets: dict = {}
+    try:
+        snap = SnapshotReader(snapshots.root, config.ranker_model).latest()
+        r = RankerState.from_snapshot(snap)
+        versions["ranker"] = snap.manifest.version
+        offsets = snap.manifest.meta.get("offsets", {})
+    except SnapshotNotFoundError:
+        r = RankerState.create(ranker or RankerConfig(), emb, seed=config.seed)
+        versions["ranker"] = None
+    try:
+        snap = SnapshotReader(snapshots.root, config.retriever_model).latest()
+        t = RetrieverState.from_snapshot(snap)
+        versions["retriever"] = snap.manifest.version
+    except SnapshotNotFoundError:
+        t = RetrieverState.create(retriever or RetrieverConfig(), emb, seed=config.seed)
+        versions["retriever"] = None
+    return r, t, versions, offsets
+
+
+def train_pass(
+    ranker: RankerState,
+    retriever: RetrieverState,
+    cols: Columns,
+    config: LearnConfig,
+    shuffle: bool = True,
+    on_progress: Callable[[int], None] | None = None,
+) -> FullReport:
+    """One pass over `cols` (shuffled with `config.seed`), every parameter of both models."""
+    report = FullReport(samples=len(cols))
+    order = np.arange(len(cols))
+    if shuffle:
+        np.random.default_rng(config.seed).shuffle(order)
+    cols = cols.take(order)
+    opts = {
+        "ranker": torch.optim.Adam(ranker.dense_parameters(), lr=config.dense_lr),
+        "retriever": torch.optim.Adam(retriever.dense_parameters(), lr=config.dense_lr),
+    }
+    for m in (ranker, retriever):
+        for p in m.dense_parameters():
+            p.requires_grad_(True)
+        m.model.train()
+    t0 = time.perf_counter()
+    batches = cols.batches(config.batch_size)
+    tail = max(1, len(batches) // 10)
+    losses, entropies = [], []
+    for i, batch in enumerate(batches):
+        res = ranker.train_step(batch, opts["ranker"])
+        retriever.train_step(batch, opts["retriever"])
+        if i >= len(batches) - tail:
+            losses.append(res.loss)
+            entropies.append(res.gate_entropy)
+        if on_progress is not None:
+            on_progress(len(batch))
+    report.seconds = time.perf_counter() - t0
+    report.ranker_loss = float(np.mean(losses)) if losses else float("nan")
+    report.gate_entropy = float(np.mean(entropies)) if entropies else float("nan")
+    return report
+
+
+def run_full(
+    log_dir: Path,
+    config: LearnConfig,
+    snapshots: SnapshotConfig,
+    announce: Callable[[Manifest], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> FullReport:
+    """Warm start, one shuffled pass over the log in `log_dir`, publish full snapshots of both."""
+    from streams.samples import read_sample_log
+
+    torch.set_num_threads(config.threads)
+    cols = Columns.from_table(read_sample_log(log_dir))
+    if on_start is not None:
+        on_start(len(cols))
+    ranker, retriever, versions, offsets = load_or_create(config, snapshots)
+    report = train_pass(ranker, retriever, cols, config, on_progress=on_progress)
+    report.warm_start = versions
+    for name, state in ((config.ranker_model, ranker), (config.retriever_model, retriever)):
+        state.expire(state.hwm_ms)
+        tables, dense = state.full_state()
+        meta = state.meta({"offsets": offsets, "full_training_samples": len(cols)})
+        writer = SnapshotWriter(snapshots.root, name, snapshots, announce)
+        report.published.append(writer.publish_full(tables, dense, state.hwm_ms, meta))
+    return report

@@ -1,0 +1,136 @@
+"""Serving-side models rebuilt from snapshots: `Ranker.score` and `Retriever` vectors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from learners.errors import SampleInputError
+from learners.inputs import Columns, F
+from learners.snapshots import Snapshot
+from learners.training import ITEM_TABLE, RankerState, RetrieverState
+
+
+def _stats(a: np.ndarray, n: int, what: str) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float32)
+    if a.shape != (n, F):
+        raise SampleInputError(
+            f"{what} must be raw counts of shape ({n}, {F}) in STAT_FEATURES order, got {a.shape}"
+        )
+    return a
+
+
+class Ranker:
+    """Scores candidate notes for one user with the published ranker (calibrated)."""
+
+    def __init__(self, state: RankerState, snap: Snapshot) -> None:
+        self._state = state
+        self._snap = snap
+        state.model.eval()
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> Ranker:
+        """Rebuild the ranker from a snapshot of model "ranker" (full + deltas)."""
+        return cls(RankerState.from_snapshot(snap), snap)
+
+    @property
+    def version(self) -> int:
+        """Snapshot version in use."""
+        return self._snap.manifest.version
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """Task probabilities `score` returns (plus "watch_ms")."""
+        return self._state.config.tasks
+
+    def apply_delta(self, snap: Snapshot) -> None:
+        """Move to a newer snapshot (only ID tables are reloaded if the base full is the same)."""
+        if snap.versions[:1] == self._snap.versions[:1]:
+            self._state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
+        else:
+            self._state = RankerState.from_snapshot(snap)
+            self._state.model.eval()
+        self._snap = snap
+
+    def score(
+        self,
+        user_id: str,
+        note_ids: list[str],
+        author_ids: list[str],
+        categories: list[str],
+        user_stats: np.ndarray,
+        note_stats: np.ndarray,
+        positions: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Calibrated per-task probabilities (n,) of each note, and "watch_ms" (expected watch).
+
+        Args:
+            user_stats: (F,) raw counts of the user in `STAT_FEATURES` order.
+            note_stats: (n, F) raw counts of each note.
+            positions: (n,) display positions, default unknown (-1).
+        """
+        n = len(note_ids)
+        if len(author_ids) != n or len(categories) != n:
+            raise SampleInputError(
+                f"{n} note_ids but {len(author_ids)} author_ids and {len(categories)} categories"
+            )
+        if n == 0:
+            return {t: np.zeros(0) for t in (*self.tasks, "watch_ms")}
+        users = _stats(np.asarray(user_stats).reshape(1, -1), 1, "user_stats")
+        cols = Columns(
+            user_id=[user_id] * n,
+            note_id=list(note_ids),
+            author_id=list(author_ids),
+            category=list(categories),
+            ts=np.zeros(n, dtype=np.int64),
+            position=np.full(n, -1) if positions is None else np.asarray(positions, np.int64),
+            user_stats=np.repeat(users, n, axis=0),
+            note_stats=_stats(note_stats, n, "note_stats"),
+            labels={},
+            watch_ms=np.zeros(n, np.float32),
+            keep_rate=np.ones(n, np.float32),
+        )
+        return self._state.predict(cols)
+
+
+class Retriever:
+    """User and item vectors of the published two-tower retriever (cosine = dot product)."""
+
+    def __init__(self, state: RetrieverState, snap: Snapshot) -> None:
+        self._state = state
+        self._snap = snap
+        items = snap.tables.get(ITEM_TABLE)
+        self._item_ids = list(items.ids) if items is not None else []
+        self._items = (
+            items.weights if items is not None else np.zeros((0, state.config.out_dim), np.float32)
+        )
+        self._item_index = {n: j for j, n in enumerate(self._item_ids)}
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> Retriever:
+        """Rebuild the retriever from a snapshot of model "retriever" (full + deltas)."""
+        return cls(RetrieverState.from_snapshot(snap), snap)
+
+    @property
+    def version(self) -> int:
+        """Snapshot version in use."""
+        return self._snap.manifest.version
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return self._state.config.out_dim
+
+    def user_vector(self, user_id: str, user_stats: np.ndarray) -> np.ndarray:
+        """(d,) unit vector of the user; `user_stats` (F,) raw counts in STAT_FEATURES order."""
+        stats = _stats(np.asarray(user_stats).reshape(1, -1), 1, "user_stats")
+        return self._state.user_vectors([user_id], stats)[0]
+
+    def item_vectors(self, note_ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """(ids, (n, d) unit vectors) of the published notes among `note_ids` (all when None).
+
+        Notes the snapshot does not know are left out of the answer.
+        """
+        if note_ids is None:
+            return list(self._item_ids), self._items
+        idx = [self._item_index[n] for n in note_ids if n in self._item_index]
+        return [self._item_ids[j] for j in idx], self._items[idx]

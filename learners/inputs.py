@@ -1,0 +1,173 @@
+"""Samples -> model inputs: columnar batches, log-bucketised window counts, ID rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from learners.errors import SampleInputError
+from streams.samples_schema import LABELS, STAT_FEATURES, Sample
+
+F = len(STAT_FEATURES)
+"""Number of window counts per entity."""
+LABEL_COLUMNS = (*LABELS, "completion")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """A batch of samples, column by column."""
+
+    user_id: list[str]
+    note_id: list[str]
+    author_id: list[str]
+    category: list[str]
+    ts: np.ndarray
+    """(n,) int64 impression times."""
+    position: np.ndarray
+    """(n,) int64, -1 unknown."""
+    user_stats: np.ndarray
+    """(n, F) raw counts in `STAT_FEATURES` order."""
+    note_stats: np.ndarray
+    """(n, F) raw counts."""
+    labels: dict[str, np.ndarray]
+    """`LABEL_COLUMNS` -> (n,) float32 0/1."""
+    watch_ms: np.ndarray
+    """(n,) float32."""
+    keep_rate: np.ndarray
+    """(n,) float32 probability the sample survived down-sampling."""
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+    @classmethod
+    def from_samples(cls, samples: list[Sample]) -> Columns:
+        """Columns of decoded `Sample`s (a `SampleBatch.samples`)."""
+        if not samples:
+            raise SampleInputError("empty sample batch")
+        user_stats = np.array([s.user_stats for s in samples], dtype=np.float32)
+        note_stats = np.array([s.note_stats for s in samples], dtype=np.float32)
+        if user_stats.shape != (len(samples), F) or note_stats.shape != (len(samples), F):
+            raise SampleInputError(
+                f"user_stats / note_stats must hold {F} counts (STAT_FEATURES) per sample, got "
+                f"{user_stats.shape} and {note_stats.shape}"
+            )
+        return cls(
+            user_id=[s.user_id for s in samples],
+            note_id=[s.note_id for s in samples],
+            author_id=[s.author_id for s in samples],
+            category=[s.category for s in samples],
+            ts=np.array([s.ts for s in samples], dtype=np.int64),
+            position=np.array([s.position for s in samples], dtype=np.int64),
+            user_stats=user_stats,
+            note_stats=note_stats,
+            labels={
+                k: np.array([getattr(s, k) for s in samples], dtype=np.float32)
+                for k in LABEL_COLUMNS
+            },
+            watch_ms=np.array([s.watch_ms for s in samples], dtype=np.float32),
+            keep_rate=np.array([s.keep_rate for s in samples], dtype=np.float32),
+        )
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> Columns:
+        """Columns of a parquet sample log (`streams.samples.read_sample_log`)."""
+        if table.num_rows == 0:
+            raise SampleInputError("the sample log is empty: run `streamrec run samples` first")
+
+        def stats(name: str) -> np.ndarray:
+            col = table.column(name).combine_chunks()
+            flat = col.values.to_numpy().astype(np.float32)
+            if flat.size != table.num_rows * F:
+                raise SampleInputError(f"{name} must hold {F} counts (STAT_FEATURES) per row")
+            return flat.reshape(table.num_rows, F)
+
+        def strings(name: str) -> list[str]:
+            return table.column(name).to_pylist()
+
+        def num(name: str, dtype: type) -> np.ndarray:
+            return table.column(name).to_numpy().astype(dtype)
+
+        return cls(
+            user_id=strings("user_id"),
+            note_id=strings("note_id"),
+            author_id=strings("author_id"),
+            category=strings("category"),
+            ts=num("ts", np.int64),
+            position=num("position", np.int64),
+            user_stats=stats("user_stats"),
+            note_stats=stats("note_stats"),
+            labels={k: num(k, np.float32) for k in LABEL_COLUMNS},
+            watch_ms=num("watch_ms", np.float32),
+            keep_rate=num("keep_rate", np.float32),
+        )
+
+    def take(self, index: np.ndarray) -> Columns:
+        """The rows at `index`, in that order."""
+        idx = index.tolist()
+        return Columns(
+            user_id=[self.user_id[i] for i in idx],
+            note_id=[self.note_id[i] for i in idx],
+            author_id=[self.author_id[i] for i in idx],
+            category=[self.category[i] for i in idx],
+            ts=self.ts[index],
+            position=self.position[index],
+            user_stats=self.user_stats[index],
+            note_stats=self.note_stats[index],
+            labels={k: v[index] for k, v in self.labels.items()},
+            watch_ms=self.watch_ms[index],
+            keep_rate=self.keep_rate[index],
+        )
+
+    def batches(self, size: int) -> list[Columns]:
+        """Consecutive slices of at most `size` rows."""
+        return [
+            self.take(np.arange(lo, min(lo + size, len(self)))) for lo in range(0, len(self), size)
+        ]
+
+    @staticmethod
+    def concat(parts: list[Columns]) -> Columns:
+        """One batch of several."""
+        if len(parts) == 1:
+            return parts[0]
+        return Columns(
+            user_id=[x for p in parts for x in p.user_id],
+            note_id=[x for p in parts for x in p.note_id],
+            author_id=[x for p in parts for x in p.author_id],
+            category=[x for p in parts for x in p.category],
+            ts=np.concatenate([p.ts for p in parts]),
+            position=np.concatenate([p.position for p in parts]),
+            user_stats=np.concatenate([p.user_stats for p in parts]),
+            note_stats=np.concatenate([p.note_stats for p in parts]),
+            labels={k: np.concatenate([p.labels[k] for p in parts]) for k in parts[0].labels},
+            watch_ms=np.concatenate([p.watch_ms for p in parts]),
+            keep_rate=np.concatenate([p.keep_rate for p in parts]),
+        )
+
+
+def log_buckets(counts: np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket b of a count x >= 0: floor(log2(1 + x)), capped at `buckets - 1`; int64, same shape.
+
+    Negative or non-finite counts (missing features) land in bucket 0, like a zero.
+    """
+    x = np.nan_to_num(np.asarray(counts, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    b = np.floor(np.log2(1.0 + np.maximum(x, 0.0)))
+    return np.minimum(b, buckets - 1).astype(np.int64)
+
+
+def stat_tensor(counts: np.ndarray, buckets: int) -> torch.Tensor:
+    """(n, F) raw counts -> (n, F) int64 indices into a (F x buckets) bucket embedding."""
+    if counts.ndim != 2 or counts.shape[1] != F:
+        raise SampleInputError(
+            f"statistics must be (n, {F}) counts in STAT_FEATURES order, got shape {counts.shape}"
+        )
+    offsets = np.arange(F, dtype=np.int64) * buckets  # (F,)
+    return torch.from_numpy(log_buckets(counts, buckets) + offsets)  # (n, F)
+
+
+def position_tensor(position: np.ndarray, positions: int) -> torch.Tensor:
+    """(n,) positions -> (n,) buckets; -1 (unknown) -> bucket `positions`."""
+    p = np.asarray(position, dtype=np.int64)
+    return torch.from_numpy(np.where(p < 0, positions, np.minimum(p, positions - 1)))

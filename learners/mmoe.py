@@ -1,0 +1,245 @@
+"""Multi-task rankers: MMoE and the shared-bottom baseline, with the same interface.
+
+Reference: J. Ma, Z. Zhao, X. Yi, J. Chen, L. Hong, E. H. Chi, "Modeling Task Relationships in
+Multi-task Learning with Multi-gate Mixture-of-Experts", KDD 2018. Gate dropout against
+polarisation: Z. Zhao et al., "Recommending What Video to Watch Next", RecSys 2019. ESMM
+(optional): X. Ma et al., "Entire Space Multi-Task Model", SIGIR 2018. Watch time as weighted
+logistic regression: P. Covington et al., "Deep Neural Networks for YouTube Recommendations",
+RecSys 2016 (here: cross-entropy against t / (1 + t), predict exp(z)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as fn
+from torch import nn
+
+from learners.config import ID_TABLES, RankerConfig
+from learners.embeddings import EmbeddingStore, IdEmbedding
+from learners.inputs import Columns, position_tensor, stat_tensor
+from learners.modules import MLP, Experts, Gate, StatEmbedding, gate_entropy
+
+WATCH = "watch"
+"""The watch-time task (tower output z; p = sigmoid(z) against t / (1 + t))."""
+
+
+@dataclass(frozen=True)
+class TaskOutput:
+    """What a multi-task core returns."""
+
+    logits: dict[str, torch.Tensor]
+    """Task -> (B,) logits."""
+    gates: list[torch.Tensor]
+    """Per task (B, experts) gate weights; empty for shared-bottom."""
+
+    def gate_entropy(self) -> float:
+        """Mean gate entropy over tasks (nats), NaN without gates."""
+        if not self.gates:
+            return float("nan")
+        with torch.no_grad():
+            return float(torch.stack([gate_entropy(g) for g in self.gates]).mean())
+
+
+class MMoECore(nn.Module):
+    """Experts shared by all tasks, one softmax gate and one tower per task."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: tuple[str, ...],
+        experts: int,
+        expert_hidden: tuple[int, ...],
+        tower_hidden: tuple[int, ...],
+        gate_dropout: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.experts = Experts(experts, in_dim, expert_hidden, dropout)
+        self.gates = nn.ModuleDict({t: Gate(in_dim, experts, gate_dropout) for t in tasks})
+        self.towers = nn.ModuleDict(
+            {
+                t: MLP(self.experts.out_dim, (*tower_hidden, 1), dropout, last_linear=True)
+                for t in tasks
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> TaskOutput:
+        """(B, in_dim) -> per-task logits (B,) and gate weights (B, experts)."""
+        e = self.experts(x)  # (B, n, d)
+        logits, gates = {}, []
+        for t in self.tasks:
+            g = self.gates[t](x)  # (B, n)
+            mixed = (g.unsqueeze(-1) * e).sum(dim=1)  # (B, d)
+            logits[t] = self.towers[t](mixed).squeeze(-1)  # (B,)
+            gates.append(g)
+        return TaskOutput(logits, gates)
+
+
+class SharedBottomCore(nn.Module):
+    """One shared bottom MLP, one tower per task (the baseline)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: tuple[str, ...],
+        bottom: tuple[int, ...],
+        tower_hidden: tuple[int, ...],
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.bottom = MLP(in_dim, bottom, dropout)
+        self.towers = nn.ModuleDict(
+            {
+                t: MLP(self.bottom.out_dim, (*tower_hidden, 1), dropout, last_linear=True)
+                for t in tasks
+            }
+        )
+
+    def forward(self, x: torch.Tensor) -> TaskOutput:
+        """(B, in_dim) -> per-task logits (B,)."""
+        h = self.bottom(x)  # (B, d)
+        return TaskOutput({t: self.towers[t](h).squeeze(-1) for t in self.tasks}, [])
+
+
+def make_core(
+    kind: str,
+    in_dim: int,
+    tasks: tuple[str, ...],
+    experts: int,
+    expert_hidden: tuple[int, ...],
+    tower_hidden: tuple[int, ...],
+    gate_dropout: float = 0.0,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """An `MMoECore` ("mmoe") or a `SharedBottomCore` ("shared_bottom") of similar width.
+
+    The shared bottom is as wide as all experts together, so both have similar capacity.
+    """
+    if kind == "mmoe":
+        return MMoECore(in_dim, tasks, experts, expert_hidden, tower_hidden, gate_dropout, dropout)
+    bottom = (*expert_hidden[:-1], expert_hidden[-1] * experts)
+    return SharedBottomCore(in_dim, tasks, bottom, tower_hidden, dropout)
+
+
+@dataclass(frozen=True)
+class RankerInputs:
+    """Tensors of one batch."""
+
+    ids: dict[str, torch.Tensor]
+    """Table -> (B,) int64 rows."""
+    user_stats: torch.Tensor
+    """(B, F) bucket indices."""
+    note_stats: torch.Tensor
+    """(B, F) bucket indices."""
+    position: torch.Tensor
+    """(B,) position buckets."""
+
+
+class RankerFeatures(nn.Module):
+    """ID embeddings (user, note, author, category) + bucketised stats + position, concatenated."""
+
+    def __init__(self, store: EmbeddingStore, config: RankerConfig) -> None:
+        super().__init__()
+        self.ids = nn.ModuleDict({t: IdEmbedding(store[t]) for t in ID_TABLES})
+        self.user_stats = StatEmbedding(config.stat_buckets, config.stat_dim)
+        self.note_stats = StatEmbedding(config.stat_buckets, config.stat_dim)
+        self.position = nn.Embedding(config.positions + 1, config.position_dim)
+        self.out_dim = (
+            sum(e.dim for e in self.ids.values())
+            + self.user_stats.out_dim
+            + self.note_stats.out_dim
+            + config.position_dim
+        )
+
+    def forward(self, x: RankerInputs) -> torch.Tensor:
+        """-> (B, out_dim)."""
+        parts = [self.ids[t](x.ids[t]) for t in ID_TABLES]  # each (B, d_t)
+        parts += [
+            self.user_stats(x.user_stats),  # (B, F * s)
+            self.note_stats(x.note_stats),  # (B, F * s)
+            self.position(x.position),  # (B, p)
+        ]
+        return torch.cat(parts, dim=1)  # (B, out_dim)
+
+
+class RankingModel(nn.Module):
+    """The ranker: `RankerFeatures` -> MMoE or shared-bottom core -> task logits."""
+
+    def __init__(self, store: EmbeddingStore, config: RankerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.store = store
+        self.features = RankerFeatures(store, config)
+        self.tasks = (*config.tasks, WATCH)
+        self.core = make_core(
+            config.kind,
+            self.features.out_dim,
+            self.tasks,
+            config.experts,
+            config.expert_hidden,
+            config.tower_hidden,
+            config.gate_dropout,
+            config.dropout,
+        )
+
+    def inputs(self, cols: Columns, observe: bool) -> RankerInputs:
+        """Tensors of `cols`; with `observe` the IDs are recorded (counted, admitted)."""
+        id_cols = {
+            "user": cols.user_id,
+            "note": cols.note_id,
+            "author": cols.author_id,
+            "category": cols.category,
+        }
+        rows = {
+            t: torch.from_numpy(
+                self.store[t].observe(v, cols.ts) if observe else self.store[t].rows(v)
+            )
+            for t, v in id_cols.items()
+        }
+        return RankerInputs(
+            rows,
+            stat_tensor(cols.user_stats, self.config.stat_buckets),
+            stat_tensor(cols.note_stats, self.config.stat_buckets),
+            position_tensor(cols.position, self.config.positions),
+        )
+
+    def forward(self, x: RankerInputs) -> TaskOutput:
+        """Task logits and gates of a batch."""
+        return self.core(self.features(x))
+
+    def id_embeddings(self) -> list[IdEmbedding]:
+        """The sparse ID embedding modules."""
+        return list(self.features.ids.values())
+
+    def probabilities(self, out: TaskOutput) -> dict[str, torch.Tensor]:
+        """Uncalibrated task probabilities (B,); with ESMM non-click tasks are pCTCVR."""
+        p = {t: torch.sigmoid(z) for t, z in out.logits.items()}
+        if self.config.esmm:
+            for t in self.config.tasks:
+                if t != "click":
+                    p[t] = p["click"] * p[t]
+        return p
+
+    def loss(self, out: TaskOutput, cols: Columns) -> torch.Tensor:
+        """Sum of the task losses of a batch (see `RankerConfig.calibrated`)."""
+        keep = torch.from_numpy(cols.keep_rate).clamp_min(1e-6)  # (B,)
+        inverse = 1.0 / keep
+        inverse = inverse / inverse.mean()  # importance weights, mean 1
+        probs = self.probabilities(out) if self.config.esmm else None
+        total = torch.zeros(())
+        for t in self.config.tasks:
+            y = torch.from_numpy(cols.labels[t])  # (B,)
+            w = None if t in self.config.calibrated else inverse
+            if probs is not None and t != "click":
+                total = total + fn.binary_cross_entropy(probs[t].clamp(1e-7, 1 - 1e-7), y, weight=w)
+            else:
+                total = total + fn.binary_cross_entropy_with_logits(out.logits[t], y, weight=w)
+        t_units = torch.from_numpy(cols.watch_ms) / self.config.watch_unit_ms  # (B,)
+        y_watch = t_units / (1.0 + t_units)  # (B,)
+        return total + fn.binary_cross_entropy_with_logits(
+            out.logits[WATCH], y_watch, weight=inverse
+        )

@@ -1,0 +1,311 @@
+"""The online learner: `training-samples` -> ID-embedding updates -> delta and full snapshots.
+
+Dense parameters stay frozen at the last full training (bit-identical); only ID rows are
+trained (row-wise Adagrad), new IDs admitted on the fly. Every `delta_every_s` the rows changed
+since the last version are published as a delta of each model, every `full_every_s` a full.
+The Kafka offsets consumed are stored in every version's meta (`offsets`): a restarted learner
+loads the latest snapshot and resumes from them, so what a snapshot holds and where reading
+resumes always agree (samples after the last version are read again, none are lost).
+
+The learner is a plain consumer loop rather than a Bytewax flow: it has one piece of state
+(the models) that must be published whole, not keyed state to partition, and assigning all
+partitions to one consumer avoids the broker's slow group join.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import msgspec
+from confluent_kafka import KafkaError, TopicPartition
+
+from learners.config import LearnConfig
+from learners.errors import LearnersError
+from learners.inputs import Columns
+from learners.snapshots import (
+    Manifest,
+    SnapshotConfig,
+    SnapshotConflictError,
+    SnapshotNotFoundError,
+    SnapshotReader,
+    SnapshotWriter,
+)
+from learners.training import RankerState, RetrieverState
+from streams.samples_schema import SampleBatch, decode_batch
+
+logger = logging.getLogger(__name__)
+FLOW = "learn-online"
+
+
+class NoFullSnapshotError(LearnersError):
+    """The online learner needs a full snapshot to start from."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """One `training-samples` message."""
+
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass
+class OnlineReport:
+    """What an online run did."""
+
+    samples: int = 0
+    batches: int = 0
+    bad_messages: int = 0
+    deltas: int = 0
+    fulls: int = 0
+    train_s: float = 0.0
+    published: list[Manifest] = field(default_factory=list)
+
+    @property
+    def samples_per_s(self) -> float:
+        """Training throughput (samples / time spent in training steps)."""
+        return self.samples / self.train_s if self.train_s else 0.0
+
+
+class OnlineLearner:
+    """Trains the ID embeddings of the ranker and the retriever and publishes snapshots.
+
+    Args:
+        ranker, retriever: models loaded from their latest snapshots (dense frozen here).
+        writers: "ranker" and "retriever" snapshot writers.
+        config: learner settings; snapshots: publishing intervals.
+        offsets: partition -> next offset already reflected in the models.
+        on_dead_letter: called with (message, reason) for undecodable messages.
+        clock: monotonic seconds (tests pass a controlled one).
+    """
+
+    def __init__(
+        self,
+        ranker: RankerState,
+        retriever: RetrieverState,
+        writers: dict[str, SnapshotWriter],
+        config: LearnConfig,
+        snapshots: SnapshotConfig,
+        offsets: dict[int, int] | None = None,
+        on_dead_letter: Callable[[Message, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ranker, self.retriever = ranker, retriever
+        for m in (ranker, retriever):
+            m.freeze_dense()
+        self.writers = writers
+        self.config = config
+        self.snapshots = snapshots
+        self.offsets: dict[int, int] = dict(offsets or {})
+        self._dead = on_dead_letter
+        self._clock = clock
+        self._last_delta = self._last_full = clock()
+        self.bases: dict[str, int | None] = {"ranker": None, "retriever": None}
+        self._pending: list[Columns] = []
+        self._pending_n = 0
+        self.report = OnlineReport()
+
+    @classmethod
+    def from_latest(
+        cls,
+        config: LearnConfig,
+        snapshots: SnapshotConfig,
+        announce: Callable[[Manifest], None] | None = None,
+        on_dead_letter: Callable[[Message, str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> OnlineLearner:
+        """Start from the latest snapshots of both models (as full training left them).
+
+        Raises:
+            NoFullSnapshotError: a model has no snapshot yet (run `streamrec learn full`).
+        """
+        names = {"ranker": config.ranker_model, "retriever": config.retriever_model}
+        try:
+            snaps = {k: SnapshotReader(snapshots.root, n).latest() for k, n in names.items()}
+        except SnapshotNotFoundError as exc:
+            raise NoFullSnapshotError(
+                f"{exc}. The online learner updates the ID embeddings of a trained model: run "
+                "`streamrec learn full` first"
+            ) from exc
+        offsets = {
+            int(p): int(o)
+            for p, o in min(
+                (s.manifest.meta.get("offsets", {}) for s in snaps.values()), key=len
+            ).items()
+        }
+        learner = cls(
+            RankerState.from_snapshot(snaps["ranker"]),
+            RetrieverState.from_snapshot(snaps["retriever"]),
+            {k: SnapshotWriter(snapshots.root, n, snapshots, announce) for k, n in names.items()},
+            config,
+            snapshots,
+            offsets,
+            on_dead_letter,
+            clock,
+        )
+        learner.bases = {k: s.versions[0] for k, s in snaps.items()}
+        return learner
+
+    def add(self, message: Message) -> None:
+        """Decode one message and queue its samples (training happens per `batch_size`)."""
+        try:
+            batch: SampleBatch = decode_batch(message.value)
+            cols = Columns.from_samples(batch.samples)
+        except (msgspec.ValidationError, msgspec.DecodeError, LearnersError) as exc:
+            self.report.bad_messages += 1
+            if self._dead is not None:
+                self._dead(message, str(exc))
+            logger.warning(
+                "bad training-samples message %s@%s: %s", message.partition, message.offset, exc
+            )
+        else:
+            self._pending.append(cols)
+            self._pending_n += len(cols)
+        self.offsets[message.partition] = message.offset + 1
+        if self._pending_n >= self.config.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Train on the queued samples."""
+        if not self._pending:
+            return
+        cols = Columns.concat(self._pending)
+        self._pending, self._pending_n = [], 0
+        self.train(cols)
+
+    def train(self, cols: Columns) -> None:
+        """One step of each model on `cols` (ID rows only)."""
+        t0 = time.perf_counter()
+        self.ranker.train_step(cols, None)
+        self.retriever.train_step(cols, None)
+        self.report.train_s += time.perf_counter() - t0
+        self.report.samples += len(cols)
+        self.report.batches += 1
+
+    def tick(self) -> list[Manifest]:
+        """Publish what is due: a full every `full_every_s`, else a delta every `delta_every_s`."""
+        now = self._clock()
+        if now - self._last_full >= self.snapshots.full_every_s:
+            return self.publish_full()
+        if now - self._last_delta >= self.snapshots.delta_every_s:
+            return self.publish_delta()
+        return []
+
+    def _meta(self, state: RankerState | RetrieverState) -> dict:
+        return state.meta({"offsets": {str(p): o for p, o in sorted(self.offsets.items())}})
+
+    def _models(self) -> list[tuple[str, RankerState | RetrieverState]]:
+        return [("ranker", self.ranker), ("retriever", self.retriever)]
+
+    def publish_delta(self) -> list[Manifest]:
+        """Publish the changed rows of both models (nothing for a model without changes)."""
+        self.flush()
+        self._last_delta = self._clock()
+        out = []
+        for name, state in self._models():
+            state.expire(state.hwm_ms)
+            changed = state.changed()
+            if not changed:
+                continue
+            try:
+                manifest = self.writers[name].publish_delta(
+                    changed, state.hwm_ms, self._meta(state), base_version=self.bases[name]
+                )
+            except SnapshotConflictError:
+                out += self._adopt_newer_full(name)
+                continue
+            state.store.clear_changed()
+            out.append(manifest)
+            self.report.deltas += 1
+        self.report.published += out
+        return out
+
+    def publish_full(self) -> list[Manifest]:
+        """Publish full snapshots of both models (dense parameters unchanged)."""
+        self.flush()
+        self._last_full = self._last_delta = self._clock()
+        out = []
+        for name, state in self._models():
+            state.expire(state.hwm_ms)
+            tables, dense = state.full_state()
+            manifest = self.writers[name].publish_full(
+                tables, dense, state.hwm_ms, self._meta(state)
+            )
+            state.store.clear_changed()
+            self.bases[name] = manifest.version
+            out.append(manifest)
+            self.report.fulls += 1
+        self.report.published += out
+        return out
+
+    def _adopt_newer_full(self, name: str) -> list[Manifest]:
+        """A full training published a newer full: continue from it (its dense parameters)."""
+        writer = self.writers[name]
+        snap = SnapshotReader(self.snapshots.root, writer.model).latest()
+        cls = RankerState if name == "ranker" else RetrieverState
+        state = cls.from_snapshot(snap)
+        state.freeze_dense()
+        setattr(self, name, state)
+        self.bases[name] = snap.versions[0]
+        logger.info("%s: continuing from the newer full version %s", name, snap.versions[0])
+        return []
+
+    def run(self, messages: Iterator[Message | None], until_end: bool = False) -> OnlineReport:
+        """Consume `messages` (None = nothing new for a while), training and publishing.
+
+        A bounded run (`until_end`, the iterator ends at the end of the topic) publishes a
+        final delta of what is left.
+        """
+        for message in messages:
+            if message is not None:
+                self.add(message)
+            else:
+                self.flush()
+            self.tick()
+        self.flush()
+        if until_end:
+            self.publish_delta()
+        return self.report
+
+
+def kafka_messages(
+    bootstrap: str,
+    topic: str,
+    offsets: dict[int, int],
+    until_end: bool,
+    poll_timeout_s: float = 0.2,
+) -> Iterator[Message | None]:
+    """Messages of every partition of `topic` from `offsets` (else the beginning), by assignment.
+
+    Yields None when a poll returns nothing (so the caller can publish on time). With
+    `until_end` it stops once every partition has reported EOF.
+    """
+    from confluent_kafka import OFFSET_BEGINNING
+
+    from streams.kafka_io import make_consumer, partitions_of
+
+    parts = partitions_of(bootstrap, topic)
+    consumer = make_consumer(bootstrap, **{"fetch.wait.max.ms": 50})
+    consumer.assign([TopicPartition(topic, p, offsets.get(p, OFFSET_BEGINNING)) for p in parts])
+    at_end: set[int] = set()
+    try:
+        while not (until_end and len(at_end) == len(parts)):
+            batch = consumer.consume(1000, poll_timeout_s)
+            if not batch:
+                yield None
+                continue
+            for m in batch:
+                err = m.error()
+                if err is None:
+                    at_end.discard(m.partition())
+                    yield Message(m.partition(), m.offset(), m.value())
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(m.partition())
+                else:
+                    raise LearnersError(f"reading {topic!r}: {err}; check `streamrec infra status`")
+    finally:
+        consumer.close()

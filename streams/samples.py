@@ -1,0 +1,714 @@
+"""The sample joiner: each impression joined with the actions that followed it -> training samples.
+
+Dataflow (layout and reasons in docs/samples.md):
+
+    Kafka batches -> per Kafka partition: decode (bad -> DLQ), late filter (-> DLQ `late`),
+    split by user shard and by note shard (every shard gets every batch's partition high-water
+    mark, so all shards share one watermark)
+    -> note shards: point-in-time note statistics of each impression -> sent to the user shard
+    -> user shards: point-in-time user statistics, the attribution join, window close,
+       negative down-sampling, micro-batches -> `training-samples` + the parquet log.
+
+Event time drives everything. The watermark W of a shard is the least high-water mark of the
+input partitions minus `allowed_lateness_ms`; an accepted event is never older than W, so events
+older than W are final and are processed in event-time order (ties: impressions first, then by
+event id). That order makes the statistics exact as of each impression and the output the same
+whatever the arrival order, the batch sizes or the number of processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import math
+import os
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import bytewax.operators as op
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from bytewax.connectors.kafka import KafkaSinkMessage
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulLogic
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, Sink, StatefulSinkPartition
+
+from features.schema import COUNTS
+from streams.config import SamplesConfig
+from streams.decode import Decoded, decode_batch
+from streams.errors import EventError
+from streams.events import Event, dead_letter, encode_dead_letter, encode_event
+from streams.kafka_io import RawBatch
+from streams.samples_schema import (
+    LABELS,
+    SAMPLE_COLUMNS,
+    STAT_FEATURES,
+    Sample,
+    SampleBatch,
+    encode_batch,
+)
+from streams.stats import shard_of, to_columns
+from streams.tiles import COMPLETION_FRACTION, METRICS, TYPE_METRIC, WINDOWS, TileStore
+from streams.tiles import event_metrics as tile_metrics
+
+FLOW = "samples"
+STEP_MS = math.gcd(*(w.hop_ms for w in WINDOWS))
+"""Within one span of this length no tile leaves any window (every hop is a multiple of it)."""
+_COUNT_COLS = np.array([METRICS.index(m) for m in COUNTS])
+_IMPRESSION = TYPE_METRIC["impression"]
+REASONS = (
+    "impressions",
+    "samples",
+    "kept_positive",
+    "kept_negative",
+    "dropped_negative",
+    "attached",
+    "orphan_action",
+    "late_action",
+    "duplicate",
+    "late_event",
+    "missing_note_stats",
+)
+"""Counters a `JoinReport` carries (see docs/samples.md)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """The events of one raw batch that one shard owns, with the partition's high-water mark."""
+
+    shard: str
+    partition: int
+    hwm: int
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class NoteHalves:
+    """Note statistics of impressions (in impression order), for the user shard owning them."""
+
+    sample_ids: list[str]
+    ts: list[int]
+    stats: np.ndarray  # (n, len(STAT_FEATURES))
+
+
+@dataclass(frozen=True, slots=True)
+class JoinReport:
+    """Counts of one user shard since its previous report (keys from `REASONS`)."""
+
+    shard: str
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """What the per-partition step emits for one raw batch."""
+
+    parts: list[tuple[str, Part]]
+    dead: list[KafkaSinkMessage]
+
+
+_shard = functools.lru_cache(maxsize=1 << 20)(shard_of)
+
+
+def keep_draw(sample_id: str) -> float:
+    """A uniform number in [0, 1) fixed by the sample id (negative down-sampling draws it)."""
+    digest = hashlib.blake2b(sample_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def _late_letter(event: Event, detail: str, partition: int | None) -> KafkaSinkMessage:
+    err = EventError("late", "ts", detail)
+    letter = dead_letter(encode_event(event), err, FLOW, partition=partition)
+    return KafkaSinkMessage(event.user_id.encode(), encode_dead_letter(letter))
+
+
+def ingest(hwm: int | None, batch: RawBatch, config: SamplesConfig) -> tuple[int | None, Ingested]:
+    """Decode a raw batch, drop late events, split the rest into one part per shard.
+
+    Returns:
+        (the partition's new high-water mark, the parts and dead letters).
+    """
+    decoded = decode_batch(batch, FLOW, config.max_bytes)
+    dead = list(decoded.dead)
+    lateness = config.allowed_lateness_ms
+    by_shard: dict[str, list[Event]] = {}
+    for e in decoded.events:
+        if hwm is not None and e.ts < hwm - lateness:
+            detail = (
+                f"ts {e.ts} is older than the partition's high-water mark {hwm} minus the "
+                f"allowed lateness {lateness} ms"
+            )
+            dead.append(_late_letter(e, detail, batch.partition))
+            continue
+        hwm = e.ts if hwm is None else max(hwm, e.ts)
+        by_shard.setdefault(f"u{_shard(e.user_id, config.shards)}", []).append(e)
+        by_shard.setdefault(f"n{_shard(e.note_id, config.shards)}", []).append(e)
+    if hwm is None:
+        return hwm, Ingested([], dead)
+    parts = [
+        (key, Part(key, batch.partition, hwm, by_shard.get(key, [])))
+        for side in "un"
+        for key in (f"{side}{s}" for s in range(config.shards))
+    ]
+    return hwm, Ingested(parts, dead)
+
+
+def point_in_time(store: TileStore, events: list[Event], ids: list[str]) -> np.ndarray:
+    """Add final events (sorted by ts) to `store`; return each impression's counts before it.
+
+    The counts of an impression at time t are its entity's `STAT_FEATURES` windows as of t over
+    the events with ts < t (its own and later events excluded). Events are processed in spans
+    of `STEP_MS`: within a span the windows keep their tiles, so an impression's counts are the
+    store's sums at the span start plus the span's earlier events of the same entity
+    (a prefix sum), computed for the whole span at once.
+
+    Args:
+        store: the shard's tiles; holds every final event before `events`.
+        events: the newly final events, in (ts, impressions first, event id) order.
+        ids: the entity id of each event (user or note).
+
+    Returns:
+        (impressions, len(STAT_FEATURES)) int64 counts, in the impressions' order.
+    """
+    cols = to_columns(Decoded("", 0, 0, events, []))
+    metrics = tile_metrics(cols.kind, cols.watch, cols.duration)  # (n, M)
+    ts, imp = cols.ts, cols.kind == _IMPRESSION
+    out = np.zeros((int(imp.sum()), len(STAT_FEATURES)), dtype=np.int64)
+    span = ts // STEP_MS
+    bounds = np.flatnonzero(np.r_[True, span[1:] != span[:-1], True])
+    done = 0
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        store.advance(int(ts[lo]))
+        rows = store.rows_for(ids[lo:hi])
+        sel = np.flatnonzero(imp[lo:hi])
+        if len(sel):
+            counts = store.window_counts(rows[sel])
+            base = np.concatenate([counts[w.name][:, _COUNT_COLS] for w in WINDOWS], axis=1)
+            key = rows * STEP_MS + (ts[lo:hi] - span[lo] * STEP_MS)  # entity, then time
+            order = np.argsort(key, kind="stable")
+            sorted_key = key[order]
+            cum = np.zeros((hi - lo + 1, len(_COUNT_COLS)), dtype=np.int64)
+            np.cumsum(metrics[lo:hi][order][:, _COUNT_COLS], axis=0, out=cum[1:])
+            first = np.searchsorted(sorted_key, rows[sel] * STEP_MS, side="left")
+            before = np.searchsorted(sorted_key, key[sel], side="left")
+            prefix = cum[before] - cum[first]  # (k, counts): same entity, earlier ts
+            out[done : done + len(sel)] = base + np.tile(prefix, len(WINDOWS))
+            done += len(sel)
+        store.add(rows, ts[lo:hi], metrics[lo:hi])
+    return out
+
+
+def _order(e: Event) -> tuple[int, bool, str]:
+    return e.ts, e.type != "impression", e.event_id
+
+
+@dataclass
+class ShardCore:
+    """Recoverable state every shard has: tiles, watermark inputs, not-yet-final events."""
+
+    store: TileStore = field(default_factory=TileStore)
+    hwm: dict[int, int] = field(default_factory=dict)
+    buffer: list[Event] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    recent: deque[tuple[int, str]] = field(default_factory=deque)
+    shard: str = ""
+
+
+class _ShardLogic:
+    """Watermark, de-duplication and the event-time ordered release of final events."""
+
+    def __init__(self, core: ShardCore, config: SamplesConfig, partitions: Sequence[int]) -> None:
+        self.core, self.config = core, config
+        self.partitions = tuple(partitions)
+        start = time.monotonic()
+        self.heard = dict.fromkeys(self.partitions, start)
+        self.idle_s = config.idle_partition_ms / 1000
+        self.watermark: float | None = None
+
+    def _compute_watermark(self) -> float | None:
+        now, hwm = time.monotonic(), self.core.hwm
+        active = [p for p in self.partitions if now - self.heard.get(p, now) <= self.idle_s]
+        if any(p not in hwm for p in active):
+            return None
+        marks = [hwm[p] for p in active] or list(hwm.values())
+        if not marks:
+            return None
+        return min(marks) - self.config.allowed_lateness_ms
+
+    def _receive(self, part: Part, counts: Counter) -> list[Event]:
+        """Take a part in; return the events refused as late (already counted)."""
+        core = self.core
+        core.shard = part.shard
+        core.hwm[part.partition] = max(part.hwm, core.hwm.get(part.partition, part.hwm))
+        self.heard[part.partition] = time.monotonic()
+        late = []
+        w = self.watermark
+        for e in part.events:
+            if e.event_id in core.seen:
+                counts["duplicate"] += 1
+            elif w is not None and e.ts < w:
+                late.append(e)
+            else:
+                core.seen.add(e.event_id)
+                core.buffer.append(e)
+        return late
+
+    def _release(self, final: bool) -> list[Event]:
+        """Advance the watermark; return the events that became final, in processing order."""
+        core = self.core
+        w = math.inf if final else self._compute_watermark()
+        if w is None or (self.watermark is not None and w <= self.watermark):
+            return []
+        self.watermark = w
+        if not core.buffer:
+            return []
+        ready = [e for e in core.buffer if e.ts < w]
+        if not ready:
+            return []
+        core.buffer = [e for e in core.buffer if e.ts >= w]
+        ready.sort(key=_order)
+        core.recent.extend((e.ts, e.event_id) for e in ready)
+        horizon = w - self.config.dedupe_horizon_ms
+        while core.recent and core.recent[0][0] < horizon:
+            core.seen.discard(core.recent.popleft()[1])
+        return ready
+
+    def _idle_wakeup(self, waiting: bool) -> datetime | None:
+        """When a partition would turn idle (letting the watermark move), if anything waits."""
+        if not waiting:
+            return None
+        now = time.monotonic()
+        waits = [self.heard[p] + self.idle_s - now for p in self.partitions]
+        future = [w for w in waits if w > 0]
+        if not future:
+            return None
+        return datetime.now(UTC) + timedelta(seconds=min(future) + 0.001)
+
+
+@dataclass
+class NoteState:
+    """Recoverable state of a note shard."""
+
+    core: ShardCore = field(default_factory=ShardCore)
+
+
+class NoteLogic(_ShardLogic, StatefulLogic[Part, tuple[str, NoteHalves], NoteState]):
+    """Computes the point-in-time note statistics of each impression of its notes."""
+
+    def __init__(
+        self,
+        state: NoteState,
+        config: SamplesConfig,
+        partitions: Sequence[int],
+        recoverable: bool,
+    ) -> None:
+        super().__init__(state.core, config, partitions)
+        self.state, self.recoverable = state, recoverable
+
+    def on_item(self, value: Part) -> tuple[list[tuple[str, NoteHalves]], bool]:
+        # Events refused here are counted (and dead-lettered) by the user shard, which sees
+        # the same events; a user shard whose watermark is ahead never waits for their halves.
+        self._receive(value, Counter())
+        return self._emit(self._release(final=False)), StatefulLogic.RETAIN
+
+    def _emit(self, ready: list[Event]) -> list[tuple[str, NoteHalves]]:
+        if not ready:
+            return []
+        stats = point_in_time(self.core.store, ready, [e.note_id for e in ready])
+        shown = [e for e in ready if e.type == "impression"]
+        dest = np.array([_shard(e.user_id, self.config.shards) for e in shown], dtype=np.int64)
+        out = []
+        for s in np.unique(dest).tolist():
+            sel = np.flatnonzero(dest == s)
+            ids = [shown[i].event_id for i in sel.tolist()]
+            ts = [shown[i].ts for i in sel.tolist()]
+            out.append((f"u{s}", NoteHalves(ids, ts, stats[sel])))
+        return out
+
+    def on_notify(self) -> tuple[list[tuple[str, NoteHalves]], bool]:
+        return self._emit(self._release(final=False)), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[tuple[str, NoteHalves]], bool]:
+        return self._emit(self._release(final=True)), StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return self._idle_wakeup(bool(self.core.buffer))
+
+    def snapshot(self) -> NoteState | None:
+        return copy.deepcopy(self.state) if self.recoverable else None
+
+
+@dataclass(slots=True)
+class Pending:
+    """An impression whose attribution window is open (or whose note statistics are awaited)."""
+
+    event: Event
+    user_stats: list[int]
+    note_stats: list[int] | None = None
+    labels: dict[str, int] = field(default_factory=dict)
+    watch_ms: int = 0
+    duration_ms: int = 0
+
+
+@dataclass
+class UserState:
+    """Recoverable state of a user shard."""
+
+    core: ShardCore = field(default_factory=ShardCore)
+    pending: dict[str, Pending] = field(default_factory=dict)
+    by_key: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    queue: deque[str] = field(default_factory=deque)
+    early: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
+    closed: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    closed_order: deque[tuple[int, tuple[str, str, str]]] = field(default_factory=deque)
+    batch: list[Sample] = field(default_factory=list)
+    seq: int = 0
+    counts: Counter = field(default_factory=Counter)
+
+
+def _join_key(e: Event) -> tuple[str, str, str]:
+    return e.user_id, e.note_id, e.request_id or ""
+
+
+def build_sample(p: Pending, keep_rate: float) -> Sample:
+    """The sample of a closed impression."""
+    e = p.event
+    duration = p.duration_ms
+    return Sample(
+        sample_id=e.event_id,
+        ts=e.ts,
+        user_id=e.user_id,
+        note_id=e.note_id,
+        author_id=e.author_id or "",
+        category=e.category or "",
+        request_id=e.request_id or "",
+        position=-1 if e.position is None else e.position,
+        **{label: p.labels.get(label, 0) for label in LABELS},
+        watch_ms=p.watch_ms,
+        duration_ms=duration,
+        completion=int(duration > 0 and p.watch_ms >= COMPLETION_FRACTION * duration),
+        keep_rate=keep_rate,
+        user_stats=p.user_stats,
+        note_stats=p.note_stats if p.note_stats is not None else [0] * len(STAT_FEATURES),
+    )
+
+
+Out = SampleBatch | JoinReport | KafkaSinkMessage
+
+
+class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
+    """Joins its users' impressions with their actions; closes windows; batches samples."""
+
+    def __init__(
+        self,
+        state: UserState,
+        config: SamplesConfig,
+        partitions: Sequence[int],
+        recoverable: bool,
+    ) -> None:
+        super().__init__(state.core, config, partitions)
+        self.state, self.recoverable = state, recoverable
+        self.window = config.attribution_window_ms
+        self.batch_due: datetime | None = None
+
+    def on_item(self, value: Part | NoteHalves) -> tuple[list[Out], bool]:
+        st = self.state
+        out: list[Out] = []
+        if isinstance(value, NoteHalves):
+            self._take_halves(value)
+        else:
+            for e in self._receive(value, st.counts):
+                st.counts["late_event"] += 1
+                detail = f"ts {e.ts} is older than the joiner's watermark {self.watermark}"
+                out.append(_late_letter(e, detail, value.partition))
+            self._process(self._release(final=False))
+        self._close(final=False, out=out)
+        return self._with_report(out), StatefulLogic.RETAIN
+
+    def _take_halves(self, halves: NoteHalves) -> None:
+        st, w = self.state, self.watermark
+        for sid, ts, stats in zip(halves.sample_ids, halves.ts, halves.stats.tolist(), strict=True):
+            p = st.pending.get(sid)
+            if p is not None:
+                p.note_stats = stats
+            elif w is None or ts >= w:
+                st.early[sid] = (ts, stats)
+            # else: the impression was refused here as late; its half has nothing to join.
+
+    def _process(self, ready: list[Event]) -> None:
+        if not ready:
+            return
+        st = self.state
+        stats = iter(point_in_time(st.core.store, ready, [e.user_id for e in ready]).tolist())
+        for e in ready:
+            key = _join_key(e)
+            if e.type == "impression":
+                early = st.early.pop(e.event_id, None)
+                st.pending[e.event_id] = Pending(e, next(stats), early and early[1])
+                st.by_key[key] = e.event_id
+                st.queue.append(e.event_id)
+                st.counts["impressions"] += 1
+                continue
+            sid = st.by_key.get(key)
+            p = st.pending.get(sid) if sid is not None else None
+            if p is None:
+                st.counts["late_action" if key in st.closed else "orphan_action"] += 1
+            elif e.ts > p.event.ts + self.window:
+                st.counts["late_action"] += 1
+            else:
+                st.counts["attached"] += 1
+                if e.type == "play":
+                    p.watch_ms += e.watch_ms or 0
+                    p.duration_ms = max(p.duration_ms, e.duration_ms or 0)
+                elif e.type in LABELS:
+                    p.labels[e.type] = 1
+        if st.early:
+            w = self.watermark
+            st.early = {k: v for k, v in st.early.items() if v[0] >= w}
+
+    def _close(self, final: bool, out: list[Out]) -> None:
+        st, cfg = self.state, self.config
+        w = self.watermark
+        while st.queue:
+            p = st.pending[st.queue[0]]
+            deadline = p.event.ts + self.window
+            if not final and (w is None or deadline >= w or p.note_stats is None):
+                break
+            st.queue.popleft()
+            del st.pending[p.event.event_id]
+            key = _join_key(p.event)
+            if st.by_key.get(key) == p.event.event_id:
+                del st.by_key[key]
+            st.closed[key] = deadline
+            st.closed_order.append((deadline, key))
+            if p.note_stats is None:
+                st.counts["missing_note_stats"] += 1
+            if p.duration_ms == 0:
+                p.duration_ms = p.event.duration_ms or 0
+            st.counts["samples"] += 1
+            if p.labels.get("click"):
+                sample = build_sample(p, 1.0)
+                st.counts["kept_positive"] += 1
+            elif keep_draw(p.event.event_id) < cfg.negative_keep_rate:
+                sample = build_sample(p, cfg.negative_keep_rate)
+                st.counts["kept_negative"] += 1
+            else:
+                st.counts["dropped_negative"] += 1
+                continue
+            st.batch.append(sample)
+            if len(st.batch) >= cfg.batch_size:
+                out.append(self._flush_batch())
+        if w is not None:
+            while st.closed_order and st.closed_order[0][0] + self.window < w:
+                deadline, key = st.closed_order.popleft()
+                if st.closed.get(key) == deadline:
+                    del st.closed[key]
+        if st.batch and self.batch_due is None:
+            self.batch_due = datetime.now(UTC) + timedelta(milliseconds=cfg.batch_max_delay_ms)
+        if final and st.batch:
+            out.append(self._flush_batch())
+
+    def _flush_batch(self) -> SampleBatch:
+        st = self.state
+        samples, st.batch = st.batch, []
+        batch = SampleBatch(
+            batch_id=f"{FLOW}-{st.core.shard}-{st.seq:09d}",
+            created_ms=int(time.time() * 1000),
+            max_ts=max(s.ts for s in samples),
+            samples=samples,
+        )
+        st.seq += 1
+        self.batch_due = None
+        return batch
+
+    def _with_report(self, out: list[Out]) -> list[Out]:
+        st = self.state
+        if st.counts and any(isinstance(x, SampleBatch) for x in out):
+            out.append(JoinReport(st.core.shard, dict(st.counts)))
+            st.counts = Counter()
+        return out
+
+    def on_notify(self) -> tuple[list[Out], bool]:
+        out: list[Out] = []
+        self._process(self._release(final=False))
+        self._close(final=False, out=out)
+        if self.state.batch and self.batch_due and datetime.now(UTC) >= self.batch_due:
+            out.append(self._flush_batch())
+        return self._with_report(out), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Out], bool]:
+        out: list[Out] = []
+        self._process(self._release(final=True))
+        self._close(final=True, out=out)
+        st = self.state
+        if st.counts:
+            out.append(JoinReport(st.core.shard, dict(st.counts)))
+            st.counts = Counter()
+        return out, StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        waiting = bool(self.core.buffer or self.state.queue)
+        times = [t for t in (self.batch_due, self._idle_wakeup(waiting)) if t is not None]
+        return min(times) if times else None
+
+    def snapshot(self) -> UserState | None:
+        return copy.deepcopy(self.state) if self.recoverable else None
+
+
+_BINARY = (*LABELS, "completion")
+_TYPES = {
+    **dict.fromkeys(
+        ("sample_id", "user_id", "note_id", "author_id", "category", "request_id"), pa.string()
+    ),
+    **dict.fromkeys(_BINARY, pa.int8()),
+    "keep_rate": pa.float64(),
+    "user_stats": pa.list_(pa.int64()),
+    "note_stats": pa.list_(pa.int64()),
+}
+LOG_SCHEMA = pa.schema([(c, _TYPES.get(c, pa.int64())) for c in SAMPLE_COLUMNS])
+"""Schema of the parquet log: `SAMPLE_COLUMNS`, binary labels as int8, stats as int64 lists."""
+
+
+def samples_table(samples: list[Sample]) -> pa.Table:
+    """One row per sample, in `LOG_SCHEMA`."""
+    return pa.table(
+        {c: [getattr(s, c) for s in samples] for c in SAMPLE_COLUMNS}, schema=LOG_SCHEMA
+    )
+
+
+def read_sample_log(directory: Path) -> pa.Table:
+    """Read the parquet log, one row per sample id (the log is at-least-once; see the docs)."""
+    parts = sorted(Path(directory).glob("part-*.parquet"))
+    if not parts:
+        return samples_table([])
+    table = pa.concat_tables([pq.read_table(p) for p in parts])
+    first = ~pd.Series(table.column("sample_id").to_numpy(zero_copy_only=False)).duplicated()
+    table = table.filter(pa.array(first.to_numpy()))
+    return table.sort_by([("ts", "ascending"), ("sample_id", "ascending")])
+
+
+LogState = tuple[str, int, list[Sample]]
+
+
+class _LogPartition(StatefulSinkPartition[SampleBatch, LogState]):
+    def __init__(self, directory: Path, rows: int, interval_s: float, resume: LogState | None):
+        self._dir, self._rows, self._interval_s = directory, rows, interval_s
+        self._token, self._seq, self._buffer = resume or (uuid.uuid4().hex[:8], 0, [])
+        self._since = time.monotonic()
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def write_batch(self, items: list[SampleBatch]) -> None:
+        if not self._buffer:
+            self._since = time.monotonic()
+        for batch in items:
+            self._buffer.extend(batch.samples)
+        old = time.monotonic() - self._since >= self._interval_s
+        if len(self._buffer) >= self._rows or (self._buffer and old):
+            self._write()
+
+    def _write(self) -> None:
+        name = f"part-{self._token}-{self._seq:06d}.parquet"
+        aside = self._dir / f".{name}.tmp"
+        pq.write_table(samples_table(self._buffer), aside)
+        with open(aside, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(aside, self._dir / name)
+        self._seq += 1
+        self._buffer = []
+
+    def snapshot(self) -> LogState:
+        return self._token, self._seq, list(self._buffer)
+
+    def close(self) -> None:
+        if self._buffer:
+            self._write()
+
+
+class SampleLogSink(FixedPartitionedSink[SampleBatch, LogState]):
+    """The parquet log: part files of `rows` samples, written aside then renamed into place.
+
+    Its state (buffered samples, next part number) is snapshotted with the flow, so a restart
+    after a crash rewrites the same part names; samples re-emitted after a crash can appear in
+    two parts, so readers de-duplicate by `sample_id` (`read_sample_log` does).
+    """
+
+    def __init__(self, directory: Path, rows: int = 20_000, interval_s: float = 60.0) -> None:
+        self._dir, self._rows, self._interval_s = Path(directory), rows, interval_s
+
+    def list_parts(self) -> list[str]:
+        return ["log"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: LogState | None):
+        del step_id, for_part  # one partition
+        return _LogPartition(self._dir, self._rows, self._interval_s, resume_state)
+
+
+def build_flow(
+    source: Source[RawBatch],
+    sink: Sink[KafkaSinkMessage],
+    log: Sink[tuple[str, SampleBatch]],
+    dlq: DynamicSink,
+    reports: Sink[JoinReport],
+    config: SamplesConfig,
+    partitions: Sequence[int],
+    recoverable: bool = True,
+) -> Dataflow:
+    """Build the sample-joiner dataflow.
+
+    Args:
+        source: raw Kafka batches of `interactions` (`KafkaBatchSource` or a `TestingSource`).
+        sink: receives one `KafkaSinkMessage` per micro-batch (key batch id, value
+            `encode_batch`): a `KafkaSink` on `training-samples` in production.
+        log: receives `(batch_id, SampleBatch)`: a `SampleLogSink` in production.
+        dlq: receives dead letters (undecodable and late events).
+        reports: receives `JoinReport` counters (orphan and late actions, duplicates, ...).
+        config: job settings.
+        partitions: the input topic's partition ids (all of them hold the watermark).
+        recoverable: snapshot the state each epoch (off only when running without recovery).
+    """
+    flow = Dataflow(FLOW)
+    batches = op.input("in", flow, source)
+    keyed = op.key_on("by_partition", batches, lambda b: str(b.partition))
+    ingested = op.key_rm(
+        "ingested", op.stateful_map("ingest", keyed, lambda hwm, b: ingest(hwm, b, config))
+    )
+    op.output("dlq_in", op.flat_map("dead_in", ingested, lambda i: i.dead), dlq)
+    parts = op.flat_map("parts", ingested, lambda i: i.parts)
+    sides = op.branch("side", parts, lambda kv: kv[0].startswith("n"))
+    halves = op.stateful(
+        "notes",
+        sides.trues,
+        lambda resume: NoteLogic(resume or NoteState(), config, partitions, recoverable),
+    )
+    to_users = op.key_rm("halves", halves)  # (user shard, NoteHalves)
+    joined = op.key_rm(
+        "outputs",
+        op.stateful(
+            "users",
+            op.merge("user_inputs", sides.falses, to_users),
+            lambda resume: UserLogic(resume or UserState(), config, partitions, recoverable),
+        ),
+    )
+    is_batch = op.branch("is_batch", joined, lambda x: isinstance(x, SampleBatch))
+    batches_out = is_batch.trues
+    op.output(
+        "kafka",
+        op.map(
+            "encode", batches_out, lambda b: KafkaSinkMessage(b.batch_id.encode(), encode_batch(b))
+        ),
+        sink,
+    )
+    op.output("log", op.map("log_key", batches_out, lambda b: (b.batch_id, b)), log)
+    is_report = op.branch("is_report", is_batch.falses, lambda x: isinstance(x, JoinReport))
+    op.output("reports", is_report.trues, reports)
+    op.output("dlq_late", is_report.falses, dlq)
+    return flow

@@ -1,0 +1,86 @@
+"""Small synthetic fixtures for the learner tests: samples with a learnable click signal."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from learners.inputs import LABEL_COLUMNS, Columns, F
+from streams.samples_schema import Sample, SampleBatch
+
+
+def true_click_probability(users: np.ndarray, notes: np.ndarray, seed: int = 0) -> np.ndarray:
+    """p(click) from hidden user and note factors (a fixed function of the seed)."""
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=(1000, 4))
+    v = rng.normal(size=(5000, 4))
+    bias = rng.normal(-2.2, 0.6, size=5000)
+    z = bias[notes] + 0.8 * (u[users] * v[notes]).sum(axis=1)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def synthetic(
+    n: int,
+    seed: int = 1,
+    users: int = 200,
+    notes: int = 400,
+    keep_rate: float = 1.0,
+    t0: int = 1_000_000,
+    truth_seed: int = 0,
+) -> tuple[Columns, np.ndarray]:
+    """`n` impressions (before down-sampling) -> kept samples and their true click probability."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, users, n)
+    v = rng.zipf(1.3, n) % notes
+    p = true_click_probability(u, v, truth_seed)
+    click = rng.random(n) < p
+    kept = click | (rng.random(n) < keep_rate)
+    u, v, p, click = u[kept], v[kept], p[kept], click[kept]
+    m = len(u)
+    labels = {k: np.zeros(m, np.float32) for k in LABEL_COLUMNS}
+    labels["click"] = click.astype(np.float32)
+    labels["like"] = (click & (rng.random(m) < 0.3)).astype(np.float32)
+    labels["completion"] = (click & (rng.random(m) < 0.5)).astype(np.float32)
+    cols = Columns(
+        user_id=[f"u{i}" for i in u],
+        note_id=[f"n{i}" for i in v],
+        author_id=[f"a{i % 50}" for i in v],
+        category=[f"c{i % 7}" for i in v],
+        ts=t0 + np.arange(m, dtype=np.int64) * 1000,
+        position=rng.integers(-1, 8, m),
+        user_stats=rng.poisson(3, (m, F)).astype(np.float32),
+        note_stats=rng.poisson(30, (m, F)).astype(np.float32),
+        labels=labels,
+        watch_ms=np.where(click, rng.exponential(40_000, m), 0).astype(np.float32),
+        keep_rate=np.where(click, 1.0, keep_rate).astype(np.float32),
+    )
+    return cols, p
+
+
+def to_batch(cols: Columns, batch_id: str) -> SampleBatch:
+    """A `SampleBatch` of the rows of `cols` (as the joiner would send them)."""
+    samples = [
+        Sample(
+            sample_id=f"{batch_id}-{j}",
+            ts=int(cols.ts[j]),
+            user_id=cols.user_id[j],
+            note_id=cols.note_id[j],
+            author_id=cols.author_id[j],
+            category=cols.category[j],
+            request_id="",
+            position=int(cols.position[j]),
+            click=int(cols.labels["click"][j]),
+            like=int(cols.labels["like"][j]),
+            collect=0,
+            share=0,
+            comment=0,
+            follow=0,
+            watch_ms=int(cols.watch_ms[j]),
+            duration_ms=60_000,
+            completion=int(cols.labels["completion"][j]),
+            keep_rate=float(cols.keep_rate[j]),
+            user_stats=[int(x) for x in cols.user_stats[j]],
+            note_stats=[int(x) for x in cols.note_stats[j]],
+        )
+        for j in range(len(cols))
+    ]
+    return SampleBatch(batch_id, 0, int(cols.ts.max()), samples)

@@ -1,0 +1,103 @@
+"""MMoE / shared-bottom shapes and learning, calibration for down-sampling, two-tower log-Q."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from learners.config import EmbeddingConfig, RankerConfig, RetrieverConfig
+from learners.inputs import log_buckets
+from learners.mmoe import WATCH, make_core
+from learners.modules import Gate
+from learners.training import RankerState, RetrieverState
+from learners.two_tower import StreamingFrequency
+from tests.learners.helpers import synthetic
+
+SMALL = dict(experts=3, expert_hidden=(16,), tower_hidden=(8,))
+
+
+def test_log_buckets() -> None:
+    got = log_buckets(np.array([0, 1, 2, 3, 4, 1000, -5, np.nan]), 8)
+    assert got.tolist() == [0, 1, 1, 2, 2, 7, 0, 0]
+
+
+@pytest.mark.parametrize("kind", ["mmoe", "shared_bottom"])
+def test_core_shapes(kind: str) -> None:
+    core = make_core(kind, 10, ("a", "b"), 3, (8,), (4,), gate_dropout=0.2)
+    out = core(torch.randn(5, 10))
+    assert set(out.logits) == {"a", "b"} and all(z.shape == (5,) for z in out.logits.values())
+    assert len(out.gates) == (2 if kind == "mmoe" else 0)
+    if kind == "mmoe":
+        assert out.gates[0].shape == (5, 3)
+        assert 0 <= out.gate_entropy() <= np.log(3) + 1e-6
+
+
+def test_gate_dropout_keeps_a_distribution() -> None:
+    gate = Gate(4, 5, dropout=0.5)
+    g = gate(torch.randn(200, 4))
+    assert torch.allclose(g.sum(dim=1), torch.ones(200))
+    assert (g == 0).any()  # some outputs dropped in training
+    gate.eval()
+    assert (gate(torch.randn(200, 4)) > 0).all()
+
+
+@pytest.mark.parametrize("kind", ["mmoe", "shared_bottom"])
+def test_ranker_learns_and_predicts_every_task(kind: str) -> None:
+    cols, _ = synthetic(12_000, seed=3)
+    state = RankerState.create(RankerConfig(kind=kind, **SMALL), EmbeddingConfig(lr=0.1))
+    opt = torch.optim.Adam(state.dense_parameters(), lr=5e-3)
+    losses = [state.train_step(b, opt).loss for _ in range(2) for b in cols.batches(512)]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    pred = state.predict(cols.take(np.arange(7)))
+    assert set(pred) == {*state.config.tasks, "watch_ms"}
+    assert all(v.shape == (7,) for v in pred.values())
+    assert WATCH in state.model.tasks and (pred["watch_ms"] > 0).all()
+
+
+def test_calibration_restores_the_true_click_rate_within_5_percent() -> None:
+    a = 0.2
+    train, _ = synthetic(120_000, seed=5, keep_rate=a)
+    test, p_true = synthetic(20_000, seed=6, keep_rate=1.0)
+    state = RankerState.create(RankerConfig(kind="shared_bottom", **SMALL), EmbeddingConfig(lr=0.1))
+    opt = torch.optim.Adam(state.dense_parameters(), lr=3e-3)
+    for _ in range(2):
+        for b in train.batches(1024):
+            state.train_step(b, opt)
+    assert state.neg_keep_rate == pytest.approx(a)
+    raw = state.predict(test, calibrated=False)["click"].mean()
+    calibrated = state.predict(test)["click"].mean()
+    truth = p_true.mean()
+    assert abs(raw / truth - 1) > 0.5  # down-sampling inflates the raw rate
+    assert abs(calibrated / truth - 1) < 0.05
+
+
+def test_streaming_frequency_estimates_the_item_probability() -> None:
+    freq = StreamingFrequency(1 << 12, alpha=0.05)
+    stream = ["hot" if i % 4 == 0 else f"cold{i}" for i in range(8_000)]
+    for lo in range(0, len(stream), 100):
+        freq.update(stream[lo : lo + 100])
+    assert freq.probability(["hot"])[0] == pytest.approx(0.25, rel=0.1)
+    assert freq.probability(["cold17"])[0] < 0.01
+
+
+def test_two_tower_trains_on_clicks_only_and_corrects_for_popularity() -> None:
+    cols, _ = synthetic(6_000, seed=8)
+    state = RetrieverState.create(RetrieverConfig(extra_negatives=16), EmbeddingConfig())
+    opt = torch.optim.Adam(state.dense_parameters(), lr=3e-3)
+    clicked_notes = set()
+    for b in cols.batches(512):
+        res = state.train_step(b, opt)
+        assert res.samples == int(b.labels["click"].sum())
+        clicked_notes |= {n for n, c in zip(b.note_id, b.labels["click"], strict=True) if c}
+    # shown-but-never-clicked notes got no ID row: they never served as negatives or positives
+    assert set(state.store["note"].index) <= clicked_notes
+    batch = state.batch(cols.take(np.flatnonzero(cols.labels["click"] > 0)[:64]), observe=False)
+    assert batch.neg_rows is not None and batch.neg_logq.shape == (16,)
+    popular = state.freq.probability(["n1"])[0]
+    rare = max(state.freq.probability([n])[0] for n in clicked_notes if n != "n1")
+    assert popular >= rare
+    ids, vecs = state.item_vectors()
+    assert len(ids) == len(set(cols.note_id)) and np.allclose(np.linalg.norm(vecs, axis=1), 1)
+    u = state.user_vectors(["u1"], cols.user_stats[:1])
+    assert u.shape == (1, state.config.out_dim)

@@ -1,0 +1,187 @@
+"""Online and full learners: dense parameters frozen online, snapshots round-trip to serving."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from infra.stack import ensure_topics
+from learners.config import LearnConfig
+from learners.full import train_pass
+from learners.inference import Ranker, Retriever
+from learners.online import Message, NoFullSnapshotError, OnlineLearner, kafka_messages
+from learners.snapshots import SnapshotConfig, SnapshotReader, SnapshotWriter
+from learners.training import ITEM_TABLE, RankerState, RetrieverState
+from streams.kafka_io import make_producer
+from streams.samples_schema import encode_batch
+from tests.learners.helpers import synthetic, to_batch
+
+CONFIG = LearnConfig(batch_size=256, admit_after=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def publish_trained(root: Path) -> SnapshotConfig:
+    """Full-train both models on a small fixture and publish them (what `learn full` does)."""
+    snapshots = SnapshotConfig(root=root, delta_every_s=10, full_every_s=3600)
+    from learners.full import load_or_create
+
+    ranker, retriever, _, _ = load_or_create(CONFIG, snapshots)
+    cols, _ = synthetic(4_000, seed=11)
+    train_pass(ranker, retriever, cols, CONFIG)
+    for name, state in (("ranker", ranker), ("retriever", retriever)):
+        tables, dense = state.full_state()
+        SnapshotWriter(root, name, snapshots).publish_full(
+            tables, dense, state.hwm_ms, state.meta({"offsets": {}})
+        )
+    return snapshots
+
+
+def messages(seed: int, n: int, users: int = 200, t0: int = 10**9) -> list[Message]:
+    cols, _ = synthetic(n, seed=seed, users=users, t0=t0)
+    return [
+        Message(0, i, encode_batch(to_batch(b, f"b{seed}-{i}")))
+        for i, b in enumerate(cols.batches(100))
+    ]
+
+
+def test_online_mode_changes_id_embeddings_only(tmp_path: Path) -> None:
+    snapshots = publish_trained(tmp_path)
+    clock = Clock()
+    learner = OnlineLearner.from_latest(CONFIG, snapshots, clock=clock)
+    dense = {
+        name: {k: v.clone() for k, v in state.model.state_dict().items()}
+        for name, state in (("r", learner.ranker), ("t", learner.retriever))
+    }
+    user_before = learner.ranker.store["user"].weight.clone()
+    known = len(learner.ranker.store["user"])
+    msgs = messages(seed=12, n=3_000, users=400)
+    learner.run(iter(msgs))
+    for name, state in (("r", learner.ranker), ("t", learner.retriever)):
+        after = state.model.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in dense[name].items())  # bit-identical
+    assert len(learner.ranker.store["user"]) > known  # new users admitted on the fly
+    rows = learner.ranker.store["user"].weight[: user_before.shape[0]]
+    assert not torch.equal(rows, user_before)  # known rows trained
+    assert learner.report.samples > 0 and learner.offsets == {0: len(msgs)}
+
+
+def test_deltas_publish_changed_rows_and_serving_scores_match(tmp_path: Path) -> None:
+    snapshots = publish_trained(tmp_path)
+    clock = Clock()
+    learner = OnlineLearner.from_latest(CONFIG, snapshots, clock=clock)
+    msgs = messages(seed=13, n=2_000, users=300)
+    for m in msgs[:5]:
+        learner.add(m)
+    clock.now = 11.0
+    learner.flush()
+    published = learner.tick()
+    assert [m.kind for m in published] == ["delta", "delta"]
+    assert published[0].meta["offsets"] == {"0": 5}
+    full_rows = SnapshotReader(tmp_path, "ranker").load(1).manifest.rows["user"]
+    assert 0 < published[0].rows["user"] < full_rows + 300  # changed rows only
+    assert learner.tick() == []  # not due again
+    snap = SnapshotReader(tmp_path, "ranker").latest()
+    ranker = Ranker.from_snapshot(snap)
+    cols, _ = synthetic(50, seed=14, users=300)
+    n = 10
+    for j in range(3):
+        served = ranker.score(
+            cols.user_id[j],
+            cols.note_id[:n],
+            cols.author_id[:n],
+            cols.category[:n],
+            cols.user_stats[j],
+            cols.note_stats[:n],
+            cols.position[:n],
+        )
+        one_user = replace(
+            cols.take(np.arange(n)),
+            user_id=[cols.user_id[j]] * n,
+            user_stats=np.repeat(cols.user_stats[j : j + 1], n, axis=0),
+        )
+        mine = learner.ranker.predict(one_user)
+        assert set(served) == set(mine)
+        for task, values in mine.items():
+            np.testing.assert_array_equal(served[task], values)
+    retriever = Retriever.from_snapshot(SnapshotReader(tmp_path, "retriever").latest())
+    ids, vecs = retriever.item_vectors()
+    mine_ids, mine_vecs = learner.retriever.item_vectors()
+    assert sorted(ids) == sorted(mine_ids)
+    order = {n: j for j, n in enumerate(mine_ids)}
+    np.testing.assert_array_equal(vecs, mine_vecs[[order[n] for n in ids]])
+    u = retriever.user_vector(cols.user_id[0], cols.user_stats[0])
+    np.testing.assert_array_equal(
+        u, learner.retriever.user_vectors(cols.user_id[:1], cols.user_stats[:1])[0]
+    )
+    sub_ids, sub = retriever.item_vectors([ids[1], "never-seen", ids[0]])
+    assert sub_ids == [ids[1], ids[0]] and sub.shape == (2, retriever.dim)
+
+
+def test_restart_resumes_from_the_published_offsets(tmp_path: Path) -> None:
+    snapshots = publish_trained(tmp_path)
+    learner = OnlineLearner.from_latest(CONFIG, snapshots, clock=Clock())
+    learner.run(iter(messages(seed=15, n=1_000)), until_end=True)
+    again = OnlineLearner.from_latest(CONFIG, snapshots, clock=Clock())
+    assert again.offsets == learner.offsets
+    assert len(again.ranker.store["note"]) == len(learner.ranker.store["note"])
+    assert ITEM_TABLE in SnapshotReader(tmp_path, "retriever").latest().tables
+
+
+def test_bad_messages_are_dead_lettered_and_the_learner_goes_on(tmp_path: Path) -> None:
+    snapshots = publish_trained(tmp_path)
+    dead: list[tuple[Message, str]] = []
+    learner = OnlineLearner.from_latest(
+        CONFIG, snapshots, on_dead_letter=lambda m, r: dead.append((m, r)), clock=Clock()
+    )
+    good = messages(seed=16, n=300)
+    learner.run(
+        iter(
+            [Message(0, 0, b"{not json"), *[Message(0, i + 1, m.value) for i, m in enumerate(good)]]
+        )
+    )
+    assert len(dead) == 1 and dead[0][0].offset == 0 and "json" in dead[0][1].lower()
+    assert learner.report.samples > 0
+
+
+def test_online_needs_a_full_snapshot(tmp_path: Path) -> None:
+    with pytest.raises(NoFullSnapshotError, match="learn full"):
+        OnlineLearner.from_latest(CONFIG, SnapshotConfig(root=tmp_path))
+
+
+def test_full_training_warm_starts_from_the_latest_snapshot(tmp_path: Path) -> None:
+    snapshots = publish_trained(tmp_path)
+    from learners.full import load_or_create
+
+    ranker, retriever, versions, _ = load_or_create(CONFIG, snapshots)
+    assert versions == {"ranker": 1, "retriever": 1}
+    published = RankerState.from_snapshot(SnapshotReader(tmp_path, "ranker").latest())
+    for a, b in zip(ranker.dense_parameters(), published.dense_parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert isinstance(retriever, RetrieverState) and len(retriever.side) > 0
+
+
+def test_kafka_reader_assigns_partitions_and_stops_at_the_end(
+    bootstrap: str, topic_name: str
+) -> None:
+    topic = f"{topic_name}-samples"
+    ensure_topics(bootstrap, [topic], 2)
+    producer = make_producer(bootstrap)
+    msgs = messages(seed=17, n=500)
+    for i, m in enumerate(msgs):
+        producer.produce(topic, key=f"k{i}".encode(), value=m.value, partition=i % 2)
+    producer.flush(10)
+    got = [m for m in kafka_messages(bootstrap, topic, {}, until_end=True) if m is not None]
+    assert len(got) == len(msgs)
+    resumed = [m for m in kafka_messages(bootstrap, topic, {0: 2, 1: 2}, until_end=True) if m]
+    assert len(resumed) == len(msgs) - 4
