@@ -15,6 +15,7 @@ from infra import stack
 from infra.cli_exposure import exposure_app, run_exposure
 from infra.cli_learn import learn_app
 from infra.cli_samples import run_samples
+from infra.cli_serve import serve
 from infra.cli_snapshots import snapshots_app
 from infra.config import Settings, load_settings
 from infra.errors import InfraError
@@ -34,6 +35,7 @@ app.add_typer(learn_app, name="learn")
 app.add_typer(exposure_app, name="exposure")
 run_app.command("exposure")(run_exposure)
 run_app.command("samples")(run_samples)
+app.command("serve")(serve)
 
 console = Console()
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file.")]
@@ -351,13 +353,18 @@ def features_get(
 
 @app.command("demo")
 def demo(
-    events: Annotated[int, typer.Option(help="Synthetic events to replay.")] = 100_000,
+    live_s: Annotated[float, typer.Option(help="Seconds of the live phase.")] = 120.0,
+    warm_s: Annotated[float, typer.Option(help="Seconds of event-time history.")] = 90.0,
+    event_rate: Annotated[float, typer.Option(help="Events per second.")] = 1_500.0,
     config: ConfigOpt = None,
 ) -> None:
-    """Bring the stack up, replay synthetic events and summarise what is in Kafka."""
-    infra_up(config)
-    replay_synthetic(limit=events, config=config)
-    topics_summary(config=config)
+    """The whole loop on the local stack: jobs, training, serving, live events; measured."""
+    from infra.demo import DemoConfig, print_report, run_demo
+
+    report = run_demo(
+        _settings(config), DemoConfig(live_s=live_s, warm_s=warm_s, event_rate=event_rate), console
+    )
+    print_report(report, console)
 
 
 def main() -> None:

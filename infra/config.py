@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from infra.errors import ConfigError
 from learners.config import LearnConfig
 from learners.snapshots import SnapshotConfig
+from serving.config import ServingConfig
 from streams.config import ExposureConfig, SamplesConfig, StatsConfig
 
 
@@ -92,6 +93,8 @@ class Settings(_Frozen):
     """Embedding snapshots: root directory, retention, publishing intervals."""
     learn: LearnConfig = LearnConfig()
     """The online learner and full training."""
+    serving: ServingConfig = ServingConfig()
+    """Retrieval, ranking and the API."""
     feast_project: str = "streamrec"
     """Feast project whose online store the jobs write."""
     feature_repo: Path = Path("features")

@@ -134,3 +134,15 @@ class Retriever:
             return list(self._item_ids), self._items
         idx = [self._item_index[n] for n in note_ids if n in self._item_index]
         return [self._item_ids[j] for j in idx], self._items[idx]
+
+    def side_info(self, note_ids: list[str]) -> tuple[list[str], list[str]]:
+        """(author_ids, categories) of the notes ("" where the snapshot does not know one)."""
+        side = self._state.side
+        unknown = ("", "", 0)
+        rows = [side.get(n, unknown) for n in note_ids]
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+    @property
+    def hwm_ms(self) -> int:
+        """Event-time high-water mark of the snapshot in use."""
+        return self._snap.manifest.hwm_ms

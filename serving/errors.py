@@ -7,3 +7,11 @@ class ServingError(Exception):
 
 class ExposureError(ServingError):
     """The exposure filter cannot be written or read; the message says what to do."""
+
+
+class NotReadyError(ServingError):
+    """No snapshot is loaded yet; the message says which model is missing and what to run."""
+
+
+class RequestError(ServingError):
+    """A request names something that cannot be served (the message says what)."""

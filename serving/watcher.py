@@ -1,0 +1,195 @@
+"""Follow published snapshots and swap consistent model views in without a gap.
+
+A `ModelView` (ranker, retriever, retrieval index, versions) is built aside and replaced by one
+reference assignment, so a request that took the view keeps a single consistent version to its
+end. New versions are found by polling the snapshot directory every `poll_interval_s`; an
+announcement on `embedding-snapshots` wakes the poll at once (announcements may be missed or
+arrive before the files are visible: the directory is the truth).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from learners.errors import LearnersError
+from learners.inference import Ranker, Retriever
+from learners.snapshots import Snapshot, SnapshotNotFoundError, SnapshotReader
+from serving.config import ServingConfig
+from serving.errors import NotReadyError
+from serving.index import NoteIndex
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One consistent state: both models and the index built from the retriever's version."""
+
+    ranker: Ranker
+    retriever: Retriever
+    index: NoteIndex
+    snapshots: dict[str, Snapshot]
+    loaded_at: float
+    """Wall-clock time (epoch s) the view went live."""
+
+    @property
+    def versions(self) -> dict[str, int]:
+        """Model -> snapshot version in use."""
+        return {k: s.manifest.version for k, s in self.snapshots.items()}
+
+
+def _index_for(
+    retriever: Retriever, previous: ModelView | None, snap: Snapshot, kind: str
+) -> NoteIndex:
+    ids, vectors = retriever.item_vectors()
+    same_full = previous is not None and (
+        previous.snapshots["retriever"].versions[:1] == snap.versions[:1]
+    )
+    if not same_full or previous.index.dim != retriever.dim:
+        return NoteIndex.build(ids, vectors, kind)
+    old_ids, old_vectors = previous.retriever.item_vectors()
+    old_row = {n: j for j, n in enumerate(old_ids)}
+    rows = np.array([old_row.get(n, -1) for n in ids], dtype=np.int64)
+    changed = rows < 0
+    known = np.flatnonzero(~changed)
+    if len(known):
+        diff = np.any(vectors[known] != old_vectors[rows[known]], axis=1)
+        changed[known[diff]] = True
+    pick = np.flatnonzero(changed)
+    if not len(pick):
+        return previous.index
+    return previous.index.updated([ids[j] for j in pick], vectors[pick])
+
+
+class SnapshotWatcher:
+    """Keeps the newest consistent `ModelView` of the ranker and retriever snapshots."""
+
+    def __init__(
+        self, root: Path, ranker_model: str, retriever_model: str, config: ServingConfig
+    ) -> None:
+        self._readers = {
+            "ranker": SnapshotReader(root, ranker_model),
+            "retriever": SnapshotReader(root, retriever_model),
+        }
+        self._config = config
+        self._view: ModelView | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+        self.swaps = 0
+
+    def current(self) -> ModelView:
+        """The view to use for one request.
+
+        Raises:
+            NotReadyError: no snapshot of one of the models is loaded yet.
+        """
+        view = self._view
+        if view is None:
+            raise NotReadyError(
+                f"no snapshot loaded yet ({self.last_error or 'none published'}); run "
+                "`streamrec learn full` so the ranker and retriever publish one"
+            )
+        return view
+
+    def refresh(self) -> bool:
+        """Load newer versions if there are any; return whether a new view went live."""
+        with self._lock:
+            old = self._view
+            try:
+                snaps = {}
+                for name, reader in self._readers.items():
+                    if old is None:
+                        snaps[name] = reader.latest()
+                    else:
+                        snaps[name] = reader.refresh(old.snapshots[name])
+            except (SnapshotNotFoundError, LearnersError) as exc:
+                self.last_error = str(exc)
+                return False
+            if old is not None and {k: s.manifest.version for k, s in snaps.items()} == (
+                old.versions
+            ):
+                return False
+            kept = {
+                k
+                for k, s in snaps.items()
+                if old is not None and s.manifest.version == old.versions[k]
+            }
+            for k in kept:
+                snaps[k] = old.snapshots[k]
+            ranker = old.ranker if "ranker" in kept else Ranker.from_snapshot(snaps["ranker"])
+            if "retriever" in kept:
+                retriever, index = old.retriever, old.index
+            else:
+                retriever = Retriever.from_snapshot(snaps["retriever"])
+                index = _index_for(retriever, old, snaps["retriever"], self._config.index)
+            self._view = ModelView(ranker, retriever, index, snaps, time.time())
+            self.last_error = None
+            self.swaps += 1
+            logger.info("serving versions %s (%d notes indexed)", self._view.versions, len(index))
+            return True
+
+    def wake(self) -> None:
+        """Check for new versions now (an announcement arrived)."""
+        self._wake.set()
+
+    def start(self, bootstrap: str | None = None, topic: str | None = None) -> None:
+        """Poll in a background thread; with a broker, also follow the announcements topic."""
+        self._threads = [threading.Thread(target=self._poll, daemon=True, name="snap-poll")]
+        if bootstrap and topic:
+            follow = threading.Thread(
+                target=self._follow, args=(bootstrap, topic), daemon=True, name="snap-follow"
+            )
+            self._threads.append(follow)
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Stop the background threads."""
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(5)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception as exc:  # keep serving the last good view
+                self.last_error = f"loading a snapshot failed: {exc}"
+                logger.exception("snapshot refresh failed")
+            self._wake.wait(self._config.poll_interval_s)
+            self._wake.clear()
+
+    def _follow(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import OFFSET_END, TopicPartition
+
+        from learners.snapshots import decode_announcement
+        from streams.kafka_io import make_consumer, partitions_of
+
+        try:
+            parts = partitions_of(bootstrap, topic)
+            consumer = make_consumer(bootstrap, **{"fetch.wait.max.ms": 50})
+            consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
+        except Exception as exc:
+            logger.warning("not following %s (%s); polling the directory only", topic, exc)
+            return
+        try:
+            while not self._stop.is_set():
+                for m in consumer.consume(100, 0.2):
+                    if m.error() is None:
+                        try:
+                            decode_announcement(m.value())
+                        except LearnersError:
+                            continue
+                        self._wake.set()
+        finally:
+            consumer.close()
