@@ -22,6 +22,8 @@ from features.errors import FeaturesError
 from features.online_writer import OnlineWriter
 from features.schema import feature_types
 
+_INT64_TAG, _DOUBLE_TAG = 0x20, 0x29  # ValueProto int64_val (varint), double_val (fixed64)
+
 
 class OnlineReader:
     """Reads feature values of the repository's views from Feast's Redis online store."""
@@ -57,19 +59,57 @@ class OnlineReader:
         for entity in entity_ids:
             pipe.hmget(self._keys.redis_key(view, entity), fields)
         rows = pipe.execute()
-        values = np.full((len(entity_ids), len(names)), np.nan)
-        stamps = np.full(len(entity_ids), -1, dtype=np.int64)
-        parse = ValueProto.FromString
-        for i, row in enumerate(rows):
-            ts = row[-1]
-            if ts is None:
-                continue
-            stamp = Timestamp.FromString(ts)
-            stamps[i] = stamp.ToMilliseconds()
-            for j, raw in enumerate(row[:-1]):
-                if raw is not None:
-                    v = parse(raw)
-                    kind = v.WhichOneof("val")
-                    if kind is not None:
-                        values[i, j] = getattr(v, kind)
-        return values, stamps
+        n, f = len(entity_ids), len(names)
+        stamps = np.fromiter(
+            (-1 if r[-1] is None else _millis(r[-1]) for r in rows), dtype=np.int64, count=n
+        )
+        flat = [v for r in rows for v in r[:-1]]
+        return decode_values(flat).reshape(n, f), stamps
+
+
+def _millis(raw: bytes) -> int:
+    return Timestamp.FromString(raw).ToMilliseconds()
+
+
+_WIDTH = 11  # tag byte + at most 10 varint bytes (or 8 double bytes)
+_SHIFTS = np.arange(10, dtype=np.uint64) * np.uint64(7)
+
+
+def decode_values(raw: Sequence[bytes | None]) -> np.ndarray:
+    """float64 values of serialized `ValueProto`s holding int64_val or double_val (NaN else).
+
+    Vectorised: every value is laid in an 11-byte row; int64 varints and little-endian doubles
+    are decoded with numpy. Anything else (empty, another type) goes through `ValueProto`.
+    """
+    out = np.full(len(raw), np.nan)
+    present = [j for j, v in enumerate(raw) if v]
+    if not present:
+        return out
+    values = [raw[j] for j in present]
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    data = np.frombuffer(b"".join(values), dtype=np.uint8)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    offsets = np.arange(_WIDTH)
+    inside = offsets[None, :] < np.minimum(lengths, _WIDTH)[:, None]
+    index = np.where(inside, starts[:, None] + offsets[None, :], 0)
+    rows = np.where(inside, data[index], 0).astype(np.uint8)  # (M, 11)
+    tag = rows[:, 0]
+    result = np.full(len(values), np.nan)
+    ints = (tag == _INT64_TAG) & (lengths <= _WIDTH)
+    if ints.any():
+        b = rows[ints, 1:].astype(np.uint64)  # (I, 10)
+        cont = (b & np.uint64(0x80)) != 0
+        live = np.concatenate([np.ones((len(b), 1), bool), np.cumprod(cont[:, :-1], axis=1)], 1)
+        groups = ((b & np.uint64(0x7F)) << _SHIFTS) * live.astype(np.uint64)
+        result[ints] = np.bitwise_or.reduce(groups, axis=1).view(np.int64)
+    doubles = (tag == _DOUBLE_TAG) & (lengths == 9)
+    if doubles.any():
+        result[doubles] = np.ascontiguousarray(rows[doubles, 1:9]).view("<f8")[:, 0]
+    other = np.flatnonzero(~(ints | doubles))
+    for k in other.tolist():
+        v = ValueProto.FromString(values[k])
+        kind = v.WhichOneof("val")
+        if kind is not None:
+            result[k] = getattr(v, kind)
+    out[present] = result
+    return out

@@ -56,8 +56,10 @@ def serve(
     config: Annotated[Path | None, typer.Option("--config", help="YAML settings file.")] = None,
 ) -> None:
     """Serve /recommend, /features, /notes, /healthz and /metrics (FastAPI + uvicorn)."""
+    import torch
     import uvicorn
 
+    torch.set_num_threads(1)  # small per-request batches; extra threads only spin here
     settings = load_settings(config)
     where = stack.endpoints(settings)
     app, watcher = build_service(settings, where.redis_url)

@@ -375,6 +375,7 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console | None = N
     env = {**os.environ, "STREAMREC_STATE_DIR": str(Path(settings.stack.state_dir).resolve())}
     env["KAFKA_BOOTSTRAP"], env["REDIS_URL"] = state.bootstrap, state.redis_url
     env["COLUMNS"] = "160"  # the jobs' rich output, unwrapped in their logs
+    env["OMP_NUM_THREADS"] = "1"  # six processes share two cores
     jobs = Jobs(run_dir, env)
     report = DemoReport(run_dir)
     console.print(f"[bold]demo run {run_id}[/bold]: {run_dir}")

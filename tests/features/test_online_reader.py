@@ -25,8 +25,15 @@ def test_reader_equals_get_online_features(
     rng = np.random.default_rng(3)
     names = list(feature_types(view))
     stored = [f"e{i}" for i in range(30)]
+    edge_ints = np.array([0, 1, -1, 127, 128, 300, 2**31, -(2**40), 2**62, 2**63 - 1])
+    edge_floats = np.array([0.0, -0.0, 1.5, -2.25, 1e-300, 1e300, np.inf, -np.inf, 0.1, 7.0])
     cols = {
-        n: rng.integers(0, 10**9, 30) if k == "int64" else rng.random(30) * 100
+        n: np.concatenate(
+            [
+                edge_ints if k == "int64" else edge_floats,
+                rng.integers(0, 10**9, 20) if k == "int64" else rng.random(20) * 100,
+            ]
+        )
         for n, k in feature_types(view).items()
     }
     OnlineWriter(redis_client, store.project).write(view, stored, cols, 1_767_225_600_123)
@@ -38,6 +45,7 @@ def test_reader_equals_get_online_features(
     for j, name in enumerate(names):
         expected = [np.nan if v is None else float(v) for v in feast[name]]
         np.testing.assert_array_equal(values[:, j], expected, err_msg=name)
+        assert [np.signbit(v) for v in values[:, j]] == [np.signbit(v) for v in expected]
     assert stamps[20] == -1
     assert set(stamps[np.arange(len(ids)) != 20]) == {1_767_225_600_123}
 

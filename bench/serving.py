@@ -1,0 +1,238 @@
+"""Serving: faiss index choice, /recommend latency at 1,000 retrieved / 200 ranked, Feast peer.
+
+Run: `.venv/bin/python -m bench.serving [--notes 5000] [--requests 400]`.
+
+1. Index types at catalogue sizes 10k / 100k / 1M (unit vectors, d=32): build time, query time
+   for k=1,000, recall@100 against exact search (IndexFlatIP).
+2. A ranker and a retriever are trained (full training, in process) on synthetic samples over
+   `--notes` notes and published; note and user window counts are written to Redis (DB 11, a
+   project of its own, deleted at the end) with the online writer; impressions of every user
+   go into the exposure filter. `/recommend` is called through the ASGI app in process
+   (FastAPI TestClient: routing, validation and JSON included, no socket), retrieve_k 1,000 and
+   rank_k 200. Peer, same run: Feast's `get_online_features` for the same 200 notes' counts.
+Writes bench/out/serving_latency.png.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import faiss
+import numpy as np
+import redis
+import typer
+from fastapi.testclient import TestClient
+from rich.console import Console
+from rich.progress import track
+
+from bench.common import bench_stack, median, percentile
+from features.online_reader import OnlineReader
+from features.online_writer import OnlineWriter
+from features.schema import FeatureConfig, derive
+from features.store import apply_definitions, feature_store
+from infra.cli_serve import build_service
+from infra.config import load_settings
+from learners.config import LearnConfig
+from learners.full import load_or_create, train_pass
+from learners.inputs import LABEL_COLUMNS, Columns, F
+from learners.snapshots import SnapshotConfig, SnapshotWriter
+from serving.config import ServingConfig
+from serving.exposure import ExposureWriter
+from serving.index import NoteIndex
+from streams.config import ExposureConfig
+from streams.samples_schema import STAT_FEATURES
+from streams.tiles import METRICS, WINDOWS
+
+console = Console()
+OUT = Path(__file__).resolve().parent / "out"
+T0 = 1_767_225_600_000
+
+
+def _unit(n: int, d: int, seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def index_table(sizes: list[int], queries: int = 50) -> list[dict]:
+    """Build/query time and recall@100 of each index kind at each catalogue size."""
+    rows = []
+    for n in sizes:
+        vectors = _unit(n, 32, n)
+        ids = [str(i) for i in range(n)]
+        qs = _unit(queries, 32, 1)
+        exact = faiss.IndexFlatIP(32)
+        exact.add(vectors)
+        _, truth = exact.search(qs, 100)
+        for kind in ("flat", "hnsw"):
+            t0 = time.perf_counter()
+            index = NoteIndex.build(ids, vectors, kind)
+            build = time.perf_counter() - t0
+            times, recalls = [], []
+            for q, true in zip(qs, truth, strict=True):
+                t0 = time.perf_counter()
+                got, _ = index.search(q, 1_000)
+                times.append((time.perf_counter() - t0) * 1000)
+                recalls.append(len({int(g) for g in got[:100]} & set(true.tolist())) / 100)
+            rows.append(
+                {
+                    "notes": n,
+                    "kind": kind,
+                    "build_s": build,
+                    "query_ms": median(times),
+                    "recall100": float(np.mean(recalls)),
+                }
+            )
+            console.print(
+                f"{n:>9,} {kind:5} build {build:7.2f} s  query(k=1000) p50 "
+                f"{median(times):6.2f} ms  recall@100 {np.mean(recalls):.3f}"
+            )
+    return rows
+
+
+def _samples(n: int, users: int, notes: int, seed: int = 0) -> Columns:
+    rng = np.random.default_rng(seed)
+    u, v = rng.integers(0, users, n), rng.integers(0, notes, n)
+    click = rng.random(n) < 0.15
+    labels = {k: (click & (rng.random(n) < 0.3)).astype(np.float32) for k in LABEL_COLUMNS}
+    labels["click"] = click.astype(np.float32)
+    return Columns(
+        user_id=[f"u{i}" for i in u],
+        note_id=[f"n{i}" for i in v],
+        author_id=[f"a{i % 500}" for i in v],
+        category=[f"c{i % 20}" for i in v],
+        ts=T0 + np.arange(n, dtype=np.int64) * 100,
+        position=rng.integers(0, 8, n),
+        user_stats=rng.poisson(3, (n, F)).astype(np.float32),
+        note_stats=rng.poisson(30, (n, F)).astype(np.float32),
+        labels=labels,
+        watch_ms=np.where(click, rng.exponential(40_000, n), 0).astype(np.float32),
+        keep_rate=np.ones(n, np.float32),
+    )
+
+
+def _write_stats(client: redis.Redis, project: str, view: str, ids: list[str]) -> None:
+    rng = np.random.default_rng(5)
+    arrays = {w.name: rng.poisson(20, (len(ids), len(METRICS))).astype(np.int64) for w in WINDOWS}
+    cols = derive(view, arrays, FeatureConfig())
+    writer = OnlineWriter(client, project)
+    for lo in range(0, len(ids), 2_000):
+        part = {k: v[lo : lo + 2_000] for k, v in cols.items()}
+        writer.write(view, ids[lo : lo + 2_000], part, T0)
+
+
+def main(
+    notes: int = typer.Option(5_000, help="Catalogue of the trained retriever."),
+    users: int = typer.Option(2_000, help="Users of the trained models."),
+    requests: int = typer.Option(400, help="/recommend calls measured."),
+    sizes: str = typer.Option("10000,100000,1000000", help="Index catalogue sizes."),
+) -> None:
+    """Print the index table, /recommend latency and the Feast peer."""
+    OUT.mkdir(exist_ok=True)
+    console.rule("index type (d=32, k=1,000; recall@100 vs exact)")
+    index_table([int(s) for s in sizes.split(",")])
+    with bench_stack() as state, tempfile.TemporaryDirectory() as tmp:
+        base = state.redis_url.rsplit("/", 1)[0]
+        url = f"{base}/11"
+        client = redis.Redis.from_url(url)
+        project = f"bench{uuid.uuid4().hex[:6]}"
+        console.rule(f"training models on {notes:,} notes")
+        learn = LearnConfig(admit_after=1, batch_size=1024)
+        snaps = SnapshotConfig(root=Path(tmp))
+        ranker, retriever, _, _ = load_or_create(learn, snaps)
+        cols = _samples(notes * 12, users, notes)
+        train_pass(ranker, retriever, cols, learn)
+        for name, st in (("ranker", ranker), ("retriever", retriever)):
+            tables, dense = st.full_state()
+            SnapshotWriter(Path(tmp), name, snaps).publish_full(
+                tables, dense, st.hwm_ms, st.meta({})
+            )
+        store = feature_store(url, project, Path(tmp) / "registry.db")
+        apply_definitions(store)
+        note_ids = sorted(set(cols.note_id))
+        user_ids = [f"u{i}" for i in range(users)]
+        _write_stats(client, project, "note_stats", note_ids)
+        _write_stats(client, project, "user_stats", user_ids)
+        ns = f"bench{uuid.uuid4().hex[:6]}"
+        exposure = ExposureConfig(namespace=ns)
+        rng = np.random.default_rng(9)
+        shown_users = np.repeat(user_ids, 50).tolist()
+        shown = [note_ids[j] for j in rng.integers(0, len(note_ids), len(shown_users))]
+        ExposureWriter(client, exposure).add_batch(
+            shown_users, shown, np.full(len(shown), T0 + 10**7)
+        )
+        settings = load_settings(env={"REDIS_URL": url}).model_copy(
+            update={
+                "snapshots": snaps,
+                "exposure": exposure,
+                "feast_project": project,
+                "serving": ServingConfig(retrieve_k=1_000, rank_k=200),
+            }
+        )
+        app, watcher = build_service(settings, url)
+        watcher.refresh()
+        api = TestClient(app)
+        console.rule("/recommend (in-process ASGI, retrieve 1,000, rank 200)")
+        for u in user_ids[:20]:  # warm-up
+            api.get("/recommend", params={"user_id": u, "n": 20})
+        latencies, steps = [], []
+        t_all = time.perf_counter()
+        for i in track(range(requests), description="requests", console=console):
+            t0 = time.perf_counter()
+            r = api.get("/recommend", params={"user_id": user_ids[i % users], "n": 20})
+            latencies.append((time.perf_counter() - t0) * 1000)
+            body = r.json()
+            assert body["retrieved"] == 1_000 and body["ranked"] == 200, body
+            steps.append(body["timings_ms"])
+        rps = requests / (time.perf_counter() - t_all)
+        console.print(
+            f"/recommend latency p50 {percentile(latencies, 50):.1f} ms  p99 "
+            f"{percentile(latencies, 99):.1f} ms  {rps:,.0f} requests/s (one client, serial)"
+        )
+        for step in steps[0]:
+            console.print(f"  {step:9} p50 {median([s[step] for s in steps]):6.2f} ms")
+        console.rule("peer: Feast get_online_features for the same 200 notes")
+        refs = [f"note_stats:{n}" for n in STAT_FEATURES]
+        feast_ms, ours_ms = [], []
+        ours = OnlineReader(client, project)
+        for i in range(60):
+            sample = [note_ids[j] for j in rng.integers(0, len(note_ids), 200)]
+            t0 = time.perf_counter()
+            store.get_online_features(features=refs, entity_rows=[{"note_id": n} for n in sample])
+            feast_ms.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            ours.read("note_stats", sample, STAT_FEATURES)
+            ours_ms.append((time.perf_counter() - t0) * 1000)
+            if i == 0:
+                feast_ms.clear()
+                ours_ms.clear()
+        console.print(
+            f"200 notes x {len(STAT_FEATURES)} counts: Feast get_online_features p50 "
+            f"{median(feast_ms):.1f} ms; streamrec OnlineReader p50 {median(ours_ms):.2f} ms "
+            f"({median(feast_ms) / median(ours_ms):.1f}x); whole /recommend p50 "
+            f"{percentile(latencies, 50):.1f} ms"
+        )
+        _plot(latencies)
+        client.flushdb()
+
+
+def _plot(latencies: list[float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(latencies, bins=50)
+    ax.axvline(percentile(latencies, 99), color="tab:red", label="p99")
+    ax.set_xlabel("/recommend latency (ms), retrieve 1,000 / rank 200")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "serving_latency.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    typer.run(main)
