@@ -1,6 +1,5 @@
 """The FastAPI app of `streamrec serve`: /recommend, /features, /notes, /healthz, /metrics."""
 
-
 import time
 from typing import Annotated, Literal
 
