@@ -4,8 +4,8 @@ Feast's `get_online_features` resolves the registry, builds request protos and c
 value to Python per call (milliseconds for a few hundred entities). Serving needs a handful of
 count features of ~200 notes per request, so this reader sends one pipelined HMGET per entity
 for just those fields - keys and field names through the same Feast functions the writer uses -
-and parses the values with Feast's own `ValueProto`. `tests/features/test_online_reader.py`
-proves it returns what `get_online_features` returns.
+and decodes the `ValueProto` bytes with numpy (pre-encoded Redis protocol, one write).
+`tests/features/test_online_reader.py` proves it returns what `get_online_features` returns.
 """
 
 from __future__ import annotations
@@ -32,6 +32,20 @@ class OnlineReader:
         self._client = client
         self._keys = OnlineWriter(client, project)
         self._fields: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
+        self._tails: dict[tuple[str, tuple[str, ...]], tuple[bytes, bytes]] = {}
+
+    def _round_trip(self, payload: bytes, replies: int) -> list[list[bytes | None]]:
+        """Send pre-encoded commands on one pooled connection and read `replies` replies."""
+        pool = self._client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([payload])
+            return [conn.read_response() for _ in range(replies)]
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def _field_names(self, view: str, names: tuple[str, ...]) -> list[bytes]:
         cached = self._fields.get((view, names))
@@ -54,17 +68,26 @@ class OnlineReader:
             int64 epoch ms of the stored rows, -1 for entities without a row).
         """
         names = tuple(names)
-        fields = self._field_names(view, names)
-        pipe = self._client.pipeline(transaction=False)
-        for entity in entity_ids:
-            pipe.hmget(self._keys.redis_key(view, entity), fields)
-        rows = pipe.execute()
+        tail = self._tails.get((view, names))
+        if tail is None:
+            fields = self._field_names(view, names)
+            tail = b"".join(_bulk(f) for f in fields)
+            self._tails[(view, names)] = (b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2), tail)
+            tail = self._tails[(view, names)]
+        head, fields_bytes = tail
+        key = self._keys.redis_key
+        payload = b"".join(head + _bulk(key(view, e)) + fields_bytes for e in entity_ids)
+        rows = self._round_trip(payload, len(entity_ids))
         n, f = len(entity_ids), len(names)
         stamps = np.fromiter(
             (-1 if r[-1] is None else _millis(r[-1]) for r in rows), dtype=np.int64, count=n
         )
         flat = [v for r in rows for v in r[:-1]]
         return decode_values(flat).reshape(n, f), stamps
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 def _millis(raw: bytes) -> int:

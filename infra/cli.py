@@ -354,7 +354,7 @@ def features_get(
 @app.command("demo")
 def demo(
     live_s: Annotated[float, typer.Option(help="Seconds of the live phase.")] = 120.0,
-    warm_s: Annotated[float, typer.Option(help="Seconds of event-time history.")] = 90.0,
+    warm_s: Annotated[float, typer.Option(help="Seconds of event-time history.")] = 180.0,
     event_rate: Annotated[float, typer.Option(help="Events per second.")] = 1_500.0,
     config: ConfigOpt = None,
 ) -> None:

@@ -60,13 +60,13 @@ class DemoConfig(BaseModel):
 
     seed: int = 7
     """Seed of the synthetic world and its events."""
-    users: int = Field(default=3_000, ge=10)
+    users: int = Field(default=2_000, ge=10)
     """Synthetic users."""
-    notes: int = Field(default=10_000, ge=10)
+    notes: int = Field(default=5_000, ge=10)
     """Synthetic notes."""
     event_rate: float = Field(default=1_500.0, gt=0)
     """Events per second of event time (the live phase produces them at this wall rate)."""
-    warm_s: float = Field(default=90.0, gt=0)
+    warm_s: float = Field(default=180.0, gt=0)
     """Seconds of event-time history replayed as fast as possible before training."""
     live_s: float = Field(default=120.0, gt=0)
     """Seconds of the live phase."""
@@ -242,7 +242,7 @@ def demo_settings(run_id: str, run_dir: Path, base: Settings, config: DemoConfig
             "idle_partition_ms": 5_000,
         },
         "snapshots": {"root": str(run_dir / "snapshots"), "delta_every_s": config.delta_every_s},
-        "learn": {"batch_size": 512},
+        "learn": {"batch_size": 512, "admit_after": 1},
     }
 
 

@@ -18,7 +18,22 @@ from streams.sources.kuairand import KuaiRandSource
 from streams.sources.movielens import MovieLensSource
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 
-MOVIELENS = Path(__file__).resolve().parents[3] / "shared" / "data" / "movielens-100k" / "u.data"
+
+def _movielens_fixture(path: Path, rows: int = 3_000) -> Path:
+    """A u.data-shaped file (user, item, rating, unix seconds; tab separated), shuffled times."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame(
+        {
+            "user": rng.integers(1, 200, rows),
+            "item": rng.integers(1, 500, rows),
+            "rating": rng.integers(1, 6, rows),
+            "ts": rng.integers(874_724_710, 893_286_638, rows),
+        }
+    )
+    frame.to_csv(path, sep="\t", header=False, index=False)
+    return path
 
 
 def _read_back(bootstrap: str, topic: str) -> dict[int, list[Event]]:
@@ -37,11 +52,11 @@ def _assert_time_ordered(by_partition: dict[int, list[Event]]) -> None:
         assert stamps == sorted(stamps)
 
 
-def test_movielens_replay_counts_and_order(bootstrap: str, topic_name: str) -> None:
-    assert MOVIELENS.is_file(), f"shared data missing: {MOVIELENS}"
-    ratings = pd.read_csv(MOVIELENS, sep="\t", names=["user", "item", "rating", "ts"])
+def test_movielens_replay_counts_and_order(bootstrap: str, topic_name: str, tmp_path: Path) -> None:
+    path = _movielens_fixture(tmp_path / "u.data")
+    ratings = pd.read_csv(path, sep="\t", names=["user", "item", "rating", "ts"])
     ensure_topics(bootstrap, [topic_name], 4)
-    report = replay(MovieLensSource(MOVIELENS), bootstrap, topic_name)
+    report = replay(MovieLensSource(path), bootstrap, topic_name)
     expected = Counter(
         impression=len(ratings), click=len(ratings), like=int((ratings.rating >= 4).sum())
     )
