@@ -194,7 +194,9 @@ def _stream(bootstrap: str, topic: str, rate: float, seconds: float, log: list) 
     producer.flush(10)
 
 
-def latency(state_dir: Path, bootstrap: str, warm: Columns, rate: float, seconds: float) -> dict:
+def latency(
+    state_dir: Path, bootstrap: str, redis_url: str, warm: Columns, rate: float, seconds: float
+) -> dict:
     """Event produced -> ranker delta containing its note, through the real joiner process."""
     work = Path(tempfile.mkdtemp(prefix="bench-learning-"))
     topics = {
@@ -224,7 +226,12 @@ def latency(state_dir: Path, bootstrap: str, warm: Columns, rate: float, seconds
     }
     cfg_file = work / "settings.yaml"
     cfg_file.write_text(yaml.safe_dump(settings))
-    env = {**os.environ, "STREAMREC_STATE_DIR": str(state_dir)}
+    env = {
+        **os.environ,
+        "STREAMREC_STATE_DIR": str(state_dir),
+        "KAFKA_BOOTSTRAP": bootstrap,
+        "REDIS_URL": redis_url,
+    }
     cli = str(Path(sys.executable).with_name("streamrec"))
     procs = [
         subprocess.Popen(
@@ -318,6 +325,7 @@ def main(
         res = latency(
             Path(".streamrec") / "bench-learning",
             state.bootstrap,
+            state.redis_url,
             cols.take(np.arange(20_000)),
             rate,
             latency_s,

@@ -156,10 +156,16 @@ def _recall_at(state: RetrieverState, cols: Columns, seen: dict[str, set], k: in
 
 
 def prequential(
-    cols: Columns, tasks: tuple[str, ...], warmup: float, batch: int, progress: Progress, name: str
+    cols: Columns,
+    tasks: tuple[str, ...],
+    warmup: float,
+    batch: int,
+    progress: Progress,
+    name: str,
+    emb_lr: float = 0.05,
 ) -> Replay:
     """Warm up on the first share of the samples, then score each batch before training on it."""
-    config = LearnConfig(batch_size=batch, admit_after=1, seed=7)
+    config = LearnConfig(batch_size=batch, admit_after=1, seed=7, emb_lr=emb_lr)
     emb = config.embedding(16)
     ranker = RankerState.create(RankerConfig(), emb, seed=7)
     retriever = RetrieverState.create(RetrieverConfig(), emb, seed=7)
@@ -301,6 +307,7 @@ def main(
     warmup: float = typer.Option(0.3, help="Share of each stream used for full training."),
     batch: int = typer.Option(1024, help="Samples per prequential batch."),
     limit: int | None = typer.Option(None, help="Cap on source rows (quick runs)."),
+    emb_lr: float = typer.Option(0.05, help="Row-wise Adagrad learning rate of the ID rows."),
 ) -> None:
     """Run every quality benchmark; print and write the table and the AUC-over-time plot."""
     import matplotlib.pyplot as plt
@@ -333,7 +340,7 @@ def main(
             progress.console.print(
                 f"{name}: {len(cols):,} samples, click rate {cols.labels['click'].mean():.3f}"
             )
-            replay = prequential(cols, tasks, warmup, batch, progress, name)
+            replay = prequential(cols, tasks, warmup, batch, progress, name, emb_lr)
             summary = summarise(replay, tasks)
             for metric in summary["online"]:
                 on, fr = summary["online"][metric], summary["frozen"][metric]
