@@ -89,7 +89,6 @@ def test_watcher_swaps_versions_and_follows_announcements(
         learner = OnlineLearner.from_latest(
             CONFIG, snapshots, announce=kafka_announcer(bootstrap, topic), clock=clock
         )
-        time.sleep(0)  # the follower reads from the end: publish only after it is assigned
         deadline = time.monotonic() + 20
         while watcher.swaps == 1 and time.monotonic() < deadline:
             for m in messages(seed=21, n=600, users=300, t0=2 * 10**9):
