@@ -47,6 +47,9 @@ matplotlib.use("Agg")
 console = Console()
 OUT = Path(__file__).resolve().parent / "out"
 MESSAGE = 512
+STEADY_AFTER_S = 20.0
+"""Impressions produced this long after the first delta count as steady state: the joiner and
+the learner start while events are already produced, so the first ones include a backlog."""
 
 
 def _samples(cols: Columns) -> list[Sample]:
@@ -280,12 +283,17 @@ def latency(
         raise SystemExit(f"no delta was published; see the logs in {work}")
     first_delta = min(d[0] for d in deltas)
     probes = [(n, t) for n, t in produced if t > first_delta]
-    lat = []
+    lat, steady = [], []
     for note, t in probes:
         hits = [c for c, hwm, ids in deltas if c >= t and hwm >= t and note in ids]
         if hits:
             lat.append((min(hits) - t) / 1000)
+            if t > first_delta + STEADY_AFTER_S * 1000:
+                steady.append(lat[-1])
     return {
+        "steady p50 s": percentile(steady, 50) if steady else float("nan"),
+        "steady p99 s": percentile(steady, 99) if steady else float("nan"),
+        "steady n": len(steady),
         "probes": len(probes),
         "resolved": len(lat),
         "deltas": len(deltas),
@@ -333,7 +341,9 @@ def main(
     console.print(
         f"event -> delta: {res['resolved']:,} of {res['probes']:,} impressions resolved, "
         f"{res['deltas']} deltas; p50 {res['p50 s']:.2f} s, p99 {res['p99 s']:.2f} s, "
-        f"max {res['max s']:.2f} s (logs {res['work']})"
+        f"max {res['max s']:.2f} s (logs {res['work']}); after the first "
+        f"{STEADY_AFTER_S:.0f} s of deltas (startup backlog drained): {res['steady n']:,} "
+        f"impressions, p50 {res['steady p50 s']:.2f} s, p99 {res['steady p99 s']:.2f} s"
     )
     if res["latencies"]:
         fig, ax = plt.subplots(figsize=(7, 4))
