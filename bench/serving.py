@@ -46,7 +46,7 @@ from streams.config import ExposureConfig
 from streams.samples_schema import STAT_FEATURES
 from streams.tiles import METRICS, WINDOWS
 
-console = Console()
+console = Console(width=120)
 OUT = Path(__file__).resolve().parent / "out"
 T0 = 1_767_225_600_000
 
@@ -56,39 +56,63 @@ def _unit(n: int, d: int, seed: int) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def index_table(sizes: list[int], queries: int = 50) -> list[dict]:
+def _vectors(kind: str, n: int, d: int, seed: int) -> np.ndarray:
+    """Unit vectors: "uniform" on the sphere (hardest case), or "clustered" around 1,000
+    centres (closer to trained item towers, whose notes group by interest)."""
+    if kind == "uniform":
+        return _unit(n, d, seed)
+    rng = np.random.default_rng(seed)
+    centres = _unit(1_000, d, 12_345)  # the same centres for the catalogue and the queries
+    v = centres[rng.integers(0, 1_000, n)] + 0.35 * rng.normal(size=(n, d)) / np.sqrt(d)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+# index kind -> search settings tried on one build (the first reaching recall 0.95 is the pick)
+SETTINGS = {"flat": [{}], "ivf": [{"nprobe": p} for p in (16, 64, 256)]}
+SETTINGS["hnsw"] = [{"ef_search": e} for e in (128, 512)]
+
+
+def index_table(sizes: list[int], datasets: list[str], queries: int = 50) -> list[dict]:
     """Build/query time and recall@100 of each index kind at each catalogue size."""
     rows = []
-    for n in sizes:
-        vectors = _unit(n, 32, n)
-        ids = [str(i) for i in range(n)]
-        qs = _unit(queries, 32, 1)
-        exact = faiss.IndexFlatIP(32)
-        exact.add(vectors)
-        _, truth = exact.search(qs, 100)
-        for kind in ("flat", "hnsw"):
-            t0 = time.perf_counter()
-            index = NoteIndex.build(ids, vectors, kind)
-            build = time.perf_counter() - t0
-            times, recalls = [], []
-            for q, true in zip(qs, truth, strict=True):
+    for data in datasets:
+        for n in sizes:
+            vectors = _vectors(data, n, 32, n)
+            ids = [str(i) for i in range(n)]
+            qs = _vectors(data, queries, 32, 1)
+            exact = faiss.IndexFlatIP(32)
+            exact.add(vectors)
+            _, truth = exact.search(qs, 100)
+            for kind, tries in SETTINGS.items():
                 t0 = time.perf_counter()
-                got, _ = index.search(q, 1_000)
-                times.append((time.perf_counter() - t0) * 1000)
-                recalls.append(len({int(g) for g in got[:100]} & set(true.tolist())) / 100)
-            rows.append(
-                {
-                    "notes": n,
-                    "kind": kind,
-                    "build_s": build,
-                    "query_ms": median(times),
-                    "recall100": float(np.mean(recalls)),
-                }
-            )
-            console.print(
-                f"{n:>9,} {kind:5} build {build:7.2f} s  query(k=1000) p50 "
-                f"{median(times):6.2f} ms  recall@100 {np.mean(recalls):.3f}"
-            )
+                index = NoteIndex.build(ids, vectors, kind)
+                build = time.perf_counter() - t0
+                for params in tries:
+                    index.tune(**params)
+                    times, recalls = [], []
+                    for q, true in zip(qs, truth, strict=True):
+                        t0 = time.perf_counter()
+                        got, _ = index.search(q, 1_000)
+                        times.append((time.perf_counter() - t0) * 1000)
+                        recalls.append(len({int(g) for g in got[:100]} & set(true.tolist())) / 100)
+                    setting = ",".join(f"{k}={v}" for k, v in params.items()) or "exact"
+                    rows.append(
+                        {
+                            "data": data,
+                            "notes": n,
+                            "kind": kind,
+                            "setting": setting,
+                            "build_s": build,
+                            "query_ms": median(times),
+                            "recall100": float(np.mean(recalls)),
+                        }
+                    )
+                    console.print(
+                        f"{data:9} {n:>9,} {kind:5} {setting:13} build {build:7.2f} s  "
+                        f"query(k=1000) p50 {median(times):6.2f} ms  "
+                        f"recall@100 {np.mean(recalls):.3f}"
+                    )
+            del exact
     return rows
 
 
@@ -128,11 +152,13 @@ def main(
     users: int = typer.Option(2_000, help="Users of the trained models."),
     requests: int = typer.Option(400, help="/recommend calls measured."),
     sizes: str = typer.Option("10000,100000,1000000", help="Index catalogue sizes."),
+    datasets: str = typer.Option("uniform,clustered", help="Vector sets of the index table."),
+    http_requests: int = typer.Option(300, help="/recommend calls over HTTP (0: skip)."),
 ) -> None:
     """Print the index table, /recommend latency and the Feast peer."""
     OUT.mkdir(exist_ok=True)
-    console.rule("index type (d=32, k=1,000; recall@100 vs exact)")
-    index_table([int(s) for s in sizes.split(",")])
+    console.rule("index type (d=32, k=1,000; recall@100 vs exact IndexFlatIP)")
+    index_table([int(s) for s in sizes.split(",")], datasets.split(","))
     with bench_stack() as state, tempfile.TemporaryDirectory() as tmp:
         base = state.redis_url.rsplit("/", 1)[0]
         url = f"{base}/11"
@@ -193,6 +219,8 @@ def main(
         )
         for step in steps[0]:
             console.print(f"  {step:9} p50 {median([s[step] for s in steps]):6.2f} ms")
+        if http_requests:
+            _over_http(app, user_ids, http_requests)
         console.rule("peer: Feast get_online_features for the same 200 notes")
         refs = [f"note_stats:{n}" for n in STAT_FEATURES]
         feast_ms, ours_ms = [], []
@@ -216,6 +244,45 @@ def main(
         )
         _plot(latencies)
         client.flushdb()
+
+
+def _over_http(app, user_ids: list[str], requests: int) -> None:
+    """/recommend over a socket: uvicorn in a thread, one keep-alive httpx client, serial."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    console.rule("/recommend over HTTP (uvicorn, one keep-alive client, serial)")
+    latencies = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            for u in user_ids[:20]:  # warm-up
+                http.get("/recommend", params={"user_id": u, "n": 20})
+            t_all = time.perf_counter()
+            for i in track(range(requests), description="requests", console=console):
+                t0 = time.perf_counter()
+                r = http.get("/recommend", params={"user_id": user_ids[i % len(user_ids)], "n": 20})
+                latencies.append((time.perf_counter() - t0) * 1000)
+                r.raise_for_status()
+            rps = requests / (time.perf_counter() - t_all)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    console.print(
+        f"/recommend over HTTP p50 {percentile(latencies, 50):.1f} ms  p99 "
+        f"{percentile(latencies, 99):.1f} ms  {rps:,.0f} requests/s (one client, serial)"
+    )
 
 
 def _plot(latencies: list[float]) -> None:

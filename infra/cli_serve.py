@@ -36,7 +36,7 @@ def build_service(settings: Settings, redis_url: str):
     recommender = Recommender(
         watcher,
         OnlineReader(client, settings.feast_project),
-        ExposureFilter(client, settings.exposure.namespace),
+        ExposureFilter(client, cfg.exposure_namespace or settings.exposure.namespace),
         cfg,
     )
     app = create_app(

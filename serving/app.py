@@ -93,9 +93,36 @@ class Metrics:
         self.indexed = Gauge("streamrec_index_notes", "Notes in the retrieval index", registry=r)
         self.freshness = Gauge(
             "streamrec_feature_freshness_seconds",
-            "Now minus the stats job's event-time high-water mark",
+            "Now minus the stats job's event-time high-water mark (NaN before it wrote one)",
             registry=r,
         )
+
+
+class _Observe:
+    """ASGI middleware: count every request by route and status, and time it (4xx included)."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            endpoint = route.path if route is not None else "unmatched"
+            self.metrics.requests.labels(endpoint, str(status[0])).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
 
 def create_app(
@@ -113,22 +140,15 @@ def create_app(
     watcher = recommender.watcher
     views = {"user": "user_stats", "note": "note_stats"}
 
-    def observe(endpoint: str, status: int, t0: float) -> None:
-        metrics.requests.labels(endpoint, str(status)).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-
     @app.get("/recommend", response_model=RecommendResponse)
     def recommend(
         user_id: Annotated[str, Query(min_length=1, max_length=256)],
         n: Annotated[int | None, Query(ge=1, le=max_n)] = None,
     ) -> RecommendResponse:
-        t0 = time.perf_counter()
         try:
             rec = recommender.recommend(user_id, n or default_n)
         except NotReadyError as exc:
-            observe("recommend", 503, t0)
             raise HTTPException(503, str(exc)) from None
-        observe("recommend", 200, t0)
         return RecommendResponse(
             user_id=rec.user_id,
             items=[Item(**item.__dict__) for item in rec.items],
@@ -145,13 +165,10 @@ def create_app(
         entity: Literal["user", "note"],
         entity_id: Annotated[str, Path(min_length=1, max_length=256)],
     ) -> FeaturesResponse:
-        t0 = time.perf_counter()
         names = list(feature_types(views[entity]))
         values, stamps = reader.read(views[entity], [entity_id], names)
         if stamps[0] < 0:
-            observe("features", 404, t0)
             raise HTTPException(404, f"no {entity} statistics stored for {entity_id!r}")
-        observe("features", 200, t0)
         return FeaturesResponse(
             entity=entity,
             id=entity_id,
@@ -192,9 +209,9 @@ def create_app(
                 metrics.age.labels(model).set(now - snap.manifest.created_at_ms / 1000)
             metrics.indexed.set(len(view.index))
         hwm = client.get(stats_hwm_key)
-        if hwm is not None:
-            metrics.freshness.set(now - int(hwm) / 1000)
+        metrics.freshness.set(float("nan") if hwm is None else now - int(hwm) / 1000)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.state.project = project
+    app.add_middleware(_Observe, metrics=metrics)
     return app

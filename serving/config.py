@@ -45,9 +45,16 @@ class ServingConfig(BaseModel):
     """Notes returned when the request gives no `n`."""
     max_n: int = Field(default=200, ge=1)
     """Largest `n` a request may ask for."""
-    index: Literal["flat", "hnsw"] = "flat"
-    """faiss index: exact inner product with id map (delta updates in place) or HNSW (rebuilt
-    per version); chosen by bench/serving.py."""
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    """faiss index: "flat" exact inner product (deltas applied without a rebuild), "ivf"
+    IVF-Flat (deltas without a rebuild, quantizer retrained on fulls) or "hnsw" (rebuilt per
+    version); chosen by bench/serving.py (docs/serving.md)."""
+    nprobe: int = Field(default=64, ge=1)
+    """Inverted lists searched per query by the "ivf" index."""
+    ef_search: int = Field(default=128, ge=1)
+    """Candidate list size of "hnsw" searches."""
+    exposure_namespace: str | None = None
+    """Exposure-filter namespace to read; None reads the exposure job's (`exposure.namespace`)."""
     poll_interval_s: float = Field(default=1.0, gt=0)
     """Snapshot directory check interval (announcements on Kafka wake it earlier)."""
     fusion: FusionConfig = FusionConfig()

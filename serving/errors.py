@@ -15,3 +15,7 @@ class NotReadyError(ServingError):
 
 class RequestError(ServingError):
     """A request names something that cannot be served (the message says what)."""
+
+
+class RetrievalIndexError(ServingError):
+    """The retrieval index cannot be built or updated as asked (the message says why)."""

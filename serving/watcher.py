@@ -45,14 +45,17 @@ class ModelView:
 
 
 def _index_for(
-    retriever: Retriever, previous: ModelView | None, snap: Snapshot, kind: str
+    retriever: Retriever, previous: ModelView | None, snap: Snapshot, config: ServingConfig
 ) -> NoteIndex:
+    """The index of `retriever`'s notes: a delta on the previous one if both share a full."""
     ids, vectors = retriever.item_vectors()
     same_full = previous is not None and (
         previous.snapshots["retriever"].versions[:1] == snap.versions[:1]
     )
-    if not same_full or previous.index.dim != retriever.dim:
-        return NoteIndex.build(ids, vectors, kind)
+    if not same_full or previous.index.dim != retriever.dim or previous.index.kind != config.index:
+        return NoteIndex.build(
+            ids, vectors, config.index, nprobe=config.nprobe, ef_search=config.ef_search
+        )
     old_ids, old_vectors = previous.retriever.item_vectors()
     old_row = {n: j for j, n in enumerate(old_ids)}
     rows = np.array([old_row.get(n, -1) for n in ids], dtype=np.int64)
@@ -62,9 +65,10 @@ def _index_for(
         diff = np.any(vectors[known] != old_vectors[rows[known]], axis=1)
         changed[known[diff]] = True
     pick = np.flatnonzero(changed)
-    if not len(pick):
+    gone = set(old_ids).difference(ids)
+    if not len(pick) and not gone:
         return previous.index
-    return previous.index.updated([ids[j] for j in pick], vectors[pick])
+    return previous.index.updated([ids[j] for j in pick], vectors[pick], removed=gone)
 
 
 class SnapshotWatcher:
@@ -130,7 +134,7 @@ class SnapshotWatcher:
                 retriever, index = old.retriever, old.index
             else:
                 retriever = Retriever.from_snapshot(snaps["retriever"])
-                index = _index_for(retriever, old, snaps["retriever"], self._config.index)
+                index = _index_for(retriever, old, snaps["retriever"], self._config)
             self._view = ModelView(ranker, retriever, index, snaps, time.time())
             self.last_error = None
             self.swaps += 1

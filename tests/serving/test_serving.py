@@ -1,4 +1,4 @@
-"""Serving: the faiss index, the snapshot watcher, fusion, the recommender and the API."""
+"""Serving: fusion, the recommender and the API (index and watcher: test_index, test_watcher)."""
 
 from __future__ import annotations
 
@@ -6,114 +6,26 @@ import time
 import uuid
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
+from features.online_writer import OnlineWriter
+from features.schema import FeatureConfig, derive
 from infra.cli_serve import build_service
 from infra.config import load_settings
-from infra.stack import ensure_topics
-from learners.online import OnlineLearner
-from learners.snapshots import kafka_announcer
-from serving.config import FusionConfig, ServingConfig
-from serving.index import NoteIndex
-from serving.watcher import SnapshotWatcher
+from serving.config import FusionConfig
+from serving.exposure import ExposureWriter
+from serving.recommender import fuse
 from streams.config import ExposureConfig
-from tests.learners.test_online import CONFIG, Clock, messages, publish_trained
-
-
-def _unit(n: int, d: int, seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def _exact(vectors: np.ndarray, q: np.ndarray, k: int) -> list[int]:
-    return np.argsort(-(vectors @ q), kind="stable")[:k].tolist()
-
-
-def test_flat_index_is_exact_and_updates_without_touching_the_live_copy() -> None:
-    vectors = _unit(2_000, 16, 0)
-    ids = [f"n{i}" for i in range(2_000)]
-    index = NoteIndex.build(ids, vectors)
-    q = _unit(1, 16, 1)[0]
-    got, scores = index.search(q, 50)
-    assert got == [ids[j] for j in _exact(vectors, q, 50)]
-    assert np.all(np.diff(scores) <= 1e-6)
-
-    best = got[0]
-    updated = index.updated([best, "fresh"], np.stack([-q, q]))
-    assert len(updated) == 2_001 and len(index) == 2_000
-    assert updated.search(q, 1)[0] == ["fresh"]
-    assert best not in updated.search(q, 100)[0]  # replaced by its new vector
-    assert index.search(q, 1)[0] == [best]  # the live copy is unchanged
-    assert "fresh" in updated and "fresh" not in index
-
-
-def test_hnsw_recall_at_100_against_exact() -> None:
-    vectors = _unit(20_000, 32, 2)
-    ids = [str(i) for i in range(len(vectors))]
-    index = NoteIndex.build(ids, vectors, kind="hnsw")
-    queries = _unit(30, 32, 3)
-    recall = np.mean(
-        [
-            len(set(index.search(q, 100)[0]) & {ids[j] for j in _exact(vectors, q, 100)}) / 100
-            for q in queries
-        ]
-    )
-    assert recall >= 0.95
-    moved = index.updated(["0"], queries[:1])
-    assert moved.search(queries[0], 1)[0] == ["0"]
-    assert faiss.__version__
-
-
-def test_watcher_swaps_versions_and_follows_announcements(
-    tmp_path: Path, bootstrap: str, topic_name: str
-) -> None:
-    snapshots = publish_trained(tmp_path)
-    watcher = SnapshotWatcher(tmp_path, "ranker", "retriever", ServingConfig(poll_interval_s=60))
-    assert watcher.refresh()
-    first = watcher.current()
-    assert first.versions == {"ranker": 1, "retriever": 1}
-    ids, _ = first.retriever.item_vectors()
-    assert len(first.index) == len(ids) > 0
-    assert not watcher.refresh()  # nothing new
-
-    topic = f"{topic_name}-snapshots"
-    ensure_topics(bootstrap, [topic], 1)
-    watcher.start(bootstrap, topic)
-    try:
-        watcher.refresh()
-        clock = Clock()
-        learner = OnlineLearner.from_latest(
-            CONFIG, snapshots, announce=kafka_announcer(bootstrap, topic), clock=clock
-        )
-        deadline = time.monotonic() + 20
-        while watcher.swaps == 1 and time.monotonic() < deadline:
-            for m in messages(seed=21, n=600, users=300, t0=2 * 10**9):
-                learner.add(m)
-            clock.now += 11
-            learner.flush()
-            learner.tick()
-            time.sleep(0.5)
-        assert watcher.swaps > 1, "the announcement did not wake the watcher"
-        second = watcher.current()
-        assert second.versions["ranker"] > 1 and second.versions["retriever"] > 1
-        # The first view is still whole: its index and models were not modified.
-        assert first.versions == {"ranker": 1, "retriever": 1}
-        assert len(first.index) == len(ids)
-        new_ids, new_vecs = second.retriever.item_vectors()
-        assert len(second.index) == len(new_ids)
-        q = new_vecs[0]
-        assert second.index.search(q, 1)[0] == [new_ids[0]]
-    finally:
-        watcher.stop()
+from streams.online_sink import hwm_key
+from streams.tiles import METRICS, WINDOWS
+from tests.learners.test_online import publish_trained
 
 
 def test_fusion_formulas() -> None:
-    from serving.recommender import fuse
-
     preds = {
         "click": np.array([0.1, 0.5]),
         "like": np.array([0.2, 0.0]),
@@ -127,6 +39,29 @@ def test_fusion_formulas() -> None:
     np.testing.assert_allclose(fuse(preds, product), [1.1 * 1.2**2 * 1.5, 1.5])
     rank = plain.model_copy(update={"formula": "rank", "rank_k": 1.0})
     np.testing.assert_allclose(fuse(preds, rank), [0.5 + 2 + 1, 1 + 1.0 + 0.5])
+
+
+def test_duration_adjusted_completion_favours_completing_long_notes() -> None:
+    preds = {  # same completion probability; note 0 is watched 4 min, note 1 for 6 s
+        "completion": np.array([0.5, 0.5]),
+        "watch_ms": np.array([240_000.0, 6_000.0]),
+    }
+    only_completion = FusionConfig(weights={"completion": 1.0})
+    adjusted = fuse(preds, only_completion)
+    watch = np.array([4 / 5, 0.1 / 1.1])  # m / (1 + m), m in minutes
+    np.testing.assert_allclose(adjusted, 0.5 * (0.5 + watch))
+    assert adjusted[0] > adjusted[1]
+    plain = only_completion.model_copy(update={"duration_adjusted_completion": False})
+    np.testing.assert_allclose(fuse(preds, plain), [0.5, 0.5])
+
+
+def _samples(text: str) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) -> value of a Prometheus text page."""
+    return {
+        (x.name, tuple(sorted(x.labels.items()))): x.value
+        for family in text_string_to_metric_families(text)
+        for x in family.samples
+    }
 
 
 @pytest.fixture
@@ -146,11 +81,33 @@ def service(tmp_path: Path, redis_url: str):
     return app, watcher, settings
 
 
-def test_api_recommends_filters_exposures_and_explains_bad_input(service, redis_url) -> None:
-    from serving.exposure import ExposureWriter
+def test_exposed_notes_are_never_returned_and_every_task_is_scored(service, redis_url) -> None:
+    app, watcher, settings = service
+    watcher.refresh()
+    tasks = {*watcher.current().ranker.tasks, "watch_ms"}
+    client = TestClient(app)
+    writer = ExposureWriter(redis.Redis.from_url(redis_url), settings.exposure)
+    exposed: set[str] = set()
+    for round_ in range(6):
+        body = client.get("/recommend", params={"user_id": "u7", "n": 25}).json()
+        got = [i["note_id"] for i in body["items"]]
+        assert len(got) == 25 and len(set(got)) == 25
+        assert not exposed & set(got), f"round {round_}: exposed notes returned"
+        assert round_ == 0 or body["exposure_filtered"]
+        for item in body["items"]:
+            assert set(item["scores"]) == tasks
+            assert all(0 <= item["scores"][t] <= 1 for t in tasks - {"watch_ms"})
+            assert item["scores"]["watch_ms"] >= 0
+        writer.add_batch(["u7"] * 25, got, [10**12] * 25)
+        exposed |= set(got)
+    other = client.get("/recommend", params={"user_id": "u8", "n": 25}).json()
+    assert exposed & {i["note_id"] for i in other["items"]}  # filters are per user
 
+
+def test_api_recommends_filters_exposures_and_explains_bad_input(service, redis_url) -> None:
     app, watcher, settings = service
     client = TestClient(app)
+    before = _samples(client.get("/metrics").text)
     assert client.get("/healthz").status_code == 503
     assert "learn full" in client.get("/recommend", params={"user_id": "u1"}).json()["detail"]
     watcher.refresh()
@@ -172,14 +129,59 @@ def test_api_recommends_filters_exposures_and_explains_bad_input(service, redis_
     again = client.get("/recommend", params={"user_id": "u1", "n": 10}).json()
     assert again["exposure_filtered"] and not set(shown) & {i["note_id"] for i in again["items"]}
 
-    assert client.get("/recommend", params={"user_id": "u1", "n": 0}).status_code == 422
-    assert client.get("/recommend").status_code == 422
+    for params, reason in [
+        ({"user_id": "u1", "n": 0}, "greater than or equal to 1"),
+        ({"user_id": "u1", "n": settings.serving.max_n + 1}, "less than or equal to 200"),
+        ({"user_id": "u1", "n": "ten"}, "valid integer"),
+        ({"user_id": ""}, "at least 1 character"),
+        ({}, "Field required"),
+    ]:
+        r = client.get("/recommend", params=params)
+        assert r.status_code == 422 and reason in r.text, (params, r.text)
+        assert r.json()["detail"][0]["loc"][-1] in ("n", "user_id")
     bad = client.get("/features/bogus/x")
-    assert bad.status_code == 422 and "user" in bad.text
+    assert bad.status_code == 422 and "'user' or 'note'" in bad.text
     missing = client.get("/features/note/never-written")
     assert missing.status_code == 404 and "never-written" in missing.json()["detail"]
     assert client.get(f"/notes/{shown[0]}").json()["in_index"] is True
     assert client.get("/notes/nope").json()["in_index"] is False
-    metrics = client.get("/metrics").text
-    assert 'streamrec_snapshot_version{model="ranker"} 1.0' in metrics
-    assert 'streamrec_requests_total{endpoint="recommend",status="200"}' in metrics
+    text = client.get("/metrics").text
+    after = _samples(text)
+
+    def added(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert added("streamrec_requests_total", endpoint="/recommend", status="200") == 2
+    assert added("streamrec_requests_total", endpoint="/recommend", status="503") == 1
+    assert added("streamrec_requests_total", endpoint="/recommend", status="422") == 5
+    assert added(
+        "streamrec_requests_total", endpoint="/features/{entity}/{entity_id}", status="404"
+    )
+    assert added("streamrec_request_latency_seconds_count", endpoint="/recommend") == 8
+    assert added("streamrec_request_latency_seconds_bucket", endpoint="/recommend", le="+Inf") == 8
+    assert after[("streamrec_snapshot_version", (("model", "ranker"),))] == 1
+    assert after[("streamrec_snapshot_age_seconds", (("model", "retriever"),))] >= 0
+    assert after[("streamrec_index_notes", ())] == len(watcher.current().index)
+    assert "streamrec_feature_freshness_seconds NaN" in text  # the stats job never wrote
+
+
+def test_features_endpoint_and_freshness_metric(service, redis_url) -> None:
+    app, _, settings = service
+    client = TestClient(app)
+    r = redis.Redis.from_url(redis_url)
+    counts = {w.name: np.full((1, len(METRICS)), 4, np.int64) for w in WINDOWS}
+    cols = derive("note_stats", counts, FeatureConfig())
+    OnlineWriter(r, settings.feast_project).write("note_stats", ["n-x"], cols, 1_700_000_000_000)
+    body = client.get("/features/note/n-x").json()
+    assert body["event_ts_ms"] == 1_700_000_000_000 and body["entity"] == "note"
+    assert body["features"] == {k: float(v[0]) for k, v in cols.items()}
+    assert client.get("/features/user/n-x").status_code == 404  # a note, not a user
+
+    r.set(hwm_key(settings.feast_project, "stats"), int(time.time() * 1000) - 3_000)
+    line = next(
+        x
+        for x in client.get("/metrics").text.splitlines()
+        if x.startswith("streamrec_feature_freshness_seconds ")
+    )
+    assert 2.5 < float(line.split()[1]) < 60
