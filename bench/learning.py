@@ -316,7 +316,7 @@ def main(
 
     from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(LearnConfig().threads)
     OUT.mkdir(parents=True, exist_ok=True)
     source = SyntheticSource(SyntheticConfig(seed=7), limit=events)
     cols = join_events([e for b in source.batches() for e in b])

@@ -1,7 +1,7 @@
 """Model quality on real data, prequential: online ID updates vs the same model frozen; MMoE vs
 shared-bottom on census-income.
 
-    .venv/bin/python -m bench.quality [--warmup 0.3] [--batch 1024]
+    .venv/bin/python -m bench.quality [--warmup 0.3] [--emb-lr 0.05] [--online-lr 0.01]
 
 MovieLens 100K and the KuaiRand subset are replayed through the real sample joiner
 (`streams.samples.build_flow`, in process, negatives all kept) into samples with point-in-time
@@ -162,10 +162,13 @@ def prequential(
     batch: int,
     progress: Progress,
     name: str,
-    emb_lr: float = 0.05,
+    emb_lr: float,
+    online_lr: float,
 ) -> Replay:
     """Warm up on the first share of the samples, then score each batch before training on it."""
-    config = LearnConfig(batch_size=batch, admit_after=1, seed=7, emb_lr=emb_lr)
+    config = LearnConfig(
+        batch_size=batch, admit_after=1, seed=7, emb_lr=emb_lr, online_emb_lr=online_lr
+    )
     emb = config.embedding(16)
     ranker = RankerState.create(RankerConfig(), emb, seed=7)
     retriever = RetrieverState.create(RetrieverConfig(), emb, seed=7)
@@ -174,6 +177,8 @@ def prequential(
     train_pass(ranker, retriever, warm, config)
     with tempfile.TemporaryDirectory() as tmp:
         frozen, online = _clone_via_snapshot(ranker, retriever, Path(tmp))
+    for state in online:  # as `OnlineLearner` does
+        state.set_embedding_lr(config.online_emb_lr)
     seen: dict[str, set] = {}
     for u, n, c in zip(warm.user_id, warm.note_id, warm.labels["click"], strict=True):
         if c:
@@ -307,7 +312,12 @@ def main(
     warmup: float = typer.Option(0.3, help="Share of each stream used for full training."),
     batch: int = typer.Option(1024, help="Samples per prequential batch."),
     limit: int | None = typer.Option(None, help="Cap on source rows (quick runs)."),
-    emb_lr: float = typer.Option(0.05, help="Row-wise Adagrad learning rate of the ID rows."),
+    emb_lr: float = typer.Option(
+        LearnConfig().emb_lr, help="Adagrad learning rate of the ID rows in full training."
+    ),
+    online_lr: float = typer.Option(
+        LearnConfig().online_emb_lr, help="Adagrad learning rate of the ID rows online."
+    ),
 ) -> None:
     """Run every quality benchmark; print and write the table and the AUC-over-time plot."""
     import matplotlib.pyplot as plt
@@ -315,7 +325,7 @@ def main(
     from streams.sources.kuairand import KuaiRandSource
     from streams.sources.movielens import MovieLensSource
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(LearnConfig().threads)
     OUT.mkdir(parents=True, exist_ok=True)
     lines = ["| data set | variant | metric | value |", "|---|---|---|---|"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -340,7 +350,7 @@ def main(
             progress.console.print(
                 f"{name}: {len(cols):,} samples, click rate {cols.labels['click'].mean():.3f}"
             )
-            replay = prequential(cols, tasks, warmup, batch, progress, name, emb_lr)
+            replay = prequential(cols, tasks, warmup, batch, progress, name, emb_lr, online_lr)
             summary = summarise(replay, tasks)
             for metric in summary["online"]:
                 on, fr = summary["online"][metric], summary["frozen"][metric]

@@ -273,14 +273,16 @@ class IdEmbedding(torch.nn.Module):
 
     The table is not a module parameter: `model.parameters()` are the dense parameters only.
     `forward` makes the unique rows of the batch a leaf tensor; `sparse_step` applies Adagrad
-    to exactly those rows after `backward`.
+    to exactly those rows after `backward`. The shared default row 0 (unknown, not yet admitted
+    or absent IDs) is trained only while `train_default` is set: it is read by every such
+    sample, so it is a dense parameter in disguise and stays frozen with them in online mode.
     """
 
     def __init__(self, table: EmbeddingTable) -> None:
         super().__init__()
         self.table = table
-        self._leaf: torch.Tensor | None = None
-        self._rows: torch.Tensor | None = None
+        self.train_default = True
+        self._parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows (U,), leaf (U, d))
 
     @property
     def dim(self) -> int:
@@ -288,19 +290,43 @@ class IdEmbedding(torch.nn.Module):
         return self.table.config.dim
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        """Vectors of `rows` (B,) -> (B, d); differentiable w.r.t. the rows when training."""
+        """Vectors of `rows` (B,) -> (B, d); differentiable w.r.t. the rows when training.
+
+        Every differentiable forward since the last `sparse_step` is kept, so a model may look a
+        table up more than once per step (the gradients of a row are summed).
+        """
         if not torch.is_grad_enabled():
             return self.table.lookup(rows)  # (B, d)
         uniq, inverse = torch.unique(rows, return_inverse=True)  # (U,), (B,)
         leaf = self.table.lookup(uniq).requires_grad_()  # (U, d)
-        self._leaf, self._rows = leaf, uniq
+        self._parts.append((uniq, leaf))
         return leaf[inverse]  # (B, d)
 
-    def sparse_step(self) -> None:
-        """Apply row-wise Adagrad to the rows of the last forward pass, then forget them."""
-        if self._leaf is not None and self._leaf.grad is not None:
-            self.table.adagrad_step(self._rows, self._leaf.grad)
-        self._leaf = self._rows = None
+    def sparse_step(self, scale: float = 1.0) -> None:
+        """Apply row-wise Adagrad to the rows of the forward passes since the last step.
+
+        Args:
+            scale: factor on the gradients; the models pass their batch size, so that a row
+                gets the gradient of the summed per-sample losses (as in Monolith or FBGEMM)
+                rather than of their mean, which would shrink its step with the batch size.
+        """
+        parts = [(r, leaf.grad) for r, leaf in self._parts if leaf.grad is not None]
+        self._parts = []
+        if not parts:
+            return
+        if len(parts) == 1:
+            rows, grad = parts[0]
+        else:
+            rows, inverse = torch.unique(torch.cat([r for r, _ in parts]), return_inverse=True)
+            grad = torch.zeros(len(rows), self.dim).index_add_(
+                0, inverse, torch.cat([g for _, g in parts])
+            )  # (U, d)
+        grad = grad * scale  # (U, d)
+        if not self.train_default:
+            keep = rows > 0  # (U,)
+            rows, grad = rows[keep], grad[keep]
+        if rows.numel():
+            self.table.adagrad_step(rows, grad)
 
 
 class EmbeddingStore:

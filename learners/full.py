@@ -92,9 +92,7 @@ def train_pass(
         "retriever": torch.optim.Adam(retriever.dense_parameters(), lr=config.dense_lr),
     }
     for m in (ranker, retriever):
-        for p in m.dense_parameters():
-            p.requires_grad_(True)
-        m.model.train()
+        m.unfreeze()
     t0 = time.perf_counter()
     batches = cols.batches(config.batch_size)
     tail = max(1, len(batches) // 10)

@@ -1,7 +1,8 @@
 """The online learner: `training-samples` -> ID-embedding updates -> delta and full snapshots.
 
-Dense parameters stay frozen at the last full training (bit-identical); only ID rows are
-trained (row-wise Adagrad), new IDs admitted on the fly. Every `delta_every_s` the rows changed
+Dense parameters (and the shared default ID rows) stay frozen at the last full training
+(bit-identical); only the admitted ID rows are trained (row-wise Adagrad at `online_emb_lr`),
+new IDs admitted on the fly. Every `delta_every_s` the rows changed
 since the last version are published as a delta of each model, every `full_every_s` a full.
 The Kafka offsets consumed are stored in every version's meta (`offsets`): a restarted learner
 loads the latest snapshot and resumes from them, so what a snapshot holds and where reading
@@ -97,6 +98,7 @@ class OnlineLearner:
         self.ranker, self.retriever = ranker, retriever
         for m in (ranker, retriever):
             m.freeze_dense()
+            m.set_embedding_lr(config.online_emb_lr)
         self.writers = writers
         self.config = config
         self.snapshots = snapshots
@@ -249,6 +251,7 @@ class OnlineLearner:
         cls = RankerState if name == "ranker" else RetrieverState
         state = cls.from_snapshot(snap)
         state.freeze_dense()
+        state.set_embedding_lr(self.config.online_emb_lr)
         setattr(self, name, state)
         self.bases[name] = snap.versions[0]
         logger.info("%s: continuing from the newer full version %s", name, snap.versions[0])

@@ -10,7 +10,7 @@ frequency estimate, note side information and click counts (JSON bytes as a uint
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -92,10 +92,26 @@ class _State:
     hwm_ms: int = 0
 
     def freeze_dense(self) -> None:
-        """Dense parameters stop learning (online mode); the model runs in eval mode."""
+        """Dense parameters and the shared default ID rows stop learning (online mode); the
+        model runs in eval mode."""
         for p in self.model.parameters():
             p.requires_grad_(False)
+        for emb in self.model.id_embeddings():
+            emb.train_default = False
         self.model.eval()
+
+    def set_embedding_lr(self, lr: float) -> None:
+        """Use Adagrad learning rate `lr` for every ID table from now on (not saved in `meta`)."""
+        for table in self.store.tables.values():
+            table.config = replace(table.config, lr=lr)
+
+    def unfreeze(self) -> None:
+        """Every parameter learns again (full training); the model runs in training mode."""
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        for emb in self.model.id_embeddings():
+            emb.train_default = True
+        self.model.train()
 
     def expire(self, now_ms: int) -> int:
         """Expire ID rows not seen for the TTL; return how many were freed."""
@@ -105,12 +121,15 @@ class _State:
         """The dense parameters (every module parameter; ID tables are not parameters)."""
         return list(self.model.parameters())
 
-    def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    def _step(
+        self, loss: torch.Tensor, samples: int, optimizer: torch.optim.Optimizer | None
+    ) -> None:
+        """Backward of the batch-mean `loss` over `samples`; ID rows step on the summed loss."""
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for emb in self.model.id_embeddings():
-            emb.sparse_step()
+            emb.sparse_step(float(samples))
         if optimizer is not None:
             optimizer.step()
 
@@ -143,7 +162,7 @@ class RankerState(_State):
         self.hwm_ms = max(self.hwm_ms, int(cols.ts.max()))
         out = self.model(self.model.inputs(cols, observe=True))
         loss = self.model.loss(out, cols)
-        self._step(loss, optimizer)
+        self._step(loss, len(cols), optimizer)
         return StepResult(float(loss.detach()), len(cols), out.gate_entropy())
 
     @torch.no_grad()
@@ -205,8 +224,6 @@ class RankerState(_State):
 
 
 def _with_dim(emb: EmbeddingConfig, dim: int) -> EmbeddingConfig:
-    from dataclasses import replace
-
     return replace(emb, dim=dim)
 
 
@@ -281,7 +298,7 @@ class RetrieverState(_State):
             self.clicks[n] = self.clicks.get(n, 0.0) + 1.0
         self.freq.update(pos.note_id)
         loss = self.model.loss(batch)
-        self._step(loss, optimizer)
+        self._step(loss, len(pos), optimizer)
         return StepResult(float(loss.detach()), len(pos))
 
     def batch(self, pos: Columns, observe: bool) -> RetrievalBatch:

@@ -169,13 +169,17 @@ class TwoTowerModel(nn.Module):
     def loss(self, b: RetrievalBatch) -> torch.Tensor:
         """Softmax cross-entropy of each user over in-batch + sampled items, log-Q corrected."""
         u = self.encode_user(b.user_rows, b.user_stats)  # (B, d)
-        v = self.encode_item(*b.item_rows)  # (B, d)
+        rows = b.item_rows
+        if b.neg_rows is not None:  # one item-tower pass: each ID table is looked up once
+            rows = tuple(torch.cat([p, n]) for p, n in zip(b.item_rows, b.neg_rows, strict=True))
+        items = self.encode_item(*rows)  # (B + M, d)
+        v = items[: len(u)]  # (B, d)
         tau = self.config.temperature
         logits = u @ v.T / tau - b.item_logq.unsqueeze(0)  # (B, B)
         eye = torch.eye(len(u), dtype=torch.bool)
         logits = logits.masked_fill(b.same_item & ~eye, float("-inf"))  # accidental hits
         if b.neg_rows is not None:
-            w = self.encode_item(*b.neg_rows)  # (M, d)
+            w = items[len(u) :]  # (M, d)
             neg = u @ w.T / tau - b.neg_logq.unsqueeze(0)  # (B, M)
             neg = neg.masked_fill(b.neg_is_pos, float("-inf"))
             logits = torch.cat([logits, neg], dim=1)  # (B, B + M)

@@ -76,6 +76,24 @@ def test_sparse_adagrad_writes_only_touched_rows_and_tracks_them() -> None:
     assert table.changed().ids == []
 
 
+def test_sparse_step_sums_every_lookup_scales_and_can_freeze_the_default_row() -> None:
+    table = EmbeddingTable("note", EmbeddingConfig(dim=2, admit_after=1, lr=0.1))
+    rows = torch.from_numpy(table.observe(["a", "b", "c"], ts(3)))  # rows 1, 2, 3
+    emb = IdEmbedding(table)
+    (emb(torch.tensor([0, rows[0], rows[1]])).sum() + emb(rows[1:]).sum()).backward()
+    acc_before = table.accum.clone()
+    emb.sparse_step(scale=4.0)
+    # row b was looked up twice: gradient 2 per coordinate, times 4; a and c: 1 times 4
+    g2 = table.accum - acc_before
+    assert torch.allclose(g2[rows], torch.tensor([16.0, 64.0, 16.0]))
+    assert g2[0] == 16.0  # the default row trains by default
+    emb.train_default = False
+    before = table.weight[0].clone()
+    emb(torch.tensor([0, int(rows[0])])).sum().backward()
+    emb.sparse_step()
+    assert torch.equal(table.weight[0], before) and table.accum[rows[0]] > acc_before[rows[0]]
+
+
 def test_export_and_load_round_trip() -> None:
     table = EmbeddingTable("user", EmbeddingConfig(dim=3, admit_after=1))
     table.observe(["a", "b"], np.array([5, 7]))

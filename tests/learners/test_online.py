@@ -63,6 +63,11 @@ def test_online_mode_changes_id_embeddings_only(tmp_path: Path) -> None:
         name: {k: v.clone() for k, v in state.model.state_dict().items()}
         for name, state in (("r", learner.ranker), ("t", learner.retriever))
     }
+    defaults = {
+        (name, t): state.store[t].weight[0].clone()
+        for name, state in (("r", learner.ranker), ("t", learner.retriever))
+        for t in state.store.tables
+    }
     user_before = learner.ranker.store["user"].weight.clone()
     known = len(learner.ranker.store["user"])
     msgs = messages(seed=12, n=3_000, users=400)
@@ -70,6 +75,9 @@ def test_online_mode_changes_id_embeddings_only(tmp_path: Path) -> None:
     for name, state in (("r", learner.ranker), ("t", learner.retriever)):
         after = state.model.state_dict()
         assert all(torch.equal(after[k], v) for k, v in dense[name].items())  # bit-identical
+        for t in state.store.tables:  # the shared default rows are frozen with the dense layers
+            assert torch.equal(state.store[t].weight[0], defaults[(name, t)])
+    assert learner.ranker.store["user"].config.lr == CONFIG.online_emb_lr
     assert len(learner.ranker.store["user"]) > known  # new users admitted on the fly
     rows = learner.ranker.store["user"].weight[: user_before.shape[0]]
     assert not torch.equal(rows, user_before)  # known rows trained
