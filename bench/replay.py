@@ -57,7 +57,9 @@ def main(events: int = 300_000, reps: int = 3) -> None:
         console.print(f"events per run             {events:,} (x{reps} reps, medians)")
         console.print(f"replay synthetic           {r:,.0f} events/s  (target >= 100,000)")
         console.print(f"bare confluent producer    {b:,.0f} events/s")
+        paired = median([x / y for x, y in zip(replay_rates, bare_rates, strict=True)])
         console.print(f"ratio replay / bare        {r / b:.2f}  (target >= 0.5)")
+        console.print(f"median of paired ratios    {paired:.2f}")
         console.print(
             f"runs: replay {[round(x) for x in replay_rates]}, "
             f"bare {[round(x) for x in bare_rates]}"

@@ -2,6 +2,7 @@
 
 Generating and encoding in a forked child process was measured (bench/replay.py) and brought
 nothing on this 2-core machine, where the broker needs the second core: replay is one process.
+Sources with an `encoded()` method (the synthetic one) hand over ready Kafka messages.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from dataclasses import dataclass, field
 from streams.errors import KafkaError
 from streams.events import encode_event
 from streams.kafka_io import make_producer
-from streams.sources import EventSource
-
-Encoded = tuple[list[bytes], list[bytes], list[str], int, int]
+from streams.sources import EncodedBatch, EventSource
 
 
 @dataclass
@@ -35,14 +34,18 @@ class ReplayReport:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-def encoded_batches(source: EventSource) -> Iterator[Encoded]:
-    """Yield (keys, values, types, first_ts, last_ts) per source batch."""
+def encoded_batches(source: EventSource) -> Iterator[EncodedBatch]:
+    """Yield the source's batches as Kafka messages (its own `encoded()` where it has one)."""
+    encoded = getattr(source, "encoded", None)
+    if encoded is not None:
+        yield from (b for b in encoded() if b.values)
+        return
     for batch in source.batches():
         if batch:
-            yield (
+            yield EncodedBatch(
                 [e.user_id.encode() for e in batch],
                 [encode_event(e) for e in batch],
-                [e.type for e in batch],
+                dict(Counter(e.type for e in batch)),
                 batch[0].ts,
                 batch[-1].ts,
             )
@@ -64,29 +67,35 @@ def replay(
     Raises:
         KafkaError: when the broker did not acknowledge every event.
     """
-    # Only failed deliveries call back: a Python call per delivered message costs ~20 %.
-    producer = make_producer(bootstrap, **{"delivery.report.only.error": True})
     failures: list[str] = []
 
     def delivered(err: object, _msg: object) -> None:
         if err is not None:
             failures.append(str(err))
 
+    # Only failed deliveries call back (a Python call per delivered message costs ~20 %), and
+    # the callback is the producer's default rather than an argument of every produce call.
+    producer = make_producer(
+        bootstrap, **{"delivery.report.only.error": True, "on_delivery": delivered}
+    )
+
     report = ReplayReport()
     produce = producer.produce
     start = time.perf_counter()
-    for keys, values, types, first_ts, last_ts in encoded_batches(source):
+    for keys, values, counts, first_ts, last_ts in encoded_batches(source):
         chunk = max(1, int(rate // 50)) if rate else len(values)
         for lo in range(0, len(values), chunk):
-            for i in range(lo, min(len(values), lo + chunk)):
+            sent = min(len(values), lo + chunk)
+            whole = not rate  # unpaced: no slicing copies
+            part = zip(keys, values) if whole else zip(keys[lo:sent], values[lo:sent])  # noqa: B905
+            for key, value in part:
                 while True:
                     try:
-                        produce(topic, values[i], keys[i], on_delivery=delivered)
+                        produce(topic, value, key)
                         break
                     except BufferError:  # local queue full: let the client send, then retry
                         producer.poll(0.05)
             producer.poll(0)
-            sent = min(len(values), lo + chunk)
             if rate:
                 due = start + (report.events + sent) / rate
                 delay = due - time.perf_counter()
@@ -97,7 +106,7 @@ def replay(
         if report.first_ts is None:
             report.first_ts = first_ts
         report.events += len(values)
-        report.by_type.update(types)
+        report.by_type.update(counts)
         report.last_ts = last_ts
     remaining = producer.flush(60)
     producer.close()

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from streams.events import Event
+
+
+class EncodedBatch(NamedTuple):
+    """One batch of events as Kafka messages, in event-time order."""
+
+    keys: list[bytes]
+    """Message key of each event (its user_id)."""
+    values: list[bytes]
+    """Encoded event of each message (`streams.events.encode_event`)."""
+    counts: dict[str, int]
+    """Events per type in the batch."""
+    first_ts: int
+    """Event time of the first event."""
+    last_ts: int
+    """Event time of the last event."""
 
 
 class EventSource(Protocol):

@@ -11,15 +11,18 @@ ground truth it drew from (`write_truth`) so retrieval quality can be scored aga
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from streams.events import Event
+from streams.sources import EncodedBatch
 
 TYPES = ("impression", "click", "play", "like", "collect", "share", "comment", "follow", "hide")
 
@@ -121,9 +124,9 @@ class SyntheticSource:
         base = np.where(lo > 0, self._cum_pop[np.maximum(lo - 1, 0)], 0.0)
         mass = self._cum_pop[np.maximum(hi - 1, 0)] - base
         target = base + rng.random(n) * mass
-        idx = np.searchsorted(self._cum_pop, target, side="left").clip(lo, np.maximum(hi - 1, lo))
+        idx = _searchsorted(self._cum_pop, target).clip(lo, np.maximum(hi - 1, lo))
         by_interest = self._by_cat[idx]
-        popular = np.searchsorted(self._global_cum, rng.random(n)).clip(0, c.notes - 1)
+        popular = _searchsorted(self._global_cum, rng.random(n)).clip(0, c.notes - 1)
         use_popular = empty | (rng.random(n) < 0.5)
         return np.where(use_popular, popular, by_interest)
 
@@ -181,8 +184,8 @@ class SyntheticSource:
         }
         return events, float(starts[-1])
 
-    def batches(self) -> Iterator[list[Event]]:
-        """Yield events in event-time order until `limit` events have been produced."""
+    def _blocks(self) -> Iterator[tuple[dict[str, np.ndarray], int, int]]:
+        """Yield (sorted event columns, how many of them are final, id of the first) per block."""
         c = self.config
         carry: dict[str, np.ndarray] | None = None
         emitted, request, t = 0, 0, float(c.start_ms)
@@ -197,8 +200,74 @@ class SyntheticSource:
             cut = int(np.searchsorted(fresh["ts"], int(t), side="right"))
             cut = min(cut, self.limit - emitted)
             carry = {f: v[cut:] for f, v in fresh.items()}
-            yield self._events(fresh, cut, emitted)
+            yield fresh, cut, emitted
             emitted += cut
+
+    def batches(self) -> Iterator[list[Event]]:
+        """Yield events in event-time order until `limit` events have been produced."""
+        for ev, count, first_id in self._blocks():
+            yield self._events(ev, count, first_id)
+
+    def encoded(self) -> Iterator[EncodedBatch]:
+        """The events of `batches()` as Kafka messages: (user_id key, JSON value) per event.
+
+        The replay's hot path: each block's JSON is assembled column-wise by Arrow string
+        kernels from per-note fragments, without building `Event` structs. The bytes equal
+        `encode_event` of the same events (tests/streams/test_sources.py proves it), which the
+        synthetic ids allow since none of them needs escaping.
+        """
+        c = self.config
+        keys = [f"u{i}".encode() for i in range(c.users)]
+        users = pa.array([f"u{i}" for i in range(c.users)])
+        heads = pa.array([f'","note_id":"n{i}","type":"' for i in range(c.notes)])
+        tails = pa.array(
+            [
+                f'","author_id":"a{a}","category":"c{k}","request_id":"r{c.seed}:'
+                for a, k in zip(self.note_author.tolist(), self.note_category.tolist(), strict=True)
+            ]
+        )
+        durations = pc.cast(pa.array(self.note_duration), pa.string())
+        types = pa.array(TYPES)
+        for ev, n, first_id in self._blocks():
+            if not n:
+                continue
+            kind, note, user = (pa.array(ev[f][:n]) for f in ("type", "note", "user"))
+            text = {f: pc.cast(pa.array(ev[f][:n]), pa.string()) for f in ("ts", "req", "pos")}
+            watch = pc.cast(pa.array(ev["watch"][:n]), pa.string())
+            suffix = pc.if_else(
+                pc.equal(kind, 0),
+                _join('","position":', text["pos"], "}"),
+                pc.if_else(
+                    pc.equal(kind, 2),
+                    _join('","watch_ms":', watch, ',"duration_ms":', durations.take(note), "}"),
+                    '"}',
+                ),
+            )
+            ids = pc.cast(pa.array(np.arange(first_id, first_id + n)), pa.string())
+            json = _join(
+                f'{{"event_id":"syn{c.seed}:',
+                ids,
+                '","ts":',
+                text["ts"],
+                ',"user_id":"',
+                users.take(user),
+                heads.take(note),
+                types.take(kind),
+                tails.take(note),
+                text["req"],
+                suffix,
+            )
+            offsets = np.frombuffer(json.buffers()[1], np.int32)[json.offset : json.offset + n + 1]
+            data = json.buffers()[2].to_pybytes()
+            bounds = offsets.tolist()
+            counts = np.bincount(ev["type"][:n], minlength=len(TYPES)).tolist()
+            yield EncodedBatch(
+                [keys[u] for u in ev["user"][:n].tolist()],
+                [data[lo:hi] for lo, hi in itertools.pairwise(bounds)],
+                {t: k for t, k in zip(TYPES, counts, strict=True) if k},
+                int(ev["ts"][0]),
+                int(ev["ts"][n - 1]),
+            )
 
     def _events(self, ev: dict[str, np.ndarray], count: int, first_id: int) -> list[Event]:
         if self._names is None:
@@ -266,3 +335,19 @@ class SyntheticSource:
                     )
                 )
         return batch
+
+
+def _join(*parts: object) -> pa.StringArray:
+    """Element-wise concatenation of string arrays and scalars (Arrow kernel)."""
+    return pc.binary_join_element_wise(*parts, "")
+
+
+def _searchsorted(cumulative: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """`np.searchsorted(cumulative, targets)`, about 2.5x faster for random targets.
+
+    The targets are searched in sorted order (cache-friendly), then put back in their order.
+    """
+    order = np.argsort(targets)
+    out = np.empty(len(targets), dtype=np.int64)
+    out[order] = np.searchsorted(cumulative, targets[order])
+    return out

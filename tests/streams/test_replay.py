@@ -11,7 +11,7 @@ import pytest
 
 from infra.stack import ensure_topics
 from streams.errors import SourceError
-from streams.events import Event, decode_event
+from streams.events import Event, decode_event, encode_event
 from streams.kafka_io import read_to_end
 from streams.replay import replay
 from streams.sources.kuairand import KuaiRandSource
@@ -131,6 +131,21 @@ def test_synthetic_is_deterministic_ordered_and_writes_truth(tmp_path: Path) -> 
     notes = pq.read_table(tmp_path / "notes.parquet").to_pandas()
     assert len(users) == 200 and len(notes) == 500
     assert abs(sum(users.interest[0]) - 1.0) < 1e-5
+
+
+def test_synthetic_fast_encoding_equals_msgspec() -> None:
+    """The replay's column-wise encoding gives exactly `encode_event`'s bytes, keys and counts."""
+    config = SyntheticConfig(seed=9, users=300, notes=700, categories=7, authors=40)
+    events = [b for b in SyntheticSource(config, limit=30_000, block=700).batches()]
+    fast = list(SyntheticSource(config, limit=30_000, block=700).encoded())
+    assert len(fast) == len(events)
+    for batch, encoded in zip(events, fast, strict=True):
+        assert encoded.values == [encode_event(e) for e in batch]
+        assert encoded.keys == [e.user_id.encode() for e in batch]
+        assert encoded.counts == dict(Counter(e.type for e in batch))
+        assert (encoded.first_ts, encoded.last_ts) == (batch[0].ts, batch[-1].ts)
+    kinds = Counter(t for b in fast for t, n in b.counts.items() for _ in range(n))
+    assert set(kinds) >= {"impression", "click", "play", "like", "hide"}
 
 
 def test_synthetic_clicks_follow_interests() -> None:
