@@ -86,8 +86,12 @@ def replay(
         chunk = max(1, int(rate // 50)) if rate else len(values)
         for lo in range(0, len(values), chunk):
             sent = min(len(values), lo + chunk)
-            whole = not rate  # unpaced: no slicing copies
-            part = zip(keys, values) if whole else zip(keys[lo:sent], values[lo:sent])  # noqa: B905
+            # unpaced: the whole batch, without slicing copies
+            part = (
+                zip(keys[lo:sent], values[lo:sent], strict=True)
+                if rate
+                else zip(keys, values, strict=True)
+            )
             for key, value in part:
                 while True:
                     try:
