@@ -35,8 +35,8 @@ _CRLF = np.frombuffer(b"\r\n", dtype=np.uint8)
 _SHIFTS = np.arange(10, dtype=np.uint64) * np.uint64(7)
 
 
-def _int64_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ValueProto(int64_val=v) bytes of each value: (..., 11) padded, and lengths (...)."""
+def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ValueProto(int64_val=v) bytes of each value, computed: (..., 11) padded, and lengths."""
     v = values.astype(np.int64).view(np.uint64)[..., None]  # (..., 1)
     shifted = v >> _SHIFTS  # (..., 10)
     length = 1 + (shifted[..., 1:] != 0).sum(axis=-1)  # varint bytes, 1..10
@@ -70,6 +70,56 @@ def _bulk_len(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return out, np.where(two, 5, 4)
 
 
+def _as_bulks(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RESP bulk strings (`$n`, CR LF, the n value bytes, CR LF) of values (..., 11) padded with
+    lengths n < 100: (..., _BULK_WIDTH) zero padded, and their lengths."""
+    head, head_len = _bulk_len(lengths)  # (..., 5), (...)
+    crlf = np.broadcast_to(_CRLF, (*lengths.shape, 2))
+    seg = np.concatenate([head, values, crlf], axis=-1)  # (..., 18)
+    keep = np.concatenate(
+        [
+            np.arange(5) < head_len[..., None],
+            np.arange(values.shape[-1]) < lengths[..., None],
+            np.ones((*lengths.shape, 2), dtype=bool),
+        ],
+        axis=-1,
+    )  # (..., 18)
+    first = np.argsort(~keep, axis=-1, kind="stable")  # kept bytes first, in order
+    out = np.take_along_axis(seg, first, axis=-1)
+    total = keep.sum(axis=-1)
+    out[np.arange(_BULK_WIDTH) >= total[..., None]] = 0
+    return out, total
+
+
+_BULK_WIDTH = 18
+"""Widest bulk string of a value: `$11\\r\\n`, 11 bytes, CR LF."""
+_DOUBLE_BULK = 15
+"""Bulk string of a double value: `$9\\r\\n`, 9 bytes, CR LF."""
+_SMALL = 1 << 16
+_SMALL_BULKS, _SMALL_LENS = _as_bulks(*_varints(np.arange(_SMALL)))
+"""The bulk strings of 0 .. 65535 (most window counts), looked up instead of computed."""
+
+
+def _int64_bulks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bulk strings of ValueProto(int64_val=v) of each value: (..., 18) padded, and lengths."""
+    v = values.astype(np.int64)
+    small = (v >= 0) & (v < _SMALL)
+    if small.all():
+        return _SMALL_BULKS[v], _SMALL_LENS[v]
+    out, lengths = _SMALL_BULKS[np.where(small, v, 0)], _SMALL_LENS[np.where(small, v, 0)]
+    out[~small], lengths[~small] = _as_bulks(*_varints(v[~small]))
+    return out, lengths
+
+
+def _double_bulks(values: np.ndarray) -> np.ndarray:
+    """Bulk strings of ValueProto(double_val=v) of each value: (..., 15)."""
+    out = np.empty((*values.shape, _DOUBLE_BULK), dtype=np.uint8)
+    out[..., :4] = np.frombuffer(b"$9\r\n", dtype=np.uint8)
+    out[..., 4:13] = _double_values(values)
+    out[..., 13:] = _CRLF
+    return out
+
+
 def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
@@ -94,6 +144,12 @@ class OnlineWriter:
         self._fields = {
             view: {name: _mmh3(f"{view}:{name}") for name in feature_types(view)}
             for view in ENTITY_KEY
+        }
+        self._field_bulks = {
+            view: np.frombuffer(
+                b"".join(_bulk(f) for f in fields.values()), dtype=np.uint8
+            ).reshape(len(fields), -1)  # murmur3 names: 4 bytes each, so one width
+            for view, fields in self._fields.items()
         }
 
     def redis_key(self, view: str, entity_id: str) -> bytes:
@@ -132,48 +188,25 @@ class OnlineWriter:
         width = max(len(h) for h in heads)
         head_data = np.frombuffer(b"".join(h.ljust(width, b"\0") for h in heads), dtype=np.uint8)
         head_lens = np.fromiter((len(h) for h in heads), dtype=np.int64, count=rows)
-        # Every field of every row at once: (R, F, piece) arrays, in the fields' write order.
+        # Every field of every row at once: (R, F, piece) arrays, in the fields' write order;
+        # a piece is the field name's bulk string (fixed: 4-byte murmur3) and the value's.
         names = list(fields)
         kinds = feature_types(view)
         is_int = np.array([kinds[n] == "int64" for n in names])
-        n_fields = len(names)
-        values = np.zeros((rows, n_fields, 11), dtype=np.uint8)  # (R, F, 11)
-        value_lens = np.full((rows, n_fields), 9, dtype=np.int64)  # (R, F)
+        field_data = self._field_bulks[view]  # (F, 10)
+        fw = field_data.shape[1]
+        pieces = np.zeros((rows, len(names), fw + _BULK_WIDTH), dtype=np.uint8)  # (R, F, P)
+        lens = np.empty((rows, len(names)), dtype=np.int64)  # (R, F)
+        pieces[:, :, :fw] = field_data
         ints = np.stack([np.asarray(columns[n]) for n in names if kinds[n] == "int64"], axis=1)
-        values[:, is_int], value_lens[:, is_int] = _int64_values(ints)
+        pieces[:, is_int, fw:], lens[:, is_int] = _int64_bulks(ints)
         floats = np.stack([np.asarray(columns[n]) for n in names if kinds[n] != "int64"], axis=1)
-        values[:, ~is_int, :9] = _double_values(floats)
-        value_heads, value_head_lens = _bulk_len(value_lens)  # (R, F, 5), (R, F)
-        field_bulks = [_bulk(fields[n]) for n in names]
-        field_width = max(len(b) for b in field_bulks)
-        field_data = np.frombuffer(
-            b"".join(b.ljust(field_width, b"\0") for b in field_bulks), dtype=np.uint8
-        ).reshape(n_fields, field_width)
-        field_lens = np.array([len(b) for b in field_bulks])
-        segment = np.concatenate(
-            [
-                np.broadcast_to(field_data, (rows, n_fields, field_width)),
-                value_heads,
-                values,
-                np.broadcast_to(_CRLF, (rows, n_fields, 2)),
-            ],
-            axis=2,
-        )  # (R, F, S)
-        offsets = np.arange(segment.shape[2])
-        segment_mask = np.concatenate(
-            [
-                np.broadcast_to(
-                    offsets[:field_width] < field_lens[:, None], (rows, n_fields, field_width)
-                ),
-                offsets[:5] < value_head_lens[..., None],
-                offsets[:11] < value_lens[..., None],
-                np.ones((rows, n_fields, 2), dtype=bool),
-            ],
-            axis=2,
-        )  # (R, F, S)
-        data = np.concatenate([head_data.reshape(rows, width), segment.reshape(rows, -1)], axis=1)
+        pieces[:, ~is_int, fw : fw + _DOUBLE_BULK] = _double_bulks(floats)
+        lens[:, ~is_int] = _DOUBLE_BULK
+        piece_mask = np.arange(pieces.shape[2]) < (lens + fw)[..., None]  # (R, F, P)
+        data = np.concatenate([head_data.reshape(rows, width), pieces.reshape(rows, -1)], axis=1)
         mask = np.concatenate(
-            [np.arange(width) < head_lens[:, None], segment_mask.reshape(rows, -1)], axis=1
+            [np.arange(width) < head_lens[:, None], piece_mask.reshape(rows, -1)], axis=1
         )
         payload = data[mask].tobytes()
         if self._ttl:
@@ -199,7 +232,13 @@ class OnlineWriter:
         """
         if not len(entity_ids):
             return
-        payload = self.encode(view, entity_ids, columns, event_ts_ms)
+        self.send_encoded(self.encode(view, entity_ids, columns, event_ts_ms), len(entity_ids))
+
+    def send_encoded(self, payload: bytes, rows: int) -> None:
+        """Send a payload from `encode` of `rows` rows without waiting for the replies.
+
+        Lets a caller encode the next rows while Redis applies the previous ones.
+        """
         if self._conn is None:
             self._conn = self._client.connection_pool.get_connection()
         try:
@@ -207,7 +246,7 @@ class OnlineWriter:
         except BaseException:
             self._drop_connection()
             raise
-        self._pending += len(entity_ids) * (2 if self._ttl else 1)
+        self._pending += rows * (2 if self._ttl else 1)
 
     def send_command(self, *args: object) -> None:
         """Send one more Redis command on the writer's connection, after the writes before it."""

@@ -26,8 +26,12 @@ from features.store import (
 )
 from streams.tiles import METRICS, WINDOWS
 
-EDGE_INTS = np.array([0, 1, -1, 127, 128, 300, 2**31, -(2**40), 2**62, 2**63 - 1])
-EDGE_FLOATS = np.array([0.0, -0.0, 1.5, -2.25, 1e-300, 1e300, np.inf, -np.inf, 0.1, 7.0])
+EDGE_INTS = np.array(
+    [0, 1, -1, 127, 128, 300, 16383, 16384, 65535, 65536, 2**31, -(2**40), 2**62, 2**63 - 1]
+)
+EDGE_FLOATS = np.array(
+    [0.0, -0.0, 1.5, -2.25, 1e-300, 1e300, np.inf, -np.inf, 0.1, 7.0, 3.0, -1e-9, 2.5e8, 1 / 3]
+)
 
 
 @pytest.fixture

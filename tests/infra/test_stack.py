@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 from confluent_kafka.admin import AdminClient
 
 from infra import stack
@@ -50,6 +51,10 @@ def test_redis_is_started_when_none_answers(tmp_path: Path, bootstrap: str) -> N
         assert state.redis.pid is not None
         assert state.kafka.pid is None and state.bootstrap == bootstrap
         assert stack.redis_answers(state.redis_url)
+        client = redis.Redis.from_url(state.redis_url)
+        # feature hashes are hash tables, not listpacks (REDIS_TUNING)
+        assert client.config_get("hash-max-listpack-entries") == {"hash-max-listpack-entries": "64"}
+        client.close()
     finally:
         assert stack.down(settings) == ["redis"]
     assert not stack.redis_answers(state.redis_url)
