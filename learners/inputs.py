@@ -8,11 +8,49 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from features.schema import FeatureConfig
 from learners.errors import SampleInputError
 from streams.samples_schema import LABELS, STAT_FEATURES, Sample
 
 F = len(STAT_FEATURES)
 """Number of window counts per entity."""
+_RATE_OF = {  # rate name -> (numerator, denominator) counts, per window
+    "ctr": ("clicks", "impressions"),
+    "like": ("likes", "impressions"),
+    "collect": ("collects", "impressions"),
+    "share": ("shares", "impressions"),
+    "comment": ("comments", "impressions"),
+    "follow": ("follows", "impressions"),
+    "hide": ("hides", "impressions"),
+    "completion": ("completions", "plays"),
+}
+_WINDOW_NAMES = tuple(dict.fromkeys(f.rsplit("_", 1)[1] for f in STAT_FEATURES))
+_RATE_INDEX = np.array(
+    [
+        [STAT_FEATURES.index(f"{num}_{w}"), STAT_FEATURES.index(f"{den}_{w}")]
+        for w in _WINDOW_NAMES
+        for num, den in _RATE_OF.values()
+    ]
+)  # (R, 2)
+_WATCH_INDEX = np.array(
+    [
+        [STAT_FEATURES.index(f"watch_ms_{w}"), STAT_FEATURES.index(f"plays_{w}")]
+        for w in _WINDOW_NAMES
+    ]
+)  # (W, 2)
+_PRIOR = FeatureConfig()
+_PRIORS = np.array(
+    [
+        {"ctr": _PRIOR.ctr_prior, "completion": _PRIOR.completion_prior}.get(
+            name, _PRIOR.engagement_prior
+        )
+        for _ in _WINDOW_NAMES
+        for name in _RATE_OF
+    ]
+)  # (R0,)
+_PRIOR_LOGITS = np.log(_PRIORS / (1 - _PRIORS))
+R = len(_RATE_INDEX) + len(_WATCH_INDEX)
+"""Number of dense rate features per entity (`rate_tensor`)."""
 LABEL_COLUMNS = (*LABELS, "completion")
 
 
@@ -165,6 +203,27 @@ def stat_tensor(counts: np.ndarray, buckets: int) -> torch.Tensor:
         )
     offsets = np.arange(F, dtype=np.int64) * buckets  # (F,)
     return torch.from_numpy(log_buckets(counts, buckets) + offsets)  # (n, F)
+
+
+def rate_tensor(counts: np.ndarray) -> torch.Tensor:
+    """(n, F) raw counts -> (n, R) float32 rates per window, as the MLP's numeric inputs.
+
+    Log-bucketised counts alone give the ratio of two counts only to a factor of 2, and a
+    click-through rate is a stronger signal than either count. The rates (clicks, likes, ...
+    per impression, completions per play) are smoothed as the feature store's derived features
+    are (`features.schema.FeatureConfig` priors and strength) and fed as log-odds relative to
+    the prior's (an entity without history gives 0, so the inputs are centred); the mean watch
+    time per play as log1p(minutes).
+    """
+    x = np.nan_to_num(np.asarray(counts, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    x = np.maximum(x, 0.0)
+    num, den = x[:, _RATE_INDEX[:, 0]], x[:, _RATE_INDEX[:, 1]]  # (n, R0)
+    rate = (num + _PRIORS * _PRIOR.prior_strength) / (den + _PRIOR.prior_strength)
+    rate = np.clip(rate, 1e-4, 1 - 1e-4)
+    watch = x[:, _WATCH_INDEX[:, 0]] / (x[:, _WATCH_INDEX[:, 1]] + 1.0) / 60_000.0  # (n, W)
+    logit = np.log(rate / (1 - rate)) - _PRIOR_LOGITS  # 0 at the prior
+    out = np.concatenate([logit, np.log1p(watch)], axis=1)  # (n, R)
+    return torch.from_numpy(out.astype(np.float32))
 
 
 def position_tensor(position: np.ndarray, positions: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 
 from learners.config import ID_TABLES, RankerConfig
 from learners.embeddings import EmbeddingStore, IdEmbedding
-from learners.inputs import Columns, position_tensor, stat_tensor
+from learners.inputs import Columns, R, position_tensor, rate_tensor, stat_tensor
 from learners.modules import MLP, Experts, Gate, StatEmbedding, gate_entropy
 
 WATCH = "watch"
@@ -137,10 +137,13 @@ class RankerInputs:
     """(B, F) bucket indices."""
     position: torch.Tensor
     """(B,) position buckets."""
+    rates: torch.Tensor
+    """(B, 2 R) user then note window rates (`rate_tensor`)."""
 
 
 class RankerFeatures(nn.Module):
-    """ID embeddings (user, note, author, category) + bucketised stats + position, concatenated."""
+    """ID embeddings (user, note, author, category) + bucketised stats + window rates +
+    position, concatenated."""
 
     def __init__(self, store: EmbeddingStore, config: RankerConfig) -> None:
         super().__init__()
@@ -153,6 +156,7 @@ class RankerFeatures(nn.Module):
             + self.user_stats.out_dim
             + self.note_stats.out_dim
             + config.position_dim
+            + 2 * R
         )
 
     def forward(self, x: RankerInputs) -> torch.Tensor:
@@ -162,6 +166,7 @@ class RankerFeatures(nn.Module):
             self.user_stats(x.user_stats),  # (B, F * s)
             self.note_stats(x.note_stats),  # (B, F * s)
             self.position(x.position),  # (B, p)
+            x.rates,  # (B, 2 R)
         ]
         return torch.cat(parts, dim=1)  # (B, out_dim)
 
@@ -205,6 +210,7 @@ class RankingModel(nn.Module):
             stat_tensor(cols.user_stats, self.config.stat_buckets),
             stat_tensor(cols.note_stats, self.config.stat_buckets),
             position_tensor(cols.position, self.config.positions),
+            torch.cat([rate_tensor(cols.user_stats), rate_tensor(cols.note_stats)], dim=1),
         )
 
     def forward(self, x: RankerInputs) -> TaskOutput:

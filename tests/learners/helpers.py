@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from learners.inputs import LABEL_COLUMNS, Columns, F
-from streams.samples_schema import Sample, SampleBatch
+from streams.samples_schema import STAT_FEATURES, Sample, SampleBatch
 
 
 def true_click_probability(users: np.ndarray, notes: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -16,6 +16,31 @@ def true_click_probability(users: np.ndarray, notes: np.ndarray, seed: int = 0) 
     bias = rng.normal(-2.2, 0.6, size=5000)
     z = bias[notes] + 0.8 * (u[users] * v[notes]).sum(axis=1)
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def window_stats(rng: np.random.Generator, ctr: np.ndarray, impressions: float) -> np.ndarray:
+    """(m, F) window counts consistent with each row's click-through rate `ctr` (m,).
+
+    Impressions are Poisson per window (growing with the window), clicks binomial at `ctr`,
+    the other actions binomial on the clicks, plays = clicks, watch time per play ~ 30 s.
+    """
+    m = len(ctr)
+    out = np.zeros((m, F), dtype=np.float32)
+    for scale, window in ((1, "1h"), (4, "1d"), (12, "7d"), (24, "30d")):
+        imp = rng.poisson(impressions * scale, m)
+        clicks = rng.binomial(imp, ctr)
+        counts = {
+            "impressions": imp,
+            "clicks": clicks,
+            "plays": clicks,
+            "likes": rng.binomial(clicks, 0.3),
+            "completions": rng.binomial(clicks, 0.5),
+            "hides": rng.binomial(imp - clicks, 0.02),
+            "watch_ms": clicks * 30_000,
+        }
+        for name, values in counts.items():
+            out[:, STAT_FEATURES.index(f"{name}_{window}")] = values
+    return out
 
 
 def synthetic(
@@ -32,6 +57,9 @@ def synthetic(
     u = rng.integers(0, users, n)
     v = rng.zipf(1.3, n) % notes
     p = true_click_probability(u, v, truth_seed)
+    grid_u, grid_v = np.meshgrid(np.arange(users), np.arange(notes), indexing="ij")
+    every = true_click_probability(grid_u.ravel(), grid_v.ravel(), truth_seed).reshape(users, notes)
+    user_ctr, note_ctr = every.mean(axis=1), every.mean(axis=0)  # what history would show
     click = rng.random(n) < p
     kept = click | (rng.random(n) < keep_rate)
     u, v, p, click = u[kept], v[kept], p[kept], click[kept]
@@ -47,8 +75,8 @@ def synthetic(
         category=[f"c{i % 7}" for i in v],
         ts=t0 + np.arange(m, dtype=np.int64) * 1000,
         position=rng.integers(-1, 8, m),
-        user_stats=rng.poisson(3, (m, F)).astype(np.float32),
-        note_stats=rng.poisson(30, (m, F)).astype(np.float32),
+        user_stats=window_stats(rng, user_ctr[u], 1.0),
+        note_stats=window_stats(rng, note_ctr[v], 10.0),
         labels=labels,
         watch_ms=np.where(click, rng.exponential(40_000, m), 0).astype(np.float32),
         keep_rate=np.where(click, 1.0, keep_rate).astype(np.float32),
