@@ -55,6 +55,11 @@ class RankerConfig:
     """Position buckets (positions >= this share the last bucket; unknown has its own)."""
     position_dim: int = 4
     """Position embedding dimension."""
+    rate_prior_strength: float = 2.0
+    """Pseudo-counts smoothing the window rates fed to the MLP (`learners.inputs.rate_tensor`)
+    towards the feature store's priors; lighter than the store's 20, since the bucketised
+    counts beside them say how much evidence a rate has (bench.quality: KuaiRand click AUC
+    0.795 at 2, 0.775 at 5, 0.770 at 20)."""
     experts: int = 4
     """MMoE experts."""
     expert_hidden: tuple[int, ...] = (64,)

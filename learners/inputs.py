@@ -205,20 +205,20 @@ def stat_tensor(counts: np.ndarray, buckets: int) -> torch.Tensor:
     return torch.from_numpy(log_buckets(counts, buckets) + offsets)  # (n, F)
 
 
-def rate_tensor(counts: np.ndarray) -> torch.Tensor:
+def rate_tensor(counts: np.ndarray, strength: float) -> torch.Tensor:
     """(n, F) raw counts -> (n, R) float32 rates per window, as the MLP's numeric inputs.
 
     Log-bucketised counts alone give the ratio of two counts only to a factor of 2, and a
     click-through rate is a stronger signal than either count. The rates (clicks, likes, ...
-    per impression, completions per play) are smoothed as the feature store's derived features
-    are (`features.schema.FeatureConfig` priors and strength) and fed as log-odds relative to
-    the prior's (an entity without history gives 0, so the inputs are centred); the mean watch
-    time per play as log1p(minutes).
+    per impression, completions per play) are smoothed towards the feature store's priors
+    (`features.schema.FeatureConfig`) with `strength` pseudo-counts and fed as log-odds
+    relative to the prior's (an entity without history gives 0, so the inputs are centred);
+    the mean watch time per play as log1p(minutes).
     """
     x = np.nan_to_num(np.asarray(counts, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     x = np.maximum(x, 0.0)
     num, den = x[:, _RATE_INDEX[:, 0]], x[:, _RATE_INDEX[:, 1]]  # (n, R0)
-    rate = (num + _PRIORS * _PRIOR.prior_strength) / (den + _PRIOR.prior_strength)
+    rate = (num + _PRIORS * strength) / (den + strength)
     rate = np.clip(rate, 1e-4, 1 - 1e-4)
     watch = x[:, _WATCH_INDEX[:, 0]] / (x[:, _WATCH_INDEX[:, 1]] + 1.0) / 60_000.0  # (n, W)
     logit = np.log(rate / (1 - rate)) - _PRIOR_LOGITS  # 0 at the prior

@@ -210,7 +210,13 @@ class RankingModel(nn.Module):
             stat_tensor(cols.user_stats, self.config.stat_buckets),
             stat_tensor(cols.note_stats, self.config.stat_buckets),
             position_tensor(cols.position, self.config.positions),
-            torch.cat([rate_tensor(cols.user_stats), rate_tensor(cols.note_stats)], dim=1),
+            torch.cat(
+                [
+                    rate_tensor(cols.user_stats, self.config.rate_prior_strength),
+                    rate_tensor(cols.note_stats, self.config.rate_prior_strength),
+                ],
+                dim=1,
+            ),
         )
 
     def forward(self, x: RankerInputs) -> TaskOutput:

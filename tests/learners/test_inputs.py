@@ -19,9 +19,9 @@ def test_rates_are_the_feature_stores_smoothed_rates_as_centred_log_odds() -> No
         counts[:, STAT_FEATURES.index(f"plays_{w.name}")] = counts[
             :, STAT_FEATURES.index(f"clicks_{w.name}")
         ]
-    rates = rate_tensor(counts).numpy()
-    assert rates.shape == (50, R)
     config = FeatureConfig()
+    rates = rate_tensor(counts, config.prior_strength).numpy()
+    assert rates.shape == (50, R)
     by_window = {  # (50, METRICS) per window, the stats job's layout
         w.name: np.stack(
             [
@@ -40,8 +40,8 @@ def test_rates_are_the_feature_stores_smoothed_rates_as_centred_log_odds() -> No
         ctr = derived[f"ctr_{w.name}"]
         np.testing.assert_allclose(rates[:, 8 * j], np.log(ctr / (1 - ctr)) - prior, rtol=1e-4)
     # no history at all: every rate sits at its prior, so every input is 0
-    assert np.all(rate_tensor(np.zeros((3, len(STAT_FEATURES)))).numpy() == 0)
+    assert np.all(rate_tensor(np.zeros((3, len(STAT_FEATURES))), 2.0).numpy() == 0)
     # missing (NaN) or negative counts count as zero
     bad = np.full((1, len(STAT_FEATURES)), np.nan)
     bad[0, 0] = -5
-    assert np.all(rate_tensor(bad).numpy() == 0)
+    assert np.all(rate_tensor(bad, 2.0).numpy() == 0)
