@@ -10,7 +10,8 @@
    the target rate (200k samples) - and by one 512-sample message.
 3. Latency: `streamrec run samples` and `streamrec learn online` run as processes against the
    broker; events stamped with the wall clock are produced at `--rate`; for every impression
-   produced after the first delta, the time until a ranker delta whose `note` rows include its
+   produced after the first delta whose sample was kept (down-sampling drops negatives, which
+   then update nothing), the time until a ranker delta whose `note` rows include its
    note and whose event-time high-water mark has reached the impression. The joiner runs with
    a 2 s attribution window and 0.5 s lateness (a sample cannot exist before its window closes).
 """
@@ -47,6 +48,11 @@ matplotlib.use("Agg")
 console = Console()
 OUT = Path(__file__).resolve().parent / "out"
 MESSAGE = 512
+LINGER_MS = 50
+"""Producer linger of the live stream. Tansu's fetch cost grows with a partition's length
+per record batch served (memory storage; docs/operations.md), so a stream of tiny batches
+(linger 5 ms: 2-3 events per partition) made the broker itself the bottleneck within a minute
+(its CPU 23 % -> 127 %); 50 ms batches ~25 events per partition."""
 STEADY_AFTER_S = 20.0
 """Impressions produced this long after the first delta count as steady state: the joiner and
 the learner start while events are already produced, so the first ones include a backlog."""
@@ -171,7 +177,7 @@ def _stream(bootstrap: str, topic: str, rate: float, seconds: float, log: list) 
     from streams.kafka_io import make_producer
     from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 
-    producer = make_producer(bootstrap, **{"linger.ms": 5})
+    producer = make_producer(bootstrap, **{"linger.ms": LINGER_MS})
     source = SyntheticSource(SyntheticConfig(seed=3, users=2_000, notes=5_000), limit=10**7)
     start = time.time()
     sent = 0
@@ -187,7 +193,7 @@ def _stream(bootstrap: str, topic: str, rate: float, seconds: float, log: list) 
             stamped = msgspec.structs.replace(e, ts=now_ms)
             producer.produce(topic, key=e.user_id.encode(), value=encode_event(stamped))
             if e.type == "impression":
-                log.append((e.note_id, now_ms))
+                log.append((e.event_id, e.note_id, now_ms))
             sent += 1
             if sent % 500 == 0:
                 producer.poll(0)
@@ -195,6 +201,19 @@ def _stream(bootstrap: str, topic: str, rate: float, seconds: float, log: list) 
                 producer.flush(10)
                 return
     producer.flush(10)
+
+
+def _sample_ids(bootstrap: str, topic: str) -> set[str]:
+    """Ids of every sample on the training-samples topic (= the impressions' event ids)."""
+    from streams.kafka_io import read_to_end
+    from streams.samples_schema import decode_batch
+
+    return {
+        s.sample_id
+        for batch in read_to_end(bootstrap, topic)
+        for r in batch
+        for s in decode_batch(r.value).samples
+    }
 
 
 def latency(
@@ -245,7 +264,7 @@ def latency(
         )
         for args in (["run", "samples"], ["learn", "online"])
     ]
-    produced: list[tuple[str, int]] = []
+    produced: list[tuple[str, str, int]] = []  # event_id, note_id, produced at (ms)
     deltas: list[tuple[int, int, set[str]]] = []  # created_ms, hwm_ms, note ids
     stop = threading.Event()
 
@@ -269,7 +288,7 @@ def latency(
         _stream(bootstrap, topics["interactions"], rate, seconds, produced)
         deadline = time.time() + 30
         while time.time() < deadline:
-            if deltas and max(d[1] for d in deltas) >= produced[-1][1]:
+            if deltas and max(d[1] for d in deltas) >= produced[-1][2]:
                 break
             time.sleep(0.2)
     finally:
@@ -282,7 +301,10 @@ def latency(
     if not deltas:
         raise SystemExit(f"no delta was published; see the logs in {work}")
     first_delta = min(d[0] for d in deltas)
-    probes = [(n, t) for n, t in produced if t > first_delta]
+    # Only impressions whose sample reached the learner can update a row: a negative dropped by
+    # down-sampling (keep rate a) never does; its note shows up only through other samples.
+    kept = _sample_ids(bootstrap, topics["training_samples"])
+    probes = [(n, t) for i, n, t in produced if t > first_delta and i in kept]
     lat, steady = [], []
     for note, t in probes:
         hits = [c for c, hwm, ids in deltas if c >= t and hwm >= t and note in ids]
@@ -310,6 +332,7 @@ def main(
     repeat: int = typer.Option(3, help="Repetitions of the throughput part."),
     rate: float = typer.Option(2_000.0, help="Events/s produced in the latency part."),
     latency_s: float = typer.Option(60.0, help="Seconds of production in the latency part."),
+    parts: str = typer.Option("throughput,latency", help="Comma-separated parts to run."),
 ) -> None:
     """Print the figures; write bench/out/learning_latency.png."""
     import matplotlib.pyplot as plt
@@ -321,14 +344,17 @@ def main(
     source = SyntheticSource(SyntheticConfig(seed=7), limit=events)
     cols = join_events([e for b in source.batches() for e in b])
     console.print(f"{events:,} synthetic events -> {len(cols):,} samples (real joiner, a = 1)")
-    figures = throughput(cols, repeat)
-    for k, v in figures.items():
-        console.print(f"{k:45s} {v:,.0f}")
-    ratio = (
-        figures["online samples/s (decode + both models)"]
-        / figures["full training samples/s (peer)"]
-    )
-    console.print(f"ratio online / full training: {ratio:.2f}x")
+    if "throughput" in parts:
+        figures = throughput(cols, repeat)
+        for k, v in figures.items():
+            console.print(f"{k:45s} {v:,.0f}")
+        ratio = (
+            figures["online samples/s (decode + both models)"]
+            / figures["full training samples/s (peer)"]
+        )
+        console.print(f"ratio online / full training: {ratio:.2f}x")
+    if "latency" not in parts:
+        return
     with bench_stack() as state:
         res = latency(
             Path(".streamrec") / "bench-learning",
