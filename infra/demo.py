@@ -408,7 +408,8 @@ def _run(config, state, cfg_path, data, jobs, report, console) -> None:
     stream = _Stream(source)
     live_start = _now_ms()
     stream.offset_ms = live_start - int(config.warm_s * 1000)
-    producer = make_producer(state.bootstrap, **{"linger.ms": 5})
+    # batches of 50 ms: Tansu serves tiny batches expensively (docs/operations.md, quirks)
+    producer = make_producer(state.bootstrap, **{"linger.ms": 50})
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
