@@ -215,7 +215,10 @@ class OnlineLearner:
                 continue
             try:
                 manifest = self.writers[name].publish_delta(
-                    changed, state.hwm_ms, self._meta(state), base_version=self.bases[name]
+                    changed,
+                    state.hwm_ms,
+                    {**self._meta(state), **state.delta_meta()},
+                    base_version=self.bases[name],
                 )
             except SnapshotConflictError:
                 out += self._adopt_newer_full(name)

@@ -130,6 +130,8 @@ class Snapshot:
     """Dense parameters (from the full snapshot)."""
     versions: tuple[int, ...] = ()
     """Versions applied, oldest first: the full, then its deltas."""
+    delta_metas: tuple[dict, ...] = ()
+    """The `meta` of every delta applied, oldest first (what a delta adds beyond rows)."""
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
@@ -619,10 +621,11 @@ class SnapshotReader:
         if start is None:
             tables = self._store.read_tables(chain[0])
             dense = self._store.read_tensors(chain[0], DENSE)
-            used, applied = chain[0], [chain[0].version]
+            used, applied, metas = chain[0], [chain[0].version], []
         else:
             tables, dense = start.tables, start.dense
             used, applied = start.manifest, list(start.versions)
+            metas = list(start.delta_metas)
         deltas: dict[str, list[TableRows]] = {}
         for delta in chain:
             if delta.version <= used.version:
@@ -638,11 +641,12 @@ class SnapshotReader:
                 deltas.setdefault(name, []).append(table)
             used = delta
             applied.append(delta.version)
+            metas.append(delta.meta)
         merged = {
             name: _apply_deltas(tables.get(name), deltas.get(name, []), owned=start is None)
             for name in [*tables, *(n for n in deltas if n not in tables)]
         }
-        return Snapshot(used, merged, dense, tuple(applied))
+        return Snapshot(used, merged, dense, tuple(applied), tuple(metas))
 
 
 def _ranges(versions: list[int]) -> str:

@@ -91,6 +91,10 @@ class _State:
     store: EmbeddingStore
     hwm_ms: int = 0
 
+    def delta_meta(self) -> dict:
+        """Meta a delta of this model carries beyond its rows (none by default)."""
+        return {}
+
     def freeze_dense(self) -> None:
         """Dense parameters and the shared default ID rows stop learning (online mode); the
         model runs in eval mode."""
@@ -240,6 +244,7 @@ class RetrieverState(_State):
         self.model = TwoTowerModel(self.store, config)
         self.freq = StreamingFrequency(config.freq_buckets, config.freq_alpha)
         self.side: dict[str, tuple[str, str, int]] = {}  # note -> (author, category, last seen)
+        self._delta_side: dict[str, list] = {}
         self.clicks: dict[str, float] = {}
         self._sampler: tuple[list[str], np.ndarray] | None = None
         self._since_sampler = 0
@@ -406,7 +411,14 @@ class RetrieverState(_State):
         items = self._item_table(only_changed=True)
         if items.ids:
             tables[ITEM_TABLE] = items
+        self._delta_side = {n: list(self.side[n]) for n in items.ids if n in self.side}
         return tables
+
+    def delta_meta(self) -> dict:
+        """Meta a delta carries beyond its rows: the side info (author, category, last seen) of
+        the notes whose item vectors the last `changed()` holds, so that a consumer of the
+        delta can rank a note that is new since the full."""
+        return {"side": self._delta_side}
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> RetrieverState:
@@ -421,6 +433,8 @@ class RetrieverState(_State):
         state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
         state.freq.restore(snap.dense)
         side = _from_json_array(snap.dense.get("side.notes")) or {}
+        for meta in snap.delta_metas:  # notes new since the full, oldest delta first
+            side.update(meta.get("side", {}))
         state.side = {n: (a, c, int(t)) for n, (a, c, t) in side.items()}
         state.clicks = {
             n: float(c) for n, c in (_from_json_array(snap.dense.get("side.clicks")) or {}).items()

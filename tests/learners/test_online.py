@@ -193,3 +193,32 @@ def test_kafka_reader_assigns_partitions_and_stops_at_the_end(
     assert len(got) == len(msgs)
     resumed = [m for m in kafka_messages(bootstrap, topic, {0: 2, 1: 2}, until_end=True) if m]
     assert len(resumed) == len(msgs) - 4
+
+
+def test_a_note_new_since_the_full_gets_its_side_info_through_deltas(tmp_path: Path) -> None:
+    snapshots = publish_trained(tmp_path)
+    clock = Clock()
+    learner = OnlineLearner.from_latest(CONFIG, snapshots, clock=clock)
+    cols, _ = synthetic(300, seed=15)
+    k = 20
+    fresh = replace(
+        cols,
+        note_id=["n-new"] * k + cols.note_id[k:],
+        author_id=["a-new"] * k + cols.author_id[k:],
+        category=["c-new"] * k + cols.category[k:],
+        labels={**cols.labels, "click": np.r_[np.ones(k), cols.labels["click"][k:]]},
+    )
+    reader = SnapshotReader(tmp_path, "retriever")
+    before = Retriever.from_snapshot(reader.latest())
+    assert before.side_info(["n-new"]) == ([""], [""])  # unknown to the full
+    learner.add(Message(0, 0, encode_batch(to_batch(fresh, "new"))))
+    clock.now = 11.0
+    assert [m.kind for m in learner.tick()] == ["delta", "delta"]
+    first = reader.latest()
+    assert "n-new" in first.tables[ITEM_TABLE].ids
+    learner.add(Message(0, 1, encode_batch(to_batch(cols.take(np.arange(k, 300)), "old"))))
+    clock.now = 22.0
+    learner.tick()  # a later delta without the note: its side info must survive
+    for snap in (reader.latest(), reader.refresh(first)):
+        assert len(snap.versions) == 3
+        assert Retriever.from_snapshot(snap).side_info(["n-new"]) == (["a-new"], ["c-new"])
