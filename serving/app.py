@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 import redis
 from fastapi import FastAPI, HTTPException, Path, Query, Response
+from fastapi.routing import APIRoute
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -96,6 +97,18 @@ class Metrics:
             "Now minus the stats job's event-time high-water mark (NaN before it wrote one)",
             registry=r,
         )
+
+    def declare(self, endpoints: list[str]) -> None:
+        """Export every endpoint's series from the start (at 0), so that rates work at once.
+
+        Also what makes the counts of one app exact when Feast has switched prometheus_client
+        to multiprocess mode: a series then starts from the value its name and labels already
+        have in this process, and a series created before a scrape is included in it.
+        """
+        for endpoint in endpoints:
+            self.latency.labels(endpoint)
+            for status in ("200", "404", "422", "503"):
+                self.requests.labels(endpoint, status)
 
 
 class _Observe:
@@ -213,5 +226,6 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.state.project = project
+    metrics.declare([r.path for r in app.routes if isinstance(r, APIRoute)])
     app.add_middleware(_Observe, metrics=metrics)
     return app
