@@ -58,8 +58,21 @@ TYPE_COUNTS_30D = [
 ]
 
 
+PROJECTS: list[str] = []
+"""Feast projects created by this run (their offline logs are removed at the end)."""
+
+
+def remove_offline_logs() -> None:
+    """Delete what the projects this run created left under features/data."""
+    from features.store import remove_project_files
+
+    while PROJECTS:
+        remove_project_files(PROJECTS.pop())
+
+
 def _config(tmp: Path, topic: str) -> tuple[Path, str]:
     project = f"bench{uuid.uuid4().hex[:6]}"
+    PROJECTS.append(project)
     data = {
         "kafka": {"topics": {"interactions": topic, "dlq": f"{topic}.dlq"}},
         "feast_project": project,
@@ -273,6 +286,7 @@ def main(
                 delays = freshness(state, redis_url, tmp, fresh_seconds)
         finally:
             client.flushdb()
+            remove_offline_logs()
     for processes, (gross, net) in rates.items():
         console.print(
             f"stats job, {processes} process(es): {net:,.0f} events/s net of start-up "

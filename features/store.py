@@ -41,6 +41,16 @@ def feature_store(redis_url: str, project: str, registry: Path | None = None) ->
     return FeatureStore(repo_path=str(REPO), config=repo_config(redis_url, project, registry))
 
 
+def remove_project_files(project: str) -> None:
+    """Delete what a project leaves under features/data: its offline log and default registry."""
+    import shutil
+
+    from features.definitions import offline_dir
+
+    shutil.rmtree(offline_dir(project), ignore_errors=True)
+    (REPO / "data" / f"registry-{project}.db").unlink(missing_ok=True)
+
+
 def apply_definitions(store: FeatureStore) -> None:
     """Register the entities, push sources and feature views (what `feast apply` does)."""
     from features import definitions as d

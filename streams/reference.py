@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from features.schema import FeatureConfig, derive
 from streams.events import Event
 from streams.tiles import (
     COMPLETION_FRACTION,
@@ -56,3 +57,16 @@ def reference_counts(frame: pd.DataFrame, key: str, as_of: int) -> pd.DataFrame:
         columns[f"expected_completions_milli_{w.name}"] = grouped.expected_milli.sum()
     out = pd.DataFrame(columns).reindex(frame[key].unique()).fillna(0).astype(np.int64)
     return out.sort_index()
+
+
+def expected_features(events: list, view: str) -> pd.DataFrame:
+    """Ground truth: pandas window counts plus the derived features, as of the last event."""
+    key = "user_id" if view == "user_stats" else "note_id"
+    frame = events_frame(events)
+    as_of = int(frame.ts.max())
+    counts = reference_counts(frame, key, as_of)
+    arrays = {
+        w.name: counts[[f"{m}_{w.name}" for m in METRICS]].to_numpy(dtype=np.int64) for w in WINDOWS
+    }
+    derived = derive(view, arrays, FeatureConfig())
+    return pd.DataFrame({k: np.asarray(v) for k, v in derived.items()}, index=counts.index)

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 
+from features.store import remove_project_files
 from infra.config import load_settings
 from infra.demo import DemoConfig, run_demo
 
@@ -32,6 +34,10 @@ def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
         new_note_probes=3,
     )
     report = run_demo(settings, config)
+    # the demo's Feast project writes its offline log under features/data: not the test's to keep
+    remove_project_files(
+        yaml.safe_load((report.run_dir / "settings.yaml").read_text())["feast_project"]
+    )
 
     assert report.warm_events > 0 and report.live_events > 0
     assert report.samples_logged > 0

@@ -11,13 +11,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import yaml
-
-from features.schema import FeatureConfig, derive
-from streams.reference import events_frame, reference_counts
-from streams.tiles import METRICS, WINDOWS
 
 CLI = Path(sys.executable).with_name("streamrec")
 
@@ -52,19 +46,6 @@ def start_job(args: list[str], env: dict[str, str]) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
-
-
-def expected_features(events: list, view: str) -> pd.DataFrame:
-    """Ground truth: pandas window counts plus the derived features, as of the last event."""
-    key = "user_id" if view == "user_stats" else "note_id"
-    frame = events_frame(events)
-    as_of = int(frame.ts.max())
-    counts = reference_counts(frame, key, as_of)
-    arrays = {
-        w.name: counts[[f"{m}_{w.name}" for m in METRICS]].to_numpy(dtype=np.int64) for w in WINDOWS
-    }
-    derived = derive(view, arrays, FeatureConfig())
-    return pd.DataFrame({k: np.asarray(v) for k, v in derived.items()}, index=counts.index)
 
 
 def recovery_progress(recovery_dir: Path) -> int:

@@ -20,11 +20,11 @@ from features.store import feature_store, online_features
 from infra.config import Settings
 from infra.stack import StackState, ensure_topics
 from streams.events import Event
+from streams.reference import expected_features
 from streams.replay import replay
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 from tests.streams.stats_harness import (
     cli_env,
-    expected_features,
     job_config,
     recovery_progress,
     resume_epochs,
@@ -53,12 +53,14 @@ class ListSource:
 
 @pytest.fixture(autouse=True)
 def _remove_offline_logs():
-    """Each job test's project writes an offline log under features/data; remove it after."""
+    """Each job test's project writes an offline log and a registry under features/data."""
     before = set(DATA.glob("*")) if DATA.exists() else set()
     yield
     for path in set(DATA.glob("*")) - before:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
