@@ -150,6 +150,8 @@ class RankerState(_State):
         self.store = EmbeddingStore(embeddings, seed=seed)
         self.model = RankingModel(self.store, config)
         self.neg_keep_rate = 1.0
+        self.logit_offsets: dict[str, float] = {}
+        """Per calibrated task, a scalar added to its logit (`recalibrate`)."""
         self.hwm_ms = 0
 
     @classmethod
@@ -176,7 +178,37 @@ class RankerState(_State):
         self.model.eval()
         out = self.model(self.model.inputs(cols, observe=False))
         self.model.train(was)
+        for t, offset in self.logit_offsets.items():
+            out.logits[t] = out.logits[t] + offset
         return self.outputs(self.model.probabilities(out), out.logits[WATCH], calibrated)
+
+    @torch.no_grad()
+    def recalibrate(self, cols: Columns, most: int = 200_000, seed: int = 0) -> dict[str, float]:
+        """Fit each calibrated task's logit offset so that its mean raw prediction on `cols`
+        equals the task's rate there; return the offsets.
+
+        The down-sampling calibration p = a q / (1 - q + a q) is exact only for a q that is
+        right on the sampled data, and a model's mean q wanders with the last optimiser steps
+        (up to 6 % off its own training data in tests/learners/test_models.py). Full training
+        calls this on its log (a sample of `most` rows); online mode keeps the offsets, as it
+        keeps the dense parameters.
+        """
+        if len(cols) > most:
+            pick = np.random.default_rng(seed).choice(len(cols), most, replace=False)
+            cols = cols.take(np.sort(pick))
+        was = self.model.training
+        self.model.eval()
+        out = self.model(self.model.inputs(cols, observe=False))
+        self.model.train(was)
+        for t in self.config.calibrated:
+            z = out.logits[t].double()  # (B,)
+            target = float(cols.labels[t].mean())
+            lo, hi = -20.0, 20.0
+            for _ in range(60):  # bisection: mean sigmoid(z + d) is increasing in d
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if float(torch.sigmoid(z + mid).mean()) < target else (lo, mid)
+            self.logit_offsets[t] = (lo + hi) / 2
+        return dict(self.logit_offsets)
 
     def outputs(
         self, probs: dict[str, torch.Tensor], watch_logit: torch.Tensor, calibrated: bool = True
@@ -198,6 +230,7 @@ class RankerState(_State):
             "hyper": config_to_dict(self.config),
             "embeddings": {t: config_to_dict(c) for t, c in self.embeddings.items()},
             "neg_keep_rate": self.neg_keep_rate,
+            "logit_offsets": self.logit_offsets,
             "stat_features": list(STAT_FEATURES),
             **(extra or {}),
         }
@@ -223,6 +256,7 @@ class RankerState(_State):
         _load_dense(state.model, snap.dense)
         state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
         state.neg_keep_rate = float(meta.get("neg_keep_rate", 1.0))
+        state.logit_offsets = {t: float(v) for t, v in meta.get("logit_offsets", {}).items()}
         state.hwm_ms = snap.manifest.hwm_ms
         return state
 
