@@ -26,28 +26,13 @@ from streams.exposure import ExposureSink, build_flow
 from streams.kafka_io import KafkaBatchSource
 from streams.replay import replay
 from streams.sinks import CallbackSink
+from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 
 console = Console()
 DAY = 86_400_000
 T0 = 20_454 * DAY  # 2026-01-01
 OUT = Path(__file__).resolve().parent / "out"
-
-
-class _Events:
-    """Replay source over a fixed list of events."""
-
-    name = "bench"
-
-    def __init__(self, events: list[Event]) -> None:
-        self._events = events
-
-    def batches(self):
-        for lo in range(0, len(self._events), 10_000):
-            yield self._events[lo : lo + 10_000]
-
-    def estimated_total(self) -> int:
-        return len(self._events)
 
 
 def _drop(client: redis.Redis, namespace: str) -> None:
@@ -158,7 +143,7 @@ def main(events: int = 200_000, reps: int = 3, queries: int = 3_000, users: int 
         stream = [e for b in SyntheticSource(world, limit=events).batches() for e in b]
         shown = [e for e in stream if e.type == "impression"]
         topic = fresh_topic(state.bootstrap, "bench-exposure")
-        replay(_Events(stream), state.bootstrap, topic)
+        replay(ListSource(stream), state.bootstrap, topic)
 
         flow_s, bare = [], []
         for _ in track(range(reps), description="flow vs bare read+decode", console=console):

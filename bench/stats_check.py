@@ -28,24 +28,9 @@ from features.schema import ENTITY_KEY
 from features.store import apply_definitions, feature_store, online_features
 from streams.reference import expected_features
 from streams.replay import replay
+from streams.sources import ListSource
 
 console = Console()
-
-
-class _Listed:
-    """A replay source over events already in memory."""
-
-    name = "listed"
-
-    def __init__(self, events: list) -> None:
-        self._events = events
-
-    def batches(self):
-        for lo in range(0, len(self._events), 10_000):
-            yield self._events[lo : lo + 10_000]
-
-    def estimated_total(self) -> int:
-        return len(self._events)
 
 
 def _read_all(store, view: str, ids: list[str], chunk: int = 1_000) -> pd.DataFrame:
@@ -62,7 +47,7 @@ def check(name: str, events: list, state, redis_url: str, tmp: Path) -> int:
 
     topic = fresh_topic(state.bootstrap, f"check-{name}")
     fresh_topic(state.bootstrap, f"{topic}.dlq")
-    replay(_Listed(events), state.bootstrap, topic)
+    replay(ListSource(events), state.bootstrap, topic)
     config, project = _config(tmp, topic)
     done = subprocess.run(
         [str(CLI), "run", "stats", "--until-end", "--config", str(config)],

@@ -39,6 +39,24 @@ class EventSource(Protocol):
         ...
 
 
+class ListSource:
+    """A source over events already in memory (sorted by `ts`), in batches of `batch`."""
+
+    name = "list"
+
+    def __init__(self, events: list[Event], batch: int = 10_000) -> None:
+        self._events, self._batch = events, batch
+
+    def batches(self) -> Iterator[list[Event]]:
+        """Yield consecutive slices of the events."""
+        for lo in range(0, len(self._events), self._batch):
+            yield self._events[lo : lo + self._batch]
+
+    def estimated_total(self) -> int:
+        """Return the number of events."""
+        return len(self._events)
+
+
 def expand_rows(
     base_ts: np.ndarray, parts: list[tuple[str, int, np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

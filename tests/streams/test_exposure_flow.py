@@ -23,6 +23,7 @@ from streams.events import Event, decode_dead_letter, encode_event
 from streams.exposure import ExposureSink, build_flow
 from streams.kafka_io import RawBatch, make_producer
 from streams.replay import replay
+from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 from streams.summary import summarize_dead_letters
 from tests.streams.stats_harness import CLI, cli_env, recovery_progress, start_job, wait_for
@@ -39,22 +40,6 @@ def ns(redis_client: redis.Redis) -> Iterator[str]:
     keys = list(redis_client.scan_iter(match=f"{name}:*", count=1_000))
     if keys:
         redis_client.delete(*keys)
-
-
-class ListSource:
-    """Replay source over a fixed list of events."""
-
-    name = "list"
-
-    def __init__(self, events: list[Event], batch: int = 1_000) -> None:
-        self._events, self._batch = events, batch
-
-    def batches(self) -> Iterator[list[Event]]:
-        for lo in range(0, len(self._events), self._batch):
-            yield self._events[lo : lo + self._batch]
-
-    def estimated_total(self) -> int:
-        return len(self._events)
 
 
 def _shown(events: list[Event]) -> dict[str, list[str]]:
@@ -128,7 +113,7 @@ def test_bounded_run_of_two_processes_then_check_on_the_cli(
 ) -> None:
     ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq"], 4)
     subset = events[:8_000]
-    replay(ListSource(subset), local_stack.bootstrap, topic_name)
+    replay(ListSource(subset, 1_000), local_stack.bootstrap, topic_name)
     producer = make_producer(local_stack.bootstrap)
     producer.produce(topic_name, b'{"event_id": "x"}', b"u-bad")
     producer.flush(10)
@@ -172,7 +157,7 @@ def test_kill_9_mid_replay_then_restart_every_impression_is_seen(
     base = ["run", "exposure", "--config", str(config), "--recovery-dir", str(recovery)]
     base += ["--snapshot-interval", "0.5"]
     quarter = len(events) // 4
-    replay(ListSource(events[:quarter]), local_stack.bootstrap, topic_name)
+    replay(ListSource(events[:quarter], 1_000), local_stack.bootstrap, topic_name)
     job = start_job(base, env)
 
     def hwm() -> int:

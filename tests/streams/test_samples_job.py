@@ -19,6 +19,7 @@ from streams.kafka_io import read_to_end
 from streams.replay import replay
 from streams.samples import read_sample_log
 from streams.samples_schema import SAMPLE_COLUMNS, decode_batch
+from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 from tests.streams.stats_harness import (
     CLI,
@@ -31,22 +32,6 @@ from tests.streams.stats_harness import (
 from tests.streams.test_samples import run
 
 WORLD = SyntheticConfig(seed=9, users=120, notes=300, request_gap_ms=20_000.0)
-
-
-class ListSource:
-    """Replay source over a fixed list of events."""
-
-    name = "list"
-
-    def __init__(self, events: list[Event], batch: int = 1_000) -> None:
-        self._events, self._batch = events, batch
-
-    def batches(self):
-        step = self._batch
-        yield from (self._events[lo : lo + step] for lo in range(0, len(self._events), step))
-
-    def estimated_total(self) -> int:
-        return len(self._events)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +51,7 @@ def test_bounded_run_through_kafka_equals_the_in_process_flow(
 ) -> None:
     samples_topic = f"{topic_name}.samples"
     ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq", samples_topic], 4)
-    replay(ListSource(events), local_stack.bootstrap, topic_name)
+    replay(ListSource(events, 1_000), local_stack.bootstrap, topic_name)
     log_dir = tmp_path / "log"
     config = tmp_path / "settings.yaml"
     samples = {"negative_keep_rate": 0.5, "batch_size": 256, "shards": 4, "log_dir": str(log_dir)}
@@ -124,7 +109,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
     base = ["run", "samples", "--config", str(config), "--recovery-dir", str(recovery)]
     base += ["--snapshot-interval", "0.5"]
     third = len(events) // 3
-    replay(ListSource(events[:third]), local_stack.bootstrap, topic_name)
+    replay(ListSource(events[:third], 1_000), local_stack.bootstrap, topic_name)
     job = start_job(base, env)
     producer: threading.Thread | None = None
     try:

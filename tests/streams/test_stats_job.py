@@ -22,6 +22,7 @@ from infra.stack import StackState, ensure_topics
 from streams.events import Event
 from streams.reference import expected_features
 from streams.replay import replay
+from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 from tests.streams.stats_harness import (
     cli_env,
@@ -33,22 +34,6 @@ from tests.streams.stats_harness import (
 )
 
 WORLD = SyntheticConfig(seed=5, users=150, notes=400, request_gap_ms=30_000.0)
-
-
-class ListSource:
-    """Replay source over a fixed list of events."""
-
-    name = "list"
-
-    def __init__(self, events: list[Event], batch: int = 1_000) -> None:
-        self._events, self._batch = events, batch
-
-    def batches(self):
-        for lo in range(0, len(self._events), self._batch):
-            yield self._events[lo : lo + self._batch]
-
-    def estimated_total(self) -> int:
-        return len(self._events)
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +99,7 @@ def test_bounded_run_matches_pandas_through_feast(
     processes: int,
 ) -> None:
     ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq"], 4)
-    replay(ListSource(events), local_stack.bootstrap, topic_name)
+    replay(ListSource(events, 1_000), local_stack.bootstrap, topic_name)
     config, project = job_config(tmp_path, topic_name)
     env = cli_env(Path(settings.stack.state_dir), redis_url)
     from tests.streams.stats_harness import CLI
@@ -180,7 +165,7 @@ def test_kill_9_mid_replay_then_restart_equals_uninterrupted(
         str(processes),
     ]
     third = len(events) // 3
-    replay(ListSource(events[:third]), local_stack.bootstrap, topic_name)
+    replay(ListSource(events[:third], 1_000), local_stack.bootstrap, topic_name)
     job = start_job(base, env)
     producer: threading.Thread | None = None
     try:
