@@ -11,6 +11,7 @@ import torch
 from features.schema import FeatureConfig
 from learners.errors import SampleInputError
 from streams.samples_schema import LABELS, STAT_FEATURES, Sample
+from streams.tiles import WINDOWS
 
 F = len(STAT_FEATURES)
 """Number of window counts per entity."""
@@ -24,7 +25,7 @@ _RATE_OF = {  # rate name -> (numerator, denominator) counts, per window
     "hide": ("hides", "impressions"),
     "completion": ("completions", "plays"),
 }
-_WINDOW_NAMES = tuple(dict.fromkeys(f.rsplit("_", 1)[1] for f in STAT_FEATURES))
+_WINDOW_NAMES = tuple(w.name for w in WINDOWS)
 _RATE_INDEX = np.array(
     [
         [STAT_FEATURES.index(f"{num}_{w}"), STAT_FEATURES.index(f"{den}_{w}")]

@@ -217,7 +217,7 @@ class OnlineLearner:
                 manifest = self.writers[name].publish_delta(
                     changed,
                     state.hwm_ms,
-                    {**self._meta(state), **state.delta_meta()},
+                    {**self._meta(state), **state.delta_meta(changed)},
                     base_version=self.bases[name],
                 )
             except SnapshotConflictError:

@@ -27,7 +27,7 @@ from learners.config import (
 from learners.embeddings import EmbeddingStore
 from learners.errors import ModelConfigError
 from learners.inputs import Columns
-from learners.mmoe import WATCH, RankingModel
+from learners.mmoe import WATCH, RankingModel, TaskOutput
 from learners.snapshots import Snapshot, TableRows
 from learners.two_tower import RetrievalBatch, StreamingFrequency, TwoTowerModel
 from streams.samples_schema import STAT_FEATURES
@@ -91,8 +91,9 @@ class _State:
     store: EmbeddingStore
     hwm_ms: int = 0
 
-    def delta_meta(self) -> dict:
-        """Meta a delta of this model carries beyond its rows (none by default)."""
+    def delta_meta(self, changed: dict[str, TableRows]) -> dict:
+        """Meta a delta of `changed` rows carries beyond them (none by default)."""
+        del changed  # the base model has nothing to add
         return {}
 
     def freeze_dense(self) -> None:
@@ -174,13 +175,18 @@ class RankerState(_State):
     @torch.no_grad()
     def predict(self, cols: Columns, calibrated: bool = True) -> dict[str, np.ndarray]:
         """Per-task probabilities (calibrated for down-sampling) and "watch_ms"."""
+        out = self._forward(cols)
+        for t, offset in self.logit_offsets.items():
+            out.logits[t] = out.logits[t] + offset
+        return self.outputs(self.model.probabilities(out), out.logits[WATCH], calibrated)
+
+    def _forward(self, cols: Columns) -> TaskOutput:
+        """The model's raw output on `cols` in eval mode (its mode is restored after)."""
         was = self.model.training
         self.model.eval()
         out = self.model(self.model.inputs(cols, observe=False))
         self.model.train(was)
-        for t, offset in self.logit_offsets.items():
-            out.logits[t] = out.logits[t] + offset
-        return self.outputs(self.model.probabilities(out), out.logits[WATCH], calibrated)
+        return out
 
     @torch.no_grad()
     def recalibrate(self, cols: Columns, most: int = 200_000, seed: int = 0) -> dict[str, float]:
@@ -196,10 +202,7 @@ class RankerState(_State):
         if len(cols) > most:
             pick = np.random.default_rng(seed).choice(len(cols), most, replace=False)
             cols = cols.take(np.sort(pick))
-        was = self.model.training
-        self.model.eval()
-        out = self.model(self.model.inputs(cols, observe=False))
-        self.model.train(was)
+        out = self._forward(cols)
         for t in self.config.calibrated:
             z = out.logits[t].double()  # (B,)
             target = float(cols.labels[t].mean())
@@ -278,7 +281,6 @@ class RetrieverState(_State):
         self.model = TwoTowerModel(self.store, config)
         self.freq = StreamingFrequency(config.freq_buckets, config.freq_alpha)
         self.side: dict[str, tuple[str, str, int]] = {}  # note -> (author, category, last seen)
-        self._delta_side: dict[str, list] = {}
         self.clicks: dict[str, float] = {}
         self._sampler: tuple[list[str], np.ndarray] | None = None
         self._since_sampler = 0
@@ -445,14 +447,14 @@ class RetrieverState(_State):
         items = self._item_table(only_changed=True)
         if items.ids:
             tables[ITEM_TABLE] = items
-        self._delta_side = {n: list(self.side[n]) for n in items.ids if n in self.side}
         return tables
 
-    def delta_meta(self) -> dict:
-        """Meta a delta carries beyond its rows: the side info (author, category, last seen) of
-        the notes whose item vectors the last `changed()` holds, so that a consumer of the
-        delta can rank a note that is new since the full."""
-        return {"side": self._delta_side}
+    def delta_meta(self, changed: dict[str, TableRows]) -> dict:
+        """Meta a delta of `changed` carries beyond its rows: the side info (author, category,
+        last seen) of the notes whose item vectors it holds, so that a consumer of the delta
+        can rank a note that is new since the full."""
+        ids = changed[ITEM_TABLE].ids if ITEM_TABLE in changed else []
+        return {"side": {n: list(self.side[n]) for n in ids if n in self.side}}
 
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> RetrieverState:
