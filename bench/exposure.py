@@ -19,8 +19,14 @@ from rich.console import Console
 from rich.progress import track
 
 from bench.common import bare_read_decode_rate, bench_stack, fresh_topic, median, percentile
-from serving.exposure import ExposureFilter, ExposureWriter, bit_positions, layout_for, slice_prefix
-from streams.config import ExposureConfig
+from features.exposure import (
+    ExposureConfig,
+    ExposureFilter,
+    ExposureWriter,
+    bit_positions,
+    layout_for,
+    slice_prefix,
+)
 from streams.events import Event
 from streams.exposure import ExposureSink, build_flow
 from streams.kafka_io import KafkaBatchSource

@@ -36,13 +36,13 @@ from rich.console import Console
 
 from bench.common import bench_stack, fresh_topic, median, percentile
 from bench.quality import join_events
+from features.samples import Sample, SampleBatch, encode_batch
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
 from learners.full import train_pass
 from learners.inputs import Columns
 from learners.online import Message, OnlineLearner
 from learners.snapshots import SnapshotConfig, SnapshotReader, SnapshotWriter
 from learners.training import RankerState, RetrieverState
-from streams.samples_schema import Sample, SampleBatch, encode_batch
 
 matplotlib.use("Agg")
 console = Console()
@@ -205,8 +205,8 @@ def _stream(bootstrap: str, topic: str, rate: float, seconds: float, log: list) 
 
 def _sample_ids(bootstrap: str, topic: str) -> set[str]:
     """Ids of every sample on the training-samples topic (= the impressions' event ids)."""
+    from features.samples import decode_batch
     from streams.kafka_io import read_to_end
-    from streams.samples_schema import decode_batch
 
     return {
         s.sample_id

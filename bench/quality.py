@@ -66,11 +66,11 @@ def join_events(events: list, partitions: int = 4, keep_rate: float = 1.0) -> Co
     """Run the real sample joiner in process over `events`; return the samples in ts order."""
     from bytewax.testing import TestingSink, TestingSource, run_main
 
+    from features.samples import decode_batch
     from streams.config import SamplesConfig
     from streams.events import encode_event
     from streams.kafka_io import RawBatch
     from streams.samples import build_flow
-    from streams.samples_schema import decode_batch
 
     by_part: dict[int, list] = {p: [] for p in range(partitions)}
     for e in events:

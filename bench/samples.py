@@ -22,11 +22,12 @@ from rich.console import Console
 from rich.progress import Progress
 
 from bench.common import bare_read_decode_rate, bench_stack, fresh_topic, median
+from features.samples import read_sample_log
 from infra.stack import ensure_topics
 from streams.config import SamplesConfig
 from streams.kafka_io import KafkaBatchSource, partitions_of
 from streams.replay import replay
-from streams.samples import SampleLogSink, build_flow, read_sample_log
+from streams.samples import SampleLogSink, build_flow
 from streams.sinks import CallbackSink
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 

@@ -29,10 +29,13 @@ from rich.console import Console
 from rich.progress import track
 
 from bench.common import bench_stack, median, percentile
+from features.exposure import ExposureConfig, ExposureWriter
 from features.online_reader import OnlineReader
 from features.online_writer import OnlineWriter
+from features.samples import STAT_FEATURES
 from features.schema import FeatureConfig, derive
 from features.store import apply_definitions, feature_store
+from features.windows import METRICS, WINDOWS
 from infra.cli_serve import build_service
 from infra.config import load_settings
 from learners.config import LearnConfig
@@ -40,11 +43,7 @@ from learners.full import load_or_create, train_pass
 from learners.inputs import LABEL_COLUMNS, Columns, F
 from learners.snapshots import SnapshotConfig, SnapshotWriter
 from serving.config import ServingConfig
-from serving.exposure import ExposureWriter
 from serving.index import NoteIndex
-from streams.config import ExposureConfig
-from streams.samples_schema import STAT_FEATURES
-from streams.tiles import METRICS, WINDOWS
 
 console = Console(width=120)
 OUT = Path(__file__).resolve().parent / "out"

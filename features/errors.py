@@ -7,3 +7,7 @@ class FeaturesError(Exception):
 
 class UnknownViewError(FeaturesError):
     """A feature view name that the repository does not define."""
+
+
+class ExposureError(FeaturesError):
+    """The exposure filter cannot be written or read; the message says what to do."""

@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.errors import UnknownViewError
-from streams.tiles import METRICS, WINDOWS
+from features.windows import METRICS, WINDOWS
 
 VIEWS = ("user_stats", "note_stats")
 ENTITY_KEY = {"user_stats": "user_id", "note_stats": "note_id"}

@@ -98,8 +98,8 @@ def exposure_check(
     """Print, for each note, whether USER was shown it within the retention window."""
     import redis
 
+    from features.exposure import ExposureFilter
     from serving.errors import ServingError
-    from serving.exposure import ExposureFilter
 
     settings = load_settings(config)
     client = redis.Redis.from_url(_redis_url(settings))

@@ -18,9 +18,9 @@ def build_service(settings: Settings, redis_url: str):
     """(app, watcher) for `settings`; the caller starts and stops the watcher."""
     import redis
 
+    from features.exposure import ExposureFilter
     from features.online_reader import OnlineReader
     from serving.app import create_app
-    from serving.exposure import ExposureFilter
     from serving.recommender import Recommender
     from serving.watcher import SnapshotWatcher
     from streams.online_sink import hwm_key

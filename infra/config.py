@@ -8,11 +8,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from features.exposure import ExposureConfig
 from infra.errors import ConfigError
 from learners.config import LearnConfig
 from learners.snapshots import SnapshotConfig
 from serving.config import ServingConfig
-from streams.config import ExposureConfig, SamplesConfig, StatsConfig
+from streams.config import SamplesConfig, StatsConfig
 
 
 class _Frozen(BaseModel):

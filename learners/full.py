@@ -121,7 +121,7 @@ def run_full(
     on_start: Callable[[int], None] | None = None,
 ) -> FullReport:
     """Warm start, one shuffled pass over the log in `log_dir`, publish full snapshots of both."""
-    from streams.samples import read_sample_log
+    from features.samples import read_sample_log
 
     torch.set_num_threads(config.threads)
     cols = Columns.from_table(read_sample_log(log_dir))

@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from features.samples import LABELS, STAT_FEATURES, Sample
 from features.schema import FeatureConfig
+from features.windows import WINDOWS
 from learners.errors import SampleInputError
-from streams.samples_schema import LABELS, STAT_FEATURES, Sample
-from streams.tiles import WINDOWS
 
 F = len(STAT_FEATURES)
 """Number of window counts per entity."""
@@ -112,7 +112,7 @@ class Columns:
 
     @classmethod
     def from_table(cls, table: pa.Table) -> Columns:
-        """Columns of a parquet sample log (`streams.samples.read_sample_log`)."""
+        """Columns of a parquet sample log (`features.samples.read_sample_log`)."""
         if table.num_rows == 0:
             raise SampleInputError("the sample log is empty: run `streamrec run samples` first")
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import msgspec
 from confluent_kafka import KafkaError, TopicPartition
 
+from features.samples import SampleBatch, decode_batch
 from learners.config import LearnConfig
 from learners.errors import LearnersError
 from learners.inputs import Columns
@@ -35,7 +36,6 @@ from learners.snapshots import (
     SnapshotWriter,
 )
 from learners.training import RankerState, RetrieverState
-from streams.samples_schema import SampleBatch, decode_batch
 
 logger = logging.getLogger(__name__)
 FLOW = "learn-online"

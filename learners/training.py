@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from features.samples import STAT_FEATURES
 from learners.calibration import calibrate
 from learners.config import (
     ID_TABLES,
@@ -30,7 +31,6 @@ from learners.inputs import Columns
 from learners.mmoe import WATCH, RankingModel, TaskOutput
 from learners.snapshots import Snapshot, TableRows
 from learners.two_tower import RetrievalBatch, StreamingFrequency, TwoTowerModel
-from streams.samples_schema import STAT_FEATURES
 
 ITEM_TABLE = "item"
 """Retriever snapshot table of item-tower vectors, one row per known note (for faiss)."""

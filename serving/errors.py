@@ -5,10 +5,6 @@ class ServingError(Exception):
     """Root of every error raised by `serving`."""
 
 
-class ExposureError(ServingError):
-    """The exposure filter cannot be written or read; the message says what to do."""
-
-
 class NotReadyError(ServingError):
     """No snapshot is loaded yet; the message says which model is missing and what to run."""
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from features.errors import ExposureError
+from features.exposure import ExposureFilter
 from features.online_reader import OnlineReader
+from features.samples import STAT_FEATURES
 from serving.config import FusionConfig, ServingConfig
-from serving.errors import ExposureError
-from serving.exposure import ExposureFilter
 from serving.watcher import SnapshotWatcher
-from streams.samples_schema import STAT_FEATURES
 
 
 @dataclass(frozen=True)

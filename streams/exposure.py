@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import bytewax.operators as op
 import numpy as np
+import redis
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
-from streams.config import ExposureConfig
+from features.exposure import ExposureConfig, ExposureWriter
 from streams.decode import Decoded, decode_with_dlq
 from streams.kafka_io import RawBatch
 
@@ -65,10 +66,6 @@ def build_flow(
 
 class _ExposurePartition(StatelessSinkPartition[Impressions]):
     def __init__(self, redis_url: str, config: ExposureConfig) -> None:
-        import redis
-
-        from serving.exposure import ExposureWriter
-
         self._redis = redis.Redis.from_url(redis_url)
         self._writer = ExposureWriter(self._redis, config)
 

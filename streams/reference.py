@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 
 from features.schema import FeatureConfig, derive
-from streams.events import Event
-from streams.tiles import (
+from features.windows import (
     COMPLETION_FRACTION,
     METRICS,
     TYPE_METRIC,
     WINDOWS,
     expected_completion_milli,
 )
+from streams.events import Event
 
 
 def events_frame(events: list[Event]) -> pd.DataFrame:

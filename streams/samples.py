@@ -22,7 +22,6 @@ import copy
 import functools
 import hashlib
 import math
-import os
 import time
 import uuid
 from collections import Counter, deque
@@ -33,31 +32,29 @@ from pathlib import Path
 
 import bytewax.operators as op
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, FixedPartitionedSink, Sink, StatefulSinkPartition
 
+from features.samples import (
+    LABELS,
+    STAT_FEATURES,
+    Sample,
+    SampleBatch,
+    encode_batch,
+    write_sample_part,
+)
 from features.schema import COUNTS
+from features.windows import COMPLETION_FRACTION, METRICS, TYPE_METRIC, WINDOWS
 from streams.config import SamplesConfig
 from streams.decode import Decoded, decode_batch
 from streams.errors import EventError
 from streams.events import Event, dead_letter, encode_dead_letter, encode_event
 from streams.kafka_io import RawBatch
-from streams.samples_schema import (
-    LABELS,
-    SAMPLE_COLUMNS,
-    STAT_FEATURES,
-    Sample,
-    SampleBatch,
-    encode_batch,
-)
 from streams.stats import shard_of, to_columns
-from streams.tiles import COMPLETION_FRACTION, METRICS, TYPE_METRIC, WINDOWS, TileStore
+from streams.tiles import TileStore
 from streams.tiles import event_metrics as tile_metrics
 
 FLOW = "samples"
@@ -564,38 +561,6 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
         return copy.deepcopy(self.state) if self.recoverable else None
 
 
-_BINARY = (*LABELS, "completion")
-_TYPES = {
-    **dict.fromkeys(
-        ("sample_id", "user_id", "note_id", "author_id", "category", "request_id"), pa.string()
-    ),
-    **dict.fromkeys(_BINARY, pa.int8()),
-    "keep_rate": pa.float64(),
-    "user_stats": pa.list_(pa.int64()),
-    "note_stats": pa.list_(pa.int64()),
-}
-LOG_SCHEMA = pa.schema([(c, _TYPES.get(c, pa.int64())) for c in SAMPLE_COLUMNS])
-"""Schema of the parquet log: `SAMPLE_COLUMNS`, binary labels as int8, stats as int64 lists."""
-
-
-def samples_table(samples: list[Sample]) -> pa.Table:
-    """One row per sample, in `LOG_SCHEMA`."""
-    return pa.table(
-        {c: [getattr(s, c) for s in samples] for c in SAMPLE_COLUMNS}, schema=LOG_SCHEMA
-    )
-
-
-def read_sample_log(directory: Path) -> pa.Table:
-    """Read the parquet log, one row per sample id (the log is at-least-once; see the docs)."""
-    parts = sorted(Path(directory).glob("part-*.parquet"))
-    if not parts:
-        return samples_table([])
-    table = pa.concat_tables([pq.read_table(p) for p in parts])
-    first = ~pd.Series(table.column("sample_id").to_numpy(zero_copy_only=False)).duplicated()
-    table = table.filter(pa.array(first.to_numpy()))
-    return table.sort_by([("ts", "ascending"), ("sample_id", "ascending")])
-
-
 LogState = tuple[str, int, list[Sample]]
 
 
@@ -616,12 +581,7 @@ class _LogPartition(StatefulSinkPartition[SampleBatch, LogState]):
             self._write()
 
     def _write(self) -> None:
-        name = f"part-{self._token}-{self._seq:06d}.parquet"
-        aside = self._dir / f".{name}.tmp"
-        pq.write_table(samples_table(self._buffer), aside)
-        with open(aside, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(aside, self._dir / name)
+        write_sample_part(self._dir, f"part-{self._token}-{self._seq:06d}.parquet", self._buffer)
         self._seq += 1
         self._buffer = []
 

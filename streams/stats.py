@@ -24,13 +24,14 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink
 
+from features.windows import TYPE_METRIC
 from streams.config import StatsConfig
 from streams.decode import Decoded, decode_batch
 from streams.errors import EventError
 from streams.events import Event, dead_letter, encode_dead_letter, encode_event
 from streams.kafka_io import RawBatch
 from streams.pacing import PACER
-from streams.tiles import TYPE_METRIC, TileStore, event_metrics
+from streams.tiles import TileStore, event_metrics
 
 VIEWS = {"u": "user_stats", "n": "note_stats"}
 

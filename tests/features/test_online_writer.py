@@ -24,7 +24,7 @@ from features.store import (
     feature_store,
     online_features,
 )
-from streams.tiles import METRICS, WINDOWS
+from features.windows import METRICS, WINDOWS
 
 EDGE_INTS = np.array(
     [0, 1, -1, 127, 128, 300, 16383, 16384, 65535, 65536, 2**31, -(2**40), 2**62, 2**63 - 1]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from features.samples import STAT_FEATURES, Sample, SampleBatch
 from learners.inputs import LABEL_COLUMNS, Columns, F
-from streams.samples_schema import STAT_FEATURES, Sample, SampleBatch
 
 
 def true_click_probability(users: np.ndarray, notes: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -10,13 +10,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
+from features.samples import encode_batch, samples_table
 from infra.config import Settings
 from infra.stack import StackState, ensure_topics
 from learners.inference import Ranker
 from learners.snapshots import SnapshotReader
 from streams.kafka_io import make_producer
-from streams.samples import samples_table
-from streams.samples_schema import encode_batch
 from tests.learners.helpers import synthetic, to_batch
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from features.samples import STAT_FEATURES
 from features.schema import FeatureConfig, derive
+from features.windows import METRICS, WINDOWS
 from learners.inputs import R, rate_tensor
-from streams.samples_schema import STAT_FEATURES
-from streams.tiles import METRICS, WINDOWS
 
 
 def test_rates_are_the_feature_stores_smoothed_rates_as_centred_log_odds() -> None:

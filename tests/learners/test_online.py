@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from features.samples import encode_batch
 from infra.stack import ensure_topics
 from learners.config import LearnConfig
 from learners.full import train_pass
@@ -17,7 +18,6 @@ from learners.online import Message, NoFullSnapshotError, OnlineLearner, kafka_m
 from learners.snapshots import SnapshotConfig, SnapshotReader, SnapshotWriter
 from learners.training import ITEM_TABLE, RankerState, RetrieverState
 from streams.kafka_io import make_producer
-from streams.samples_schema import encode_batch
 from tests.learners.helpers import synthetic, to_batch
 
 CONFIG = LearnConfig(batch_size=256, admit_after=1)

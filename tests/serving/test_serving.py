@@ -12,16 +12,15 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from features.exposure import ExposureConfig, ExposureWriter
 from features.online_writer import OnlineWriter
 from features.schema import FeatureConfig, derive
+from features.windows import METRICS, WINDOWS
 from infra.cli_serve import build_service
 from infra.config import load_settings
 from serving.config import FusionConfig
-from serving.exposure import ExposureWriter
 from serving.recommender import fuse
-from streams.config import ExposureConfig
 from streams.online_sink import hwm_key
-from streams.tiles import METRICS, WINDOWS
 from tests.learners.test_online import publish_trained
 
 

@@ -15,10 +15,9 @@ import redis
 import yaml
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from features.exposure import ExposureConfig, ExposureFilter, hwm_key
 from infra.config import Settings
 from infra.stack import StackState, ensure_topics
-from serving.exposure import ExposureFilter, hwm_key
-from streams.config import ExposureConfig
 from streams.events import Event, decode_dead_letter, encode_event
 from streams.exposure import ExposureSink, build_flow
 from streams.kafka_io import RawBatch, make_producer

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
+from features.samples import STAT_FEATURES, Sample, SampleBatch, decode_batch, read_sample_log
 from features.schema import COUNTS
+from features.windows import DAY, HOUR, MINUTE, WINDOWS
 from streams.config import SamplesConfig
 from streams.events import Event, decode_dead_letter, encode_event
 from streams.kafka_io import RawBatch
@@ -27,11 +29,8 @@ from streams.samples import (
     UserState,
     build_flow,
     keep_draw,
-    read_sample_log,
 )
-from streams.samples_schema import STAT_FEATURES, Sample, SampleBatch, decode_batch
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
-from streams.tiles import DAY, HOUR, MINUTE, WINDOWS
 
 PARTITIONS = 3
 T0 = 200 * DAY

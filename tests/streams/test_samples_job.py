@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from features.samples import SAMPLE_COLUMNS, decode_batch, read_sample_log
 from infra.config import Settings
 from infra.stack import StackState, ensure_topics
 from streams.events import Event
 from streams.kafka_io import read_to_end
 from streams.replay import replay
-from streams.samples import read_sample_log
-from streams.samples_schema import SAMPLE_COLUMNS, decode_batch
 from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 from tests.streams.stats_harness import (

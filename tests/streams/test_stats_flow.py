@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from features.windows import DAY, HOUR, METRICS, MINUTE, WINDOWS
 from streams.config import StatsConfig
 from streams.events import Event, decode_dead_letter, decode_event, encode_event
 from streams.kafka_io import RawBatch
 from streams.reference import events_frame, reference_counts
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 from streams.stats import StatsFlush, build_flow
-from streams.tiles import DAY, HOUR, METRICS, MINUTE, WINDOWS
 
 
 def raw_batches(events: list[Event], partitions: int = 3, size: int = 97) -> list[RawBatch]:

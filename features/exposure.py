@@ -36,13 +36,50 @@ from collections.abc import Sequence
 import mmh3
 import numpy as np
 import redis
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from serving.errors import ExposureError
-from streams.config import ExposureConfig
+from features.errors import ExposureError
 
 LAYOUT_VERSION = 1
 HASH_NAME = "murmur3_x64_128+enhanced_double_hashing"
+
+
+class ExposureConfig(BaseModel):
+    """Settings of the exposure job: time-sliced per-user Bloom filters in Redis."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    namespace: str = Field(default="exposure", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    """Redis key prefix of the filters, their sizing and the job's event-time high-water mark."""
+    retention_ms: int = Field(default=30 * 86_400_000, gt=0)
+    """How long an impression is remembered, in event time (a whole number of slices)."""
+    slice_ms: int = Field(default=86_400_000, gt=0)
+    """Event-time length of one slice (one Bloom filter per user per slice)."""
+    expected_items: int = Field(default=3_000, ge=1)
+    """Design load: impressions per user per retention window the filters are sized for."""
+    fp_rate: float = Field(default=0.01, gt=0, lt=0.5)
+    """Target false-positive rate of a query over all live slices at the design load."""
+    gc_slack_ms: int = Field(default=2 * 86_400_000, ge=0)
+    """Redis TTL slack: a slice key lives this long (wall clock) after it can last be read."""
+    max_segments: int = Field(default=8, ge=1, le=1_024)
+    """A user's slice that fills past its design load grows by another filter segment, up to
+    this many (a scalable Bloom filter: the false-positive rate of a heavy day stays bounded)."""
+    keys_per_call: int = Field(default=2_000, ge=1)
+    """Most slice keys one Lua call updates, bounding how long Redis is busy."""
+
+    @model_validator(mode="after")
+    def _whole_slices(self) -> ExposureConfig:
+        if self.retention_ms % self.slice_ms:
+            raise ValueError(
+                f"retention_ms ({self.retention_ms}) must be a whole number of slice_ms "
+                f"({self.slice_ms})"
+            )
+        return self
+
+    @property
+    def slices(self) -> int:
+        """Number of live slices a query reads."""
+        return self.retention_ms // self.slice_ms
 
 
 class FilterLayout(BaseModel):

@@ -14,8 +14,9 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.errors import ExposureError
-from serving.exposure import (
+from features.errors import ExposureError
+from features.exposure import (
+    ExposureConfig,
     ExposureFilter,
     ExposureWriter,
     bit_positions,
@@ -23,7 +24,6 @@ from serving.exposure import (
     layout_for,
     slice_prefix,
 )
-from streams.config import ExposureConfig
 
 DAY = 86_400_000
 T0 = 20_000 * DAY  # a day boundary (2024-10-04)

@@ -1,4 +1,4 @@
-"""The training-sample contract between the sample joiner (streams) and the learners.
+"""The training-sample contract and its stores: the `training-samples` codec and the parquet log.
 
 A sample is one impression joined with the actions on the same (user, note, request) that
 followed it within the attribution window. It carries the ID features, the labels, the negative
@@ -13,12 +13,17 @@ same names from Feast, so a model sees the same inputs at training and at servin
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Final
 
 import msgspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features.schema import COUNTS
-from streams.tiles import WINDOWS
+from features.windows import WINDOWS
 
 SAMPLE_SCHEMA_VERSION: Final = 1
 LABELS: Final = ("click", "like", "collect", "share", "comment", "follow")
@@ -90,3 +95,48 @@ def encode_batch(batch: SampleBatch) -> bytes:
 def decode_batch(raw: bytes) -> SampleBatch:
     """Decode a `training-samples` message (raises `msgspec.ValidationError` if malformed)."""
     return _DECODER.decode(raw)
+
+
+_BINARY = (*LABELS, "completion")
+_TYPES = {
+    **dict.fromkeys(
+        ("sample_id", "user_id", "note_id", "author_id", "category", "request_id"), pa.string()
+    ),
+    **dict.fromkeys(_BINARY, pa.int8()),
+    "keep_rate": pa.float64(),
+    "user_stats": pa.list_(pa.int64()),
+    "note_stats": pa.list_(pa.int64()),
+}
+LOG_SCHEMA = pa.schema([(c, _TYPES.get(c, pa.int64())) for c in SAMPLE_COLUMNS])
+"""Schema of the parquet log: `SAMPLE_COLUMNS`, binary labels as int8, stats as int64 lists."""
+
+
+def samples_table(samples: list[Sample]) -> pa.Table:
+    """One row per sample, in `LOG_SCHEMA`."""
+    return pa.table(
+        {c: [getattr(s, c) for s in samples] for c in SAMPLE_COLUMNS}, schema=LOG_SCHEMA
+    )
+
+
+def write_sample_part(directory: Path, name: str, samples: list[Sample]) -> None:
+    """Write `samples` as the part file `name` of the log: aside, fsynced, then renamed in.
+
+    A reader sees a part whole or not at all; writing the same name again replaces it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    aside = directory / f".{name}.tmp"
+    pq.write_table(samples_table(samples), aside)
+    with open(aside, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(aside, directory / name)
+
+
+def read_sample_log(directory: Path) -> pa.Table:
+    """Read the parquet log, one row per sample id (the log is at-least-once; see the docs)."""
+    parts = sorted(Path(directory).glob("part-*.parquet"))
+    if not parts:
+        return samples_table([])
+    table = pa.concat_tables([pq.read_table(p) for p in parts])
+    first = ~pd.Series(table.column("sample_id").to_numpy(zero_copy_only=False)).duplicated()
+    table = table.filter(pa.array(first.to_numpy()))
+    return table.sort_by([("ts", "ascending"), ("sample_id", "ascending")])
