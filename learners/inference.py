@@ -1,4 +1,8 @@
-"""Serving-side models rebuilt from snapshots: `Ranker.score` and `Retriever` vectors."""
+"""Serving-side models rebuilt from snapshots: `Ranker.score` and `Retriever` vectors.
+
+Built on `learners.models` only: importing this module never loads the training code
+(`learners.training`, `learners.full`, `learners.online`; an import-linter contract holds it).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import numpy as np
 
 from learners.errors import SampleInputError
 from learners.inputs import Columns, F
+from learners.models import ITEM_TABLE, RankerModelState, RetrieverModelState
 from learners.snapshots import Snapshot
-from learners.training import ITEM_TABLE, RankerState, RetrieverState
 
 
 def _stats(a: np.ndarray, n: int, what: str) -> np.ndarray:
@@ -22,7 +26,7 @@ def _stats(a: np.ndarray, n: int, what: str) -> np.ndarray:
 class Ranker:
     """Scores candidate notes for one user with the published ranker (calibrated)."""
 
-    def __init__(self, state: RankerState, snap: Snapshot) -> None:
+    def __init__(self, state: RankerModelState, snap: Snapshot) -> None:
         self._state = state
         self._snap = snap
         state.model.eval()
@@ -30,7 +34,7 @@ class Ranker:
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> Ranker:
         """Rebuild the ranker from a snapshot of model "ranker" (full + deltas)."""
-        return cls(RankerState.from_snapshot(snap), snap)
+        return cls(RankerModelState.from_snapshot(snap), snap)
 
     @property
     def version(self) -> int:
@@ -47,7 +51,7 @@ class Ranker:
         if snap.versions[:1] == self._snap.versions[:1]:
             self._state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
         else:
-            self._state = RankerState.from_snapshot(snap)
+            self._state = RankerModelState.from_snapshot(snap)
             self._state.model.eval()
         self._snap = snap
 
@@ -95,7 +99,7 @@ class Ranker:
 class Retriever:
     """User and item vectors of the published two-tower retriever (cosine = dot product)."""
 
-    def __init__(self, state: RetrieverState, snap: Snapshot) -> None:
+    def __init__(self, state: RetrieverModelState, snap: Snapshot) -> None:
         self._state = state
         self._snap = snap
         items = snap.tables.get(ITEM_TABLE)
@@ -108,7 +112,7 @@ class Retriever:
     @classmethod
     def from_snapshot(cls, snap: Snapshot) -> Retriever:
         """Rebuild the retriever from a snapshot of model "retriever" (full + deltas)."""
-        return cls(RetrieverState.from_snapshot(snap), snap)
+        return cls(RetrieverModelState.from_snapshot(snap), snap)
 
     @property
     def version(self) -> int:

@@ -1,78 +1,35 @@
-"""A model with its ID tables and training state: steps, predictions, snapshot (de)serialising.
+"""Training on top of the scoring models: steps, recalibration, snapshot contents, expiry.
 
-`RankerState` and `RetrieverState` are what the online and full learners train and publish,
-and what `learners.inference` rebuilds from a snapshot. Everything needed to rebuild a model is
-in the snapshot: hyperparameters in `meta`, dense parameters in `dense.safetensors` (prefix
-`dense.`), Adagrad accumulators and last-seen times of the ID rows, and the retriever's
-frequency estimate, note side information and click counts (JSON bytes as a uint8 array).
+`RankerState` and `RetrieverState` are what the online and full learners train and publish.
+They extend `learners.models.RankerModelState` / `RetrieverModelState` (rebuilding from a
+snapshot, scoring: what `learners.inference` uses in serving) with the training steps, dense
+freezing for online mode, the retriever's negative sampler, frequency estimate and click
+counts, and the full / delta contents of a snapshot.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
+from typing import Self
 
 import numpy as np
 import torch
 
-from features.samples import STAT_FEATURES
-from learners.calibration import calibrate
-from learners.config import (
-    ID_TABLES,
-    EmbeddingConfig,
-    RankerConfig,
-    RetrieverConfig,
-    config_from_dict,
-    config_to_dict,
-)
+from learners.config import EmbeddingConfig, RetrieverConfig
 from learners.embeddings import EmbeddingStore
-from learners.errors import ModelConfigError
 from learners.inputs import Columns
-from learners.mmoe import WATCH, RankingModel, TaskOutput
+from learners.models import (
+    ITEM_TABLE,
+    RankerModelState,
+    RetrieverModelState,
+    dense_state,
+    from_json_array,
+    json_array,
+)
 from learners.snapshots import Snapshot, TableRows
-from learners.two_tower import RetrievalBatch, StreamingFrequency, TwoTowerModel
+from learners.two_tower import RetrievalBatch, StreamingFrequency
 
-ITEM_TABLE = "item"
-"""Retriever snapshot table of item-tower vectors, one row per known note (for faiss)."""
-DENSE_PREFIX = "dense."
-
-
-def _dense_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
-    return {DENSE_PREFIX + k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def _load_dense(model: torch.nn.Module, dense: dict[str, np.ndarray]) -> None:
-    state = {
-        k[len(DENSE_PREFIX) :]: torch.from_numpy(np.array(v))
-        for k, v in dense.items()
-        if k.startswith(DENSE_PREFIX)
-    }
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelConfigError(
-            f"snapshot dense parameters do not fit the model (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}): publish a full snapshot with `streamrec learn full`"
-        )
-
-
-def _json_array(obj: object) -> np.ndarray:
-    return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8).copy()
-
-
-def _from_json_array(a: np.ndarray | None) -> object:
-    return None if a is None else json.loads(bytes(np.asarray(a, dtype=np.uint8)))
-
-
-def _check_meta(meta: dict, kind: str) -> None:
-    if meta.get("kind") != kind:
-        raise ModelConfigError(
-            f"the snapshot holds a {meta.get('kind')!r} model, not a {kind!r}: check the model name"
-        )
-    if tuple(meta.get("stat_features", ())) != STAT_FEATURES:
-        raise ModelConfigError(
-            "the snapshot was trained on other statistics than STAT_FEATURES: retrain it "
-            "(`streamrec learn full`) on samples of this version"
-        )
+__all__ = ["ITEM_TABLE", "RankerState", "RetrieverState", "StepResult"]
 
 
 @dataclass
@@ -139,27 +96,8 @@ class _State:
             optimizer.step()
 
 
-class RankerState(_State):
-    """The ranker (MMoE or shared-bottom), its ID tables and calibration rate."""
-
-    def __init__(
-        self, config: RankerConfig, embeddings: dict[str, EmbeddingConfig], seed: int = 0
-    ) -> None:
-        torch.manual_seed(seed)
-        self.config = config
-        self.embeddings = embeddings
-        self.store = EmbeddingStore(embeddings, seed=seed)
-        self.model = RankingModel(self.store, config)
-        self.neg_keep_rate = 1.0
-        self.logit_offsets: dict[str, float] = {}
-        """Per calibrated task, a scalar added to its logit (`recalibrate`)."""
-        self.hwm_ms = 0
-
-    @classmethod
-    def create(cls, config: RankerConfig, emb: EmbeddingConfig, seed: int = 0) -> RankerState:
-        """A new ranker whose tables share `emb` settings but use `config.id_dims`."""
-        tables = {t: _with_dim(emb, config.id_dims[t]) for t in ID_TABLES}
-        return cls(config, tables, seed)
+class RankerState(_State, RankerModelState):
+    """The ranker in training: its steps, the logit recalibration, full and delta contents."""
 
     def train_step(self, cols: Columns, optimizer: torch.optim.Optimizer | None) -> StepResult:
         """One step: ID rows always (Adagrad), dense parameters only with an `optimizer`."""
@@ -171,22 +109,6 @@ class RankerState(_State):
         loss = self.model.loss(out, cols)
         self._step(loss, len(cols), optimizer)
         return StepResult(float(loss.detach()), len(cols), out.gate_entropy())
-
-    @torch.no_grad()
-    def predict(self, cols: Columns, calibrated: bool = True) -> dict[str, np.ndarray]:
-        """Per-task probabilities (calibrated for down-sampling) and "watch_ms"."""
-        out = self._forward(cols)
-        for t, offset in self.logit_offsets.items():
-            out.logits[t] = out.logits[t] + offset
-        return self.outputs(self.model.probabilities(out), out.logits[WATCH], calibrated)
-
-    def _forward(self, cols: Columns) -> TaskOutput:
-        """The model's raw output on `cols` in eval mode (its mode is restored after)."""
-        was = self.model.training
-        self.model.eval()
-        out = self.model(self.model.inputs(cols, observe=False))
-        self.model.train(was)
-        return out
 
     @torch.no_grad()
     def recalibrate(self, cols: Columns, most: int = 200_000, seed: int = 0) -> dict[str, float]:
@@ -213,95 +135,30 @@ class RankerState(_State):
             self.logit_offsets[t] = (lo + hi) / 2
         return dict(self.logit_offsets)
 
-    def outputs(
-        self, probs: dict[str, torch.Tensor], watch_logit: torch.Tensor, calibrated: bool = True
-    ) -> dict[str, np.ndarray]:
-        """Final per-task numbers from probabilities and the watch logit."""
-        res = {}
-        for t in self.config.tasks:
-            p = probs[t]
-            if calibrated and t in self.config.calibrated:
-                p = calibrate(p, self.neg_keep_rate)
-            res[t] = p.numpy().astype(np.float64)
-        res["watch_ms"] = (torch.exp(watch_logit) * self.config.watch_unit_ms).numpy()
-        return res
-
-    def meta(self, extra: dict | None = None) -> dict:
-        """Snapshot meta: everything needed to rebuild the model."""
-        return {
-            "kind": "ranker",
-            "hyper": config_to_dict(self.config),
-            "embeddings": {t: config_to_dict(c) for t, c in self.embeddings.items()},
-            "neg_keep_rate": self.neg_keep_rate,
-            "logit_offsets": self.logit_offsets,
-            "stat_features": list(STAT_FEATURES),
-            **(extra or {}),
-        }
-
     def full_state(self) -> tuple[dict[str, TableRows], dict[str, np.ndarray]]:
         """Tables and dense arrays of a full snapshot."""
         tables, extra = self.store.export()
-        return tables, {**_dense_state(self.model), **extra}
+        return tables, {**dense_state(self.model), **extra}
 
     def changed(self) -> dict[str, TableRows]:
         """Rows changed since the last `clear_changed` (a delta)."""
         return self.store.changed()
 
-    @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> RankerState:
-        """Rebuild the ranker as published (full + deltas)."""
-        meta = snap.manifest.meta
-        _check_meta(meta, "ranker")
-        state = cls(
-            config_from_dict(RankerConfig, meta["hyper"]),
-            {t: config_from_dict(EmbeddingConfig, c) for t, c in meta["embeddings"].items()},
-        )
-        _load_dense(state.model, snap.dense)
-        state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
-        state.neg_keep_rate = float(meta.get("neg_keep_rate", 1.0))
-        state.logit_offsets = {t: float(v) for t, v in meta.get("logit_offsets", {}).items()}
-        state.hwm_ms = snap.manifest.hwm_ms
-        return state
 
-
-def _with_dim(emb: EmbeddingConfig, dim: int) -> EmbeddingConfig:
-    return replace(emb, dim=dim)
-
-
-class RetrieverState(_State):
-    """The two-tower retriever, its ID tables, frequency estimate, side info and click counts."""
+class RetrieverState(_State, RetrieverModelState):
+    """The retriever in training: frequency estimate, click counts and negative sampler, steps,
+    expiry of side info, full and delta contents (item vectors included)."""
 
     def __init__(
         self, config: RetrieverConfig, embeddings: dict[str, EmbeddingConfig], seed: int = 0
     ) -> None:
-        torch.manual_seed(seed)
-        self.config = config
-        self.embeddings = embeddings
-        self.store = EmbeddingStore(embeddings, seed=seed + 100)
-        self.model = TwoTowerModel(self.store, config)
+        super().__init__(config, embeddings, seed)
         self.freq = StreamingFrequency(config.freq_buckets, config.freq_alpha)
-        self.side: dict[str, tuple[str, str, int]] = {}  # note -> (author, category, last seen)
         self.clicks: dict[str, float] = {}
         self._sampler: tuple[list[str], np.ndarray] | None = None
         self._since_sampler = 0
         self._rng = np.random.default_rng(seed)
         self._published_items: dict[str, np.ndarray] = {}
-        self.hwm_ms = 0
-
-    @classmethod
-    def create(cls, config: RetrieverConfig, emb: EmbeddingConfig, seed: int = 0) -> RetrieverState:
-        """A new retriever whose tables share `emb` settings but use `config.id_dims`."""
-        tables = {t: _with_dim(emb, config.id_dims[t]) for t in ID_TABLES}
-        return cls(config, tables, seed)
-
-    def _note_rows(self, notes: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        authors = [self.side[n][0] if n in self.side else "" for n in notes]
-        cats = [self.side[n][1] if n in self.side else "" for n in notes]
-        return (
-            torch.from_numpy(self.store["note"].rows(notes)),
-            torch.from_numpy(self.store["author"].rows(authors)),
-            torch.from_numpy(self.store["category"].rows(cats)),
-        )
 
     def _negatives(self, m: int) -> list[str]:
         if m <= 0 or not self.clicks:
@@ -371,22 +228,6 @@ class RetrieverState(_State):
             **extra,
         )
 
-    @torch.no_grad()
-    def user_vectors(self, users: list[str], stats: np.ndarray) -> np.ndarray:
-        """(n, d) unit user vectors (unknown users read the default row)."""
-        self.model.eval()
-        rows = torch.from_numpy(self.store["user"].rows(users))
-        return self.model.encode_user(rows, self.model.stats_tensor(stats)).numpy()
-
-    @torch.no_grad()
-    def item_vectors(self, notes: list[str] | None = None) -> tuple[list[str], np.ndarray]:
-        """(ids, (n, d) unit vectors) of `notes` with known side info (all when None)."""
-        self.model.eval()
-        ids = list(self.side) if notes is None else [n for n in notes if n in self.side]
-        if not ids:
-            return [], np.zeros((0, self.config.out_dim), np.float32)
-        return ids, self.model.encode_item(*self._note_rows(ids)).numpy()
-
     def expire(self, now_ms: int) -> int:
         """Expire ID rows, side info and click counts older than the TTL."""
         freed = self.store.expire(now_ms)
@@ -401,16 +242,6 @@ class RetrieverState(_State):
             self.clicks = {n: c for n, c in self.clicks.items() if n in self.side}
         self._sampler = None
         return freed
-
-    def meta(self, extra: dict | None = None) -> dict:
-        """Snapshot meta: everything needed to rebuild the model."""
-        return {
-            "kind": "retriever",
-            "hyper": config_to_dict(self.config),
-            "embeddings": {t: config_to_dict(c) for t, c in self.embeddings.items()},
-            "stat_features": list(STAT_FEATURES),
-            **(extra or {}),
-        }
 
     def _item_table(self, only_changed: bool) -> TableRows:
         ids, vecs = self.item_vectors()
@@ -433,11 +264,11 @@ class RetrieverState(_State):
         tables[ITEM_TABLE] = self._item_table(only_changed=False)
         side = {n: [a, c, t] for n, (a, c, t) in self.side.items()}
         dense = {
-            **_dense_state(self.model),
+            **dense_state(self.model),
             **extra,
             **self.freq.state(),
-            "side.notes": _json_array(side),
-            "side.clicks": _json_array(self.clicks),
+            "side.notes": json_array(side),
+            "side.clicks": json_array(self.clicks),
         }
         return tables, dense
 
@@ -457,26 +288,14 @@ class RetrieverState(_State):
         return {"side": {n: list(self.side[n]) for n in ids if n in self.side}}
 
     @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> RetrieverState:
-        """Rebuild the retriever as published (full + deltas)."""
-        meta = snap.manifest.meta
-        _check_meta(meta, "retriever")
-        state = cls(
-            config_from_dict(RetrieverConfig, meta["hyper"]),
-            {t: config_from_dict(EmbeddingConfig, c) for t, c in meta["embeddings"].items()},
-        )
-        _load_dense(state.model, snap.dense)
-        state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
+    def from_snapshot(cls, snap: Snapshot) -> Self:
+        """Rebuild the retriever as published (full + deltas), with its training state."""
+        state = super().from_snapshot(snap)
         state.freq.restore(snap.dense)
-        side = _from_json_array(snap.dense.get("side.notes")) or {}
-        for meta in snap.delta_metas:  # notes new since the full, oldest delta first
-            side.update(meta.get("side", {}))
-        state.side = {n: (a, c, int(t)) for n, (a, c, t) in side.items()}
         state.clicks = {
-            n: float(c) for n, c in (_from_json_array(snap.dense.get("side.clicks")) or {}).items()
+            n: float(c) for n, c in (from_json_array(snap.dense.get("side.clicks")) or {}).items()
         }
         if ITEM_TABLE in snap.tables:
             items = snap.tables[ITEM_TABLE]
             state._published_items = dict(zip(items.ids, items.weights, strict=True))
-        state.hwm_ms = snap.manifest.hwm_ms
         return state

@@ -1,0 +1,246 @@
+"""A model with its ID tables, rebuilt from a snapshot and scored: no training code here.
+
+`RankerModelState` and `RetrieverModelState` hold a model (`learners.mmoe.RankingModel`,
+`learners.two_tower.TwoTowerModel`) and its embedding store; they rebuild both from a snapshot
+(`from_snapshot`), describe them for one (`meta`) and compute what serving needs (calibrated
+task probabilities, user and item vectors). `learners.inference` (serving) uses them alone;
+`learners.training` builds `RankerState` / `RetrieverState` on top of them with the training
+steps, optimiser hooks and snapshot writing, so serving never imports the training code
+(an import-linter contract in pyproject.toml holds this).
+
+Everything needed to rebuild a model is in the snapshot: hyperparameters in `meta`, dense
+parameters in `dense.safetensors` (prefix `dense.`), Adagrad accumulators and last-seen times
+of the ID rows, and the retriever's note side information (JSON bytes as a uint8 array).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Self
+
+import numpy as np
+import torch
+
+from features.samples import STAT_FEATURES
+from learners.calibration import calibrate
+from learners.config import (
+    ID_TABLES,
+    EmbeddingConfig,
+    RankerConfig,
+    RetrieverConfig,
+    config_from_dict,
+    config_to_dict,
+)
+from learners.embeddings import EmbeddingStore
+from learners.errors import ModelConfigError
+from learners.inputs import Columns
+from learners.mmoe import WATCH, RankingModel, TaskOutput
+from learners.snapshots import Snapshot
+from learners.two_tower import TwoTowerModel
+
+ITEM_TABLE = "item"
+"""Retriever snapshot table of item-tower vectors, one row per known note (for faiss)."""
+DENSE_PREFIX = "dense."
+
+
+def dense_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    """The model's parameters and buffers as snapshot dense arrays (prefix `dense.`)."""
+    return {DENSE_PREFIX + k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_dense(model: torch.nn.Module, dense: dict[str, np.ndarray]) -> None:
+    """Load snapshot dense arrays (`dense_state`) into `model`; raise if they do not fit."""
+    state = {
+        k[len(DENSE_PREFIX) :]: torch.from_numpy(np.array(v))
+        for k, v in dense.items()
+        if k.startswith(DENSE_PREFIX)
+    }
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelConfigError(
+            f"snapshot dense parameters do not fit the model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}): publish a full snapshot with `streamrec learn full`"
+        )
+
+
+def json_array(obj: object) -> np.ndarray:
+    """JSON of `obj` as a uint8 array (how side information travels in safetensors)."""
+    return np.frombuffer(json.dumps(obj).encode(), dtype=np.uint8).copy()
+
+
+def from_json_array(a: np.ndarray | None) -> object:
+    """Inverse of `json_array` (None stays None)."""
+    return None if a is None else json.loads(bytes(np.asarray(a, dtype=np.uint8)))
+
+
+def check_meta(meta: dict, kind: str) -> None:
+    """Raise `ModelConfigError` unless `meta` describes a `kind` model on `STAT_FEATURES`."""
+    if meta.get("kind") != kind:
+        raise ModelConfigError(
+            f"the snapshot holds a {meta.get('kind')!r} model, not a {kind!r}: check the model name"
+        )
+    if tuple(meta.get("stat_features", ())) != STAT_FEATURES:
+        raise ModelConfigError(
+            "the snapshot was trained on other statistics than STAT_FEATURES: retrain it "
+            "(`streamrec learn full`) on samples of this version"
+        )
+
+
+def with_dim(emb: EmbeddingConfig, dim: int) -> EmbeddingConfig:
+    """`emb` with embedding dimension `dim`."""
+    return replace(emb, dim=dim)
+
+
+class RankerModelState:
+    """The ranker (MMoE or shared-bottom), its ID tables, calibration rate and logit offsets."""
+
+    def __init__(
+        self, config: RankerConfig, embeddings: dict[str, EmbeddingConfig], seed: int = 0
+    ) -> None:
+        torch.manual_seed(seed)
+        self.config = config
+        self.embeddings = embeddings
+        self.store = EmbeddingStore(embeddings, seed=seed)
+        self.model = RankingModel(self.store, config)
+        self.neg_keep_rate = 1.0
+        self.logit_offsets: dict[str, float] = {}
+        """Per calibrated task, a scalar added to its logit (`RankerState.recalibrate`)."""
+        self.hwm_ms = 0
+
+    @classmethod
+    def create(cls, config: RankerConfig, emb: EmbeddingConfig, seed: int = 0) -> Self:
+        """A new ranker whose tables share `emb` settings but use `config.id_dims`."""
+        tables = {t: with_dim(emb, config.id_dims[t]) for t in ID_TABLES}
+        return cls(config, tables, seed)
+
+    @torch.no_grad()
+    def predict(self, cols: Columns, calibrated: bool = True) -> dict[str, np.ndarray]:
+        """Per-task probabilities (calibrated for down-sampling) and "watch_ms"."""
+        out = self._forward(cols)
+        for t, offset in self.logit_offsets.items():
+            out.logits[t] = out.logits[t] + offset
+        return self.outputs(self.model.probabilities(out), out.logits[WATCH], calibrated)
+
+    def _forward(self, cols: Columns) -> TaskOutput:
+        """The model's raw output on `cols` in eval mode (its mode is restored after)."""
+        was = self.model.training
+        self.model.eval()
+        out = self.model(self.model.inputs(cols, observe=False))
+        self.model.train(was)
+        return out
+
+    def outputs(
+        self, probs: dict[str, torch.Tensor], watch_logit: torch.Tensor, calibrated: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Final per-task numbers from probabilities and the watch logit."""
+        res = {}
+        for t in self.config.tasks:
+            p = probs[t]
+            if calibrated and t in self.config.calibrated:
+                p = calibrate(p, self.neg_keep_rate)
+            res[t] = p.numpy().astype(np.float64)
+        res["watch_ms"] = (torch.exp(watch_logit) * self.config.watch_unit_ms).numpy()
+        return res
+
+    def meta(self, extra: dict | None = None) -> dict:
+        """Snapshot meta: everything needed to rebuild the model."""
+        return {
+            "kind": "ranker",
+            "hyper": config_to_dict(self.config),
+            "embeddings": {t: config_to_dict(c) for t, c in self.embeddings.items()},
+            "neg_keep_rate": self.neg_keep_rate,
+            "logit_offsets": self.logit_offsets,
+            "stat_features": list(STAT_FEATURES),
+            **(extra or {}),
+        }
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> Self:
+        """Rebuild the ranker as published (full + deltas)."""
+        meta = snap.manifest.meta
+        check_meta(meta, "ranker")
+        state = cls(
+            config_from_dict(RankerConfig, meta["hyper"]),
+            {t: config_from_dict(EmbeddingConfig, c) for t, c in meta["embeddings"].items()},
+        )
+        load_dense(state.model, snap.dense)
+        state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
+        state.neg_keep_rate = float(meta.get("neg_keep_rate", 1.0))
+        state.logit_offsets = {t: float(v) for t, v in meta.get("logit_offsets", {}).items()}
+        state.hwm_ms = snap.manifest.hwm_ms
+        return state
+
+
+class RetrieverModelState:
+    """The two-tower retriever, its ID tables and the side info (author, category) of notes."""
+
+    def __init__(
+        self, config: RetrieverConfig, embeddings: dict[str, EmbeddingConfig], seed: int = 0
+    ) -> None:
+        torch.manual_seed(seed)
+        self.config = config
+        self.embeddings = embeddings
+        self.store = EmbeddingStore(embeddings, seed=seed + 100)
+        self.model = TwoTowerModel(self.store, config)
+        self.side: dict[str, tuple[str, str, int]] = {}  # note -> (author, category, last seen)
+        self.hwm_ms = 0
+
+    @classmethod
+    def create(cls, config: RetrieverConfig, emb: EmbeddingConfig, seed: int = 0) -> Self:
+        """A new retriever whose tables share `emb` settings but use `config.id_dims`."""
+        tables = {t: with_dim(emb, config.id_dims[t]) for t in ID_TABLES}
+        return cls(config, tables, seed)
+
+    def _note_rows(self, notes: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        authors = [self.side[n][0] if n in self.side else "" for n in notes]
+        cats = [self.side[n][1] if n in self.side else "" for n in notes]
+        return (
+            torch.from_numpy(self.store["note"].rows(notes)),
+            torch.from_numpy(self.store["author"].rows(authors)),
+            torch.from_numpy(self.store["category"].rows(cats)),
+        )
+
+    @torch.no_grad()
+    def user_vectors(self, users: list[str], stats: np.ndarray) -> np.ndarray:
+        """(n, d) unit user vectors (unknown users read the default row)."""
+        self.model.eval()
+        rows = torch.from_numpy(self.store["user"].rows(users))
+        return self.model.encode_user(rows, self.model.stats_tensor(stats)).numpy()
+
+    @torch.no_grad()
+    def item_vectors(self, notes: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+        """(ids, (n, d) unit vectors) of `notes` with known side info (all when None)."""
+        self.model.eval()
+        ids = list(self.side) if notes is None else [n for n in notes if n in self.side]
+        if not ids:
+            return [], np.zeros((0, self.config.out_dim), np.float32)
+        return ids, self.model.encode_item(*self._note_rows(ids)).numpy()
+
+    def meta(self, extra: dict | None = None) -> dict:
+        """Snapshot meta: everything needed to rebuild the model."""
+        return {
+            "kind": "retriever",
+            "hyper": config_to_dict(self.config),
+            "embeddings": {t: config_to_dict(c) for t, c in self.embeddings.items()},
+            "stat_features": list(STAT_FEATURES),
+            **(extra or {}),
+        }
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> Self:
+        """Rebuild the retriever as published (full + deltas)."""
+        meta = snap.manifest.meta
+        check_meta(meta, "retriever")
+        state = cls(
+            config_from_dict(RetrieverConfig, meta["hyper"]),
+            {t: config_from_dict(EmbeddingConfig, c) for t, c in meta["embeddings"].items()},
+        )
+        load_dense(state.model, snap.dense)
+        state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
+        side = from_json_array(snap.dense.get("side.notes")) or {}
+        for meta in snap.delta_metas:  # notes new since the full, oldest delta first
+            side.update(meta.get("side", {}))
+        state.side = {n: (a, c, int(t)) for n, (a, c, t) in side.items()}
+        state.hwm_ms = snap.manifest.hwm_ms
+        return state
