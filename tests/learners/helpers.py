@@ -1,11 +1,18 @@
-"""Small synthetic fixtures for the learner tests: samples with a learnable click signal."""
+"""Shared fixtures of the learner and serving tests: synthetic samples with a learnable click
+signal, training-samples messages, a controlled clock, published trained models."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from features.samples import STAT_FEATURES, Sample, SampleBatch
+from features.samples import STAT_FEATURES, Sample, SampleBatch, encode_batch
+from learners.config import LearnConfig
+from learners.full import load_or_create, train_pass
 from learners.inputs import LABEL_COLUMNS, Columns, F
+from learners.online import Message
+from learners.snapshots import SnapshotConfig, SnapshotWriter
 
 
 def true_click_probability(users: np.ndarray, notes: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -112,3 +119,40 @@ def to_batch(cols: Columns, batch_id: str) -> SampleBatch:
         for j in range(len(cols))
     ]
     return SampleBatch(batch_id, 0, int(cols.ts.max()), samples)
+
+
+CONFIG = LearnConfig(batch_size=256, admit_after=1)
+"""Learner settings of the tests (every ID admitted at once)."""
+
+
+class Clock:
+    """A controlled monotonic clock: tests move `now`."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def publish_trained(root: Path) -> SnapshotConfig:
+    """Full-train both models on a small fixture and publish them (what `learn full` does)."""
+    snapshots = SnapshotConfig(root=root, delta_every_s=10, full_every_s=3600)
+    ranker, retriever, _, _ = load_or_create(CONFIG, snapshots)
+    cols, _ = synthetic(4_000, seed=11)
+    train_pass(ranker, retriever, cols, CONFIG)
+    for name, state in (("ranker", ranker), ("retriever", retriever)):
+        tables, dense = state.full_state()
+        SnapshotWriter(root, name, snapshots).publish_full(
+            tables, dense, state.hwm_ms, state.meta({"offsets": {}})
+        )
+    return snapshots
+
+
+def messages(seed: int, n: int, users: int = 200, t0: int = 10**9) -> list[Message]:
+    """`training-samples` messages of `n` synthetic impressions, 100 samples each."""
+    cols, _ = synthetic(n, seed=seed, users=users, t0=t0)
+    return [
+        Message(0, i, encode_batch(to_batch(b, f"b{seed}-{i}")))
+        for i, b in enumerate(cols.batches(100))
+    ]

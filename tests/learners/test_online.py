@@ -11,48 +11,12 @@ import torch
 
 from features.samples import encode_batch
 from infra.stack import ensure_topics
-from learners.config import LearnConfig
-from learners.full import train_pass
 from learners.inference import Ranker, Retriever
 from learners.online import Message, NoFullSnapshotError, OnlineLearner, kafka_messages
-from learners.snapshots import SnapshotConfig, SnapshotReader, SnapshotWriter
+from learners.snapshots import SnapshotConfig, SnapshotReader
 from learners.training import ITEM_TABLE, RankerState, RetrieverState
 from streams.kafka_io import make_producer
-from tests.learners.helpers import synthetic, to_batch
-
-CONFIG = LearnConfig(batch_size=256, admit_after=1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def publish_trained(root: Path) -> SnapshotConfig:
-    """Full-train both models on a small fixture and publish them (what `learn full` does)."""
-    snapshots = SnapshotConfig(root=root, delta_every_s=10, full_every_s=3600)
-    from learners.full import load_or_create
-
-    ranker, retriever, _, _ = load_or_create(CONFIG, snapshots)
-    cols, _ = synthetic(4_000, seed=11)
-    train_pass(ranker, retriever, cols, CONFIG)
-    for name, state in (("ranker", ranker), ("retriever", retriever)):
-        tables, dense = state.full_state()
-        SnapshotWriter(root, name, snapshots).publish_full(
-            tables, dense, state.hwm_ms, state.meta({"offsets": {}})
-        )
-    return snapshots
-
-
-def messages(seed: int, n: int, users: int = 200, t0: int = 10**9) -> list[Message]:
-    cols, _ = synthetic(n, seed=seed, users=users, t0=t0)
-    return [
-        Message(0, i, encode_batch(to_batch(b, f"b{seed}-{i}")))
-        for i, b in enumerate(cols.batches(100))
-    ]
+from tests.learners.helpers import CONFIG, Clock, messages, publish_trained, synthetic, to_batch
 
 
 def test_online_mode_changes_id_embeddings_only(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from infra.stack import ensure_topics
+from learners.models import ITEM_TABLE
 from learners.online import OnlineLearner
 from learners.snapshots import (
     SnapshotConfig,
@@ -18,11 +19,10 @@ from learners.snapshots import (
     TableRows,
     kafka_announcer,
 )
-from learners.training import ITEM_TABLE
 from serving.config import ServingConfig
 from serving.errors import NotReadyError
 from serving.watcher import ModelView, SnapshotWatcher
-from tests.learners.test_online import CONFIG, Clock, messages, publish_trained
+from tests.learners.helpers import CONFIG, Clock, messages, publish_trained
 
 
 def _wait_for(watcher: SnapshotWatcher, version: int, timeout_s: float = 45) -> ModelView:
