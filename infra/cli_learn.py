@@ -69,6 +69,7 @@ def learn_full(
                 announcer,
                 on_progress=lambda n: progress.advance(task, n),
                 on_start=lambda n: progress.update(task, total=n),
+                features=settings.features,
             )
         except LearnersError as exc:
             raise _fail(exc) from None
@@ -112,7 +113,11 @@ def learn_online(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> No
 
     try:
         learner = OnlineLearner.from_latest(
-            learn, settings.snapshots, _announcer(settings, where.bootstrap), dead_letter
+            learn,
+            settings.snapshots,
+            _announcer(settings, where.bootstrap),
+            dead_letter,
+            features=settings.features,
         )
         console.print(
             f"online learner from ranker {learner.bases['ranker']} / retriever "

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.schema import FeatureConfig
 from learners.errors import ModelConfigError
 
 RANKER_TASKS = ("click", "like", "collect", "share", "comment", "follow", "completion")
 """Binary tasks of the ranker (cross-entropy); `watch` (watch time) is added as a regression."""
 ID_TABLES = ("user", "note", "author", "category")
 """The ID embedding tables of both models."""
+ADMIT_AFTER = 2
+"""Sightings before an ID gets its own embedding row: the one default of
+`LearnConfig.admit_after`, which `LearnConfig.embedding` passes down to every table."""
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,7 @@ class EmbeddingConfig:
 
     dim: int = 16
     """Embedding dimension."""
-    admit_after: int = 1
+    admit_after: int = ADMIT_AFTER
     """An ID gets its own row after being seen this many times; before, the default row."""
     ttl_ms: int = 30 * 86_400_000
     """An ID not seen for this long (event time) is expired and its row freed."""
@@ -57,9 +62,15 @@ class RankerConfig:
     """Position embedding dimension."""
     rate_prior_strength: float = 2.0
     """Pseudo-counts smoothing the window rates fed to the MLP (`learners.inputs.rate_tensor`)
-    towards the feature store's priors; lighter than the store's 20, since the bucketised
-    counts beside them say how much evidence a rate has (bench.quality: KuaiRand click AUC
-    0.795 at 2, 0.775 at 5, 0.770 at 20)."""
+    towards the feature store's priors; lighter than the store's 20 on purpose
+    (`priors.prior_strength` is not used here), since the bucketised counts beside them say how
+    much evidence a rate has (bench.quality: KuaiRand click AUC 0.795 at 2, 0.775 at 5, 0.770
+    at 20)."""
+    priors: FeatureConfig = field(default_factory=FeatureConfig)
+    """The feature store's priors the window rates are smoothed towards (its ctr, engagement
+    and completion priors; `Settings.features`, handed in by `learners.full.load_or_create`).
+    Kept in the snapshot with the other hyperparameters, so a model is always served with the
+    priors it was trained on; snapshots from before this field get the default."""
     experts: int = 4
     """MMoE experts."""
     expert_hidden: tuple[int, ...] = (64,)
@@ -118,9 +129,19 @@ class RetrieverConfig:
     """Learning rate of the streaming frequency estimate."""
 
 
+def _jsonable(value: object) -> object:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
 def config_to_dict(config: object) -> dict:
-    """JSON-able dict of a config dataclass (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+    """JSON-able dict of a config dataclass (tuples as lists, pydantic models as dicts)."""
+    return {f.name: _jsonable(getattr(config, f.name)) for f in fields(config)}
 
 
 def config_from_dict(cls: type, data: dict) -> object:
@@ -132,7 +153,15 @@ def config_from_dict(cls: type, data: dict) -> object:
             f"{cls.__name__} has no field(s) {sorted(unknown)}: the snapshot was written by a "
             "different streamrec version; run `streamrec learn full` to publish a compatible one"
         )
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    hints = get_type_hints(cls)
+
+    def value(name: str, v: object) -> object:
+        hint = hints.get(name)
+        if isinstance(hint, type) and issubclass(hint, BaseModel):
+            return hint.model_validate(v)
+        return tuple(v) if isinstance(v, list) else v
+
+    return cls(**{k: value(k, v) for k, v in data.items()})
 
 
 class LearnConfig(BaseModel):
@@ -154,8 +183,9 @@ class LearnConfig(BaseModel):
     """Row-wise Adagrad learning rate of the ID embeddings in online mode. Lower than
     `emb_lr`: with the dense layers frozen, large row steps leave the region the layers were
     trained on (bench.quality: KuaiRand like AUC +0.017 over frozen at 0.01, -0.022 at 0.05)."""
-    admit_after: int = Field(default=2, ge=1)
-    """Times an ID must be seen before it gets its own embedding row."""
+    admit_after: int = Field(default=ADMIT_AFTER, ge=1)
+    """Times an ID must be seen before it gets its own embedding row (passed down to every
+    table by `embedding`)."""
     ttl_days: float = Field(default=30.0, gt=0)
     """IDs not seen for this many days (event time) are expired."""
     max_rows: int = Field(default=1_000_000, ge=1)

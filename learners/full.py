@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from features.schema import FeatureConfig
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
 from learners.inputs import Columns
 from learners.snapshots import (
@@ -25,7 +26,7 @@ from learners.snapshots import (
     SnapshotReader,
     SnapshotWriter,
 )
-from learners.training import RankerState, RetrieverState
+from learners.training import RankerState, RetrieverState, check_priors
 
 logger = logging.getLogger(__name__)
 
@@ -50,18 +51,28 @@ def load_or_create(
     snapshots: SnapshotConfig,
     ranker: RankerConfig | None = None,
     retriever: RetrieverConfig | None = None,
+    features: FeatureConfig | None = None,
 ) -> tuple[RankerState, RetrieverState, dict[str, int | None], dict]:
-    """The latest published models (or fresh ones), their versions, and the offsets meta."""
+    """The latest published models (or fresh ones), their versions, and the offsets meta.
+
+    `features` (`Settings.features`) gives a fresh ranker the feature store's priors to smooth
+    its window rates towards; a warm-started one keeps those it was trained with
+    (`learners.training.check_priors` warns when they differ).
+    """
     emb = config.embedding(16)
     versions: dict[str, int | None] = {}
     offsets: dict = {}
     try:
         snap = SnapshotReader(snapshots.root, config.ranker_model).latest()
         r = RankerState.from_snapshot(snap)
+        check_priors(r, features)
         versions["ranker"] = snap.manifest.version
         offsets = snap.manifest.meta.get("offsets", {})
     except SnapshotNotFoundError:
-        r = RankerState.create(ranker or RankerConfig(), emb, seed=config.seed)
+        hyper = ranker or RankerConfig()
+        if features is not None:
+            hyper = replace(hyper, priors=features)
+        r = RankerState.create(hyper, emb, seed=config.seed)
         versions["ranker"] = None
     try:
         snap = SnapshotReader(snapshots.root, config.retriever_model).latest()
@@ -119,15 +130,19 @@ def run_full(
     announce: Callable[[Manifest], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    features: FeatureConfig | None = None,
 ) -> FullReport:
-    """Warm start, one shuffled pass over the log in `log_dir`, publish full snapshots of both."""
+    """Warm start, one shuffled pass over the log in `log_dir`, publish full snapshots of both.
+
+    `features`: the feature store's priors (`Settings.features`) for a fresh ranker.
+    """
     from features.samples import read_sample_log
 
     torch.set_num_threads(config.threads)
     cols = Columns.from_table(read_sample_log(log_dir))
     if on_start is not None:
         on_start(len(cols))
-    ranker, retriever, versions, offsets = load_or_create(config, snapshots)
+    ranker, retriever, versions, offsets = load_or_create(config, snapshots, features=features)
     report = train_pass(ranker, retriever, cols, config, on_progress=on_progress)
     report.warm_start = versions
     for name, state in ((config.ranker_model, ranker), (config.retriever_model, retriever)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -39,17 +40,6 @@ _WATCH_INDEX = np.array(
         for w in _WINDOW_NAMES
     ]
 )  # (W, 2)
-_PRIOR = FeatureConfig()
-_PRIORS = np.array(
-    [
-        {"ctr": _PRIOR.ctr_prior, "completion": _PRIOR.completion_prior}.get(
-            name, _PRIOR.engagement_prior
-        )
-        for _ in _WINDOW_NAMES
-        for name in _RATE_OF
-    ]
-)  # (R0,)
-_PRIOR_LOGITS = np.log(_PRIORS / (1 - _PRIORS))
 R = len(_RATE_INDEX) + len(_WATCH_INDEX)
 """Number of dense rate features per entity (`rate_tensor`)."""
 LABEL_COLUMNS = (*LABELS, "completion")
@@ -206,23 +196,38 @@ def stat_tensor(counts: np.ndarray, buckets: int) -> torch.Tensor:
     return torch.from_numpy(log_buckets(counts, buckets) + offsets)  # (n, F)
 
 
-def rate_tensor(counts: np.ndarray, strength: float) -> torch.Tensor:
+@lru_cache(maxsize=8)
+def _prior_rates(priors: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(R0,) prior of every window rate of `rate_tensor` and its log-odds."""
+    by_rate = {"ctr": priors.ctr_prior, "completion": priors.completion_prior}
+    rates = np.array(
+        [by_rate.get(name, priors.engagement_prior) for _ in _WINDOW_NAMES for name in _RATE_OF]
+    )  # (R0,)
+    rates.setflags(write=False)
+    logits = np.log(rates / (1 - rates))
+    logits.setflags(write=False)
+    return rates, logits
+
+
+def rate_tensor(counts: np.ndarray, strength: float, priors: FeatureConfig) -> torch.Tensor:
     """(n, F) raw counts -> (n, R) float32 rates per window, as the MLP's numeric inputs.
 
     Log-bucketised counts alone give the ratio of two counts only to a factor of 2, and a
     click-through rate is a stronger signal than either count. The rates (clicks, likes, ...
     per impression, completions per play) are smoothed towards the feature store's priors
-    (`features.schema.FeatureConfig`) with `strength` pseudo-counts and fed as log-odds
-    relative to the prior's (an entity without history gives 0, so the inputs are centred);
-    the mean watch time per play as log1p(minutes).
+    (`priors`: its ctr, engagement and completion priors, `RankerConfig.priors`) with
+    `strength` pseudo-counts (not `priors.prior_strength`: see `RankerConfig.rate_prior_strength`)
+    and fed as log-odds relative to the prior's (an entity without history gives 0, so the
+    inputs are centred); the mean watch time per play as log1p(minutes).
     """
+    prior, prior_logit = _prior_rates(priors)
     x = np.nan_to_num(np.asarray(counts, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     x = np.maximum(x, 0.0)
     num, den = x[:, _RATE_INDEX[:, 0]], x[:, _RATE_INDEX[:, 1]]  # (n, R0)
-    rate = (num + _PRIORS * strength) / (den + strength)
+    rate = (num + prior * strength) / (den + strength)
     rate = np.clip(rate, 1e-4, 1 - 1e-4)
     watch = x[:, _WATCH_INDEX[:, 0]] / (x[:, _WATCH_INDEX[:, 1]] + 1.0) / 60_000.0  # (n, W)
-    logit = np.log(rate / (1 - rate)) - _PRIOR_LOGITS  # 0 at the prior
+    logit = np.log(rate / (1 - rate)) - prior_logit  # 0 at the prior
     out = np.concatenate([logit, np.log1p(watch)], axis=1)  # (n, R)
     return torch.from_numpy(out.astype(np.float32))
 

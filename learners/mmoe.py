@@ -205,15 +205,16 @@ class RankingModel(nn.Module):
             )
             for t, v in id_cols.items()
         }
+        c = self.config
         return RankerInputs(
             rows,
-            stat_tensor(cols.user_stats, self.config.stat_buckets),
-            stat_tensor(cols.note_stats, self.config.stat_buckets),
-            position_tensor(cols.position, self.config.positions),
+            stat_tensor(cols.user_stats, c.stat_buckets),
+            stat_tensor(cols.note_stats, c.stat_buckets),
+            position_tensor(cols.position, c.positions),
             torch.cat(
                 [
-                    rate_tensor(cols.user_stats, self.config.rate_prior_strength),
-                    rate_tensor(cols.note_stats, self.config.rate_prior_strength),
+                    rate_tensor(cols.user_stats, c.rate_prior_strength, c.priors),
+                    rate_tensor(cols.note_stats, c.rate_prior_strength, c.priors),
                 ],
                 dim=1,
             ),

@@ -24,6 +24,7 @@ import msgspec
 from confluent_kafka import KafkaError, TopicPartition
 
 from features.samples import SampleBatch, decode_batch
+from features.schema import FeatureConfig
 from learners.config import LearnConfig
 from learners.errors import LearnersError
 from learners.inputs import Columns
@@ -35,7 +36,7 @@ from learners.snapshots import (
     SnapshotReader,
     SnapshotWriter,
 )
-from learners.training import RankerState, RetrieverState
+from learners.training import RankerState, RetrieverState, check_priors
 
 logger = logging.getLogger(__name__)
 FLOW = "learn-online"
@@ -119,8 +120,12 @@ class OnlineLearner:
         announce: Callable[[Manifest], None] | None = None,
         on_dead_letter: Callable[[Message, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        features: FeatureConfig | None = None,
     ) -> OnlineLearner:
         """Start from the latest snapshots of both models (as full training left them).
+
+        The ranker keeps the priors it was trained with; `features` (`Settings.features`) is
+        only checked against them (`learners.training.check_priors` warns).
 
         Raises:
             NoFullSnapshotError: a model has no snapshot yet (run `streamrec learn full`).
@@ -149,6 +154,7 @@ class OnlineLearner:
             on_dead_letter,
             clock,
         )
+        check_priors(learner.ranker, features)
         learner.bases = {k: s.versions[0] for k, s in snaps.items()}
         return learner
 

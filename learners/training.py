@@ -9,12 +9,14 @@ counts, and the full / delta contents of a snapshot.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Self
 
 import numpy as np
 import torch
 
+from features.schema import FeatureConfig
 from learners.config import EmbeddingConfig, RetrieverConfig
 from learners.embeddings import EmbeddingStore
 from learners.inputs import Columns
@@ -29,7 +31,32 @@ from learners.models import (
 from learners.snapshots import Snapshot, TableRows
 from learners.two_tower import RetrievalBatch, StreamingFrequency
 
-__all__ = ["ITEM_TABLE", "RankerState", "RetrieverState", "StepResult"]
+__all__ = ["ITEM_TABLE", "RankerState", "RetrieverState", "StepResult", "check_priors"]
+logger = logging.getLogger(__name__)
+_PRIOR_FIELDS = ("ctr_prior", "engagement_prior", "completion_prior")
+
+
+def check_priors(ranker: RankerModelState, features: FeatureConfig | None) -> bool:
+    """Whether `ranker` smooths its rates towards the priors of `features` (None: no check).
+
+    A model keeps the priors it was trained with (its snapshot carries them: the dense layers
+    were fitted to inputs centred on them); when the settings name others, this logs a warning
+    and returns False. A fresh full training (no snapshot to warm-start from) adopts them.
+    """
+    if features is None:
+        return True
+    have = {k: getattr(ranker.config.priors, k) for k in _PRIOR_FIELDS}
+    want = {k: getattr(features, k) for k in _PRIOR_FIELDS}
+    if have == want:
+        return True
+    logger.warning(
+        "the ranker snapshot smooths its rates towards %s but the settings' features name %s; "
+        "it keeps its own (its layers were trained on them) - train from scratch (an empty "
+        "snapshot root) to adopt the new priors",
+        have,
+        want,
+    )
+    return False
 
 
 @dataclass

@@ -45,7 +45,9 @@ def test_gate_dropout_keeps_a_distribution() -> None:
 @pytest.mark.parametrize("kind", ["mmoe", "shared_bottom"])
 def test_ranker_learns_and_predicts_every_task(kind: str) -> None:
     cols, _ = synthetic(12_000, seed=3)
-    state = RankerState.create(RankerConfig(kind=kind, **SMALL), EmbeddingConfig(lr=0.1))
+    state = RankerState.create(
+        RankerConfig(kind=kind, **SMALL), EmbeddingConfig(admit_after=1, lr=0.1)
+    )
     opt = torch.optim.Adam(state.dense_parameters(), lr=5e-3)
     losses = [state.train_step(b, opt).loss for _ in range(2) for b in cols.batches(512)]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
@@ -59,7 +61,9 @@ def test_calibration_restores_the_true_click_rate_within_5_percent() -> None:
     a = 0.2
     train, _ = synthetic(120_000, seed=5, keep_rate=a)
     test, p_true = synthetic(20_000, seed=6, keep_rate=1.0)
-    state = RankerState.create(RankerConfig(kind="shared_bottom", **SMALL), EmbeddingConfig(lr=0.1))
+    state = RankerState.create(
+        RankerConfig(kind="shared_bottom", **SMALL), EmbeddingConfig(admit_after=1, lr=0.1)
+    )
     opt = torch.optim.Adam(state.dense_parameters(), lr=3e-3)
     for _ in range(2):
         for b in train.batches(1024):
@@ -92,7 +96,9 @@ def test_streaming_frequency_estimates_the_item_probability() -> None:
 
 def test_two_tower_trains_on_clicks_only_and_corrects_for_popularity() -> None:
     cols, _ = synthetic(6_000, seed=8)
-    state = RetrieverState.create(RetrieverConfig(extra_negatives=16), EmbeddingConfig())
+    state = RetrieverState.create(
+        RetrieverConfig(extra_negatives=16), EmbeddingConfig(admit_after=1)
+    )
     opt = torch.optim.Adam(state.dense_parameters(), lr=3e-3)
     clicked_notes = set()
     for b in cols.batches(512):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from features.samples import encode_batch
+from features.schema import FeatureConfig
 from infra.stack import ensure_topics
 from learners.inference import Ranker, Retriever
 from learners.online import Message, NoFullSnapshotError, OnlineLearner, kafka_messages
@@ -186,3 +187,19 @@ def test_a_note_new_since_the_full_gets_its_side_info_through_deltas(tmp_path: P
     for snap in (reader.latest(), reader.refresh(first)):
         assert len(snap.versions) == 3
         assert Retriever.from_snapshot(snap).side_info(["n-new"]) == (["a-new"], ["c-new"])
+
+
+def test_a_fresh_ranker_takes_the_settings_priors_a_warm_one_keeps_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from learners.full import load_or_create
+
+    priors = FeatureConfig(ctr_prior=0.2)
+    fresh, _, versions, _ = load_or_create(
+        CONFIG, SnapshotConfig(root=tmp_path / "none"), features=priors
+    )
+    assert versions["ranker"] is None and fresh.config.priors == priors
+    snapshots = publish_trained(tmp_path)
+    warm, _, _, _ = load_or_create(CONFIG, snapshots, features=priors)
+    assert warm.config.priors == FeatureConfig()  # what it was trained with
+    assert "keeps its own" in caplog.text
