@@ -38,6 +38,10 @@ class SnapshotAnnounceError(SnapshotError):
     """A published version could not be announced on Kafka (it is on disk nevertheless)."""
 
 
+class SnapshotFollowError(SnapshotError):
+    """Snapshot announcements cannot be followed (no broker, no such topic)."""
+
+
 class ModelConfigError(LearnersError):
     """Model hyperparameters are inconsistent or do not match a snapshot."""
 

@@ -3,8 +3,10 @@
 A `ModelView` (ranker, retriever, retrieval index, versions) is built aside and replaced by one
 reference assignment, so a request that took the view keeps a single consistent version to its
 end. New versions are found by polling the snapshot directory every `poll_interval_s`; an
-announcement on `embedding-snapshots` wakes the poll at once (announcements may be missed or
-arrive before the files are visible: the directory is the truth).
+announcement on `embedding-snapshots` (followed with `learners.subscription.Announcements`,
+kafka-python) wakes the poll at once (announcements may be missed or arrive before the files
+are visible: the directory is the truth). The models come from `learners.inference`, which does
+not load the training code.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from learners.errors import LearnersError
 from learners.inference import Ranker, Retriever
 from learners.snapshots import Snapshot, SnapshotNotFoundError, SnapshotReader
+from learners.subscription import Announcements
 from serving.config import ServingConfig
 from serving.errors import NotReadyError
 from serving.index import NoteIndex
@@ -174,26 +177,16 @@ class SnapshotWatcher:
             self._wake.clear()
 
     def _follow(self, bootstrap: str, topic: str) -> None:
-        from confluent_kafka import OFFSET_END, TopicPartition
-
-        from learners.snapshots import decode_announcement
-        from streams.kafka_io import make_consumer, partitions_of
-
         try:
-            parts = partitions_of(bootstrap, topic)
-            consumer = make_consumer(bootstrap, **{"fetch.wait.max.ms": 50})
-            consumer.assign([TopicPartition(topic, p, OFFSET_END) for p in parts])
-        except Exception as exc:
+            announcements = Announcements(bootstrap, topic)
+        except Exception as exc:  # the directory poll goes on without announcements
             logger.warning("not following %s (%s); polling the directory only", topic, exc)
             return
-        try:
+        with announcements:
             while not self._stop.is_set():
-                for m in consumer.consume(100, 0.2):
-                    if m.error() is None:
-                        try:
-                            decode_announcement(m.value())
-                        except LearnersError:
-                            continue
+                try:
+                    if announcements.poll(0.2):
                         self._wake.set()
-        finally:
-            consumer.close()
+                except Exception as exc:  # a broker hiccup: the directory poll covers it
+                    logger.warning("reading %s failed (%s); retrying", topic, exc)
+                    self._stop.wait(1.0)
