@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import statistics
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,17 +19,14 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @contextmanager
 def bench_stack() -> Iterator[stack.StackState]:
     """Use KAFKA_BOOTSTRAP/REDIS_URL if set, else a stack of its own that is stopped at the end."""
-    settings = load_settings(
-        env={
-            **_env(),
-            "STREAMREC_STATE_DIR": str(Path(".streamrec") / f"bench-{uuid.uuid4().hex[:6]}"),
-        }
-    )
+    data_dir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
+    settings = load_settings(env={**_env(), "STREAMREC_DATA_DIR": str(data_dir)})
     state = stack.up(settings)
     try:
         yield state
     finally:
         stack.down(settings)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _env() -> dict[str, str]:

@@ -58,7 +58,6 @@ def flow_rate(bootstrap: str, redis_url: str, topic: str, config: ExposureConfig
         KafkaBatchSource(bootstrap, topic, tail=False),
         ExposureSink(redis_url, config),
         CallbackSink(lambda _: None),
-        16_384,
     )
     start = time.perf_counter()
     run_main(flow)

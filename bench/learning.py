@@ -250,7 +250,7 @@ def latency(
     cfg_file.write_text(yaml.safe_dump(settings))
     env = {
         **os.environ,
-        "STREAMREC_STATE_DIR": str(state_dir),
+        "STREAMREC_DATA_DIR": str(state_dir),
         "KAFKA_BOOTSTRAP": bootstrap,
         "REDIS_URL": redis_url,
     }

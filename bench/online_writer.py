@@ -71,8 +71,8 @@ def measure(url: str, rows: int, push_rows: int, reps: int, chunk: int) -> dict[
     ts = 1_767_225_600_000
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            store = feature_store(url, project, Path(tmp) / "registry.db")
-            apply_definitions(store)
+            store = feature_store(url, project, Path(tmp))
+            apply_definitions(store, Path(tmp))
             writer = OnlineWriter(client, project)
             frame = pd.DataFrame(
                 {

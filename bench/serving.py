@@ -29,14 +29,13 @@ from rich.console import Console
 from rich.progress import track
 
 from bench.common import bench_stack, median, percentile
+from features.client import FeatureClient
 from features.exposure import ExposureConfig, ExposureWriter
-from features.online_reader import OnlineReader
 from features.online_writer import OnlineWriter
 from features.samples import STAT_FEATURES
 from features.schema import FeatureConfig, derive
 from features.store import apply_definitions, feature_store
 from features.windows import METRICS, WINDOWS
-from infra.cli_serve import build_service
 from infra.config import load_settings
 from learners.config import LearnConfig
 from learners.full import load_or_create, train_pass
@@ -44,10 +43,24 @@ from learners.inputs import LABEL_COLUMNS, Columns, F
 from learners.snapshots import SnapshotConfig, SnapshotWriter
 from serving.config import ServingConfig
 from serving.index import NoteIndex
+from serving.service import build_service
 
 console = Console(width=120)
 OUT = Path(__file__).resolve().parent / "out"
 T0 = 1_767_225_600_000
+
+
+def _build(settings, redis_url: str):
+    """(app, watcher) of the service `settings` describe."""
+    svc = build_service(
+        redis_url,
+        settings.feast_project,
+        settings.snapshots.root,
+        (settings.learn.ranker_model, settings.learn.retriever_model),
+        settings.serving,
+        settings.exposure.namespace,
+    )
+    return svc.app, svc.watcher
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -174,8 +187,8 @@ def main(
             SnapshotWriter(Path(tmp), name, snaps).publish_full(
                 tables, dense, st.hwm_ms, st.meta({})
             )
-        store = feature_store(url, project, Path(tmp) / "registry.db")
-        apply_definitions(store)
+        store = feature_store(url, project, Path(tmp))
+        apply_definitions(store, Path(tmp))
         note_ids = sorted(set(cols.note_id))
         user_ids = [f"u{i}" for i in range(users)]
         _write_stats(client, project, "note_stats", note_ids)
@@ -196,7 +209,7 @@ def main(
                 "serving": ServingConfig(retrieve_k=1_000, rank_k=200),
             }
         )
-        app, watcher = build_service(settings, url)
+        app, watcher = _build(settings, url)
         watcher.refresh()
         api = TestClient(app)
         console.rule("/recommend (in-process ASGI, retrieve 1,000, rank 200)")
@@ -223,7 +236,7 @@ def main(
         console.rule("peer: Feast get_online_features for the same 200 notes")
         refs = [f"note_stats:{n}" for n in STAT_FEATURES]
         feast_ms, ours_ms = [], []
-        ours = OnlineReader(client, project)
+        ours = FeatureClient(client, project)
         for i in range(60):
             sample = [note_ids[j] for j in rng.integers(0, len(note_ids), 200)]
             t0 = time.perf_counter()
@@ -237,7 +250,7 @@ def main(
                 ours_ms.clear()
         console.print(
             f"200 notes x {len(STAT_FEATURES)} counts: Feast get_online_features p50 "
-            f"{median(feast_ms):.1f} ms; streamrec OnlineReader p50 {median(ours_ms):.2f} ms "
+            f"{median(feast_ms):.1f} ms; streamrec FeatureClient p50 {median(ours_ms):.2f} ms "
             f"({median(feast_ms) / median(ours_ms):.1f}x); whole /recommend p50 "
             f"{percentile(latencies, 50):.1f} ms"
         )

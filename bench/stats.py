@@ -58,24 +58,12 @@ TYPE_COUNTS_30D = [
 ]
 
 
-PROJECTS: list[str] = []
-"""Feast projects created by this run (their offline logs are removed at the end)."""
-
-
-def remove_offline_logs() -> None:
-    """Delete what the projects this run created left under features/data."""
-    from features.store import remove_project_files
-
-    while PROJECTS:
-        remove_project_files(PROJECTS.pop())
-
-
 def _config(tmp: Path, topic: str) -> tuple[Path, str]:
     project = f"bench{uuid.uuid4().hex[:6]}"
-    PROJECTS.append(project)
     data = {
         "kafka": {"topics": {"interactions": topic, "dlq": f"{topic}.dlq"}},
         "feast_project": project,
+        "data_dir": str(tmp / "data"),
     }
     path = tmp / f"{project}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -83,7 +71,10 @@ def _config(tmp: Path, topic: str) -> tuple[Path, str]:
 
 
 def _env(bootstrap: str, redis_url: str) -> dict[str, str]:
-    return {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "REDIS_URL": redis_url}
+    """The jobs' environment: this stack; their data directory comes from `_config`'s file."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "REDIS_URL": redis_url}
+    env.pop("STREAMREC_DATA_DIR", None)
+    return env
 
 
 def _produce_all(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) -> None:
@@ -150,8 +141,8 @@ def freshness(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    store = feature_store(redis_url, project, tmp / f"{project}-registry.db")
-    apply_definitions(store)
+    store = feature_store(redis_url, project, tmp)
+    apply_definitions(store, tmp)
     world = SyntheticConfig(users=20_000, notes=50_000)
     total = int(seconds * rate)
     batches = list(encoded_batches(SyntheticSource(world, limit=total + 20_000)))
@@ -286,7 +277,6 @@ def main(
                 delays = freshness(state, redis_url, tmp, fresh_seconds)
         finally:
             client.flushdb()
-            remove_offline_logs()
     for processes, (gross, net) in rates.items():
         console.print(
             f"stats job, {processes} process(es): {net:,.0f} events/s net of start-up "

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import track
 
 from bench.common import DATA, bench_stack, fresh_topic
-from bench.stats import BENCH_DB, CLI, _config, _env, remove_offline_logs
+from bench.stats import BENCH_DB, CLI, _config, _env
 from features.schema import ENTITY_KEY
 from features.store import apply_definitions, feature_store, online_features
 from streams.reference import expected_features
@@ -58,8 +58,8 @@ def check(name: str, events: list, state, redis_url: str, tmp: Path) -> int:
     )
     if done.returncode != 0:
         raise SystemExit(f"stats job failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
-    store = feature_store(redis_url, project, tmp / f"{project}-reader.db")
-    apply_definitions(store)
+    store = feature_store(redis_url, project, tmp / "reader")
+    apply_definitions(store, tmp / "reader")
     total = 0
     for view in ("user_stats", "note_stats"):
         want = expected_features(events, view)
@@ -99,7 +99,6 @@ def main(synthetic_events: int = 300_000) -> None:
                 total += check(name, events, state, redis_url, Path(tmp_dir))
         finally:
             redis.Redis.from_url(redis_url).flushdb()
-            remove_offline_logs()
     console.print(f"total mismatches: {total}")
     if total:
         raise SystemExit(1)

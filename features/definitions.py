@@ -9,9 +9,9 @@ from feast import Entity, FeatureView, Field, FileSource, PushSource
 from feast.types import Float64, Int64
 from feast.value_type import ValueType
 
+from features.paths import DataPaths, default_data_dir
 from features.schema import ENTITY_KEY, feature_types
 
-DATA = Path(__file__).resolve().parent / "data"
 TYPES = {"int64": Int64, "float64": Float64}
 
 user = Entity(
@@ -26,11 +26,6 @@ note = Entity(
     value_type=ValueType.STRING,
     description="A note (post or short video).",
 )
-
-
-def offline_dir(project: str) -> Path:
-    """Directory of a project's offline log (one parquet part directory per view)."""
-    return DATA / project
 
 
 def _view(name: str, entity: Entity, log_dir: Path) -> FeatureView:
@@ -52,13 +47,13 @@ def _view(name: str, entity: Entity, log_dir: Path) -> FeatureView:
     )
 
 
-def stats_views(project: str) -> list[FeatureView]:
-    """The `user_stats` and `note_stats` views whose batch sources are `project`'s offline log."""
-    return [
-        _view("user_stats", user, offline_dir(project)),
-        _view("note_stats", note, offline_dir(project)),
-    ]
+def stats_views(offline: Path) -> list[FeatureView]:
+    """The `user_stats` and `note_stats` views whose batch sources are the offline log `offline`
+    (`DataPaths.offline(project)`)."""
+    return [_view("user_stats", user, offline), _view("note_stats", note, offline)]
 
 
-# What `feast apply` registers for the repository's own project (feature_store.yaml).
-user_stats, note_stats = stats_views("streamrec")
+# What `feast apply` registers for the repository's own project (feature_store.yaml): the
+# offline log of project `streamrec` under the data directory (`$STREAMREC_DATA_DIR`), as the
+# jobs write it. Only the `feast` command line reads these module-level views.
+user_stats, note_stats = stats_views(DataPaths(default_data_dir()).offline("streamrec"))

@@ -58,14 +58,14 @@ class OnlineReader:
             self._fields[(view, names)] = cached
         return cached
 
-    def read(
+    def read_raw(
         self, view: str, entity_ids: Sequence[str], names: Sequence[str]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Values of `names` for each entity, one pipelined round trip.
+    ) -> tuple[list[list[bytes | None]], np.ndarray]:
+        """Stored `ValueProto` bytes of `names` for each entity, one pipelined round trip.
 
         Returns:
-            (values (n, len(names)) float64 with NaN where nothing is stored, event times (n,)
-            int64 epoch ms of the stored rows, -1 for entities without a row).
+            (per entity, the serialized values in `names` order, None where nothing is stored;
+            event times (n,) int64 epoch ms of the stored rows, -1 for entities without a row).
         """
         names = tuple(names)
         tail = self._tails.get((view, names))
@@ -78,12 +78,25 @@ class OnlineReader:
         key = self._keys.redis_key
         payload = b"".join(head + _bulk(key(view, e)) + fields_bytes for e in entity_ids)
         rows = self._round_trip(payload, len(entity_ids))
-        n, f = len(entity_ids), len(names)
         stamps = np.fromiter(
-            (-1 if r[-1] is None else _millis(r[-1]) for r in rows), dtype=np.int64, count=n
+            (-1 if r[-1] is None else _millis(r[-1]) for r in rows),
+            dtype=np.int64,
+            count=len(entity_ids),
         )
-        flat = [v for r in rows for v in r[:-1]]
-        return decode_values(flat).reshape(n, f), stamps
+        return [r[:-1] for r in rows], stamps
+
+    def read(
+        self, view: str, entity_ids: Sequence[str], names: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Values of `names` for each entity, one pipelined round trip.
+
+        Returns:
+            (values (n, len(names)) float64 with NaN where nothing is stored, event times (n,)
+            int64 epoch ms of the stored rows, -1 for entities without a row).
+        """
+        rows, stamps = self.read_raw(view, entity_ids, names)
+        flat = [v for r in rows for v in r]
+        return decode_values(flat).reshape(len(entity_ids), len(names)), stamps
 
 
 def _bulk(value: bytes) -> bytes:

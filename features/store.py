@@ -1,67 +1,77 @@
-"""Build a Feast `FeatureStore` for a Redis URL and project, and register the definitions."""
+"""Build a Feast `FeatureStore` for a Redis URL, project and data directory; register the views.
+
+The registry lives at `<data_dir>/feast/registry-<project>.db` and the offline log under
+`<data_dir>/feast/offline/<project>/` (`features.paths.DataPaths`) - the same files the
+`feast -c features ...` command line reads for the repository's own project.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from urllib.parse import urlparse
 
 from feast import FeatureStore, RepoConfig
-from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+from feast.repo_config import RegistryConfig
 
-from features.errors import FeaturesError
+from features.feast_ext import (
+    REGISTRY_STORE,
+    StreamrecRedisOnlineStoreConfig,
+    connection_string,
+)
+from features.paths import DataPaths
+from features.schema import ENTITY_KEY, feature_types
 
 REPO = Path(__file__).resolve().parent
 
+__all__ = [
+    "REPO",
+    "apply_definitions",
+    "connection_string",
+    "feature_store",
+    "online_features",
+    "remove_project_files",
+    "repo_config",
+]
 
-def connection_string(redis_url: str) -> str:
-    """Turn redis://host:port/db into Feast's `host:port,db=N` form."""
-    parsed = urlparse(redis_url)
-    if parsed.scheme not in ("redis", "") or parsed.hostname is None:
-        raise FeaturesError(f"expected a redis://host:port/db URL, got {redis_url!r}")
-    db = (parsed.path or "/0").lstrip("/") or "0"
-    return f"{parsed.hostname}:{parsed.port or 6379},db={db}"
 
-
-def repo_config(redis_url: str, project: str, registry: Path) -> RepoConfig:
-    """The repository's configuration, pointed at `redis_url` and `project`."""
+def repo_config(redis_url: str, project: str, data_dir: Path) -> RepoConfig:
+    """The repository's configuration, pointed at `redis_url`, `project` and `data_dir`."""
+    registry = DataPaths(data_dir).registry(project)
+    registry.parent.mkdir(parents=True, exist_ok=True)
     return RepoConfig(
         project=project,
         provider="local",
-        registry=str(registry),
-        online_store=RedisOnlineStoreConfig(connection_string=connection_string(redis_url)),
+        registry=RegistryConfig(
+            registry_type="file", registry_store_type=REGISTRY_STORE, path=str(registry)
+        ),
+        online_store=StreamrecRedisOnlineStoreConfig(url=redis_url),
         offline_store={"type": "file"},
         entity_key_serialization_version=3,
     )
 
 
-def feature_store(redis_url: str, project: str, registry: Path | None = None) -> FeatureStore:
-    """A FeatureStore on `redis_url` for `project` (registry file default: features/data/)."""
-    registry = registry or REPO / "data" / f"registry-{project}.db"
-    registry.parent.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(repo_path=str(REPO), config=repo_config(redis_url, project, registry))
+def feature_store(redis_url: str, project: str, data_dir: Path) -> FeatureStore:
+    """A FeatureStore on `redis_url` for `project`, its files under `data_dir`."""
+    return FeatureStore(repo_path=str(REPO), config=repo_config(redis_url, project, data_dir))
 
 
-def remove_project_files(project: str) -> None:
-    """Delete what a project leaves under features/data: its offline log and default registry."""
-    import shutil
-
-    from features.definitions import offline_dir
-
-    shutil.rmtree(offline_dir(project), ignore_errors=True)
-    (REPO / "data" / f"registry-{project}.db").unlink(missing_ok=True)
+def remove_project_files(project: str, data_dir: Path) -> None:
+    """Delete what a project keeps under `data_dir`: its offline log and its registry."""
+    paths = DataPaths(data_dir)
+    shutil.rmtree(paths.offline(project), ignore_errors=True)
+    paths.registry(project).unlink(missing_ok=True)
 
 
-def apply_definitions(store: FeatureStore) -> None:
+def apply_definitions(store: FeatureStore, data_dir: Path) -> None:
     """Register the entities, push sources and feature views (what `feast apply` does)."""
     from features import definitions as d
 
-    store.apply([d.user, d.note, *d.stats_views(store.project)])
+    offline = DataPaths(data_dir).offline(store.project)
+    store.apply([d.user, d.note, *d.stats_views(offline)])
 
 
 def online_features(store: FeatureStore, view: str, ids: list[str]) -> dict[str, list]:
     """Read every feature of `view` for `ids` through `get_online_features`."""
-    from features.schema import ENTITY_KEY, feature_types
-
     key = ENTITY_KEY[view]
     refs = [f"{view}:{name}" for name in feature_types(view)]
     return store.get_online_features(features=refs, entity_rows=[{key: i} for i in ids]).to_dict()

@@ -11,20 +11,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from features.windows import WINDOWS
 from infra import stack
-from infra.cli_exposure import exposure_app, run_exposure
+from infra.cli_exposure import exposure_app
 from infra.cli_learn import learn_app
-from infra.cli_samples import run_samples
+from infra.cli_options import ConfigOpt, print_counts, settings_from
+from infra.cli_run import run_app
 from infra.cli_serve import serve
 from infra.cli_snapshots import snapshots_app
-from infra.config import Settings, load_settings
 from infra.errors import InfraError
 from streams.errors import StreamsError
 
 app = typer.Typer(help="streamrec: streaming features and online learning.", no_args_is_help=True)
 infra_app = typer.Typer(help="The local stack: Kafka-protocol broker and Redis.")
 replay_app = typer.Typer(help="Replay a source into the interactions topic.")
-run_app = typer.Typer(help="Deploy a streaming job.")
 topics_app = typer.Typer(help="Inspect topics.")
 app.add_typer(infra_app, name="infra")
 app.add_typer(replay_app, name="replay")
@@ -33,23 +33,16 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(snapshots_app, name="snapshots")
 app.add_typer(learn_app, name="learn")
 app.add_typer(exposure_app, name="exposure")
-run_app.command("exposure")(run_exposure)
-run_app.command("samples")(run_samples)
 app.command("serve")(serve)
 
 console = Console()
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file.")]
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-
-
-def _settings(config: Path | None) -> Settings:
-    return load_settings(config)
 
 
 @infra_app.command("up")
 def infra_up(config: ConfigOpt = None) -> None:
     """Start (or find) the broker and Redis and create the topics; idempotent."""
-    state = stack.up(_settings(config))
+    state = stack.up(settings_from(config))
     console.print(f"kafka  {state.bootstrap}" + (" (started)" if state.kafka.pid else ""))
     console.print(f"redis  {state.redis_url}" + (" (started)" if state.redis.pid else ""))
     console.print(f"topics {', '.join(state.topics)}")
@@ -58,7 +51,7 @@ def infra_up(config: ConfigOpt = None) -> None:
 @infra_app.command("status")
 def infra_status(config: ConfigOpt = None) -> None:
     """Show where the services run and whether they answer."""
-    report = stack.status(_settings(config))
+    report = stack.status(settings_from(config))
     if not report:
         console.print("no stack recorded here: run `streamrec infra up`")
         raise typer.Exit(1)
@@ -71,7 +64,7 @@ def infra_status(config: ConfigOpt = None) -> None:
 @infra_app.command("down")
 def infra_down(config: ConfigOpt = None) -> None:
     """Stop what `infra up` started (services it only found keep running)."""
-    stopped = stack.down(_settings(config))
+    stopped = stack.down(settings_from(config))
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing'}")
 
 
@@ -90,7 +83,7 @@ def _progress() -> Progress:
 def _replay(source, config: Path | None, rate: float | None, topic: str | None) -> None:
     from streams.replay import replay
 
-    settings = _settings(config)
+    settings = settings_from(config)
     where = stack.endpoints(settings)
     topic = topic or settings.kafka.topics.interactions
     total = source.estimated_total()
@@ -102,18 +95,8 @@ def _replay(source, config: Path | None, rate: float | None, topic: str | None) 
 
         report = replay(source, where.bootstrap, topic, rate=rate, on_progress=advance)
         progress.update(task, total=report.events, rate=f"{report.rate:,.0f} ev/s")
-    _print_counts(f"replayed to {topic}", report.by_type)
+    print_counts(f"replayed to {topic}", report.by_type)
     console.print(f"{report.events:,} events in {report.seconds:.2f} s ({report.rate:,.0f}/s)")
-
-
-def _print_counts(title: str, counts: Counter) -> None:
-    table = Table(title=title)
-    table.add_column("type")
-    table.add_column("events", justify="right")
-    for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]):
-        table.add_row(str(kind), f"{n:,}")
-    table.add_row("total", f"{sum(counts.values()):,}", style="bold")
-    console.print(table)
 
 
 LimitOpt = Annotated[int | None, typer.Option(help="Stop after this many events.")]
@@ -136,8 +119,8 @@ def replay_synthetic(
     from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 
     source = SyntheticSource(SyntheticConfig(seed=seed, users=users, notes=notes), limit=limit)
-    settings = _settings(config)
-    truth = truth_dir or Path(settings.stack.state_dir) / "truth" / f"synthetic-{seed}"
+    settings = settings_from(config)
+    truth = truth_dir or settings.data_dir / "truth" / f"synthetic-{seed}"
     source.write_truth(truth)
     console.print(f"ground truth: {truth}")
     _replay(source, config, rate, topic)
@@ -178,128 +161,23 @@ def topics_summary(topic: TopicOpt = None, config: ConfigOpt = None) -> None:
     """Count the events in a topic by type, and the dead letters by reason."""
     from streams.summary import summarize_dead_letters, summarize_events
 
-    settings = _settings(config)
+    settings = settings_from(config)
     where = stack.endpoints(settings)
     topic = topic or settings.kafka.topics.interactions
     summary = summarize_events(where.bootstrap, topic)
-    _print_counts(f"{topic}: events by type", summary.by_type)
+    print_counts(f"{topic}: events by type", summary.by_type)
     if summary.invalid:
-        _print_counts(f"{topic}: invalid messages by reason", summary.invalid)
+        print_counts(f"{topic}: invalid messages by reason", summary.invalid)
     dead = summarize_dead_letters(where.bootstrap, settings.kafka.topics.dlq)
-    _print_counts(
+    print_counts(
         f"{settings.kafka.topics.dlq}: dead letters by reason",
         Counter({f"{r} ({f})" if f else r: n for (r, f), n in dead.items()}),
     )
 
 
-UntilEndOpt = Annotated[
-    bool, typer.Option("--until-end", help="Bounded run: stop at the end of the topic.")
-]
-
-
-@run_app.command("validate")
-def run_validate(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> None:
-    """Audit interactions: invalid events to the DLQ with their reason, valid ones counted."""
-    from bytewax.connectors.kafka import KafkaSink
-    from bytewax.testing import run_main
-
-    from streams.kafka_io import KafkaBatchSource
-    from streams.sinks import CallbackSink
-    from streams.validate import build_flow
-
-    settings = _settings(config)
-    where = stack.endpoints(settings)
-    topics = settings.kafka.topics
-    totals: Counter = Counter()
-    flow = build_flow(
-        KafkaBatchSource(where.bootstrap, topics.interactions, tail=not until_end),
-        CallbackSink(lambda item: totals.update(item[1])),
-        KafkaSink([where.bootstrap], topics.dlq),
-        settings.events.max_bytes,
-    )
-    run_main(flow)
-    _print_counts("valid events by type", totals)
-
-
-ProcessesOpt = Annotated[int, typer.Option(help="Processes (Kafka partitions split among them).")]
-RecoveryOpt = Annotated[
-    Path | None, typer.Option(help="Bytewax recovery store (resume after a crash).")
-]
-SnapshotOpt = Annotated[float, typer.Option(help="Seconds between state snapshots.")]
-ProcessIdOpt = Annotated[int | None, typer.Option(hidden=True)]
-AddressesOpt = Annotated[str | None, typer.Option(hidden=True)]
-
-
-def _cluster_args(
-    job: str, until_end: bool, recovery_dir: Path | None, snapshot: float, config: Path | None
-) -> list[str]:
-    argv = ["run", job, "--snapshot-interval", str(snapshot)]
-    if until_end:
-        argv.append("--until-end")
-    if recovery_dir is not None:
-        argv += ["--recovery-dir", str(recovery_dir)]
-    if config is not None:
-        argv += ["--config", str(config)]
-    return argv
-
-
-@run_app.command("stats")
-def run_stats(
-    processes: ProcessesOpt = 1,
-    recovery_dir: RecoveryOpt = None,
-    snapshot_interval: SnapshotOpt = 10.0,
-    until_end: UntilEndOpt = False,
-    process_id: ProcessIdOpt = None,
-    addresses: AddressesOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Multi-window user and note statistics from interactions into Feast (Redis)."""
-    from bytewax.connectors.kafka import KafkaSink
-
-    from features.definitions import offline_dir
-    from streams.kafka_io import KafkaBatchSource
-    from streams.online_sink import FeastOnlineSink
-    from streams.runner import RunConfig, launch_cluster, run_here
-    from streams.stats import build_flow
-
-    if processes > 1 and process_id is None:
-        argv = _cluster_args("stats", until_end, recovery_dir, snapshot_interval, config)
-        raise typer.Exit(launch_cluster(argv, processes))
-    settings = _settings(config)
-    where = stack.endpoints(settings)
-    topics = settings.kafka.topics
-    if not process_id:
-        _apply_features(where.redis_url, settings)
-    flow = build_flow(
-        KafkaBatchSource(where.bootstrap, topics.interactions, tail=not until_end),
-        FeastOnlineSink(
-            where.redis_url,
-            settings.feast_project,
-            settings.stats.shards,
-            offline_dir=offline_dir(settings.feast_project),
-        ),
-        KafkaSink([where.bootstrap], topics.dlq),
-        settings.stats,
-        recoverable=recovery_dir is not None,
-    )
-    run = RunConfig(
-        processes=processes,
-        process_id=process_id,
-        addresses=tuple(addresses.split(";")) if addresses else (),
-        recovery_dir=recovery_dir,
-        snapshot_interval_s=snapshot_interval,
-    )
-    run_here(flow, run)
-
-
-def _apply_features(redis_url: str, settings: Settings) -> None:
-    from features.store import apply_definitions, feature_store
-
-    apply_definitions(feature_store(redis_url, settings.feast_project))
-
-
-features_app = typer.Typer(help="Read features through Feast.")
+features_app = typer.Typer(help="Read the feature store.")
 app.add_typer(features_app, name="features")
+WINDOW_NAMES = tuple(w.name for w in WINDOWS)
 
 
 @features_app.command("get")
@@ -308,36 +186,26 @@ def features_get(
     entity_id: Annotated[str, typer.Argument(help="The user_id or note_id.")],
     config: ConfigOpt = None,
 ) -> None:
-    """Print the live window statistics of a user or note (FeatureStore.get_online_features)."""
-    from features.online_writer import OnlineWriter
-    from features.store import feature_store, online_features
-    from streams.online_sink import hwm_key
+    """Print the live window statistics of a user or note (what get_online_features returns)."""
+    from features.client import VIEW_OF, FeatureClient
 
-    views = {"user": "user_stats", "note": "note_stats"}
-    if entity not in views:
+    if entity not in VIEW_OF:
         raise typer.BadParameter(f"entity must be 'user' or 'note', not {entity!r}")
-    settings = _settings(config)
-    where = stack.endpoints(settings)
-    store = feature_store(where.redis_url, settings.feast_project)
-    values = online_features(store, views[entity], [entity_id])
-    import redis
-
-    client = redis.Redis.from_url(where.redis_url)
-    hwm = client.get(hwm_key(settings.feast_project, "stats"))
-    stored = client.hget(
-        OnlineWriter(client, settings.feast_project).redis_key(views[entity], entity_id),
-        f"_ts:{views[entity]}",
-    )
-    table = Table(title=f"{views[entity]} {entity_id}")
+    settings = settings_from(config)
+    client = FeatureClient.from_url(stack.endpoints(settings).redis_url, settings.feast_project)
+    try:
+        values = client.get(entity, [entity_id])
+        stored = client.stored_at(entity, [entity_id])[0]
+        hwm = client.as_of("stats")
+    finally:
+        client.close()
+    table = Table(title=f"{VIEW_OF[entity]} {entity_id}")
     table.add_column("feature")
-    for w in ("1h", "1d", "7d", "30d"):
+    for w in WINDOW_NAMES:
         table.add_column(w, justify="right")
-    names = sorted(
-        {k.rsplit("_", 1)[0] for k in values if k != ("user_id", "note_id")[entity == "note"]},
-        key=lambda n: list(values).index(f"{n}_1h") if f"{n}_1h" in values else 0,
-    )
+    names = dict.fromkeys(k.rsplit("_", 1)[0] for k in list(values)[1:])
     for name in names:
-        cells = [values.get(f"{name}_{w}", [None])[0] for w in ("1h", "1d", "7d", "30d")]
+        cells = [values.get(f"{name}_{w}", [None])[0] for w in WINDOW_NAMES]
         table.add_row(
             name,
             *(
@@ -348,7 +216,7 @@ def features_get(
     console.print(table)
     if stored is None:
         console.print("no row stored for this id")
-    console.print(f"job event-time high-water mark: {int(hwm) if hwm else 'none yet'} ms")
+    console.print(f"job event-time high-water mark: {hwm if hwm is not None else 'none yet'} ms")
 
 
 @app.command("demo")
@@ -362,7 +230,9 @@ def demo(
     from infra.demo import DemoConfig, print_report, run_demo
 
     report = run_demo(
-        _settings(config), DemoConfig(live_s=live_s, warm_s=warm_s, event_rate=event_rate), console
+        settings_from(config),
+        DemoConfig(live_s=live_s, warm_s=warm_s, event_rate=event_rate),
+        console,
     )
     print_report(report, console)
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.exposure import ExposureConfig
+from features.paths import DATA_DIR_ENV, DataPaths, default_data_dir
+from features.schema import FeatureConfig
 from infra.errors import ConfigError
 from learners.config import LearnConfig
 from learners.snapshots import SnapshotConfig
 from serving.config import ServingConfig
-from streams.config import SamplesConfig, StatsConfig
+from streams.config import EventLimits, SamplesConfig, StatsConfig
 
 
 class _Frozen(BaseModel):
@@ -58,23 +61,21 @@ class RedisConfig(_Frozen):
 class StackConfig(_Frozen):
     """Settings of the local stack started by `streamrec infra up`."""
 
-    state_dir: Path = Path(".streamrec")
-    """Directory holding the stack's state file, logs and pid files."""
     default_redis: str = "redis://127.0.0.1:6379/0"
     """The Redis probed when no URL is configured."""
     startup_timeout_s: float = Field(default=30.0, gt=0)
     """How long to wait for a started service to answer."""
 
 
-class EventLimits(_Frozen):
-    """Limits applied when decoding events."""
-
-    max_bytes: int = Field(default=16_384, ge=256)
-    """Payloads longer than this go to the dead-letter topic as `oversized`."""
-
-
 class Settings(_Frozen):
-    """Everything a streamrec process is configured with."""
+    """Everything a streamrec process is configured with; each value is defined here once.
+
+    Every file location derives from `data_dir` (`paths`); where a part has its own directory
+    setting (`snapshots.root`), its default is taken under `data_dir` too.
+    """
+
+    data_dir: Path = Field(default_factory=lambda: default_data_dir({}))
+    """Where streamrec keeps its files (`features.paths` lists the layout); made absolute."""
 
     kafka: KafkaConfig = KafkaConfig()
     """Broker and topics."""
@@ -96,10 +97,29 @@ class Settings(_Frozen):
     """The online learner and full training."""
     serving: ServingConfig = ServingConfig()
     """Retrieval, ranking and the API."""
+    features: FeatureConfig = FeatureConfig()
+    """Priors of the smoothed rates: the stats job derives features with them, the learners
+    use the same."""
     feast_project: str = "streamrec"
     """Feast project whose online store the jobs write."""
-    feature_repo: Path = Path("features")
-    """Directory of the Feast feature repository."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_paths(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        root = Path(data.get("data_dir") or default_data_dir({})).expanduser().resolve()
+        data["data_dir"] = root
+        snapshots = data.get("snapshots")
+        if snapshots is None or (isinstance(snapshots, dict) and "root" not in snapshots):
+            data["snapshots"] = {**(snapshots or {}), "root": DataPaths(root).snapshots}
+        return data
+
+    @property
+    def paths(self) -> DataPaths:
+        """Every file location, derived from `data_dir`."""
+        return DataPaths(self.data_dir)
 
 
 def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -> Settings:
@@ -107,7 +127,7 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
 
     Args:
         path: YAML file; defaults to `$STREAMREC_CONFIG` if set, else built-in defaults.
-        env: environment to read (`KAFKA_BOOTSTRAP`, `REDIS_URL`, `STREAMREC_STATE_DIR`).
+        env: environment to read (`KAFKA_BOOTSTRAP`, `REDIS_URL`, `STREAMREC_DATA_DIR`).
 
     Returns:
         The validated settings; environment values override the file.
@@ -124,8 +144,8 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
         data.setdefault("kafka", {})["bootstrap"] = env["KAFKA_BOOTSTRAP"]
     if env.get("REDIS_URL"):
         data.setdefault("redis", {})["url"] = env["REDIS_URL"]
-    if env.get("STREAMREC_STATE_DIR"):
-        data.setdefault("stack", {})["state_dir"] = env["STREAMREC_STATE_DIR"]
+    if env.get(DATA_DIR_ENV) or "data_dir" not in data:
+        data["data_dir"] = default_data_dir(env)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:

@@ -35,8 +35,14 @@ def spawn(
     log: Path | None = None,
     env: dict[str, str] | None = None,
     append: bool = False,
+    new_session: bool = True,
 ) -> subprocess.Popen:
-    """Start `argv` in a new session; stdout and stderr to `log` (inherited when None)."""
+    """Start `argv`; stdout and stderr to `log` (inherited when None).
+
+    Args:
+        new_session: start it in a session (and process group) of its own, so that stopping it
+            stops what it started; False keeps it in ours (a signal to our group reaches it).
+    """
     out = None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -48,7 +54,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=new_session,
         )
     finally:
         if out is not None:
@@ -84,18 +90,27 @@ def stop_pid(pid: int | None, name: str, grace_s: float = 5.0) -> bool:
 
 
 def kill(proc: subprocess.Popen) -> None:
-    """SIGKILL a child's whole process group and reap it."""
+    """SIGKILL a child (its whole process group, if it leads one) and reap it."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
     proc.wait()
 
 
-def stop(procs: Sequence[subprocess.Popen], sig: int = signal.SIGINT, grace_s: float = 10.0) -> None:
-    """Send `sig` to each running child's group; SIGKILL those still running after `grace_s`."""
+def stop(
+    procs: Sequence[subprocess.Popen], sig: int = signal.SIGINT, grace_s: float = 10.0
+) -> None:
+    """Send `sig` to each running child (its group, if it leads one); SIGKILL what is left after
+    `grace_s`."""
     running = [p for p in procs if p.poll() is None]
     for proc in running:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
     deadline = time.monotonic() + grace_s
     for proc in running:
         try:
@@ -107,9 +122,15 @@ def stop(procs: Sequence[subprocess.Popen], sig: int = signal.SIGINT, grace_s: f
 class ProcessGroup:
     """Named children, each logging to `<log_dir>/<name>.log` (inherited output without one)."""
 
-    def __init__(self, log_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        new_session: bool = True,
+    ) -> None:
         self.log_dir = log_dir
         self.env = env
+        self.new_session = new_session
         self.procs: dict[str, subprocess.Popen] = {}
 
     def log(self, name: str) -> Path | None:
@@ -118,7 +139,7 @@ class ProcessGroup:
 
     def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen:
         """Start a child under `name`."""
-        proc = spawn(argv, self.log(name), self.env)
+        proc = spawn(argv, self.log(name), self.env, new_session=self.new_session)
         self.procs[name] = proc
         return proc
 
@@ -139,7 +160,9 @@ class ProcessGroup:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             kill(proc)
-            raise ProcessError(f"{name} did not finish in {timeout:.0f} s{self._tail(name)}") from None
+            raise ProcessError(
+                f"{name} did not finish in {timeout:.0f} s{self._tail(name)}"
+            ) from None
         if code != 0:
             raise ProcessError(f"{name} failed (exit {code}){self._tail(name)}")
         log = self.log(name)

@@ -1,6 +1,6 @@
 """The local stack: a Tansu (Kafka-protocol) broker and Redis, found or started, and the topics.
 
-`up` is idempotent and records what it found or started in `<state_dir>/stack.json`; `down`
+`up` is idempotent and records what it found or started in `<data_dir>/stack/stack.json`; `down`
 stops only the processes `up` started. Later commands find the services through `endpoints`.
 """
 
@@ -53,7 +53,7 @@ class StackState:
 
 
 def _state_path(settings: Settings) -> Path:
-    return Path(settings.stack.state_dir) / STATE_FILE
+    return settings.paths.stack / STATE_FILE
 
 
 def read_state(settings: Settings) -> StackState | None:
@@ -114,7 +114,7 @@ def _start_tansu(settings: Settings) -> Service:
         ) from exc
     port = free_port()
     address = f"127.0.0.1:{port}"
-    log = Path(settings.stack.state_dir) / "tansu.log"
+    log = settings.paths.stack / "tansu.log"
     pid = spawn(
         [
             binary,
@@ -147,7 +147,7 @@ of their own Redis set the same (`CONFIG SET hash-max-listpack-entries 64`); doc
 
 def _start_redis(settings: Settings) -> Service:
     port = free_port()
-    log = Path(settings.stack.state_dir) / "redis.log"
+    log = settings.paths.stack / "redis.log"
     try:
         pid = spawn(
             [

@@ -3,7 +3,6 @@
 import time
 from typing import Annotated, Literal
 
-import redis
 from fastapi import FastAPI, HTTPException, Path, Query, Response
 from fastapi.routing import APIRoute
 from prometheus_client import (
@@ -16,7 +15,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel
 
-from features.online_reader import OnlineReader
+from features.client import VIEW_OF, FeatureClient
 from features.schema import feature_types
 from serving.errors import NotReadyError
 from serving.recommender import Recommender
@@ -138,20 +137,12 @@ class _Observe:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
 
-def create_app(
-    recommender: Recommender,
-    client: redis.Redis,
-    project: str,
-    max_n: int,
-    default_n: int,
-    stats_hwm_key: str,
-) -> FastAPI:
+def create_app(recommender: Recommender, max_n: int, default_n: int) -> FastAPI:
     """The API over a recommender (its watcher is started and stopped by the caller)."""
     app = FastAPI(title="streamrec", version="0.1.0")
     metrics = Metrics()
-    reader: OnlineReader = recommender.features
+    reader: FeatureClient = recommender.features
     watcher = recommender.watcher
-    views = {"user": "user_stats", "note": "note_stats"}
 
     @app.get("/recommend", response_model=RecommendResponse)
     def recommend(
@@ -178,8 +169,8 @@ def create_app(
         entity: Literal["user", "note"],
         entity_id: Annotated[str, Path(min_length=1, max_length=256)],
     ) -> FeaturesResponse:
-        names = list(feature_types(views[entity]))
-        values, stamps = reader.read(views[entity], [entity_id], names)
+        names = list(feature_types(VIEW_OF[entity]))
+        values, stamps = reader.read(entity, [entity_id], names)
         if stamps[0] < 0:
             raise HTTPException(404, f"no {entity} statistics stored for {entity_id!r}")
         return FeaturesResponse(
@@ -221,11 +212,11 @@ def create_app(
                 metrics.version.labels(model).set(snap.manifest.version)
                 metrics.age.labels(model).set(now - snap.manifest.created_at_ms / 1000)
             metrics.indexed.set(len(view.index))
-        hwm = client.get(stats_hwm_key)
-        metrics.freshness.set(float("nan") if hwm is None else now - int(hwm) / 1000)
+        hwm = reader.as_of("stats")
+        metrics.freshness.set(float("nan") if hwm is None else now - hwm / 1000)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.state.project = project
+    app.state.project = reader.project
     metrics.declare([r.path for r in app.routes if isinstance(r, APIRoute)])
     app.add_middleware(_Observe, metrics=metrics)
     return app

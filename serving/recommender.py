@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from features.client import FeatureClient
 from features.errors import ExposureError
 from features.exposure import ExposureFilter
-from features.online_reader import OnlineReader
 from features.samples import STAT_FEATURES
 from serving.config import FusionConfig, ServingConfig
 from serving.watcher import SnapshotWatcher
@@ -78,7 +78,7 @@ class Recommender:
     def __init__(
         self,
         watcher: SnapshotWatcher,
-        features: OnlineReader,
+        features: FeatureClient,
         exposure: ExposureFilter,
         config: ServingConfig,
     ) -> None:

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class EventLimits(BaseModel):
+    """Limits every job applies when decoding events (one payload limit for all)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    max_bytes: int = Field(default=16_384, ge=256)
+    """Payloads longer than this go to the dead-letter topic as `oversized`."""
+
+
+DEFAULT_LIMITS = EventLimits()
+"""The decoding limits a flow built without explicit limits applies."""
 
 
 class StatsConfig(BaseModel):
@@ -19,8 +30,6 @@ class StatsConfig(BaseModel):
     flush_interval_ms: int = Field(default=200, ge=1)
     """Least wall-clock interval between two writes of a shard's changed entities (updates of
     an entity in between coalesce); it grows to twice the recent write time when Redis lags."""
-    max_bytes: int = Field(default=16_384, ge=256)
-    """Payload size limit of the decoder."""
 
 
 class SamplesConfig(BaseModel):
@@ -46,11 +55,7 @@ class SamplesConfig(BaseModel):
     dedupe_horizon_ms: int = Field(default=1_800_000, ge=0)
     """Event ids are remembered this long (event time) after they became final, to drop
     duplicates."""
-    log_dir: Path = Path(".streamrec/training-samples")
-    """Directory of the parquet log (one row per sample) read by full training."""
     log_rows_per_part: int = Field(default=20_000, ge=1)
     """A parquet part file is written once this many samples are buffered."""
     log_part_interval_s: float = Field(default=60.0, gt=0)
     """... or once the oldest buffered sample waited this long (checked as samples arrive)."""
-    max_bytes: int = Field(default=16_384, ge=256)
-    """Payload size limit of the decoder."""

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSinkMessage
-from bytewax.dataflow import Stream
-from bytewax.outputs import DynamicSink
 
 from streams.errors import EventError
 from streams.events import Event, dead_letter, decode_event, encode_dead_letter
@@ -36,13 +33,3 @@ def decode_batch(batch: RawBatch, flow: str, max_bytes: int) -> Decoded:
             record = dead_letter(value, exc, flow, batch.topic, batch.partition, offset)
             dead.append(KafkaSinkMessage(key, encode_dead_letter(record)))
     return Decoded(batch.topic, batch.partition, batch.offsets[-1], events, dead)
-
-
-def decode_with_dlq(
-    step_id: str, batches: Stream[RawBatch], dlq: DynamicSink, flow: str, max_bytes: int
-) -> Stream[Decoded]:
-    """Decode raw batches; send dead letters to `dlq`; return the decoded batches."""
-    decoded = op.map(f"{step_id}_decode", batches, lambda b: decode_batch(b, flow, max_bytes))
-    letters = op.flat_map(f"{step_id}_dead", decoded, lambda d: d.dead)
-    op.output(f"{step_id}_dlq", letters, dlq)
-    return decoded

@@ -19,7 +19,9 @@ from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from features.exposure import ExposureConfig, ExposureWriter
-from streams.decode import Decoded, decode_with_dlq
+from features.windows import TYPE_METRIC
+from streams.config import DEFAULT_LIMITS, EventLimits
+from streams.ingest import Columns, ingest
 from streams.kafka_io import RawBatch
 
 
@@ -33,21 +35,26 @@ class Impressions:
     max_ts: int
 
 
-def impressions_of(decoded: Decoded) -> Impressions | None:
-    """Keep the impressions of a decoded batch (None when it has no valid event at all).
+def impressions_of(cols: Columns, hwm: int | None) -> list[tuple[str, Impressions]]:
+    """The impressions of a batch's events (none when it has no valid event at all).
 
-    A batch without impressions still moves the flow's event-time clock (`max_ts`).
+    A batch without impressions still moves the flow's event-time clock (`max_ts`, the
+    partition's high-water mark).
     """
-    if not decoded.events:
-        return None
-    shown = [e for e in decoded.events if e.type == "impression"]
-    ts = np.fromiter((e.ts for e in shown), dtype=np.int64, count=len(shown))
-    max_ts = max(e.ts for e in decoded.events)
-    return Impressions([e.user_id for e in shown], [e.note_id for e in shown], ts, max_ts)
+    if not len(cols.ts) or hwm is None:
+        return []
+    shown = np.flatnonzero(cols.kind == TYPE_METRIC["impression"]).tolist()
+    part = Impressions(
+        [cols.users[i] for i in shown], [cols.notes[i] for i in shown], cols.ts[shown], hwm
+    )
+    return [(str(cols.partition), part)]
 
 
 def build_flow(
-    source: Source[RawBatch], sink: Sink[Impressions], dlq: DynamicSink, max_bytes: int
+    source: Source[RawBatch],
+    sink: Sink[Impressions],
+    dlq: DynamicSink,
+    limits: EventLimits = DEFAULT_LIMITS,
 ) -> Dataflow:
     """Build the exposure dataflow.
 
@@ -55,12 +62,19 @@ def build_flow(
         source: raw Kafka batches (`KafkaBatchSource` or a `TestingSource` of `RawBatch`).
         sink: receives `Impressions` (an `ExposureSink` in production).
         dlq: receives the dead letters of undecodable events.
-        max_bytes: payload size limit.
+        limits: event decoding limits.
     """
     flow = Dataflow("exposure")
-    batches = op.input("in", flow, source)
-    decoded = decode_with_dlq("events", batches, dlq, "exposure", max_bytes)
-    op.output("bloom", op.filter_map("impressions", decoded, impressions_of), sink)
+    parts = ingest(
+        "events",
+        op.input("in", flow, source),
+        dlq,
+        flow="exposure",
+        limits=limits,
+        lateness_ms=None,
+        shard=impressions_of,
+    )
+    op.output("bloom", op.key_rm("impressions", parts), sink)
     return flow
 
 

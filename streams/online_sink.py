@@ -16,17 +16,16 @@ twice (identical values and timestamp, harmless to point-in-time joins), and not
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import redis
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from features.client import mark_key
+from features.offline_log import offline_rows, write_offline_parts
 from features.online_writer import OnlineWriter
 from features.schema import FeatureConfig, derive
 from streams.pacing import PACER
@@ -37,20 +36,15 @@ _OFFLINE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
 """Writes full offline parts off the worker thread (pyarrow releases the GIL while writing)."""
 
 
-def hwm_key(project: str, job: str) -> str:
-    """Redis key holding a job's event-time high-water mark (epoch ms)."""
-    return f"{project}:hwm:{job}"
-
-
 class _Partition(StatefulSinkPartition[StatsFlush, None]):
     def __init__(
-        self, redis_url: str, project: str, config: FeatureConfig, offline_dir: Path | None
+        self, redis_url: str, project: str, config: FeatureConfig, offline: Path | None
     ) -> None:
         self._redis = redis.Redis.from_url(redis_url)
         self._writer = OnlineWriter(self._redis, project)
         self._config = config
-        self._hwm_key = hwm_key(project, "stats")
-        self._offline_dir = offline_dir
+        self._hwm_key = mark_key(project, "stats")
+        self._offline = offline
         self._pending: dict[str, list[pa.Table]] = {}
         self._pending_rows = 0
         self._writing: list[Future] = []
@@ -64,7 +58,7 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
             columns = derive(flush.view, flush.counts, self._config)
             self._writer.send(flush.view, flush.ids, columns, flush.as_of_ms)
             hwm = max(hwm, flush.as_of_ms)
-            if self._offline_dir is not None:
+            if self._offline is not None:
                 self._log(flush, columns)
         if hwm:
             # Same connection, after the values: whoever sees the mark sees the values.
@@ -72,20 +66,11 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         PACER.record(time.perf_counter() - start)
 
     def _log(self, flush: StatsFlush, columns: dict) -> None:
-        key = "user_id" if flush.view == "user_stats" else "note_id"
-        table = pa.table(
-            {
-                key: flush.ids,
-                "event_ts": pa.array(
-                    [flush.as_of_ms] * len(flush.ids), pa.timestamp("ms", tz="UTC")
-                ),
-                **columns,
-            }
-        )
+        table = offline_rows(flush.view, flush.ids, columns, flush.as_of_ms)
         self._pending.setdefault(flush.view, []).append(table)
         self._pending_rows += len(flush.ids)
         if self._pending_rows >= OFFLINE_ROWS:
-            self._writing.append(_OFFLINE.submit(_write_parts, self._offline_dir, self._pending))
+            self._writing.append(_OFFLINE.submit(write_offline_parts, self._offline, self._pending))
             self._pending = {}
             self._pending_rows = 0
 
@@ -93,7 +78,7 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         """Make everything written so far durable before Bytewax commits the epoch."""
         self._writer.collect()
         if self._pending:
-            self._writing.append(_OFFLINE.submit(_write_parts, self._offline_dir, self._pending))
+            self._writing.append(_OFFLINE.submit(write_offline_parts, self._offline, self._pending))
             self._pending = {}
             self._pending_rows = 0
         for done in self._writing:
@@ -104,18 +89,6 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         self.snapshot()
         self._writer.close()
         self._redis.close()
-
-
-def _write_parts(offline_dir: Path, pending: dict[str, list[pa.Table]]) -> None:
-    for view, tables in pending.items():
-        directory = offline_dir / view
-        directory.mkdir(parents=True, exist_ok=True)
-        name = f"part-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = directory / f".{name}.tmp"
-        pq.write_table(pa.concat_tables(tables), tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, directory / name)
 
 
 _MAX_SCRIPT = """
@@ -137,9 +110,9 @@ class FeastOnlineSink(FixedPartitionedSink[StatsFlush, None]):
         project: str,
         shards: int,
         config: FeatureConfig | None = None,
-        offline_dir: Path | None = None,
+        offline: Path | None = None,
     ) -> None:
-        self._args = (redis_url, project, config or FeatureConfig(), offline_dir)
+        self._args = (redis_url, project, config or FeatureConfig(), offline)
         self._parts = sorted(f"{kind}{i}" for kind in "un" for i in range(shards))
 
     def list_parts(self) -> list[str]:

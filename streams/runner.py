@@ -1,9 +1,11 @@
-"""Run a dataflow: one process or several (`-i/-a` style), with or without Bytewax recovery."""
+"""Run a dataflow in this process: alone or as one process of a cluster, with or without recovery.
+
+Starting the other processes of a cluster is the launcher's business (`infra.jobs`); this module
+only runs the flow here, given the cluster's addresses.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,8 +13,6 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from pydantic import BaseModel, ConfigDict, Field
-
-from infra.stack import free_port
 
 RECOVERY_PARTITIONS = 4
 
@@ -56,33 +56,3 @@ def run_here(flow: Dataflow, run: RunConfig) -> None:
         recovery_config=recovery,
         **cluster,
     )
-
-
-def launch_cluster(argv: list[str], processes: int) -> int:
-    """Start `processes` copies of this CLI command as one Bytewax cluster and wait for them.
-
-    Args:
-        argv: the command's own arguments (without `--processes`); each copy gets
-            `--process-id I --addresses A` appended.
-
-    Returns:
-        0 if every process exited 0, else the first non-zero exit code.
-    """
-    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "infra.cli",
-                *argv,
-                "--process-id",
-                str(i),
-                "--addresses",
-                addresses,
-            ]
-        )
-        for i in range(processes)
-    ]
-    codes = [p.wait() for p in procs]
-    return next((c for c in codes if c != 0), 0)

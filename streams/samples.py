@@ -19,7 +19,6 @@ whatever the arrival order, the batch sizes or the number of processes.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import math
 import time
@@ -48,12 +47,12 @@ from features.samples import (
 )
 from features.schema import COUNTS
 from features.windows import COMPLETION_FRACTION, METRICS, TYPE_METRIC, WINDOWS
-from streams.config import SamplesConfig
-from streams.decode import Decoded, decode_batch
+from streams.config import DEFAULT_LIMITS, EventLimits, SamplesConfig
+from streams.decode import Decoded
 from streams.errors import EventError
 from streams.events import Event, dead_letter, encode_dead_letter, encode_event
+from streams.ingest import Columns, ingest, shard_cache, to_columns
 from streams.kafka_io import RawBatch
-from streams.stats import shard_of, to_columns
 from streams.tiles import TileStore
 from streams.tiles import event_metrics as tile_metrics
 
@@ -105,17 +104,6 @@ class JoinReport:
     counts: dict[str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class Ingested:
-    """What the per-partition step emits for one raw batch."""
-
-    parts: list[tuple[str, Part]]
-    dead: list[KafkaSinkMessage]
-
-
-_shard = functools.lru_cache(maxsize=1 << 20)(shard_of)
-
-
 def keep_draw(sample_id: str) -> float:
     """A uniform number in [0, 1) fixed by the sample id (negative down-sampling draws it)."""
     digest = hashlib.blake2b(sample_id.encode(), digest_size=8).digest()
@@ -128,35 +116,23 @@ def _late_letter(event: Event, detail: str, partition: int | None) -> KafkaSinkM
     return KafkaSinkMessage(event.user_id.encode(), encode_dead_letter(letter))
 
 
-def ingest(hwm: int | None, batch: RawBatch, config: SamplesConfig) -> tuple[int | None, Ingested]:
-    """Decode a raw batch, drop late events, split the rest into one part per shard.
+def shard_parts(cols: Columns, hwm: int | None, shards: int) -> list[tuple[str, Part]]:
+    """One part per user shard and per note shard; every one carries the partition's mark.
 
-    Returns:
-        (the partition's new high-water mark, the parts and dead letters).
+    Each shard gets a part even without events, so all shards share one watermark.
     """
-    decoded = decode_batch(batch, FLOW, config.max_bytes)
-    dead = list(decoded.dead)
-    lateness = config.allowed_lateness_ms
-    by_shard: dict[str, list[Event]] = {}
-    for e in decoded.events:
-        if hwm is not None and e.ts < hwm - lateness:
-            detail = (
-                f"ts {e.ts} is older than the partition's high-water mark {hwm} minus the "
-                f"allowed lateness {lateness} ms"
-            )
-            dead.append(_late_letter(e, detail, batch.partition))
-            continue
-        hwm = e.ts if hwm is None else max(hwm, e.ts)
-        by_shard.setdefault(f"u{_shard(e.user_id, config.shards)}", []).append(e)
-        by_shard.setdefault(f"n{_shard(e.note_id, config.shards)}", []).append(e)
     if hwm is None:
-        return hwm, Ingested([], dead)
-    parts = [
-        (key, Part(key, batch.partition, hwm, by_shard.get(key, [])))
+        return []
+    cache = shard_cache(shards)
+    by_shard: dict[str, list[Event]] = {}
+    for e, user, note in zip(cols.events, cols.users, cols.notes, strict=True):
+        by_shard.setdefault(f"u{cache[user]}", []).append(e)
+        by_shard.setdefault(f"n{cache[note]}", []).append(e)
+    return [
+        (key, Part(key, cols.partition, hwm, by_shard.get(key, [])))
         for side in "un"
-        for key in (f"{side}{s}" for s in range(config.shards))
+        for key in (f"{side}{s}" for s in range(shards))
     ]
-    return hwm, Ingested(parts, dead)
 
 
 def point_in_time(store: TileStore, events: list[Event], ids: list[str]) -> np.ndarray:
@@ -322,7 +298,8 @@ class NoteLogic(_ShardLogic, StatefulLogic[Part, tuple[str, NoteHalves], NoteSta
             return []
         stats = point_in_time(self.core.store, ready, [e.note_id for e in ready])
         shown = [e for e in ready if e.type == "impression"]
-        dest = np.array([_shard(e.user_id, self.config.shards) for e in shown], dtype=np.int64)
+        cache = shard_cache(self.config.shards)
+        dest = np.array([cache[e.user_id] for e in shown], dtype=np.int64)
         out = []
         for s in np.unique(dest).tolist():
             sel = np.flatnonzero(dest == s)
@@ -621,6 +598,7 @@ def build_flow(
     config: SamplesConfig,
     partitions: Sequence[int],
     recoverable: bool = True,
+    limits: EventLimits = DEFAULT_LIMITS,
 ) -> Dataflow:
     """Build the sample-joiner dataflow.
 
@@ -634,15 +612,19 @@ def build_flow(
         config: job settings.
         partitions: the input topic's partition ids (all of them hold the watermark).
         recoverable: snapshot the state each epoch (off only when running without recovery).
+        limits: event decoding limits.
     """
     flow = Dataflow(FLOW)
     batches = op.input("in", flow, source)
-    keyed = op.key_on("by_partition", batches, lambda b: str(b.partition))
-    ingested = op.key_rm(
-        "ingested", op.stateful_map("ingest", keyed, lambda hwm, b: ingest(hwm, b, config))
+    parts = ingest(
+        "ingest",
+        batches,
+        dlq,
+        flow=FLOW,
+        limits=limits,
+        lateness_ms=config.allowed_lateness_ms,
+        shard=lambda cols, hwm: shard_parts(cols, hwm, config.shards),
     )
-    op.output("dlq_in", op.flat_map("dead_in", ingested, lambda i: i.dead), dlq)
-    parts = op.flat_map("parts", ingested, lambda i: i.parts)
     sides = op.branch("side", parts, lambda kv: kv[0].startswith("n"))
     halves = op.stateful(
         "notes",

@@ -12,42 +12,23 @@ at any time is right as of the flow's event-time high-water mark.
 from __future__ import annotations
 
 import copy
-import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 import numpy as np
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink
 
-from features.windows import TYPE_METRIC
-from streams.config import StatsConfig
-from streams.decode import Decoded, decode_batch
-from streams.errors import EventError
-from streams.events import Event, dead_letter, encode_dead_letter, encode_event
+from streams.config import DEFAULT_LIMITS, EventLimits, StatsConfig
+from streams.ingest import Columns, ingest, shard_cache
 from streams.kafka_io import RawBatch
 from streams.pacing import PACER
 from streams.tiles import TileStore, event_metrics
 
 VIEWS = {"u": "user_stats", "n": "note_stats"}
-
-
-@dataclass(frozen=True, slots=True)
-class Columns:
-    """The valid events of one batch as columns."""
-
-    partition: int
-    ts: np.ndarray
-    kind: np.ndarray
-    watch: np.ndarray
-    duration: np.ndarray
-    users: list[str]
-    notes: list[str]
-    events: list[Event]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,103 +52,6 @@ class StatsFlush:
     as_of_ms: int
 
 
-def to_columns(decoded: Decoded) -> Columns:
-    """Turn a decoded batch into columns."""
-    events = decoded.events
-    n = len(events)
-    ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=n)
-    kind = np.fromiter((TYPE_METRIC[e.type] for e in events), dtype=np.int64, count=n)
-    watch = np.fromiter((e.watch_ms or 0 for e in events), dtype=np.int64, count=n)
-    duration = np.fromiter((e.duration_ms or 0 for e in events), dtype=np.int64, count=n)
-    return Columns(
-        decoded.partition,
-        ts,
-        kind,
-        watch,
-        duration,
-        [e.user_id for e in events],
-        [e.note_id for e in events],
-        events,
-    )
-
-
-def shard_of(key: str, shards: int) -> int:
-    """Stable shard of an entity id (crc32, the same in every process)."""
-    return zlib.crc32(key.encode()) % shards
-
-
-class _ShardCache(dict):
-    """id -> shard, computed once per id."""
-
-    def __init__(self, shards: int) -> None:
-        super().__init__()
-        self.shards = shards
-
-    def __missing__(self, key: str) -> int:
-        shard = self[key] = shard_of(key, self.shards)
-        return shard
-
-
-_CACHES: dict[int, _ShardCache] = {}
-
-
-def split_late(
-    hwm: int | None, cols: Columns, lateness: int
-) -> tuple[int | None, Columns, list[KafkaSinkMessage]]:
-    """Drop events older than the partition's high-water mark minus `lateness`.
-
-    Returns:
-        (new high-water mark, the events on time, dead letters of the late ones).
-    """
-    if len(cols.ts) == 0:
-        return hwm, cols, []
-    # An event is late against the high-water mark of everything before it in the partition.
-    running = np.maximum.accumulate(cols.ts)
-    start = cols.ts[0] if hwm is None else hwm
-    before = np.maximum(np.r_[start, running[:-1]], start)
-    late = cols.ts < before - lateness
-    new_hwm = int(max(start, running[-1]))
-    if not late.any():
-        return new_hwm, cols, []
-    letters = []
-    for i in np.flatnonzero(late).tolist():
-        err = EventError(
-            "late",
-            "ts",
-            f"ts {cols.ts[i]} is older than the partition's high-water mark "
-            f"{before[i]} minus the allowed lateness {lateness} ms",
-        )
-        letter = dead_letter(encode_event(cols.events[i]), err, "stats", partition=cols.partition)
-        letters.append(KafkaSinkMessage(cols.users[i].encode(), encode_dead_letter(letter)))
-    keep = np.flatnonzero(~late).tolist()
-    kept = Columns(
-        cols.partition,
-        cols.ts[keep],
-        cols.kind[keep],
-        cols.watch[keep],
-        cols.duration[keep],
-        [cols.users[i] for i in keep],
-        [cols.notes[i] for i in keep],
-        [cols.events[i] for i in keep],
-    )
-    return new_hwm, kept, letters
-
-
-@dataclass(frozen=True, slots=True)
-class Ingested:
-    """What the per-partition ingest step emits for one raw batch."""
-
-    parts: list[tuple[str, ShardBatch]]
-    dead: list[KafkaSinkMessage]
-
-
-def ingest(hwm: int | None, batch: RawBatch, config: StatsConfig) -> tuple[int | None, Ingested]:
-    """Decode a raw batch, drop late events, and split the rest into shard parts."""
-    decoded = decode_batch(batch, "stats", config.max_bytes)
-    hwm, cols, late = split_late(hwm, to_columns(decoded), config.allowed_lateness_ms)
-    return hwm, Ingested(shard_batches(cols, config.shards), decoded.dead + late)
-
-
 def shard_batches(cols: Columns, shards: int) -> list[tuple[str, ShardBatch]]:
     """Split a batch into one (shard key, part) per user shard and per note shard."""
     if len(cols.ts) == 0:
@@ -176,7 +60,7 @@ def shard_batches(cols: Columns, shards: int) -> list[tuple[str, ShardBatch]]:
     max_ts = int(cols.ts.max())
     out = []
     for prefix, ids in (("u", cols.users), ("n", cols.notes)):
-        cache = _CACHES.setdefault(shards, _ShardCache(shards))
+        cache = shard_cache(shards)
         shard = np.array([cache[k] for k in ids], dtype=np.int64)
         order = np.argsort(shard, kind="stable")
         bounds = np.searchsorted(shard[order], np.arange(shards + 1))
@@ -256,6 +140,7 @@ def build_flow(
     dlq: DynamicSink,
     config: StatsConfig,
     recoverable: bool = True,
+    limits: EventLimits = DEFAULT_LIMITS,
 ) -> Dataflow:
     """Build the stats dataflow.
 
@@ -266,15 +151,18 @@ def build_flow(
         config: job settings.
         recoverable: snapshot the state each epoch (turn off only when running without
             a recovery store).
+        limits: event decoding limits.
     """
     flow = Dataflow("stats")
-    batches = op.input("in", flow, source)
-    keyed = op.key_on("by_partition", batches, lambda b: str(b.partition))
-    ingested = op.key_rm(
-        "ingested", op.stateful_map("ingest", keyed, lambda hwm, batch: ingest(hwm, batch, config))
+    parts = ingest(
+        "ingest",
+        op.input("in", flow, source),
+        dlq,
+        flow="stats",
+        limits=limits,
+        lateness_ms=config.allowed_lateness_ms,
+        shard=lambda cols, _hwm: shard_batches(cols, config.shards),
     )
-    op.output("dlq", op.flat_map("dead", ingested, lambda i: i.dead), dlq)
-    parts = op.flat_map("shard", ingested, lambda i: i.parts)
     flushed = op.stateful(
         "tiles",
         parts,

@@ -1,6 +1,6 @@
 """The `validate` job: audit a topic, route invalid events to the DLQ and count the valid ones.
 
-It is the smallest flow built on the shared decode step and what `streamrec run validate`
+It is the smallest flow built on the shared ingest step and what `streamrec run validate`
 deploys; its sink receives one (partition, counts by event type) item per decoded batch.
 """
 
@@ -13,12 +13,16 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink
 
-from streams.decode import decode_with_dlq
+from streams.config import DEFAULT_LIMITS, EventLimits
+from streams.ingest import ingest
 from streams.kafka_io import RawBatch
 
 
 def build_flow(
-    source: Source[RawBatch], sink: Sink[tuple[int, Counter]], dlq: DynamicSink, max_bytes: int
+    source: Source[RawBatch],
+    sink: Sink[tuple[int, Counter]],
+    dlq: DynamicSink,
+    limits: EventLimits = DEFAULT_LIMITS,
 ) -> Dataflow:
     """Build the validate dataflow.
 
@@ -26,11 +30,17 @@ def build_flow(
         source: raw Kafka batches (`KafkaBatchSource` or a `TestingSource` of `RawBatch`).
         sink: receives (partition, Counter of event types) per batch.
         dlq: receives the dead letters (a `KafkaSink` on `interactions.dlq`).
-        max_bytes: payload size limit.
+        limits: event decoding limits.
     """
     flow = Dataflow("validate")
-    batches = op.input("in", flow, source)
-    decoded = decode_with_dlq("check", batches, dlq, "validate", max_bytes)
-    counts = op.map("count", decoded, lambda d: (d.partition, Counter(e.type for e in d.events)))
+    counts = ingest(
+        "check",
+        op.input("in", flow, source),
+        dlq,
+        flow="validate",
+        limits=limits,
+        lateness_ms=None,
+        shard=lambda cols, _hwm: [(cols.partition, Counter(e.type for e in cols.events))],
+    )
     op.output("out", counts, sink)
     return flow

@@ -18,7 +18,7 @@ TEST_REDIS_DB = 13
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings from the environment, with a private state directory for this test session."""
     state_dir = tmp_path_factory.mktemp("stack")
-    return load_settings(env={**_env(), "STREAMREC_STATE_DIR": str(state_dir)})
+    return load_settings(env={**_env(), "STREAMREC_DATA_DIR": str(state_dir)})
 
 
 def _env() -> dict[str, str]:

@@ -20,8 +20,8 @@ from features.store import apply_definitions, feature_store, online_features
 def test_reader_equals_get_online_features(
     redis_url: str, redis_client: redis.Redis, tmp_path: Path, view: str
 ) -> None:
-    store = feature_store(redis_url, f"p{uuid.uuid4().hex[:8]}", tmp_path / "registry.db")
-    apply_definitions(store)
+    store = feature_store(redis_url, f"p{uuid.uuid4().hex[:8]}", tmp_path)
+    apply_definitions(store, tmp_path)
     rng = np.random.default_rng(3)
     names = list(feature_types(view))
     stored = [f"e{i}" for i in range(30)]

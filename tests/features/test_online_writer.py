@@ -37,8 +37,8 @@ EDGE_FLOATS = np.array(
 @pytest.fixture
 def store(redis_url: str, tmp_path: Path):
     project = f"p{uuid.uuid4().hex[:8]}"
-    fs = feature_store(redis_url, project, tmp_path / "registry.db")
-    apply_definitions(fs)
+    fs = feature_store(redis_url, project, tmp_path)
+    apply_definitions(fs, tmp_path)
     return fs
 
 
@@ -118,20 +118,46 @@ def test_derive_matches_hand_computation() -> None:
 
 def test_feast_apply_cli_on_a_fresh_copy(tmp_path: Path, redis_url: str) -> None:
     repo = tmp_path / "features"
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
-    env = {**os.environ, "REDIS_CONNECTION": connection_string(redis_url)}
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    data_dir = tmp_path / "data"
+    env = {**os.environ, "REDIS_URL": redis_url, "STREAMREC_DATA_DIR": str(data_dir)}
     feast = Path(sys.executable).with_name("feast")
     done = subprocess.run(
         [feast, "apply"], cwd=repo, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Deploying infrastructure for user_stats" in done.stdout + done.stderr
-    listed = subprocess.run(
-        [feast, "feature-views", "list"],
-        cwd=repo,
+    assert (data_dir / "feast" / "registry-streamrec.db").exists()  # not inside the repo
+    assert not list(repo.rglob("*.db"))
+    listed = _feast_list(repo, env)
+    assert "note_stats" in listed and "user_stats" in listed
+
+
+def _feast_list(repo: Path, env: dict[str, str]) -> str:
+    feast = Path(sys.executable).with_name("feast")
+    done = subprocess.run(
+        [feast, "-c", str(repo), "feature-views", "list"],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert "note_stats" in listed.stdout and "user_stats" in listed.stdout
+    return done.stdout
+
+
+def test_feast_cli_shows_what_the_jobs_registered(tmp_path: Path, redis_url: str) -> None:
+    """`feast -c features feature-views list` reads the registry the jobs write (same data dir)."""
+    env = {**os.environ, "REDIS_URL": redis_url, "STREAMREC_DATA_DIR": str(tmp_path)}
+    assert "user_stats" not in _feast_list(REPO, env)  # nothing registered here yet
+    apply_definitions(feature_store(redis_url, "streamrec", tmp_path), tmp_path)  # as `run stats`
+    listed = _feast_list(REPO, env)
+    assert "note_stats" in listed and "user_stats" in listed
+
+
+def test_redis_url_becomes_feasts_connection_string() -> None:
+    assert connection_string("redis://127.0.0.1:6379/13") == "127.0.0.1:6379,db=13"
+    assert connection_string("rediss://app:p%40ss@cache.local:6380/2") == (
+        "cache.local:6380,db=2,ssl=true,username=app,password=p@ss"
+    )
+    with pytest.raises(FeaturesError, match="redis://"):
+        connection_string("http://cache.local")

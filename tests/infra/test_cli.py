@@ -14,7 +14,7 @@ from streams.kafka_io import make_producer
 
 
 def _cli(args: list[str], settings: Settings) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "STREAMREC_STATE_DIR": str(settings.stack.state_dir), "COLUMNS": "200"}
+    env = {**os.environ, "STREAMREC_DATA_DIR": str(settings.data_dir), "COLUMNS": "200"}
     cli = Path(sys.executable).with_name("streamrec")
     return subprocess.run([cli, *args], env=env, capture_output=True, text=True, timeout=300)
 
@@ -23,7 +23,7 @@ def test_replay_summary_and_validate(
     local_stack: StackState, settings: Settings, topic_name: str
 ) -> None:
     assert read_state(settings) == local_stack
-    truth = Path(settings.stack.state_dir) / "truth-cli"
+    truth = settings.data_dir / "truth-cli"
     done = _cli(
         [
             "replay",

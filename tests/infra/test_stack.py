@@ -17,7 +17,7 @@ from infra.errors import ConfigError, StackError
 
 
 def test_up_twice_then_down(tmp_path: Path, redis_url: str) -> None:
-    settings = load_settings(env={"STREAMREC_STATE_DIR": str(tmp_path), "REDIS_URL": redis_url})
+    settings = load_settings(env={"STREAMREC_DATA_DIR": str(tmp_path), "REDIS_URL": redis_url})
     first = stack.up(settings)
     try:
         assert first.kafka.pid is not None  # a broker of its own was started
@@ -39,7 +39,7 @@ def test_up_twice_then_down(tmp_path: Path, redis_url: str) -> None:
 
 def test_redis_is_started_when_none_answers(tmp_path: Path, bootstrap: str) -> None:
     settings = load_settings(
-        env={"STREAMREC_STATE_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": bootstrap}
+        env={"STREAMREC_DATA_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": bootstrap}
     )
     settings = settings.model_copy(
         update={
@@ -63,14 +63,14 @@ def test_redis_is_started_when_none_answers(tmp_path: Path, bootstrap: str) -> N
 
 def test_unreachable_broker_is_a_one_line_error(tmp_path: Path) -> None:
     settings = load_settings(
-        env={"STREAMREC_STATE_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+        env={"STREAMREC_DATA_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": "127.0.0.1:1"}
     )
     with pytest.raises(StackError, match=r"KAFKA_BOOTSTRAP=127\.0\.0\.1:1"):
         stack.up(settings)
 
 
 def test_endpoints_without_up_says_what_to_do(tmp_path: Path) -> None:
-    settings = load_settings(env={"STREAMREC_STATE_DIR": str(tmp_path)})
+    settings = load_settings(env={"STREAMREC_DATA_DIR": str(tmp_path)})
     with pytest.raises(StackError, match="streamrec infra up"):
         stack.endpoints(settings)
 
@@ -83,7 +83,7 @@ def test_bad_config_file_names_the_field(tmp_path: Path) -> None:
 
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
-    env = {**os.environ, "STREAMREC_STATE_DIR": str(tmp_path)}
+    env = {**os.environ, "STREAMREC_DATA_DIR": str(tmp_path)}
     env.pop("KAFKA_BOOTSTRAP", None)
     env.pop("REDIS_URL", None)
     cli = Path(sys.executable).with_name("streamrec")

@@ -20,7 +20,7 @@ from tests.learners.helpers import synthetic, to_batch
 
 
 def _cli(args: list[str], settings: Settings, config: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "STREAMREC_STATE_DIR": str(settings.stack.state_dir), "COLUMNS": "200"}
+    env = {**os.environ, "STREAMREC_DATA_DIR": str(settings.data_dir), "COLUMNS": "200"}
     cli = Path(sys.executable).with_name("streamrec")
     return subprocess.run(
         [cli, *args, "--config", str(config)], env=env, capture_output=True, text=True, timeout=300

@@ -12,16 +12,29 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from features.client import mark_key
 from features.exposure import ExposureConfig, ExposureWriter
 from features.online_writer import OnlineWriter
 from features.schema import FeatureConfig, derive
 from features.windows import METRICS, WINDOWS
-from infra.cli_serve import build_service
 from infra.config import load_settings
 from serving.config import FusionConfig
 from serving.recommender import fuse
-from streams.online_sink import hwm_key
-from tests.learners.test_online import publish_trained
+from serving.service import build_service
+from tests.learners.helpers import publish_trained
+
+
+def _build(settings, redis_url: str):
+    """(app, watcher) of the service `settings` describe."""
+    svc = build_service(
+        redis_url,
+        settings.feast_project,
+        settings.snapshots.root,
+        (settings.learn.ranker_model, settings.learn.retriever_model),
+        settings.serving,
+        settings.exposure.namespace,
+    )
+    return svc.app, svc.watcher
 
 
 def test_fusion_formulas() -> None:
@@ -76,7 +89,7 @@ def service(tmp_path: Path, redis_url: str):
             "feast_project": f"p{ns}",
         }
     )
-    app, watcher = build_service(settings, redis_url)
+    app, watcher = _build(settings, redis_url)
     return app, watcher, settings
 
 
@@ -177,7 +190,7 @@ def test_features_endpoint_and_freshness_metric(service, redis_url) -> None:
     assert body["features"] == {k: float(v[0]) for k, v in cols.items()}
     assert client.get("/features/user/n-x").status_code == 404  # a note, not a user
 
-    r.set(hwm_key(settings.feast_project, "stats"), int(time.time() * 1000) - 3_000)
+    r.set(mark_key(settings.feast_project, "stats"), int(time.time() * 1000) - 3_000)
     line = next(
         x
         for x in client.get("/metrics").text.splitlines()

@@ -8,10 +8,11 @@ from bytewax.connectors.kafka import KafkaSink
 from bytewax.testing import TestingSink, run_main
 
 from infra.stack import ensure_topics
+from streams.config import EventLimits
 from streams.events import EVENT_TYPES, decode_dead_letter, decode_event, encode_event
 from streams.kafka_io import KafkaBatchSource, make_producer, read_to_end
 from streams.validate import build_flow
-from tests.streams.test_events import MALFORMED, make_event
+from tests.streams.helpers import MALFORMED, make_event
 
 
 def _produce(bootstrap: str, topic: str, items: list[tuple[bytes, bytes]]) -> None:
@@ -52,7 +53,7 @@ def test_malformed_events_go_to_dlq_and_valid_ones_are_kept(
         KafkaBatchSource(bootstrap, source_topic, tail=False, batch=4),
         TestingSink(out),
         KafkaSink([bootstrap], dlq_topic),
-        max_bytes=16_384,
+        EventLimits(max_bytes=16_384),
     )
     run_main(flow)
 

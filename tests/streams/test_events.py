@@ -17,53 +17,13 @@ from streams.events import (
     encode_dead_letter,
     encode_event,
 )
-
-
-def make_event(kind: str, i: int = 0) -> Event:
-    extra = {"watch_ms": 1234, "duration_ms": 5000} if kind == "play" else {}
-    return Event(
-        event_id=f"e{i}-{kind}",
-        ts=1_700_000_000_000 + i,
-        user_id=f"u{i}",
-        note_id=f"n{i}",
-        type=kind,
-        author_id="a1",
-        category="c1",
-        request_id=f"r{i}",
-        position=i % 10,
-        **extra,
-    )
+from tests.streams.helpers import MALFORMED, VALID, make_event
 
 
 @pytest.mark.parametrize("kind", EVENT_TYPES)
 def test_every_type_round_trips(kind: str) -> None:
     event = make_event(kind)
     assert decode_event(encode_event(event)) == event
-
-
-VALID = {"event_id": "e1", "ts": 1, "user_id": "u", "note_id": "n", "type": "click"}
-
-MALFORMED = [
-    (b"not json at all", "not_json", None),
-    (b'{"event_id": "e1", "ts": 1', "not_json", None),
-    (b"[1, 2, 3]", "not_object", None),
-    (msgspec.json.encode({**VALID, "ts": "1"}), "wrong_type", "ts"),
-    (msgspec.json.encode({**VALID, "user_id": 5}), "wrong_type", "user_id"),
-    (msgspec.json.encode({**VALID, "ts": 1.5}), "wrong_type", "ts"),
-    (
-        msgspec.json.encode({k: v for k, v in VALID.items() if k != "note_id"}),
-        "missing_field",
-        "note_id",
-    ),
-    (msgspec.json.encode({**VALID, "type": "teleport"}), "unknown_type", "type"),
-    (msgspec.json.encode({**VALID, "ts": -5}), "bad_value", "ts"),
-    (msgspec.json.encode({**VALID, "watch_ms": -1}), "bad_value", "watch_ms"),
-    (msgspec.json.encode({**VALID, "user_id": ""}), "bad_value", "user_id"),
-    (msgspec.json.encode({**VALID, "colour": "red"}), "unknown_field", "colour"),
-    (msgspec.json.encode({**VALID, "type": "play"}), "missing_field", "watch_ms"),
-    (msgspec.json.encode({**VALID, "v": 2}), "unsupported_version", "v"),
-    (msgspec.json.encode({**VALID, "category": "x" * 20_000}), "oversized", None),
-]
 
 
 @pytest.mark.parametrize(("raw", "reason", "field"), MALFORMED)

@@ -25,7 +25,7 @@ from streams.replay import replay
 from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 from streams.summary import summarize_dead_letters
-from tests.streams.stats_harness import CLI, cli_env, recovery_progress, start_job, wait_for
+from tests.streams.helpers import CLI, cli_env, recovery_progress, start_job, wait_for
 
 DAY = 86_400_000
 WORLD = SyntheticConfig(seed=9, users=300, notes=2_000, request_gap_ms=2_000.0)
@@ -75,8 +75,7 @@ def test_flow_sets_impressions_only_and_sends_bad_events_to_the_dlq(
     ]
     dead: list = []
     config = ExposureConfig(namespace=ns)
-    run_main(build_flow(TestingSource(batches), ExposureSink(redis_url, config), TestingSink(dead),
-                        16_384))  # fmt: skip
+    run_main(build_flow(TestingSource(batches), ExposureSink(redis_url, config), TestingSink(dead)))
     letters = sorted((x.reason, x.flow) for x in map(decode_dead_letter, (d.value for d in dead)))
     assert letters == [("missing_field", "exposure"), ("not_json", "exposure")]
     bloom = ExposureFilter(redis_client, ns)
@@ -117,7 +116,7 @@ def test_bounded_run_of_two_processes_then_check_on_the_cli(
     producer.produce(topic_name, b'{"event_id": "x"}', b"u-bad")
     producer.flush(10)
     config = _job_config(tmp_path, topic_name, ns)
-    env = cli_env(Path(settings.stack.state_dir), redis_url)
+    env = cli_env(settings.data_dir, redis_url)
     args = [str(CLI), "run", "exposure", "--until-end", "--processes", "2", "--config", str(config)]
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -151,7 +150,7 @@ def test_kill_9_mid_replay_then_restart_every_impression_is_seen(
 ) -> None:
     ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq"], 4)
     config = _job_config(tmp_path, topic_name, ns)
-    env = cli_env(Path(settings.stack.state_dir), redis_url)
+    env = cli_env(settings.data_dir, redis_url)
     recovery = tmp_path / "recovery"
     base = ["run", "exposure", "--config", str(config), "--recovery-dir", str(recovery)]
     base += ["--snapshot-interval", "0.5"]

@@ -3,17 +3,13 @@ point-in-time statistics against pandas, down-sampling, and 1 vs 2 workers."""
 
 from __future__ import annotations
 
-import zlib
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from features.samples import STAT_FEATURES, Sample, SampleBatch, decode_batch, read_sample_log
+from features.samples import STAT_FEATURES, Sample, SampleBatch, read_sample_log
 from features.schema import COUNTS
 from features.windows import DAY, HOUR, MINUTE, WINDOWS
 from streams.config import SamplesConfig
@@ -24,87 +20,14 @@ from streams.samples import (
     JoinReport,
     NoteHalves,
     Part,
-    SampleLogSink,
     UserLogic,
     UserState,
-    build_flow,
     keep_draw,
 )
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
+from tests.streams.helpers import WINDOW, Result, raw_batches, run
 
-PARTITIONS = 3
 T0 = 200 * DAY
-WINDOW = 30 * MINUTE
-
-
-def raw_batches(
-    events: list[Event], partitions: int = PARTITIONS, size: int = 50
-) -> list[RawBatch]:
-    """Spread events over partitions by user (crc32), batches interleaved in time order."""
-    by_part: dict[int, list[Event]] = {p: [] for p in range(partitions)}
-    for e in events:
-        by_part[zlib.crc32(e.user_id.encode()) % partitions].append(e)
-    out = []
-    for p, rows in by_part.items():
-        for lo in range(0, len(rows), size):
-            chunk = rows[lo : lo + size]
-            batch = RawBatch(
-                "t",
-                p,
-                [e.user_id.encode() for e in chunk],
-                [encode_event(e) for e in chunk],
-                list(range(lo, lo + len(chunk))),
-            )
-            out.append((chunk[0].ts, p, batch))
-    return [b for _, _, b in sorted(out, key=lambda x: x[:2])]
-
-
-@dataclass
-class Result:
-    samples: list[Sample]
-    batch_ids: list[str]
-    counts: Counter
-    dead: list
-    log: list
-
-
-def run(
-    events: list[Event] | list[RawBatch],
-    workers: int = 1,
-    log_dir: Path | None = None,
-    **overrides: object,
-) -> Result:
-    cfg = {"shards": 2, "negative_keep_rate": 1.0, "allowed_lateness_ms": MINUTE}
-    config = SamplesConfig(**{**cfg, **overrides})
-    batches = events if events and isinstance(events[0], RawBatch) else raw_batches(events)
-    messages: list = []
-    log: list = []
-    dead: list = []
-    reports: list[JoinReport] = []
-    flow = build_flow(
-        TestingSource(batches),
-        TestingSink(messages),
-        SampleLogSink(log_dir) if log_dir is not None else TestingSink(log),
-        TestingSink(dead),
-        TestingSink(reports),
-        config,
-        range(PARTITIONS),
-        recoverable=False,
-    )
-    if workers == 1:
-        run_main(flow)
-    else:
-        cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    decoded = [decode_batch(m.value) for m in messages]
-    for m, b in zip(messages, decoded, strict=True):
-        assert m.key == b.batch_id.encode()
-        assert len(b.samples) <= config.batch_size
-        assert b.max_ts == max(s.ts for s in b.samples)
-    counts: Counter = Counter()
-    for r in reports:
-        counts.update(r.counts)
-    samples = sorted((s for b in decoded for s in b.samples), key=lambda s: s.sample_id)
-    return Result(samples, sorted(b.batch_id for b in decoded), counts, dead, log)
 
 
 _N = iter(range(10**9))

@@ -12,23 +12,23 @@ from pathlib import Path
 import pytest
 import yaml
 
+from features.paths import DataPaths
 from features.samples import SAMPLE_COLUMNS, decode_batch, read_sample_log
-from infra.config import Settings
 from infra.stack import StackState, ensure_topics
 from streams.events import Event
 from streams.kafka_io import read_to_end
 from streams.replay import replay
 from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
-from tests.streams.stats_harness import (
+from tests.streams.helpers import (
     CLI,
-    cli_env,
+    job_env,
     recovery_progress,
     resume_epochs,
+    run,
     start_job,
     wait_for,
 )
-from tests.streams.test_samples import run
 
 WORLD = SyntheticConfig(seed=9, users=120, notes=300, request_gap_ms=20_000.0)
 
@@ -41,7 +41,6 @@ def events() -> list[Event]:
 @pytest.mark.parametrize("processes", [1, 2])
 def test_bounded_run_through_kafka_equals_the_in_process_flow(
     local_stack: StackState,
-    settings: Settings,
     redis_url: str,
     topic_name: str,
     tmp_path: Path,
@@ -51,9 +50,9 @@ def test_bounded_run_through_kafka_equals_the_in_process_flow(
     samples_topic = f"{topic_name}.samples"
     ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq", samples_topic], 4)
     replay(ListSource(events, 1_000), local_stack.bootstrap, topic_name)
-    log_dir = tmp_path / "log"
+    log_dir = DataPaths(tmp_path).sample_log
     config = tmp_path / "settings.yaml"
-    samples = {"negative_keep_rate": 0.5, "batch_size": 256, "shards": 4, "log_dir": str(log_dir)}
+    samples = {"negative_keep_rate": 0.5, "batch_size": 256, "shards": 4}
     topics = {
         "interactions": topic_name,
         "dlq": f"{topic_name}.dlq",
@@ -62,7 +61,7 @@ def test_bounded_run_through_kafka_equals_the_in_process_flow(
     config.write_text(yaml.safe_dump({"kafka": {"topics": topics}, "samples": samples}))
     done = subprocess.run(
         [CLI, "run", "samples", "--until-end", "--processes", str(processes), "--config", config],
-        env=cli_env(Path(settings.stack.state_dir), redis_url),
+        env=job_env(tmp_path, local_stack.bootstrap, redis_url),
         capture_output=True,
         text=True,
         timeout=300,
@@ -85,7 +84,6 @@ def test_bounded_run_through_kafka_equals_the_in_process_flow(
 
 def test_kill_9_mid_stream_then_restart_loses_nothing(
     local_stack: StackState,
-    settings: Settings,
     redis_url: str,
     topic_name: str,
     tmp_path: Path,
@@ -93,9 +91,9 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
 ) -> None:
     samples_topic = f"{topic_name}.samples"
     ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq", samples_topic], 4)
-    log_dir = tmp_path / "log"
+    log_dir = DataPaths(tmp_path).sample_log
     config = tmp_path / "settings.yaml"
-    samples = {"negative_keep_rate": 0.5, "shards": 4, "log_dir": str(log_dir)}
+    samples = {"negative_keep_rate": 0.5, "shards": 4}
     samples["log_rows_per_part"] = 300
     topics = {
         "interactions": topic_name,
@@ -103,7 +101,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
         "training_samples": samples_topic,
     }
     config.write_text(yaml.safe_dump({"kafka": {"topics": topics}, "samples": samples}))
-    env = cli_env(Path(settings.stack.state_dir), redis_url)
+    env = job_env(tmp_path, local_stack.bootstrap, redis_url)
     recovery = tmp_path / "recovery"
     base = ["run", "samples", "--config", str(config), "--recovery-dir", str(recovery)]
     base += ["--snapshot-interval", "0.5"]

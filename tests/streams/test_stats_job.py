@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -14,7 +13,6 @@ import pandas as pd
 import pytest
 import redis
 
-from features.definitions import DATA
 from features.schema import ENTITY_KEY
 from features.store import feature_store, online_features
 from infra.config import Settings
@@ -24,7 +22,7 @@ from streams.reference import expected_features
 from streams.replay import replay
 from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
-from tests.streams.stats_harness import (
+from tests.streams.helpers import (
     cli_env,
     job_config,
     recovery_progress,
@@ -36,38 +34,30 @@ from tests.streams.stats_harness import (
 WORLD = SyntheticConfig(seed=5, users=150, notes=400, request_gap_ms=30_000.0)
 
 
-@pytest.fixture(autouse=True)
-def _remove_offline_logs():
-    """Each job test's project writes an offline log and a registry under features/data."""
-    before = set(DATA.glob("*")) if DATA.exists() else set()
-    yield
-    for path in set(DATA.glob("*")) - before:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
 @pytest.fixture(scope="module")
 def events() -> list[Event]:
     return [e for b in SyntheticSource(WORLD, limit=24_000).batches() for e in b]
 
 
-def _read_back(redis_url: str, project: str, tmp: Path, view: str, ids: list[str]) -> pd.DataFrame:
-    store = feature_store(redis_url, project, tmp / "reader-registry.db")
+def _read_back(
+    redis_url: str, project: str, data_dir: Path, view: str, ids: list[str]
+) -> pd.DataFrame:
+    store = feature_store(redis_url, project, data_dir)
     from features.store import apply_definitions
 
-    apply_definitions(store)
+    apply_definitions(store, data_dir)
     values = online_features(store, view, ids)
     key = ENTITY_KEY[view]
     frame = pd.DataFrame(values).set_index(key)
     return frame.loc[ids]
 
 
-def _assert_features_equal(redis_url: str, project: str, tmp: Path, events: list[Event]) -> None:
+def _assert_features_equal(
+    redis_url: str, project: str, data_dir: Path, events: list[Event]
+) -> None:
     for view in ("user_stats", "note_stats"):
         want = expected_features(events, view)
-        got = _read_back(redis_url, project, tmp, view, list(want.index))
+        got = _read_back(redis_url, project, data_dir, view, list(want.index))
         assert got.notna().all().all(), f"{view}: some entities have no stored row"
         for column in want.columns:
             np.testing.assert_allclose(
@@ -101,22 +91,22 @@ def test_bounded_run_matches_pandas_through_feast(
     ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq"], 4)
     replay(ListSource(events, 1_000), local_stack.bootstrap, topic_name)
     config, project = job_config(tmp_path, topic_name)
-    env = cli_env(Path(settings.stack.state_dir), redis_url)
-    from tests.streams.stats_harness import CLI
+    env = cli_env(settings.data_dir, redis_url)
+    from tests.streams.helpers import CLI
 
     args = [str(CLI), "run", "stats", "--until-end", "--config", str(config)]
     _run_to_end([*args, "--processes", str(processes)], env)
     assert _stats_hwm(redis_url, project) == events[-1].ts
-    _assert_features_equal(redis_url, project, tmp_path, events)
+    _assert_features_equal(redis_url, project, settings.data_dir, events)
     if processes == 1:
-        _assert_offline_log_serves_point_in_time(redis_url, project, tmp_path, events)
+        _assert_offline_log_serves_point_in_time(redis_url, project, settings.data_dir, events)
 
 
 def _assert_offline_log_serves_point_in_time(
-    redis_url: str, project: str, tmp: Path, events: list[Event]
+    redis_url: str, project: str, data_dir: Path, events: list[Event]
 ) -> None:
     """The offline log behind the views answers `get_historical_features` point in time."""
-    store = feature_store(redis_url, project, tmp / "reader-registry.db")
+    store = feature_store(redis_url, project, data_dir)
     want = expected_features(events, "user_stats")
     users = list(want.index[:20])
     first_seen = {u: min(e.ts for e in events if e.user_id == u) for u in users}
@@ -150,7 +140,7 @@ def test_kill_9_mid_replay_then_restart_equals_uninterrupted(
 ) -> None:
     ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq"], 4)
     config, project = job_config(tmp_path, topic_name)
-    env = cli_env(Path(settings.stack.state_dir), redis_url)
+    env = cli_env(settings.data_dir, redis_url)
     recovery = tmp_path / "recovery"
     base = [
         "run",
@@ -200,10 +190,10 @@ def test_kill_9_mid_replay_then_restart_equals_uninterrupted(
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
     assert crashed_at < events[-1].ts
-    from tests.streams.stats_harness import CLI
+    from tests.streams.helpers import CLI
 
     _run_to_end([str(CLI), *base, "--until-end"], env)
     # The restart resumed from a snapshot taken mid-stream (not a re-read from the start).
     first, resumed = resume_epochs(recovery)[-2:]
     assert resumed > first
-    _assert_features_equal(redis_url, project, tmp_path, events)
+    _assert_features_equal(redis_url, project, settings.data_dir, events)

@@ -1,0 +1,117 @@
+"""`FeatureClient`: the one reader of the feature store for users, the CLI and serving.
+
+It reads Feast's Redis online store directly (one pipelined HMGET per entity, see
+`features.online_reader`) and returns what `FeatureStore.get_online_features(...).to_dict()`
+returns for the same entities - `tests/features/test_client.py` checks the two equal. The Feast
+SDK path stays available and equivalent:
+
+    store = features.store.feature_store(redis_url, project, data_dir)
+    store.get_online_features(features=["user_stats:clicks_1h"], entity_rows=[{"user_id": "u1"}])
+
+Each streaming job records its event-time high-water mark at `mark_key(project, job)`; the
+values read are valid as of that time (`FeatureClient.as_of`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import redis
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+from features.errors import UnknownViewError
+from features.online_reader import OnlineReader
+from features.schema import ENTITY_KEY, feature_types
+
+VIEW_OF = {"user": "user_stats", "note": "note_stats"}
+"""Entity name -> its statistics view."""
+
+
+def mark_key(project: str, job: str) -> str:
+    """Redis key of a job's event-time high-water mark (epoch ms) in `project`."""
+    return f"{project}:hwm:{job}"
+
+
+def _python_value(raw: bytes | None) -> int | float | None:
+    """The Python value of a stored `ValueProto` (as Feast's `to_dict` gives it)."""
+    if not raw:
+        return None
+    value = ValueProto.FromString(raw)
+    kind = value.WhichOneof("val")
+    return None if kind is None else getattr(value, kind)
+
+
+def view_name(entity_or_view: str) -> str:
+    """`user` / `note` (entity) or a view name -> the view name."""
+    view = VIEW_OF.get(entity_or_view, entity_or_view)
+    if view not in ENTITY_KEY:
+        raise UnknownViewError(
+            f"unknown entity or view {entity_or_view!r}; expected one of {[*VIEW_OF, *ENTITY_KEY]}"
+        )
+    return view
+
+
+class FeatureClient:
+    """Reads the online features of users and notes, as the stats job wrote them.
+
+    Args:
+        client: a redis-py client of the online store (`decode_responses=False`).
+        project: the Feast project the jobs write (`Settings.feast_project`).
+    """
+
+    def __init__(self, client: redis.Redis, project: str) -> None:
+        self.client = client
+        self.project = project
+        self._reader = OnlineReader(client, project)
+
+    @classmethod
+    def from_url(cls, redis_url: str, project: str, **redis_kwargs: object) -> FeatureClient:
+        """A client on `redis_url` (extra arguments go to `redis.Redis.from_url`)."""
+        return cls(redis.Redis.from_url(redis_url, **redis_kwargs), project)
+
+    def read(
+        self, view: str, entity_ids: Sequence[str], names: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Values of `names` as a matrix, in one round trip (the serving path).
+
+        Returns:
+            (values (n, len(names)) float64, NaN where nothing is stored; event times (n,)
+            int64 epoch ms of the stored rows, -1 for entities without a row).
+        """
+        return self._reader.read(view_name(view), entity_ids, names)
+
+    def get(
+        self, entity: str, entity_ids: Sequence[str], names: Sequence[str] | None = None
+    ) -> dict[str, list]:
+        """Features of `entity` ("user", "note" or a view name) for `entity_ids`.
+
+        Returns:
+            What `get_online_features(...).to_dict()` returns: the join key column, then one
+            list per feature (int for counts, float for rates; None where nothing is stored).
+        """
+        view = view_name(entity)
+        names = list(feature_types(view)) if names is None else list(names)
+        rows, stamps = self._reader.read_raw(view, entity_ids, names)
+        out: dict[str, list] = {ENTITY_KEY[view]: list(entity_ids)}
+        for j, name in enumerate(names):
+            out[name] = [
+                None if stamps[i] < 0 else _python_value(row[j]) for i, row in enumerate(rows)
+            ]
+        return out
+
+    def stored_at(self, entity: str, entity_ids: Sequence[str]) -> list[int | None]:
+        """Event time (epoch ms) each entity's stored row is valid as of; None without a row."""
+        view = view_name(entity)
+        first = next(iter(feature_types(view)))
+        _, stamps = self.read(view, entity_ids, [first])
+        return [None if s < 0 else int(s) for s in stamps.tolist()]
+
+    def as_of(self, job: str = "stats") -> int | None:
+        """The event-time high-water mark `job` recorded (epoch ms), None before it wrote."""
+        raw = self.client.get(mark_key(self.project, job))
+        return None if raw is None else int(raw)
+
+    def close(self) -> None:
+        """Close the Redis connections."""
+        self.client.close()

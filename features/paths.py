@@ -1,0 +1,70 @@
+"""Where streamrec keeps its files: every path is derived from one data directory.
+
+Layout of a data directory `D` (the `data_dir` setting, `$STREAMREC_DATA_DIR` at entry points):
+
+    D/stack/                       the local stack's state file and service logs
+    D/feast/registry-<project>.db  the Feast registry of a project
+    D/feast/offline/<project>/<view>/  the offline log (parquet parts) of a feature view
+    D/training-samples/            the parquet sample log
+    D/snapshots/<model>/<version>/ embedding snapshots
+    D/recovery/<job>/              Bytewax recovery stores of the streaming jobs
+
+Nothing is written inside the installed package or relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_DIR_ENV = "STREAMREC_DATA_DIR"
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """`$STREAMREC_DATA_DIR`, else `$XDG_DATA_HOME/streamrec`, else `~/.local/share/streamrec`.
+
+    Only entry points call this (the settings loader, and the Feast repository when the `feast`
+    command line loads it); library code takes the directory as an argument.
+    """
+    env = os.environ if env is None else env
+    if env.get(DATA_DIR_ENV):
+        return Path(env[DATA_DIR_ENV]).expanduser().resolve()
+    xdg = env.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return (base / "streamrec").resolve()
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """The paths derived from one data directory."""
+
+    root: Path
+
+    @property
+    def stack(self) -> Path:
+        """State file and logs of the local stack."""
+        return self.root / "stack"
+
+    def registry(self, project: str) -> Path:
+        """The Feast registry file of `project`."""
+        return self.root / "feast" / f"registry-{project}.db"
+
+    def offline(self, project: str) -> Path:
+        """The offline log of `project` (one parquet part directory per feature view)."""
+        return self.root / "feast" / "offline" / project
+
+    @property
+    def sample_log(self) -> Path:
+        """The parquet log of training samples."""
+        return self.root / "training-samples"
+
+    @property
+    def snapshots(self) -> Path:
+        """Root of the embedding snapshots."""
+        return self.root / "snapshots"
+
+    def recovery(self, job: str) -> Path:
+        """Bytewax recovery store of a streaming job."""
+        return self.root / "recovery" / job

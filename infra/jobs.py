@@ -1,0 +1,269 @@
+"""The streaming jobs, one registry of specs, and the one skeleton that deploys each of them.
+
+A `JobSpec` says how to build a job's dataflow from the settings and the endpoints (its I/O:
+Kafka source, sinks, DLQ); `run_job` does the rest the same way for every job: endpoints ->
+build -> `RunConfig` -> run here, or launch a cluster of processes that each run their share.
+`streamrec run <job>` is generated from `JOBS` (infra/cli_run.py).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bytewax.dataflow import Dataflow
+from rich.table import Table
+
+from infra import stack
+from infra.cli_options import console, print_counts
+from infra.config import Settings
+from infra.processes import ProcessGroup, free_port
+from streams.runner import RunConfig, run_here
+
+REPORT_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job's builder gets: settings, where the services are, and how it runs."""
+
+    settings: Settings
+    where: stack.StackState
+    until_end: bool
+    recoverable: bool
+    process_id: int | None
+
+
+@dataclass
+class BuiltJob:
+    """A job's dataflow, and what to print when it ends (if anything)."""
+
+    flow: Dataflow
+    report: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One streaming job: its name, one-line summary and builder."""
+
+    name: str
+    summary: str
+    build: Callable[[JobContext], BuiltJob]
+    prepare: Callable[[JobContext], None] | None = field(default=None)
+    """Runs once before the flow starts (in the first process of a cluster)."""
+
+
+def _dlq(ctx: JobContext):
+    from bytewax.connectors.kafka import KafkaSink
+
+    return KafkaSink([ctx.where.bootstrap], ctx.settings.kafka.topics.dlq)
+
+
+def _source(ctx: JobContext):
+    from streams.kafka_io import KafkaBatchSource
+
+    return KafkaBatchSource(
+        ctx.where.bootstrap, ctx.settings.kafka.topics.interactions, tail=not ctx.until_end
+    )
+
+
+def _build_validate(ctx: JobContext) -> BuiltJob:
+    from streams.sinks import CallbackSink
+    from streams.validate import build_flow
+
+    totals: Counter = Counter()
+    flow = build_flow(
+        _source(ctx),
+        CallbackSink(lambda item: totals.update(item[1])),
+        _dlq(ctx),
+        ctx.settings.events,
+    )
+    return BuiltJob(flow, lambda: print_counts("valid events by type", totals))
+
+
+def _apply_features(ctx: JobContext) -> None:
+    from features.store import apply_definitions, feature_store
+
+    s = ctx.settings
+    apply_definitions(feature_store(ctx.where.redis_url, s.feast_project, s.data_dir), s.data_dir)
+
+
+def _build_stats(ctx: JobContext) -> BuiltJob:
+    from streams.online_sink import FeastOnlineSink
+    from streams.stats import build_flow
+
+    s = ctx.settings
+    flow = build_flow(
+        _source(ctx),
+        FeastOnlineSink(
+            ctx.where.redis_url,
+            s.feast_project,
+            s.stats.shards,
+            s.features,
+            offline=s.paths.offline(s.feast_project),
+        ),
+        _dlq(ctx),
+        s.stats,
+        recoverable=ctx.recoverable,
+        limits=s.events,
+    )
+    return BuiltJob(flow)
+
+
+def _build_exposure(ctx: JobContext) -> BuiltJob:
+    from streams.exposure import ExposureSink, build_flow
+
+    s = ctx.settings
+    flow = build_flow(
+        _source(ctx), ExposureSink(ctx.where.redis_url, s.exposure), _dlq(ctx), s.events
+    )
+    return BuiltJob(flow)
+
+
+class _JoinTotals:
+    """Sums the joiner's reports; prints them every `REPORT_EVERY_S` and at the end."""
+
+    def __init__(self, where: str, log_dir: Path) -> None:
+        self.counts: Counter = Counter()
+        self.where, self.log_dir = where, log_dir
+        self._last = time.monotonic()
+
+    def add(self, report: object) -> None:
+        self.counts.update(report.counts)
+        if time.monotonic() - self._last >= REPORT_EVERY_S:
+            self._last = time.monotonic()
+            console.print(f"{self.where}: " + ", ".join(f"{k} {v:,}" for k, v in self.items()))
+
+    def items(self) -> list[tuple[str, int]]:
+        from streams.samples import REASONS
+
+        return [(k, self.counts[k]) for k in REASONS if self.counts[k]]
+
+    def print(self) -> None:
+        table = Table(title=f"sample joiner ({self.where})")
+        table.add_column("count")
+        table.add_column("value", justify="right")
+        for k, v in self.items():
+            table.add_row(k, f"{v:,}")
+        console.print(table)
+        console.print(f"parquet log: {self.log_dir}")
+
+
+def _build_samples(ctx: JobContext) -> BuiltJob:
+    from bytewax.connectors.kafka import KafkaSink
+
+    from streams.kafka_io import partitions_of
+    from streams.samples import SampleLogSink, build_flow
+    from streams.sinks import CallbackSink
+
+    s, topics = ctx.settings, ctx.settings.kafka.topics
+    cfg = s.samples
+    totals = _JoinTotals(
+        "all partitions" if ctx.process_id is None else f"process {ctx.process_id}",
+        s.paths.sample_log,
+    )
+    flow = build_flow(
+        _source(ctx),
+        KafkaSink([ctx.where.bootstrap], topics.training_samples),
+        SampleLogSink(s.paths.sample_log, cfg.log_rows_per_part, cfg.log_part_interval_s),
+        _dlq(ctx),
+        CallbackSink(totals.add),
+        cfg,
+        partitions_of(ctx.where.bootstrap, topics.interactions),
+        recoverable=ctx.recoverable,
+        limits=s.events,
+    )
+    return BuiltJob(flow, totals.print)
+
+
+JOBS: dict[str, JobSpec] = {
+    spec.name: spec
+    for spec in (
+        JobSpec(
+            "validate",
+            "Audit interactions: invalid events to the DLQ with their reason, valid ones counted.",
+            _build_validate,
+        ),
+        JobSpec(
+            "stats",
+            "Multi-window user and note statistics from interactions into Feast (Redis).",
+            _build_stats,
+            prepare=_apply_features,
+        ),
+        JobSpec(
+            "exposure",
+            "Per-user exposure Bloom filters from the impressions in interactions (Redis).",
+            _build_exposure,
+        ),
+        JobSpec(
+            "samples",
+            "Labelled samples: impressions joined with their actions, to training-samples + "
+            "parquet.",
+            _build_samples,
+        ),
+    )
+}
+"""Every streaming job, by name."""
+
+
+def cluster_argv(
+    job: str,
+    until_end: bool,
+    recovery_dir: Path | None,
+    snapshot_interval_s: float,
+    config: Path | None,
+) -> list[str]:
+    """The `streamrec run <job>` arguments every process of a cluster gets (before its id)."""
+    argv = ["run", job, "--snapshot-interval", str(snapshot_interval_s)]
+    argv += ["--until-end"] if until_end else []
+    argv += ["--recovery-dir", str(recovery_dir)] if recovery_dir is not None else []
+    argv += ["--config", str(config)] if config is not None else []
+    return argv
+
+
+def launch_cluster(argv: list[str], processes: int) -> int:
+    """Start `processes` copies of `streamrec <argv>` as one Bytewax cluster and wait for them.
+
+    Each copy gets `--process-id I --addresses A` appended; their output is this process's.
+
+    Returns:
+        0 if every process exited 0, else the first non-zero exit code.
+    """
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    group = ProcessGroup(new_session=False)  # a signal to our group reaches them all
+    for i in range(processes):
+        group.start(
+            f"process-{i}",
+            [
+                sys.executable,
+                "-m",
+                "infra.cli",
+                *argv,
+                "--process-id",
+                str(i),
+                "--addresses",
+                addresses,
+            ],
+        )
+    return group.wait()
+
+
+def run_job(spec: JobSpec, settings: Settings, run: RunConfig, until_end: bool) -> None:
+    """Deploy `spec` in this process (alone, or as process `run.process_id` of a cluster)."""
+    ctx = JobContext(
+        settings=settings,
+        where=stack.endpoints(settings),
+        until_end=until_end,
+        recoverable=run.recovery_dir is not None,
+        process_id=run.process_id,
+    )
+    if spec.prepare is not None and not run.process_id:
+        spec.prepare(ctx)
+    built = spec.build(ctx)
+    run_here(built.flow, run)
+    if built.report is not None:
+        built.report()

@@ -1,0 +1,55 @@
+"""Assemble the recommendation service: snapshot watcher, feature client, exposure filter, app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+from fastapi import FastAPI
+
+from features.client import FeatureClient
+from features.exposure import ExposureFilter
+from serving.app import create_app
+from serving.config import ServingConfig
+from serving.recommender import Recommender
+from serving.watcher import SnapshotWatcher
+
+
+@dataclass
+class Service:
+    """The HTTP app and the snapshot watcher behind it (the caller starts and stops it)."""
+
+    app: FastAPI
+    watcher: SnapshotWatcher
+    recommender: Recommender
+
+
+def build_service(
+    redis_url: str,
+    project: str,
+    snapshot_root: Path,
+    models: tuple[str, str],
+    config: ServingConfig,
+    exposure_namespace: str,
+) -> Service:
+    """The service over the stores at `redis_url` and the snapshots under `snapshot_root`.
+
+    Args:
+        redis_url: the Redis holding the online features and the exposure filters.
+        project: the Feast project the stats job writes.
+        snapshot_root: root directory of the snapshots.
+        models: (ranker, retriever) model names of the snapshots.
+        config: retrieval, ranking and API settings.
+        exposure_namespace: key namespace of the exposure filters.
+    """
+    client = redis.Redis.from_url(redis_url)
+    ranker, retriever = models
+    watcher = SnapshotWatcher(snapshot_root, ranker, retriever, config)
+    recommender = Recommender(
+        watcher,
+        FeatureClient(client, project),
+        ExposureFilter(client, exposure_namespace),
+        config,
+    )
+    return Service(create_app(recommender, config.max_n, config.default_n), watcher, recommender)
