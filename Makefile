@@ -39,4 +39,4 @@ infra-down: install
 	$(BIN)/streamrec infra down
 
 clean:
-	rm -rf $(VENV) .streamrec .pytest_cache
+	rm -rf $(VENV) .pytest_cache

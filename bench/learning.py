@@ -216,9 +216,7 @@ def _sample_ids(bootstrap: str, topic: str) -> set[str]:
     }
 
 
-def latency(
-    state_dir: Path, bootstrap: str, redis_url: str, warm: Columns, rate: float, seconds: float
-) -> dict:
+def latency(bootstrap: str, redis_url: str, warm: Columns, rate: float, seconds: float) -> dict:
     """Event produced -> ranker delta containing its note, through the real joiner process."""
     work = Path(tempfile.mkdtemp(prefix="bench-learning-"))
     topics = {
@@ -242,7 +240,6 @@ def latency(
             "allowed_lateness_ms": 500,
             "batch_max_delay_ms": 200,
             "idle_partition_ms": 2_000,
-            "log_dir": str(work / "log"),
         },
         "learn": {"batch_size": 1024, "admit_after": 1},
     }
@@ -250,7 +247,7 @@ def latency(
     cfg_file.write_text(yaml.safe_dump(settings))
     env = {
         **os.environ,
-        "STREAMREC_DATA_DIR": str(state_dir),
+        "STREAMREC_DATA_DIR": str(work),
         "KAFKA_BOOTSTRAP": bootstrap,
         "REDIS_URL": redis_url,
     }
@@ -357,7 +354,6 @@ def main(
         return
     with bench_stack() as state:
         res = latency(
-            Path(".streamrec") / "bench-learning",
             state.bootstrap,
             state.redis_url,
             cols.take(np.arange(20_000)),

@@ -11,16 +11,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infra import stack
-from infra.config import Settings, load_settings
+from infra.cli_options import ConfigOpt, UntilEndOpt, console, settings_from
+from infra.config import Settings
 from learners.errors import LearnersError
 
-console = Console()
 learn_app = typer.Typer(help="Train the ranker and the retriever; publish snapshots.")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file.")]
-UntilEndOpt = Annotated[
-    bool, typer.Option("--until-end", help="Bounded run: stop at the end of the topic.")
-]
 REPORT_EVERY_S = 30.0
 
 
@@ -38,7 +34,7 @@ def _announcer(settings: Settings, bootstrap: str):
 @learn_app.command("full")
 def learn_full(
     log_dir: Annotated[
-        Path | None, typer.Option(help="Parquet sample log (default: samples.log_dir).")
+        Path | None, typer.Option(help="Parquet sample log (default: <data_dir>/training-samples).")
     ] = None,
     announce: Annotated[
         bool, typer.Option(help="Announce the versions on embedding-snapshots.")
@@ -48,9 +44,9 @@ def learn_full(
     """All parameters, warm start from the latest snapshot, one shuffled pass over the log."""
     from learners.full import run_full
 
-    settings = load_settings(config)
+    settings = settings_from(config)
     learn = settings.learn
-    directory = log_dir or learn.log_dir or settings.samples.log_dir
+    directory = log_dir or settings.paths.sample_log
     announcer = _announcer(settings, stack.endpoints(settings).bootstrap) if announce else None
     progress = Progress(
         TextColumn("[bold]full training"),
@@ -91,7 +87,7 @@ def learn_online(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> No
     from streams.events import DeadLetter, encode_dead_letter
     from streams.kafka_io import make_producer
 
-    settings = load_settings(config)
+    settings = settings_from(config)
     learn = settings.learn
     torch.set_num_threads(learn.threads)
     where = stack.endpoints(settings)

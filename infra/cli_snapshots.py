@@ -10,14 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from infra.config import load_settings
+from infra.cli_options import ConfigOpt, console, settings_from
 from learners.errors import LearnersError
 from learners.snapshots import Manifest, SnapshotReader
 
 snapshots_app = typer.Typer(help="Inspect published embedding snapshots.", no_args_is_help=True)
-console = Console()
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name (default: all).")]
 RootOpt = Annotated[
     Path | None, typer.Option("--root", help="Snapshot root (default: settings snapshots.root).")
@@ -25,7 +23,7 @@ RootOpt = Annotated[
 
 
 def _root(root: Path | None, config: Path | None) -> Path:
-    return root if root is not None else load_settings(config).snapshots.root
+    return root if root is not None else settings_from(config).snapshots.root
 
 
 def _models(root: Path, model: str | None) -> list[str]:

@@ -91,7 +91,7 @@ class Settings(_Frozen):
     """The exposure job and the filters it keeps."""
     samples: SamplesConfig = SamplesConfig()
     """The sample joiner."""
-    snapshots: SnapshotConfig = SnapshotConfig()
+    snapshots: SnapshotConfig
     """Embedding snapshots: root directory, retention, publishing intervals."""
     learn: LearnConfig = LearnConfig()
     """The online learner and full training."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -192,8 +191,6 @@ class LearnConfig(BaseModel):
     """Most rows per ID table."""
     seed: int = 7
     """Seed of initialisation and of the shuffle of full training."""
-    log_dir: Path | None = None
-    """Parquet sample log read by full training; None = `samples.log_dir`."""
     poll_timeout_s: float = Field(default=0.2, gt=0)
     """Online: longest wait for new samples before checking the publishing clocks."""
     threads: int = Field(default=1, ge=1)

@@ -68,8 +68,9 @@ class SnapshotConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    root: Path = Path(".streamrec") / "snapshots"
-    """Snapshot root directory: `<root>/<model>/<version>/`."""
+    root: Path
+    """Snapshot root directory: `<root>/<model>/<version>/` (the settings default it to
+    `<data_dir>/snapshots`)."""
     keep_full: int = Field(default=3, ge=1)
     """Full snapshots kept per model; older fulls and their deltas are pruned on a full publish."""
     full_every_s: float = Field(default=3600.0, gt=0)

@@ -46,11 +46,11 @@ def test_learn_full_then_online_until_end(
             {
                 "kafka": {"topics": topics},
                 "snapshots": {"root": str(root)},
-                "learn": {"log_dir": str(log_dir), "batch_size": 256},
+                "learn": {"batch_size": 256},
             }
         )
     )
-    done = _cli(["learn", "full"], settings, config)
+    done = _cli(["learn", "full", "--log-dir", str(log_dir)], settings, config)
     assert done.returncode == 0, done.stderr
     assert "published ranker version 1" in done.stdout
     producer = make_producer(local_stack.bootstrap)
