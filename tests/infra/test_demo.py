@@ -1,16 +1,139 @@
-"""End-to-end: the whole loop as separate processes on the real stack (issue 6 acceptance)."""
+"""The demo package: its parts in isolation, then the whole loop on the real stack (issue 6)."""
 
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
+from rich.console import Console
 
-from features.store import remove_project_files
+import infra.demo
 from infra.config import load_settings
-from infra.demo import DemoConfig, run_demo
+from infra.demo import DemoConfig, DemoError, DemoReport, print_report, run_demo, write_plots
+from infra.demo.orchestrate import demo_settings, wait_for
+from infra.demo.probes import ids, probe_plan
+from infra.demo.producer import EventStream, produce_live
+from infra.processes import ProcessError, ProcessGroup
+from streams.sources.synthetic import SyntheticConfig, SyntheticSource
+
+
+def test_public_api_is_importable_from_the_package() -> None:
+    for name in infra.demo.__all__:
+        assert getattr(infra.demo, name) is not None
+    assert {"DemoConfig", "DemoReport", "run_demo", "print_report", "write_plots"} <= set(
+        infra.demo.__all__
+    )
+
+
+def test_each_run_gets_its_own_topics_project_namespace_and_directories(tmp_path: Path) -> None:
+    base = load_settings(env={"STREAMREC_DATA_DIR": str(tmp_path)})
+    a = demo_settings("a1", tmp_path / "a1", base, DemoConfig())
+    b = demo_settings("b2", tmp_path / "b2", base, DemoConfig())
+    topics_a, topics_b = dict(a["kafka"]["topics"]), dict(b["kafka"]["topics"])
+    assert topics_a.pop("partitions") == topics_b.pop("partitions") == base.kafka.topics.partitions
+    assert not set(topics_a.values()) & set(topics_b.values())
+    assert a["feast_project"] != b["feast_project"]
+    assert a["exposure"]["namespace"] != b["exposure"]["namespace"]
+    # the file the jobs are started with is valid settings, every path under the run's directory
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(a))
+    loaded = load_settings(path, env={"STREAMREC_DATA_DIR": str(tmp_path / "a1")})
+    assert loaded.feast_project == a["feast_project"]
+    assert loaded.kafka.topics.interactions == topics_a["interactions"]
+    assert loaded.data_dir == tmp_path / "a1" == Path(a["data_dir"])
+    assert loaded.paths.sample_log.is_relative_to(tmp_path / "a1")
+    assert Path(loaded.snapshots.root).is_relative_to(tmp_path / "a1")
+
+
+def test_event_stream_is_retimed_and_cut_at_the_end() -> None:
+    source = SyntheticSource(SyntheticConfig(users=20, notes=50, start_ms=0), limit=2_000)
+    original = [
+        e.ts for batch in SyntheticSource(source.config, limit=2_000).batches() for e in batch
+    ]
+    stream = EventStream(source)
+    stream.offset_ms = 1_000_000
+    end = 1_000_000 + original[len(original) // 2]
+    first = [e.ts for batch in stream.until(end) for e in batch]
+    assert first and max(first) < end
+    assert first == [t + 1_000_000 for t in original[: len(first)]]
+    rest = [e.ts for batch in stream.until(10**15) for e in batch]
+    assert len(first) + len(rest) == len(original)
+
+
+def test_live_production_stops_when_asked() -> None:
+    class Producer:
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def produce(self, *_args) -> None:
+            self.sent += 1
+
+        def poll(self, *_args) -> None:
+            pass
+
+        def flush(self, *_args) -> int:
+            return 0
+
+    source = SyntheticSource(SyntheticConfig(users=20, notes=50, start_ms=0), limit=500)
+    stream = EventStream(source)  # event time 0: all due now, so nothing sleeps
+    producer = Producer()
+    assert produce_live(producer, "t", stream, 10**15, threading.Event()) == 500 == producer.sent
+    stopped = threading.Event()
+    stopped.set()
+    stream = EventStream(SyntheticSource(source.config, limit=500))
+    assert produce_live(Producer(), "t", stream, 10**15, stopped) == 0
+
+
+def test_probe_plan_and_answer_ids() -> None:
+    plan = probe_plan(3, 5, seed=7)
+    assert sorted(plan) == ["exposure"] * 5 + ["new"] * 3
+    assert plan == probe_plan(3, 5, seed=7)
+    assert ids({"items": [{"note_id": "n1"}, {"note_id": "n2"}]}) == ["n1", "n2"]
+    assert ids(None) == []
+
+
+def test_wait_for_times_out_and_notices_a_dead_job(tmp_path: Path) -> None:
+    with pytest.raises(DemoError, match="waiting for nothing"):
+        wait_for(lambda: 0, "nothing", timeout=0.1, every=0.02)
+    assert wait_for(lambda: 5, "five", timeout=0.1) == 5
+    jobs = ProcessGroup(tmp_path / "logs")
+    jobs.start("dies", [sys.executable, "-c", "print('bye'); raise SystemExit(3)"])
+    jobs.procs["dies"].wait()
+    with pytest.raises(ProcessError, match="dies exited with 3"):
+        wait_for(lambda: 0, "the job", timeout=5, jobs=jobs)
+    jobs.stop()
+
+
+def test_report_summary_plots_and_table(tmp_path: Path) -> None:
+    report = DemoReport(
+        tmp_path,
+        warm_events=10,
+        latencies_ms=[1.0, 2.0, 3.0],
+        exposure_delays_s=[0.5],
+        category_lift=1.5,
+        examples=[
+            {
+                "user_id": "u1",
+                "top_interests": ["c1 (0.50)"],
+                "items": [{"note_id": "n1", "score": 0.9, "scores": {"ranker": 0.8}}],
+            }
+        ],
+    )
+    s = report.summary()
+    assert s["warm_events"] == 10 and s["latencies_ms"] == {"n": 3, "p50": 2.0, "p99": 2.98}
+    assert s["feature_lag_ms"] == {"n": 0, "p50": None, "p99": None}
+    json.dumps(s)
+    (path,) = write_plots(report, tmp_path)
+    assert path.stat().st_size > 0
+    console = Console(record=True, width=160)
+    print_report(report, console)
+    text = console.export_text()
+    assert "p50 2.0 ms" in text and "1.50x" in text and "n1" in text
 
 
 def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
@@ -20,7 +143,7 @@ def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
         env={
             "KAFKA_BOOTSTRAP": bootstrap,
             "REDIS_URL": redis_url,
-            "STREAMREC_STATE_DIR": str(tmp_path),
+            "STREAMREC_DATA_DIR": str(tmp_path),
         }
     )
     config = DemoConfig(
@@ -34,10 +157,8 @@ def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
         new_note_probes=3,
     )
     report = run_demo(settings, config)
-    # the demo's Feast project writes its offline log under features/data: not the test's to keep
-    remove_project_files(
-        yaml.safe_load((report.run_dir / "settings.yaml").read_text())["feast_project"]
-    )
+    # every file of the run (here: the Feast registry and offline log) is in its own directory
+    assert report.run_dir.is_relative_to(tmp_path) and (report.run_dir / "feast").is_dir()
 
     assert report.warm_events > 0 and report.live_events > 0
     assert report.samples_logged > 0

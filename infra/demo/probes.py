@@ -1,0 +1,203 @@
+"""What the demo measures while it runs: an HTTP client of serving and the probes that use it.
+
+- `Client`: `/recommend`, `/notes/{id}` and `/healthz` calls, recording latency and errors;
+- `sample_freshness`: once a second, now minus the stats and exposure high-water marks and the
+  age of the newest ranker snapshot;
+- `exposure_probe`: one impression of a recommended note, timed until `/recommend` drops it;
+- `new_note_events` / `check_new_notes`: a brand-new note's first events, timed until the
+  retrieval index holds it;
+- `quality`: category lift of recommendations against the synthetic ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import redis
+
+from infra.demo.producer import now_ms
+from infra.demo.report import DemoReport
+from streams.events import Event, encode_event
+
+
+class Client:
+    """`/recommend` and `/notes` calls that record their latency."""
+
+    def __init__(self, base_url: str, n: int) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=10.0)
+        self.n = n
+        self.latencies_ms: list[float] = []
+        self.errors = 0
+        self._lock = threading.Lock()
+
+    def recommend(self, user_id: str) -> dict | None:
+        """Top-n of a user (None when the call failed)."""
+        t0 = time.perf_counter()
+        try:
+            r = self.http.get("/recommend", params={"user_id": user_id, "n": self.n})
+        except httpx.HTTPError:
+            r = None
+        ms = (time.perf_counter() - t0) * 1000
+        with self._lock:
+            if r is None or r.status_code != 200:
+                self.errors += 1
+                return None
+            self.latencies_ms.append(ms)
+        return r.json()
+
+    def note_indexed(self, note_id: str) -> bool:
+        """Whether the retrieval index holds `note_id`."""
+        try:
+            r = self.http.get(f"/notes/{note_id}")
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200 and bool(r.json().get("in_index"))
+
+    def ready(self) -> bool:
+        """Serving answers /healthz with 200 (a snapshot is loaded)."""
+        try:
+            return self.http.get("/healthz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def ids(answer: dict | None) -> list[str]:
+    """Note ids of a `/recommend` answer (none for a failed call)."""
+    return [item["note_id"] for item in (answer or {}).get("items", [])]
+
+
+def sample_freshness(
+    redis_url: str,
+    feature_hwm_key: str,
+    exposure_hwm_key: str,
+    snapshot_root: Path,
+    report: DemoReport,
+    stop: threading.Event,
+) -> None:
+    """Every second until `stop`: feature and exposure lag, and the newest ranker snapshot's age."""
+    r = redis.Redis.from_url(redis_url)
+    while not stop.wait(1.0):
+        now = now_ms()
+        for key, out in (
+            (feature_hwm_key, report.feature_lag_ms),
+            (exposure_hwm_key, report.exposure_lag_ms),
+        ):
+            value = r.get(key)
+            if value is not None:
+                out.append(float(now - int(value)))
+        manifests = sorted(snapshot_root.glob("ranker/*/manifest.json"))
+        if manifests:
+            created = json.loads(manifests[-1].read_text())["created_at_ms"]
+            report.snapshot_age_s.append((now - created) / 1000)
+
+
+def probe_plan(new_note_probes: int, exposure_probes: int, seed: int) -> list[str]:
+    """The probes of a live phase ("new" or "exposure") in a seeded random order."""
+    plan = ["new"] * new_note_probes + ["exposure"] * exposure_probes
+    return list(np.random.default_rng(seed).permutation(plan))
+
+
+def exposure_probe(client: Client, exposure, producer, topic, users, rng, report) -> None:
+    """Show the user one recommended note; time until /recommend stops returning it."""
+    user = users[int(rng.integers(len(users)))]
+    answer = client.recommend(user)
+    notes = ids(answer)
+    if not notes:
+        return
+    note = notes[0]
+    event = Event(
+        event_id=f"probe-{uuid.uuid4().hex}",
+        ts=now_ms(),
+        user_id=user,
+        note_id=note,
+        type="impression",
+        request_id=f"probe-{uuid.uuid4().hex[:8]}",
+        position=0,
+    )
+    producer.produce(topic, encode_event(event), user.encode())
+    producer.flush(10)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 30:
+        if note not in ids(client.recommend(user)):
+            break
+        time.sleep(0.05)
+    else:
+        report.exposure_violations += 1
+        return
+    report.exposure_delays_s.append(time.monotonic() - t0)
+    if not exposure.seen(user, [note])[0]:
+        report.exposure_violations += 1  # left the list before the filter knew: not a filter
+    for _ in range(5):
+        if note in ids(client.recommend(user)):
+            report.exposure_violations += 1
+            break
+
+
+def new_note_events(producer, topic, note: str, users, rng) -> None:
+    """A brand-new note's first events: impressions by 6 users, 3 of them clicking."""
+    now = now_ms()
+    for j, u in enumerate(rng.choice(len(users), size=6, replace=False).tolist()):
+        user = users[u]
+        request = f"req-{note}-{j}"
+        common = {"note_id": note, "user_id": user, "request_id": request}
+        events = [
+            Event(
+                event_id=f"{request}-i",
+                ts=now,
+                type="impression",
+                position=0,
+                author_id="a0",
+                category="c0",
+                **common,
+            ),
+        ]
+        if j % 2 == 0:
+            events.append(Event(event_id=f"{request}-c", ts=now + 500, type="click", **common))
+        for e in events:
+            producer.produce(topic, encode_event(e), user.encode())
+    producer.flush(10)
+
+
+def check_new_notes(client: Client, pending: dict[str, float], report: DemoReport) -> None:
+    """Record the delay of every pending new note now in the index and drop it from `pending`."""
+    for note, t0 in list(pending.items()):
+        if client.note_indexed(note):
+            report.new_note_delays_s.append(time.monotonic() - t0)
+            del pending[note]
+
+
+def quality(client: Client, report: DemoReport) -> None:
+    """Category lift against the synthetic ground truth, and a few example answers."""
+    import pyarrow.parquet as pq
+
+    truth = report.run_dir / "truth"
+    interest = pq.read_table(truth / "users.parquet").to_pydict()
+    notes = pq.read_table(truth / "notes.parquet").to_pydict()
+    category = dict(zip(notes["note_id"], notes["category"], strict=True))
+    rng = np.random.default_rng(0)
+    hits, base = [], []
+    for u in rng.choice(len(interest["user_id"]), size=50, replace=False).tolist():
+        user, weights = interest["user_id"][u], np.asarray(interest["interest"][u])
+        answer = client.recommend(user)
+        recommended = [i for i in ids(answer) if i in category]
+        if not recommended:
+            continue
+        hits.append(np.mean([weights[int(category[i][1:])] for i in recommended]))
+        base.append(weights.mean())
+        if len(report.examples) < 3:
+            top = np.argsort(-weights)[:3]
+            report.examples.append(
+                {
+                    "user_id": user,
+                    "top_interests": [f"c{c} ({weights[c]:.2f})" for c in top],
+                    "items": (answer or {}).get("items", [])[:5],
+                }
+            )
+    if hits:
+        report.category_lift = float(np.mean(hits) / np.mean(base))
