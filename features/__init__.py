@@ -15,68 +15,35 @@ Names are loaded on first use, so `import features` stays cheap for the streamin
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from features.lazy import lazy_exports
 
 _EXPORTS = {
-    "features.client": ("FeatureClient", "mark_key"),
-    "features.paths": ("DataPaths", "default_data_dir"),
-    "features.schema": ("FeatureConfig", "ENTITY_KEY", "VIEWS", "feature_types", "derive"),
-    "features.windows": ("METRICS", "WINDOWS", "Window"),
-    "features.exposure": ("ExposureConfig", "ExposureFilter", "ExposureWriter"),
-    "features.samples": (
-        "Sample",
-        "SampleBatch",
-        "STAT_FEATURES",
-        "LABELS",
-        "encode_batch",
-        "decode_batch",
-        "read_sample_log",
-    ),
-    "features.online_writer": ("OnlineWriter",),
-    "features.store": ("feature_store", "apply_definitions"),
-    "features.errors": ("FeaturesError",),
+    "FeatureClient": "features.client",
+    "mark_key": "features.client",
+    "DataPaths": "features.paths",
+    "default_data_dir": "features.paths",
+    "FeatureConfig": "features.schema",
+    "ENTITY_KEY": "features.schema",
+    "VIEWS": "features.schema",
+    "feature_types": "features.schema",
+    "derive": "features.schema",
+    "METRICS": "features.windows",
+    "WINDOWS": "features.windows",
+    "Window": "features.windows",
+    "ExposureConfig": "features.exposure",
+    "ExposureFilter": "features.exposure",
+    "ExposureWriter": "features.exposure",
+    "Sample": "features.samples",
+    "SampleBatch": "features.samples",
+    "STAT_FEATURES": "features.samples",
+    "LABELS": "features.samples",
+    "encode_batch": "features.samples",
+    "decode_batch": "features.samples",
+    "read_sample_log": "features.samples",
+    "OnlineWriter": "features.online_writer",
+    "feature_store": "features.store",
+    "apply_definitions": "features.store",
+    "FeaturesError": "features.errors",
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    "ENTITY_KEY",
-    "LABELS",
-    "METRICS",
-    "STAT_FEATURES",
-    "VIEWS",
-    "WINDOWS",
-    "DataPaths",
-    "ExposureConfig",
-    "ExposureFilter",
-    "ExposureWriter",
-    "FeatureClient",
-    "FeatureConfig",
-    "FeaturesError",
-    "OnlineWriter",
-    "Sample",
-    "SampleBatch",
-    "Window",
-    "apply_definitions",
-    "decode_batch",
-    "default_data_dir",
-    "derive",
-    "encode_batch",
-    "feature_store",
-    "feature_types",
-    "mark_key",
-    "read_sample_log",
-]
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'features' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -29,7 +29,7 @@ training code either (`learners.inference` builds on `learners.models` only).
 
 from __future__ import annotations
 
-import importlib
+from features.lazy import lazy_exports
 
 _EXPORTS = {
     # snapshots (numpy, safetensors; no torch)
@@ -65,17 +65,4 @@ _EXPORTS = {
     "run_full": "learners.full",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> object:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'learners' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
