@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -15,15 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
+import pytest
+import redis
 import yaml
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from features.samples import Sample, decode_batch
 from features.windows import MINUTE
+from infra.stack import ensure_topics
 from streams.config import SamplesConfig
 from streams.events import Event, encode_event
 from streams.kafka_io import RawBatch
+from streams.replay import replay
 from streams.samples import JoinReport, SampleLogSink, build_flow
+from streams.sources import ListSource
+from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 
 CLI = Path(sys.executable).with_name("streamrec")
 PARTITIONS = 3
@@ -60,6 +68,31 @@ def job_env(data_dir: Path, bootstrap: str, redis_url: str) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class Job:
+    """A job under test: its topics on the broker (created), settings file, CLI environment and
+    the Redis key of the event-time high-water mark it stores ("" if it stores none)."""
+
+    bootstrap: str
+    topic: str
+    config: Path
+    env: dict[str, str]
+    redis_url: str
+    hwm_key: str = ""
+
+    def hwm(self) -> int:
+        """The high-water mark the job has stored (0 before its first write; 0 if it keeps none)."""
+        if not self.hwm_key:
+            return 0
+        raw = redis.Redis.from_url(self.redis_url).get(self.hwm_key)
+        return int(raw) if raw else 0
+
+
+def create_topics(bootstrap: str, topic: str, *more: str) -> None:
+    """Create `topic`, its DLQ and `more` topics, 4 partitions each."""
+    ensure_topics(bootstrap, [topic, f"{topic}.dlq", *more], 4)
+
+
 def start_job(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start `streamrec <args>` in its own process group (so kill -9 reaches every process)."""
     return subprocess.Popen(
@@ -70,6 +103,84 @@ def start_job(args: list[str], env: dict[str, str]) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def recoverable_run(job: str, config: Path, recovery: Path, *more: str) -> list[str]:
+    """Arguments of `streamrec run <job>` on `config`, recovering in `recovery` (a snapshot every
+    0.5 s), then `more`."""
+    base = ["run", job, "--config", str(config), "--recovery-dir", str(recovery)]
+    return [*base, "--snapshot-interval", "0.5", *more]
+
+
+def crash_mid_replay(
+    job: Job,
+    args: list[str],
+    events: list[Event],
+    head: int,
+    *,
+    started: Callable[[], bool],
+    started_what: str,
+    batch: int,
+    rate: float,
+    midway: Callable[[int], bool],
+    midway_what: str,
+    recovery: Path,
+) -> int:
+    """The first half of a kill -9 test: replay `events[:head]`, start `streamrec <args>` and
+    wait until `started` holds; replay the rest in a thread (batches of `batch` at `rate`
+    events/s, a pace the job outruns) and kill -9 the job's process group once `midway(epoch)`
+    holds (`epoch`: the recovery progress when the rest began), the replay still running.
+
+    Returns the job's high-water mark just before the kill.
+    """
+    replay(ListSource(events[:head], 1_000), job.bootstrap, job.topic)
+    proc = start_job(args, job.env)
+    producer: threading.Thread | None = None
+    try:
+        wait_for(started, timeout=120, what=started_what)
+        producer = threading.Thread(
+            target=replay,
+            args=(ListSource(events[head:], batch), job.bootstrap, job.topic),
+            kwargs={"rate": rate},
+        )
+        producer.start()
+        epoch = recovery_progress(recovery)
+        wait_for(lambda: midway(epoch), timeout=120, what=midway_what)
+        assert producer.is_alive(), "the replay ended before the crash: raise the event count"
+        crashed_at = job.hwm()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if producer is not None:
+            producer.join()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return crashed_at
+
+
+def run_to_end(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run `streamrec <args> --until-end`; fail with its output unless it exits 0."""
+    done = subprocess.run(
+        [CLI, *args, "--until-end"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def synthetic_events(world: SyntheticConfig, limit: int) -> list[Event]:
+    """The first `limit` events of the synthetic `world`, in one list."""
+    return [e for b in SyntheticSource(world, limit=limit).batches() for e in b]
+
+
+def events_fixture(world: SyntheticConfig, limit: int) -> Callable[[], list[Event]]:
+    """A module-scoped fixture of `synthetic_events(world, limit)` (`events = events_fixture(...)`
+    in the test module)."""
+
+    @pytest.fixture(scope="module")
+    def events() -> list[Event]:
+        return synthetic_events(world, limit)
+
+    return events
 
 
 def recovery_progress(recovery_dir: Path) -> int:

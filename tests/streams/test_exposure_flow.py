@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,18 +14,27 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 
 from features.exposure import ExposureConfig, ExposureFilter, hwm_key
 from infra.config import Settings
-from infra.stack import StackState, ensure_topics
+from infra.stack import StackState
 from streams.events import Event, decode_dead_letter, encode_event
 from streams.exposure import ExposureSink, build_flow
 from streams.kafka_io import RawBatch, make_producer
 from streams.replay import replay
 from streams.sources import ListSource
-from streams.sources.synthetic import SyntheticConfig, SyntheticSource
+from streams.sources.synthetic import SyntheticConfig
 from streams.summary import summarize_dead_letters
-from tests.streams.helpers import CLI, cli_env, recovery_progress, start_job, wait_for
+from tests.streams.helpers import (
+    CLI,
+    Job,
+    cli_env,
+    crash_mid_replay,
+    create_topics,
+    events_fixture,
+    recoverable_run,
+    recovery_progress,
+    run_to_end,
+)
 
 DAY = 86_400_000
-WORLD = SyntheticConfig(seed=9, users=300, notes=2_000, request_gap_ms=2_000.0)
 
 
 @pytest.fixture
@@ -94,35 +100,39 @@ def _job_config(tmp: Path, topic: str, ns: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def events() -> list[Event]:
-    return [e for b in SyntheticSource(WORLD, limit=30_000).batches() for e in b]
+events = events_fixture(
+    SyntheticConfig(seed=9, users=300, notes=2_000, request_gap_ms=2_000.0), 30_000
+)
 
 
-def test_bounded_run_of_two_processes_then_check_on_the_cli(
+@pytest.fixture
+def job(
     local_stack: StackState,
     settings: Settings,
     redis_url: str,
-    redis_client: redis.Redis,
     topic_name: str,
     tmp_path: Path,
     ns: str,
-    events: list[Event],
-) -> None:
-    ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq"], 4)
-    subset = events[:8_000]
-    replay(ListSource(subset, 1_000), local_stack.bootstrap, topic_name)
-    producer = make_producer(local_stack.bootstrap)
-    producer.produce(topic_name, b'{"event_id": "x"}', b"u-bad")
-    producer.flush(10)
+) -> Job:
+    create_topics(local_stack.bootstrap, topic_name)
     config = _job_config(tmp_path, topic_name, ns)
     env = cli_env(settings.data_dir, redis_url)
-    args = [str(CLI), "run", "exposure", "--until-end", "--processes", "2", "--config", str(config)]
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    return Job(local_stack.bootstrap, topic_name, config, env, redis_url, hwm_key(ns))
+
+
+def test_bounded_run_of_two_processes_then_check_on_the_cli(
+    job: Job, redis_client: redis.Redis, ns: str, events: list[Event]
+) -> None:
+    subset = events[:8_000]
+    replay(ListSource(subset, 1_000), job.bootstrap, job.topic)
+    producer = make_producer(job.bootstrap)
+    producer.produce(job.topic, b'{"event_id": "x"}', b"u-bad")
+    producer.flush(10)
+    config, env = job.config, job.env
+    run_to_end(["run", "exposure", "--processes", "2", "--config", str(config)], env)
     assert _missed(redis_client, ns, subset) == []
     assert int(redis_client.get(hwm_key(ns))) == max(e.ts for e in subset)
-    dead = summarize_dead_letters(local_stack.bootstrap, f"{topic_name}.dlq")
+    dead = summarize_dead_letters(job.bootstrap, f"{job.topic}.dlq")
     assert dead == {("missing_field", "ts"): 1}
     user, notes = min(_shown(subset).items(), key=lambda kv: len(kv[1]))
     asked = [notes[0], "never-shown"]
@@ -139,57 +149,27 @@ def test_bounded_run_of_two_processes_then_check_on_the_cli(
 
 
 def test_kill_9_mid_replay_then_restart_every_impression_is_seen(
-    local_stack: StackState,
-    settings: Settings,
-    redis_url: str,
-    redis_client: redis.Redis,
-    topic_name: str,
-    tmp_path: Path,
-    ns: str,
-    events: list[Event],
+    job: Job, redis_client: redis.Redis, tmp_path: Path, ns: str, events: list[Event]
 ) -> None:
-    ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq"], 4)
-    config = _job_config(tmp_path, topic_name, ns)
-    env = cli_env(settings.data_dir, redis_url)
     recovery = tmp_path / "recovery"
-    base = ["run", "exposure", "--config", str(config), "--recovery-dir", str(recovery)]
-    base += ["--snapshot-interval", "0.5"]
+    base = recoverable_run("exposure", job.config, recovery)
     quarter = len(events) // 4
-    replay(ListSource(events[:quarter], 1_000), local_stack.bootstrap, topic_name)
-    job = start_job(base, env)
-
-    def hwm() -> int:
-        raw = redis_client.get(hwm_key(ns))
-        return int(raw) if raw else 0
-
-    # Replay the rest at a pace the job outruns, once it runs, so the crash lands mid-stream.
-    producer = threading.Thread(
-        target=replay,
-        args=(ListSource(events[quarter:], 500), local_stack.bootstrap, topic_name),
-        kwargs={"rate": 5_000.0},
+    half = events[len(events) // 2].ts
+    crashed_at = crash_mid_replay(
+        job,
+        base,
+        events,
+        quarter,
+        started=lambda: job.hwm() >= events[quarter - 1].ts,
+        started_what="the job to start",
+        batch=500,
+        rate=5_000.0,
+        midway=lambda _: job.hwm() > half and recovery_progress(recovery) >= 2,
+        midway_what="the job to set half of the stream's bits and snapshot",
+        recovery=recovery,
     )
-    try:
-        wait_for(lambda: hwm() >= events[quarter - 1].ts, timeout=120, what="the job to start")
-        producer.start()
-        wait_for(
-            lambda: hwm() > events[len(events) // 2].ts and recovery_progress(recovery) >= 2,
-            timeout=120,
-            what="the job to set half of the stream's bits and snapshot",
-        )
-        assert producer.is_alive(), "the replay ended before the crash: raise the event count"
-        crashed_at = hwm()
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait(timeout=30)
-    finally:
-        if producer.is_alive():
-            producer.join()
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
     assert crashed_at < events[-1].ts
     assert _missed(redis_client, ns, events) != []  # the crash really left work undone
-    done = subprocess.run(
-        [str(CLI), *base, "--until-end"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    run_to_end(base, job.env)
     assert _missed(redis_client, ns, events) == []
-    assert hwm() == events[-1].ts
+    assert job.hwm() == events[-1].ts

@@ -2,41 +2,38 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 
 from features.schema import ENTITY_KEY
 from features.store import feature_store, online_features
 from infra.config import Settings
-from infra.stack import StackState, ensure_topics
+from infra.stack import StackState
 from streams.events import Event
 from streams.reference import expected_features
 from streams.replay import replay
 from streams.sources import ListSource
-from streams.sources.synthetic import SyntheticConfig, SyntheticSource
+from streams.sources.synthetic import SyntheticConfig
 from tests.streams.helpers import (
+    Job,
     cli_env,
+    crash_mid_replay,
+    create_topics,
+    events_fixture,
     job_config,
+    recoverable_run,
     recovery_progress,
     resume_epochs,
-    start_job,
-    wait_for,
+    run_to_end,
 )
 
-WORLD = SyntheticConfig(seed=5, users=150, notes=400, request_gap_ms=30_000.0)
-
-
-@pytest.fixture(scope="module")
-def events() -> list[Event]:
-    return [e for b in SyntheticSource(WORLD, limit=24_000).batches() for e in b]
+events = events_fixture(
+    SyntheticConfig(seed=5, users=150, notes=400, request_gap_ms=30_000.0), 24_000
+)
 
 
 def _read_back(
@@ -68,38 +65,45 @@ def _assert_features_equal(
             )
 
 
-def _run_to_end(args: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+@dataclass(frozen=True, kw_only=True)
+class StatsJob(Job):
+    """A stats job, its Feast project and data directory."""
+
+    project: str
+    data_dir: Path
 
 
-def _stats_hwm(redis_url: str, project: str) -> int:
-    raw = redis.Redis.from_url(redis_url).get(f"{project}:hwm:stats")
-    return int(raw) if raw else 0
+@pytest.fixture
+def job(
+    local_stack: StackState, settings: Settings, redis_url: str, topic_name: str, tmp_path: Path
+) -> StatsJob:
+    create_topics(local_stack.bootstrap, topic_name)
+    config, project = job_config(tmp_path, topic_name)
+    env = cli_env(settings.data_dir, redis_url)
+    return StatsJob(
+        local_stack.bootstrap,
+        topic_name,
+        config,
+        env,
+        redis_url,
+        f"{project}:hwm:stats",
+        project=project,
+        data_dir=settings.data_dir,
+    )
 
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_bounded_run_matches_pandas_through_feast(
-    local_stack: StackState,
-    settings: Settings,
-    redis_url: str,
-    topic_name: str,
-    tmp_path: Path,
-    events: list[Event],
-    processes: int,
+    job: StatsJob, events: list[Event], processes: int
 ) -> None:
-    ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq"], 4)
-    replay(ListSource(events, 1_000), local_stack.bootstrap, topic_name)
-    config, project = job_config(tmp_path, topic_name)
-    env = cli_env(settings.data_dir, redis_url)
-    from tests.streams.helpers import CLI
-
-    args = [str(CLI), "run", "stats", "--until-end", "--config", str(config)]
-    _run_to_end([*args, "--processes", str(processes)], env)
-    assert _stats_hwm(redis_url, project) == events[-1].ts
-    _assert_features_equal(redis_url, project, settings.data_dir, events)
+    replay(ListSource(events, 1_000), job.bootstrap, job.topic)
+    run_to_end(
+        ["run", "stats", "--config", str(job.config), "--processes", str(processes)], job.env
+    )
+    assert job.hwm() == events[-1].ts
+    _assert_features_equal(job.redis_url, job.project, job.data_dir, events)
     if processes == 1:
-        _assert_offline_log_serves_point_in_time(redis_url, project, settings.data_dir, events)
+        _assert_offline_log_serves_point_in_time(job.redis_url, job.project, job.data_dir, events)
 
 
 def _assert_offline_log_serves_point_in_time(
@@ -130,70 +134,28 @@ def _assert_offline_log_serves_point_in_time(
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_kill_9_mid_replay_then_restart_equals_uninterrupted(
-    local_stack: StackState,
-    settings: Settings,
-    redis_url: str,
-    topic_name: str,
-    tmp_path: Path,
-    events: list[Event],
-    processes: int,
+    job: StatsJob, tmp_path: Path, events: list[Event], processes: int
 ) -> None:
-    ensure_topics(local_stack.bootstrap, [topic_name, f"{topic_name}.dlq"], 4)
-    config, project = job_config(tmp_path, topic_name)
-    env = cli_env(settings.data_dir, redis_url)
     recovery = tmp_path / "recovery"
-    base = [
-        "run",
-        "stats",
-        "--config",
-        str(config),
-        "--recovery-dir",
-        str(recovery),
-        "--snapshot-interval",
-        "0.5",
-        "--processes",
-        str(processes),
-    ]
+    base = recoverable_run("stats", job.config, recovery, "--processes", str(processes))
     third = len(events) // 3
-    replay(ListSource(events[:third], 1_000), local_stack.bootstrap, topic_name)
-    job = start_job(base, env)
-    producer: threading.Thread | None = None
-    try:
-        wait_for(
-            lambda: _stats_hwm(redis_url, project) >= events[third - 1].ts,
-            timeout=120,
-            what="the job to start and process the first third",
-        )
-        # The rest is replayed at a pace the job outruns, so the crash lands mid-replay.
-        producer = threading.Thread(
-            target=replay,
-            args=(ListSource(events[third:], 200), local_stack.bootstrap, topic_name),
-            kwargs={"rate": 2_000.0},
-        )
-        producer.start()
-        start_epoch = recovery_progress(recovery)
-        wait_for(
-            lambda: (
-                _stats_hwm(redis_url, project) > events[len(events) // 2].ts
-                and recovery_progress(recovery) > start_epoch
-            ),
-            timeout=120,
-            what="the job to pass half of the stream and commit a snapshot",
-        )
-        assert producer.is_alive(), "the replay ended before the crash"
-        crashed_at = _stats_hwm(redis_url, project)
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait(timeout=30)
-    finally:
-        if producer is not None:
-            producer.join()
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+    half = events[len(events) // 2].ts
+    crashed_at = crash_mid_replay(
+        job,
+        base,
+        events,
+        third,
+        started=lambda: job.hwm() >= events[third - 1].ts,
+        started_what="the job to start and process the first third",
+        batch=200,
+        rate=2_000.0,
+        midway=lambda epoch: job.hwm() > half and recovery_progress(recovery) > epoch,
+        midway_what="the job to pass half of the stream and commit a snapshot",
+        recovery=recovery,
+    )
     assert crashed_at < events[-1].ts
-    from tests.streams.helpers import CLI
-
-    _run_to_end([str(CLI), *base, "--until-end"], env)
+    run_to_end(base, job.env)
     # The restart resumed from a snapshot taken mid-stream (not a re-read from the start).
     first, resumed = resume_epochs(recovery)[-2:]
     assert resumed > first
-    _assert_features_equal(redis_url, project, settings.data_dir, events)
+    _assert_features_equal(job.redis_url, job.project, job.data_dir, events)
