@@ -22,14 +22,13 @@ are not events and are ignored. `event_id` is `kr:<user>:<video>:<t>:<type>` (de
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from streams.errors import SourceError
 from streams.events import Event
-from streams.sources import expand_rows
+from streams.sources import FileSource, expand_rows
 
 REQUIRED = ("user_id", "video_id", "time_ms")
 
@@ -40,17 +39,11 @@ def _flag(frame: pd.DataFrame, column: str) -> np.ndarray:
     return frame[column].fillna(0).to_numpy() == 1
 
 
-class KuaiRandSource:
+class KuaiRandSource(FileSource):
     """Replay a KuaiRand-style log file."""
 
     name = "kuairand"
-
-    def __init__(self, path: Path, limit: int | None = None, batch_size: int = 10_000) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise SourceError(f"KuaiRand log not found: {self.path}")
-        self.limit = limit
-        self.batch_size = batch_size
+    missing = "KuaiRand log not found: {path}"
 
     def _frame(self) -> pd.DataFrame:
         sep = "\t" if self.path.suffix in (".tsv", ".txt") else None
@@ -59,10 +52,6 @@ class KuaiRandSource:
         if missing:
             raise SourceError(f"{self.path}: missing required column(s) {', '.join(missing)}")
         return frame
-
-    def estimated_total(self) -> int | None:
-        """Return None: the count is known only after reading the log."""
-        return None
 
     def batches(self) -> Iterator[list[Event]]:
         """Yield the events in time order, `batch_size` at a time."""
@@ -91,9 +80,6 @@ class KuaiRandSource:
             ("share", 6, _flag(frame, "is_forward")),
         ]
         base = frame["time_ms"].to_numpy(dtype=np.int64)
-        ts, part, row = expand_rows(base, parts)
-        if self.limit is not None:
-            ts, part, row = ts[: self.limit], part[: self.limit], row[: self.limit]
         users = frame["user_id"].astype(str).to_numpy()
         videos = frame["video_id"].astype(str).to_numpy()
         watch = frame["play_time_ms"].fillna(0).astype(np.int64).to_numpy() if play.any() else None
@@ -102,32 +88,18 @@ class KuaiRandSource:
             if "duration_ms" in frame
             else np.zeros(n, dtype=np.int64)
         )
-        for start in range(0, len(ts), self.batch_size):
-            end = start + self.batch_size
-            batch = []
-            for t, p, r in zip(
-                ts[start:end].tolist(),
-                part[start:end].tolist(),
-                row[start:end].tolist(),
-                strict=True,
-            ):
-                u, v, kind = str(users[r]), str(videos[r]), parts[p][0]
-                t0 = int(base[r])
-                extra = {}
-                if kind == "play":
-                    d = int(duration[r])
-                    extra = {"watch_ms": int(watch[r]), "duration_ms": d if d > 0 else None}
-                elif kind == "impression":
-                    extra = {"position": 0}
-                batch.append(
-                    Event(
-                        event_id=f"kr:{u}:{v}:{t0}:{kind}",
-                        ts=t,
-                        user_id=u,
-                        note_id=v,
-                        type=kind,
-                        request_id=f"kr:{u}:{v}:{t0}",
-                        **extra,
-                    )
-                )
-            yield batch
+
+        def extra(kind: str, r: int, _video: str) -> dict[str, object]:
+            if kind == "play":
+                d = int(duration[r])
+                return {"watch_ms": int(watch[r]), "duration_ms": d if d > 0 else None}
+            return {"position": 0} if kind == "impression" else {}
+
+        yield from self._batches(
+            expand_rows(base, parts),
+            [kind for kind, _, _ in parts],
+            users,
+            videos,
+            lambda r, u, v: f"kr:{u}:{v}:{int(base[r])}",
+            extra,
+        )

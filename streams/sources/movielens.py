@@ -16,7 +16,7 @@ import numpy as np
 
 from streams.errors import SourceError
 from streams.events import Event
-from streams.sources import expand_rows
+from streams.sources import FileSource, expand_rows
 
 GENRES = (
     "unknown",
@@ -55,17 +55,11 @@ def _genres(item_file: Path) -> dict[str, str]:
     return genres
 
 
-class MovieLensSource:
+class MovieLensSource(FileSource):
     """Replay a MovieLens 100K `u.data` file (user, item, rating, unix seconds; tab-separated)."""
 
     name = "movielens"
-
-    def __init__(self, path: Path, limit: int | None = None, batch_size: int = 10_000) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise SourceError(f"MovieLens ratings file not found: {self.path} (expected u.data)")
-        self.limit = limit
-        self.batch_size = batch_size
+    missing = "MovieLens ratings file not found: {path} (expected u.data)"
 
     def _ratings(self) -> np.ndarray:
         try:
@@ -76,10 +70,6 @@ class MovieLensSource:
             raise SourceError(f"{self.path}: expected 4 columns: user item rating unix_seconds")
         return data
 
-    def estimated_total(self) -> int | None:
-        """Return None: the count is known only after reading the ratings."""
-        return None
-
     def batches(self) -> Iterator[list[Event]]:
         """Yield the events in time order, `batch_size` at a time."""
         genres = _genres(self.path.with_name("u.item"))
@@ -87,30 +77,14 @@ class MovieLensSource:
         users, items, rating = data[:, 0], data[:, 1], data[:, 2]
         everyone = np.ones(len(data), dtype=bool)
         parts = [("impression", 0, everyone), ("click", 1, everyone), ("like", 2, rating >= 4)]
-        ts, part, row = expand_rows(data[:, 3] * 1000, parts)
-        if self.limit is not None:
-            ts, part, row = ts[: self.limit], part[: self.limit], row[: self.limit]
-        users_s, items_s = users.astype(str), items.astype(str)
-        for start in range(0, len(ts), self.batch_size):
-            end = start + self.batch_size
-            batch = []
-            for t, p, r in zip(
-                ts[start:end].tolist(),
-                part[start:end].tolist(),
-                row[start:end].tolist(),
-                strict=True,
-            ):
-                u, n, kind = str(users_s[r]), str(items_s[r]), parts[p][0]
-                batch.append(
-                    Event(
-                        event_id=f"ml:{u}:{n}:{kind}",
-                        ts=t,
-                        user_id=u,
-                        note_id=n,
-                        type=kind,
-                        category=genres.get(n),
-                        request_id=f"ml:{u}:{n}",
-                        position=0 if kind == "impression" else None,
-                    )
-                )
-            yield batch
+        yield from self._batches(
+            expand_rows(data[:, 3] * 1000, parts),
+            [kind for kind, _, _ in parts],
+            users.astype(str),
+            items.astype(str),
+            lambda _r, u, n: f"ml:{u}:{n}",
+            lambda kind, _r, n: {
+                "category": genres.get(n),
+                "position": 0 if kind == "impression" else None,
+            },
+        )

@@ -290,50 +290,26 @@ class SyntheticSource:
             zip(*cols, strict=True), first_id
         ):
             # Positional fields: event_id, ts, user_id, note_id, type, author_id, category,
-            # request_id, position, watch_ms, duration_ms.
+            # request_id, then position (impressions), watch_ms and duration_ms (plays).
             if kind == 0:
-                append(
-                    Event(
-                        prefix + str(i),
-                        ts,
-                        users[user],
-                        notes[note],
-                        "impression",
-                        authors[note],
-                        cats[note],
-                        rprefix + str(req),
-                        pos,
-                    )
-                )
+                tail: tuple = (pos,)
             elif kind == 2:
-                append(
-                    Event(
-                        prefix + str(i),
-                        ts,
-                        users[user],
-                        notes[note],
-                        "play",
-                        authors[note],
-                        cats[note],
-                        rprefix + str(req),
-                        None,
-                        watch,
-                        durations[note],
-                    )
-                )
+                tail = (None, watch, durations[note])
             else:
-                append(
-                    Event(
-                        prefix + str(i),
-                        ts,
-                        users[user],
-                        notes[note],
-                        TYPES[kind],
-                        authors[note],
-                        cats[note],
-                        rprefix + str(req),
-                    )
+                tail = ()
+            append(
+                Event(
+                    prefix + str(i),
+                    ts,
+                    users[user],
+                    notes[note],
+                    TYPES[kind],
+                    authors[note],
+                    cats[note],
+                    rprefix + str(req),
+                    *tail,
                 )
+            )
         return batch
 
 
