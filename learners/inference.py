@@ -6,6 +6,8 @@ Built on `learners.models` only: importing this module never loads the training 
 
 from __future__ import annotations
 
+from typing import Any, ClassVar, Self
+
 import numpy as np
 
 from learners.errors import SampleInputError
@@ -23,23 +25,34 @@ def _stats(a: np.ndarray, n: int, what: str) -> np.ndarray:
     return a
 
 
-class Ranker:
-    """Scores candidate notes for one user with the published ranker (calibrated)."""
+class _Published:
+    """A model as a snapshot published it: the rebuild and the version in use."""
 
-    def __init__(self, state: RankerModelState, snap: Snapshot) -> None:
+    state_type: ClassVar[type[RankerModelState] | type[RetrieverModelState]]
+
+    def __init__(self, state: Any, snap: Snapshot) -> None:
         self._state = state
         self._snap = snap
-        state.model.eval()
 
     @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> Ranker:
-        """Rebuild the ranker from a snapshot of model "ranker" (full + deltas)."""
-        return cls(RankerModelState.from_snapshot(snap), snap)
+    def from_snapshot(cls, snap: Snapshot) -> Self:
+        """Rebuild the model from a snapshot of its kind (full + deltas)."""
+        return cls(cls.state_type.from_snapshot(snap), snap)
 
     @property
     def version(self) -> int:
         """Snapshot version in use."""
         return self._snap.manifest.version
+
+
+class Ranker(_Published):
+    """Scores candidate notes for one user with the published ranker (calibrated)."""
+
+    state_type = RankerModelState
+
+    def __init__(self, state: RankerModelState, snap: Snapshot) -> None:
+        super().__init__(state, snap)
+        state.model.eval()
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -96,28 +109,19 @@ class Ranker:
         return self._state.predict(cols)
 
 
-class Retriever:
+class Retriever(_Published):
     """User and item vectors of the published two-tower retriever (cosine = dot product)."""
 
+    state_type = RetrieverModelState
+
     def __init__(self, state: RetrieverModelState, snap: Snapshot) -> None:
-        self._state = state
-        self._snap = snap
+        super().__init__(state, snap)
         items = snap.tables.get(ITEM_TABLE)
         self._item_ids = list(items.ids) if items is not None else []
         self._items = (
             items.weights if items is not None else np.zeros((0, state.config.out_dim), np.float32)
         )
         self._item_index = {n: j for j, n in enumerate(self._item_ids)}
-
-    @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> Retriever:
-        """Rebuild the retriever from a snapshot of model "retriever" (full + deltas)."""
-        return cls(RetrieverModelState.from_snapshot(snap), snap)
-
-    @property
-    def version(self) -> int:
-        """Snapshot version in use."""
-        return self._snap.manifest.version
 
     @property
     def dim(self) -> int:

@@ -16,8 +16,9 @@ of the ID rows, and the retriever's note side information (JSON bytes as a uint8
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -92,27 +93,82 @@ def with_dim(emb: EmbeddingConfig, dim: int) -> EmbeddingConfig:
     return replace(emb, dim=dim)
 
 
-class RankerModelState:
+class _ModelState:
+    """What the ranker and the retriever share: creation with one table setting, the snapshot
+    meta and the rebuild from a snapshot. A subclass names its `kind` and `config_type` and adds
+    its own meta (`_own_meta`) and restored state (`_restore`)."""
+
+    kind: ClassVar[str]
+    config_type: ClassVar[type]
+    model_type: ClassVar[Callable[[EmbeddingStore, Any], torch.nn.Module]]
+    store_seed_offset: ClassVar[int] = 0
+    """Added to the seed of the ID tables (the ranker's and the retriever's differ)."""
+
+    def __init__(self, config: Any, embeddings: dict[str, EmbeddingConfig], seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.config = config
+        self.embeddings = embeddings
+        self.store = EmbeddingStore(embeddings, seed=seed + self.store_seed_offset)
+        self.model = self.model_type(self.store, config)
+        self.hwm_ms = 0
+
+    @classmethod
+    def create(cls, config: Any, emb: EmbeddingConfig, seed: int = 0) -> Self:
+        """A new model whose tables share `emb` settings but use `config.id_dims`."""
+        tables = {t: with_dim(emb, config.id_dims[t]) for t in ID_TABLES}
+        return cls(config, tables, seed)
+
+    def _own_meta(self) -> dict:
+        """Meta of this kind of model beyond the hyperparameters and tables."""
+        return {}
+
+    def meta(self, extra: dict | None = None) -> dict:
+        """Snapshot meta: everything needed to rebuild the model."""
+        return {
+            "kind": self.kind,
+            "hyper": config_to_dict(self.config),
+            "embeddings": {t: config_to_dict(c) for t, c in self.embeddings.items()},
+            **self._own_meta(),
+            "stat_features": list(STAT_FEATURES),
+            **(extra or {}),
+        }
+
+    def _restore(self, snap: Snapshot) -> None:
+        """Restore what this kind of model keeps beyond its dense parameters and ID tables."""
+        del snap
+
+    @classmethod
+    def from_snapshot(cls, snap: Snapshot) -> Self:
+        """Rebuild the model as published (full + deltas)."""
+        meta = snap.manifest.meta
+        check_meta(meta, cls.kind)
+        state = cls(
+            config_from_dict(cls.config_type, meta["hyper"]),
+            {t: config_from_dict(EmbeddingConfig, c) for t, c in meta["embeddings"].items()},
+        )
+        load_dense(state.model, snap.dense)
+        state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
+        state._restore(snap)
+        state.hwm_ms = snap.manifest.hwm_ms
+        return state
+
+
+class RankerModelState(_ModelState):
     """The ranker (MMoE or shared-bottom), its ID tables, calibration rate and logit offsets."""
+
+    kind = "ranker"
+    config_type = RankerConfig
+    model_type = RankingModel
+    config: RankerConfig
+    model: RankingModel
 
     def __init__(
         self, config: RankerConfig, embeddings: dict[str, EmbeddingConfig], seed: int = 0
     ) -> None:
-        torch.manual_seed(seed)
-        self.config = config
-        self.embeddings = embeddings
-        self.store = EmbeddingStore(embeddings, seed=seed)
-        self.model = RankingModel(self.store, config)
+        super().__init__(config, embeddings, seed)
         self.neg_keep_rate = 1.0
         self.logit_offsets: dict[str, float] = {}
         """Per calibrated task, a scalar added to its logit (`RankerState.recalibrate`)."""
-        self.hwm_ms = 0
-
-    @classmethod
-    def create(cls, config: RankerConfig, emb: EmbeddingConfig, seed: int = 0) -> Self:
-        """A new ranker whose tables share `emb` settings but use `config.id_dims`."""
-        tables = {t: with_dim(emb, config.id_dims[t]) for t in ID_TABLES}
-        return cls(config, tables, seed)
 
     @torch.no_grad()
     def predict(self, cols: Columns, calibrated: bool = True) -> dict[str, np.ndarray]:
@@ -143,54 +199,32 @@ class RankerModelState:
         res["watch_ms"] = (torch.exp(watch_logit) * self.config.watch_unit_ms).numpy()
         return res
 
-    def meta(self, extra: dict | None = None) -> dict:
-        """Snapshot meta: everything needed to rebuild the model."""
-        return {
-            "kind": "ranker",
-            "hyper": config_to_dict(self.config),
-            "embeddings": {t: config_to_dict(c) for t, c in self.embeddings.items()},
-            "neg_keep_rate": self.neg_keep_rate,
-            "logit_offsets": self.logit_offsets,
-            "stat_features": list(STAT_FEATURES),
-            **(extra or {}),
-        }
+    def _own_meta(self) -> dict:
+        """The calibration rate and the logit offsets."""
+        return {"neg_keep_rate": self.neg_keep_rate, "logit_offsets": self.logit_offsets}
 
-    @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> Self:
-        """Rebuild the ranker as published (full + deltas)."""
+    def _restore(self, snap: Snapshot) -> None:
+        """The calibration rate and the logit offsets."""
         meta = snap.manifest.meta
-        check_meta(meta, "ranker")
-        state = cls(
-            config_from_dict(RankerConfig, meta["hyper"]),
-            {t: config_from_dict(EmbeddingConfig, c) for t, c in meta["embeddings"].items()},
-        )
-        load_dense(state.model, snap.dense)
-        state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
-        state.neg_keep_rate = float(meta.get("neg_keep_rate", 1.0))
-        state.logit_offsets = {t: float(v) for t, v in meta.get("logit_offsets", {}).items()}
-        state.hwm_ms = snap.manifest.hwm_ms
-        return state
+        self.neg_keep_rate = float(meta.get("neg_keep_rate", 1.0))
+        self.logit_offsets = {t: float(v) for t, v in meta.get("logit_offsets", {}).items()}
 
 
-class RetrieverModelState:
+class RetrieverModelState(_ModelState):
     """The two-tower retriever, its ID tables and the side info (author, category) of notes."""
+
+    kind = "retriever"
+    config_type = RetrieverConfig
+    model_type = TwoTowerModel
+    store_seed_offset = 100
+    config: RetrieverConfig
+    model: TwoTowerModel
 
     def __init__(
         self, config: RetrieverConfig, embeddings: dict[str, EmbeddingConfig], seed: int = 0
     ) -> None:
-        torch.manual_seed(seed)
-        self.config = config
-        self.embeddings = embeddings
-        self.store = EmbeddingStore(embeddings, seed=seed + 100)
-        self.model = TwoTowerModel(self.store, config)
+        super().__init__(config, embeddings, seed)
         self.side: dict[str, tuple[str, str, int]] = {}  # note -> (author, category, last seen)
-        self.hwm_ms = 0
-
-    @classmethod
-    def create(cls, config: RetrieverConfig, emb: EmbeddingConfig, seed: int = 0) -> Self:
-        """A new retriever whose tables share `emb` settings but use `config.id_dims`."""
-        tables = {t: with_dim(emb, config.id_dims[t]) for t in ID_TABLES}
-        return cls(config, tables, seed)
 
     def _note_rows(self, notes: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         authors = [self.side[n][0] if n in self.side else "" for n in notes]
@@ -217,30 +251,9 @@ class RetrieverModelState:
             return [], np.zeros((0, self.config.out_dim), np.float32)
         return ids, self.model.encode_item(*self._note_rows(ids)).numpy()
 
-    def meta(self, extra: dict | None = None) -> dict:
-        """Snapshot meta: everything needed to rebuild the model."""
-        return {
-            "kind": "retriever",
-            "hyper": config_to_dict(self.config),
-            "embeddings": {t: config_to_dict(c) for t, c in self.embeddings.items()},
-            "stat_features": list(STAT_FEATURES),
-            **(extra or {}),
-        }
-
-    @classmethod
-    def from_snapshot(cls, snap: Snapshot) -> Self:
-        """Rebuild the retriever as published (full + deltas)."""
-        meta = snap.manifest.meta
-        check_meta(meta, "retriever")
-        state = cls(
-            config_from_dict(RetrieverConfig, meta["hyper"]),
-            {t: config_from_dict(EmbeddingConfig, c) for t, c in meta["embeddings"].items()},
-        )
-        load_dense(state.model, snap.dense)
-        state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
+    def _restore(self, snap: Snapshot) -> None:
+        """The side info of the notes: the full's, updated by each delta's."""
         side = from_json_array(snap.dense.get("side.notes")) or {}
         for meta in snap.delta_metas:  # notes new since the full, oldest delta first
             side.update(meta.get("side", {}))
-        state.side = {n: (a, c, int(t)) for n, (a, c, t) in side.items()}
-        state.hwm_ms = snap.manifest.hwm_ms
-        return state
+        self.side = {n: (a, c, int(t)) for n, (a, c, t) in side.items()}

@@ -80,14 +80,19 @@ class _State:
         del changed  # the base model has nothing to add
         return {}
 
+    def _learn_dense(self, on: bool) -> None:
+        """Dense parameters and the shared default ID rows learn (`on`) or not; the model runs
+        in training mode or eval mode to match."""
+        for p in self.model.parameters():
+            p.requires_grad_(on)
+        for emb in self.model.id_embeddings():
+            emb.train_default = on
+        self.model.train(on)
+
     def freeze_dense(self) -> None:
         """Dense parameters and the shared default ID rows stop learning (online mode); the
         model runs in eval mode."""
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        for emb in self.model.id_embeddings():
-            emb.train_default = False
-        self.model.eval()
+        self._learn_dense(False)
 
     def set_embedding_lr(self, lr: float) -> None:
         """Use Adagrad learning rate `lr` for every ID table from now on (not saved in `meta`)."""
@@ -96,11 +101,7 @@ class _State:
 
     def unfreeze(self) -> None:
         """Every parameter learns again (full training); the model runs in training mode."""
-        for p in self.model.parameters():
-            p.requires_grad_(True)
-        for emb in self.model.id_embeddings():
-            emb.train_default = True
-        self.model.train()
+        self._learn_dense(True)
 
     def expire(self, now_ms: int) -> int:
         """Expire ID rows not seen for the TTL; return how many were freed."""
