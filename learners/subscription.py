@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from learners.errors import SnapshotCorruptError, SnapshotError, SnapshotFollowError
 from learners.snapshots import Manifest, Snapshot, SnapshotReader, decode_announcement
@@ -38,7 +38,25 @@ from learners.snapshots import Manifest, Snapshot, SnapshotReader, decode_announ
 logger = logging.getLogger(__name__)
 
 
-class Announcements:
+class _Closing:
+    """`with` it closes it on the way out."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Announcements(_Closing):
     """The announcements on a topic, read with kafka-python (every partition, no group).
 
     Args:
@@ -120,19 +138,8 @@ class Announcements:
         """Close the consumer."""
         self._consumer.close()
 
-    def __enter__(self) -> Announcements:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class SnapshotSubscriber:
+class SnapshotSubscriber(_Closing):
     """Yields the newest verified `Snapshot` of one model each time a newer one is announced.
 
     Args:
@@ -232,17 +239,6 @@ class SnapshotSubscriber:
         """Stop iterating and close the consumer."""
         self._closed.set()
         self._announcements.close()
-
-    def __enter__(self) -> SnapshotSubscriber:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def follow_snapshots(
