@@ -36,7 +36,7 @@ from rich.console import Console
 
 from bench.common import bench_stack, fresh_topic, median, percentile
 from bench.quality import join_events
-from features.samples import Sample, SampleBatch, encode_batch
+from features.samples import SampleBatch, encode_batch
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
 from learners.full import train_pass
 from learners.inputs import Columns
@@ -58,36 +58,8 @@ STEADY_AFTER_S = 20.0
 the learner start while events are already produced, so the first ones include a backlog."""
 
 
-def _samples(cols: Columns) -> list[Sample]:
-    return [
-        Sample(
-            sample_id=f"s{j}",
-            ts=int(cols.ts[j]),
-            user_id=cols.user_id[j],
-            note_id=cols.note_id[j],
-            author_id=cols.author_id[j],
-            category=cols.category[j],
-            request_id="",
-            position=int(cols.position[j]),
-            click=int(cols.labels["click"][j]),
-            like=int(cols.labels["like"][j]),
-            collect=int(cols.labels["collect"][j]),
-            share=int(cols.labels["share"][j]),
-            comment=int(cols.labels["comment"][j]),
-            follow=int(cols.labels["follow"][j]),
-            watch_ms=int(cols.watch_ms[j]),
-            duration_ms=0,
-            completion=int(cols.labels["completion"][j]),
-            keep_rate=float(cols.keep_rate[j]),
-            user_stats=cols.user_stats[j].astype(np.int64).tolist(),
-            note_stats=cols.note_stats[j].astype(np.int64).tolist(),
-        )
-        for j in range(len(cols))
-    ]
-
-
 def _messages(cols: Columns) -> list[Message]:
-    samples = _samples(cols)
+    samples = cols.to_samples([f"s{j}" for j in range(len(cols))])
     return [
         Message(0, i, encode_batch(SampleBatch(f"b{i}", 0, 0, samples[lo : lo + MESSAGE])))
         for i, lo in enumerate(range(0, len(samples), MESSAGE))

@@ -133,6 +133,36 @@ class Columns:
             keep_rate=num("keep_rate", np.float32),
         )
 
+    def to_samples(self, sample_ids: list[str], duration_ms: int = 0) -> list[Sample]:
+        """The rows as `Sample`s (the inverse of `from_samples`): ids `sample_ids`, no request
+        ids, every duration `duration_ms`."""
+        labels = self.labels
+        return [
+            Sample(
+                sample_id=sample_ids[j],
+                ts=int(self.ts[j]),
+                user_id=self.user_id[j],
+                note_id=self.note_id[j],
+                author_id=self.author_id[j],
+                category=self.category[j],
+                request_id="",
+                position=int(self.position[j]),
+                click=int(labels["click"][j]),
+                like=int(labels["like"][j]),
+                collect=int(labels["collect"][j]),
+                share=int(labels["share"][j]),
+                comment=int(labels["comment"][j]),
+                follow=int(labels["follow"][j]),
+                watch_ms=int(self.watch_ms[j]),
+                duration_ms=duration_ms,
+                completion=int(labels["completion"][j]),
+                keep_rate=float(self.keep_rate[j]),
+                user_stats=self.user_stats[j].astype(np.int64).tolist(),
+                note_stats=self.note_stats[j].astype(np.int64).tolist(),
+            )
+            for j in range(len(self))
+        ]
+
     def take(self, index: np.ndarray) -> Columns:
         """The rows at `index`, in that order."""
         idx = index.tolist()

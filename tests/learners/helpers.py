@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features.samples import STAT_FEATURES, Sample, SampleBatch, encode_batch
+from features.samples import STAT_FEATURES, SampleBatch, encode_batch
 from learners.config import LearnConfig
 from learners.full import load_or_create, train_pass
 from learners.inputs import LABEL_COLUMNS, Columns, F
@@ -93,31 +93,8 @@ def synthetic(
 
 def to_batch(cols: Columns, batch_id: str) -> SampleBatch:
     """A `SampleBatch` of the rows of `cols` (as the joiner would send them)."""
-    samples = [
-        Sample(
-            sample_id=f"{batch_id}-{j}",
-            ts=int(cols.ts[j]),
-            user_id=cols.user_id[j],
-            note_id=cols.note_id[j],
-            author_id=cols.author_id[j],
-            category=cols.category[j],
-            request_id="",
-            position=int(cols.position[j]),
-            click=int(cols.labels["click"][j]),
-            like=int(cols.labels["like"][j]),
-            collect=0,
-            share=0,
-            comment=0,
-            follow=0,
-            watch_ms=int(cols.watch_ms[j]),
-            duration_ms=60_000,
-            completion=int(cols.labels["completion"][j]),
-            keep_rate=float(cols.keep_rate[j]),
-            user_stats=[int(x) for x in cols.user_stats[j]],
-            note_stats=[int(x) for x in cols.note_stats[j]],
-        )
-        for j in range(len(cols))
-    ]
+    ids = [f"{batch_id}-{j}" for j in range(len(cols))]
+    samples = cols.to_samples(ids, duration_ms=60_000)
     return SampleBatch(batch_id, 0, int(cols.ts.max()), samples)
 
 
