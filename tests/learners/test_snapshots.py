@@ -18,7 +18,6 @@ import pytest
 from typer.testing import CliRunner
 
 from infra.cli import app
-from infra.stack import ensure_topics
 from learners.errors import (
     LearnersError,
     SnapshotConflictError,
@@ -431,15 +430,13 @@ def test_reader_never_sees_a_partial_version_when_the_writer_is_killed(tmp_path:
 
 
 def test_announcements_round_trip_through_the_broker(
-    tmp_path: Path, bootstrap: str, topic_name: str
+    tmp_path: Path, bootstrap: str, announce_topic: str
 ) -> None:
-    topic = f"{topic_name}-embedding-snapshots"
-    ensure_topics(bootstrap, [topic], 1)
     rng = np.random.default_rng(9)
-    w = writer(tmp_path, announce=kafka_announcer(bootstrap, topic))
+    w = writer(tmp_path, announce=kafka_announcer(bootstrap, announce_topic))
     sent = [w.publish_full({"user": rows("u", 10, 4, rng)}, {"b": np.zeros(2)}, 5, {"k": 1})]
     sent += [w.publish_delta({"user": rows("u", 2, 4, rng, start=k)}, 6 + k) for k in range(2)]
-    records = [r for batch in read_to_end(bootstrap, topic) for r in batch]
+    records = [r for batch in read_to_end(bootstrap, announce_topic) for r in batch]
     assert [r.key for r in records] == [MODEL.encode()] * 3
     assert [decode_announcement(r.value) for r in records] == sent
     with pytest.raises(SnapshotError, match="not a snapshot announcement"):

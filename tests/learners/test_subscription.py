@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.stack import ensure_topics
 from learners import Snapshot, SnapshotSubscriber, follow_snapshots
 from learners.errors import SnapshotCorruptError, SnapshotError, SnapshotFollowError
 from learners.snapshots import (
@@ -39,20 +38,19 @@ def _next(sub: SnapshotSubscriber, timeout_s: float = 30) -> Snapshot | None:
     return None
 
 
+@pytest.mark.parametrize("announce_topic", [2], indirect=True)
 def test_subscriber_yields_new_versions_and_refuses_a_corrupt_one(
-    tmp_path: Path, bootstrap: str, topic_name: str
+    tmp_path: Path, bootstrap: str, announce_topic: str
 ) -> None:
-    topic = f"{topic_name}-embedding-snapshots"
-    ensure_topics(bootstrap, [topic], 2)
     rng = np.random.default_rng(3)
-    announce = kafka_announcer(bootstrap, topic)
+    announce = kafka_announcer(bootstrap, announce_topic)
     writer = SnapshotWriter(tmp_path, MODEL, SnapshotConfig(root=tmp_path), announce)
     other = SnapshotWriter(tmp_path, "other", SnapshotConfig(root=tmp_path), announce)
     writer.publish_full(_rows(20, rng), {"w": np.ones(3, np.float32)}, 1, {})
     held = SnapshotReader(tmp_path, MODEL).latest()
     errors: list[SnapshotError] = []
     with SnapshotSubscriber(
-        bootstrap, topic, tmp_path, MODEL, current=held, on_error=errors.append
+        bootstrap, announce_topic, tmp_path, MODEL, current=held, on_error=errors.append
     ) as sub:
         assert sub.poll(0.5) is None  # the full is announced before: not new to the subscriber
         other.publish_full(_rows(3, rng), {}, 1, {})  # another model on the same topic: ignored
@@ -81,20 +79,24 @@ def test_subscriber_yields_new_versions_and_refuses_a_corrupt_one(
 
 
 def test_follow_snapshots_from_the_beginning_until_stopped(
-    tmp_path: Path, bootstrap: str, topic_name: str
+    tmp_path: Path, bootstrap: str, announce_topic: str
 ) -> None:
-    topic = f"{topic_name}-embedding-snapshots"
-    ensure_topics(bootstrap, [topic], 1)
     rng = np.random.default_rng(4)
     writer = SnapshotWriter(
-        tmp_path, MODEL, SnapshotConfig(root=tmp_path), kafka_announcer(bootstrap, topic)
+        tmp_path, MODEL, SnapshotConfig(root=tmp_path), kafka_announcer(bootstrap, announce_topic)
     )
     writer.publish_full(_rows(10, rng), {}, 1, {})
     writer.publish_delta(_rows(2, rng, start=50), 2)
     stop = threading.Event()
     got = []
     for snap in follow_snapshots(
-        bootstrap, topic, tmp_path, MODEL, stop=stop, from_beginning=True, poll_timeout_s=0.2
+        bootstrap,
+        announce_topic,
+        tmp_path,
+        MODEL,
+        stop=stop,
+        from_beginning=True,
+        poll_timeout_s=0.2,
     ):
         got.append(snap.manifest.version)
         stop.set()
