@@ -37,30 +37,17 @@ from features.schema import FeatureConfig, derive
 from features.store import apply_definitions, feature_store
 from features.windows import METRICS, WINDOWS
 from infra.config import load_settings
+from infra.service import service_for
 from learners.config import LearnConfig
 from learners.full import load_or_create, train_pass
 from learners.inputs import LABEL_COLUMNS, Columns, F
 from learners.snapshots import SnapshotConfig, SnapshotWriter
 from serving.config import ServingConfig
 from serving.index import NoteIndex
-from serving.service import build_service
 
 console = Console(width=120)
 OUT = Path(__file__).resolve().parent / "out"
 T0 = 1_767_225_600_000
-
-
-def _build(settings, redis_url: str):
-    """(app, watcher) of the service `settings` describe."""
-    svc = build_service(
-        redis_url,
-        settings.feast_project,
-        settings.snapshots.root,
-        (settings.learn.ranker_model, settings.learn.retriever_model),
-        settings.serving,
-        settings.exposure.namespace,
-    )
-    return svc.app, svc.watcher
 
 
 def _unit(n: int, d: int, seed: int) -> np.ndarray:
@@ -209,7 +196,8 @@ def main(
                 "serving": ServingConfig(retrieve_k=1_000, rank_k=200),
             }
         )
-        app, watcher = _build(settings, url)
+        service = service_for(settings, url)
+        app, watcher = service.app, service.watcher
         watcher.refresh()
         api = TestClient(app)
         console.rule("/recommend (in-process ASGI, retrieve 1,000, rank 200)")

@@ -8,21 +8,7 @@ import typer
 
 from infra import stack
 from infra.cli_options import ConfigOpt, console, settings_from
-from infra.config import Settings
-
-
-def service_for(settings: Settings, redis_url: str):
-    """The `serving.Service` that `settings` describe, on `redis_url`."""
-    from serving.service import build_service
-
-    return build_service(
-        redis_url,
-        settings.feast_project,
-        settings.snapshots.root,
-        (settings.learn.ranker_model, settings.learn.retriever_model),
-        settings.serving,
-        settings.serving.exposure_namespace or settings.exposure.namespace,
-    )
+from infra.service import service_for
 
 
 def serve(

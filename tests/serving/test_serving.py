@@ -18,23 +18,10 @@ from features.online_writer import OnlineWriter
 from features.schema import FeatureConfig, derive
 from features.windows import METRICS, WINDOWS
 from infra.config import load_settings
+from infra.service import service_for
 from serving.config import FusionConfig
 from serving.recommender import fuse
-from serving.service import build_service
 from tests.learners.helpers import publish_trained
-
-
-def _build(settings, redis_url: str):
-    """(app, watcher) of the service `settings` describe."""
-    svc = build_service(
-        redis_url,
-        settings.feast_project,
-        settings.snapshots.root,
-        (settings.learn.ranker_model, settings.learn.retriever_model),
-        settings.serving,
-        settings.exposure.namespace,
-    )
-    return svc.app, svc.watcher
 
 
 def test_fusion_formulas() -> None:
@@ -89,7 +76,8 @@ def service(tmp_path: Path, redis_url: str):
             "feast_project": f"p{ns}",
         }
     )
-    app, watcher = _build(settings, redis_url)
+    service = service_for(settings, redis_url)
+    app, watcher = service.app, service.watcher
     return app, watcher, settings
 
 
