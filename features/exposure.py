@@ -194,6 +194,18 @@ def _read_layout(pairs: Sequence[bytes], namespace: str) -> FilterLayout:
         ) from exc
 
 
+def _raise_hwm_lua(key: str) -> str:
+    """Lua that raises the high-water mark at `key` to ARGV[1] (never lowers it) and returns
+    the mark."""
+    return f"""local current = tonumber(redis.call('GET', {key}) or '-1')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', {key}, ARGV[1])
+  return ARGV[1]
+end
+return redis.call('GET', {key})
+"""
+
+
 _WRITE_LUA = """
 local tmp, width = KEYS[1], tonumber(ARGV[2])
 local limit, most = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -216,27 +228,14 @@ for i = 3, #KEYS do
   redis.call('PEXPIRE', key, ARGV[j])
 end
 redis.call('DEL', tmp)
-local current = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[2], ARGV[1])
-  return ARGV[1]
-end
-return redis.call('GET', KEYS[2])
-"""
+""" + _raise_hwm_lua("KEYS[2]")
 
 _LAYOUT_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
 return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
 """
 
-_HWM_LUA = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
-if tonumber(ARGV[1]) > current then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return ARGV[1]
-end
-return redis.call('GET', KEYS[1])
-"""
+_HWM_LUA = "\n" + _raise_hwm_lua("KEYS[1]")
 
 _READ_LUA = """
 local meta = redis.call('HGETALL', KEYS[1])
