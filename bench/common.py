@@ -9,9 +9,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infra import stack
 from infra.config import load_settings
+
+if TYPE_CHECKING:
+    from confluent_kafka import Producer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -40,6 +44,18 @@ def fresh_topic(bootstrap: str, prefix: str, partitions: int = 4) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     stack.ensure_topics(bootstrap, [name], partitions)
     return name
+
+
+def produce_all(producer: Producer, topic: str, keys: list[bytes], values: list[bytes]) -> None:
+    """Produce pre-encoded messages in a plain loop (waiting out a full queue), then flush."""
+    for key, value in zip(keys, values, strict=True):
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
 
 
 def median(values: list[float]) -> float:

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import track
 
-from bench.common import bench_stack, fresh_topic, median
+from bench.common import bench_stack, fresh_topic, median, produce_all
 from streams.kafka_io import make_producer
 from streams.replay import encoded_batches, replay
 from streams.sources.synthetic import SyntheticSource
@@ -25,14 +25,7 @@ def bare_producer(bootstrap: str, topic: str, keys: list[bytes], values: list[by
     """Produce pre-encoded messages in a plain loop; return messages/s."""
     producer = make_producer(bootstrap)
     start = time.perf_counter()
-    for key, value in zip(keys, values, strict=True):
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(60) == 0
+    produce_all(producer, topic, keys, values)
     rate = len(values) / (time.perf_counter() - start)
     producer.close()
     return rate

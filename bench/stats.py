@@ -32,8 +32,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from bench import online_writer
-from bench.common import bench_stack, fresh_topic, median, percentile
+from bench.common import bench_stack, fresh_topic, median, percentile, produce_all
 from features.store import apply_definitions, feature_store
+from features.windows import METRICS, TYPE_METRIC
 from streams.kafka_io import make_producer
 from streams.replay import encoded_batches
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
@@ -42,20 +43,8 @@ console = Console()
 CLI = Path(sys.executable).with_name("streamrec")
 OUT = Path(__file__).resolve().parent / "out"
 BENCH_DB = 12  # a Redis DB of its own, flushed at the end
-TYPE_COUNTS_30D = [
-    f"{m}_30d"
-    for m in (
-        "impressions",
-        "clicks",
-        "likes",
-        "collects",
-        "shares",
-        "comments",
-        "follows",
-        "plays",
-        "hides",
-    )
-]
+TYPE_COUNTS_30D = [f"{METRICS[i]}_30d" for i in TYPE_METRIC.values()]
+"""The 30-day count of each event type (their sum counts every event of a user)."""
 
 
 def _config(tmp: Path, topic: str) -> tuple[Path, str]:
@@ -75,18 +64,6 @@ def _env(bootstrap: str, redis_url: str) -> dict[str, str]:
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "REDIS_URL": redis_url}
     env.pop("STREAMREC_DATA_DIR", None)
     return env
-
-
-def _produce_all(bootstrap: str, topic: str, keys: list[bytes], values: list[bytes]) -> None:
-    producer = make_producer(bootstrap)
-    for key, value in zip(keys, values, strict=True):
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(60) == 0
 
 
 def _timed_run(args: list[str], env: dict[str, str]) -> float:
@@ -117,7 +94,7 @@ def throughput(
                 args = ["run", "stats", "--until-end", "--processes", str(processes)]
                 fixed = _timed_run([*args, "--config", str(config)], env)
                 topic = fresh_topic(state.bootstrap, "bench-stats")
-                _produce_all(state.bootstrap, topic, keys, values)
+                produce_all(make_producer(state.bootstrap), topic, keys, values)
                 config, _ = _config(tmp, topic)
                 wall = _timed_run([*args, "--config", str(config)], env)
                 gross.append(events / wall)
@@ -149,7 +126,7 @@ def freshness(
     keys = [k for b in batches for k in b[0]]
     values = [v for b in batches for v in b[1]]
     warm = 20_000  # events produced first, so the job is up and running when probes start
-    _produce_all(state.bootstrap, topic, keys[:warm], values[:warm])
+    produce_all(make_producer(state.bootstrap), topic, keys[:warm], values[:warm])
     seen: dict[str, int] = defaultdict(int)
     for k in keys[:warm]:
         seen[k.decode()] += 1
