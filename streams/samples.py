@@ -197,10 +197,18 @@ class ShardCore:
 
 
 class _ShardLogic:
-    """Watermark, de-duplication and the event-time ordered release of final events."""
+    """Watermark, de-duplication and the event-time ordered release of final events, over the
+    recoverable `state` of a shard (its `core` shared by every shard)."""
 
-    def __init__(self, core: ShardCore, config: SamplesConfig, partitions: Sequence[int]) -> None:
-        self.core, self.config = core, config
+    def __init__(
+        self,
+        state: NoteState | UserState,
+        config: SamplesConfig,
+        partitions: Sequence[int],
+        recoverable: bool,
+    ) -> None:
+        self.state, self.recoverable = state, recoverable
+        self.core, self.config = state.core, config
         self.partitions = tuple(partitions)
         start = time.monotonic()
         self.heard = dict.fromkeys(self.partitions, start)
@@ -277,15 +285,7 @@ class NoteState:
 class NoteLogic(_ShardLogic, StatefulLogic[Part, tuple[str, NoteHalves], NoteState]):
     """Computes the point-in-time note statistics of each impression of its notes."""
 
-    def __init__(
-        self,
-        state: NoteState,
-        config: SamplesConfig,
-        partitions: Sequence[int],
-        recoverable: bool,
-    ) -> None:
-        super().__init__(state.core, config, partitions)
-        self.state, self.recoverable = state, recoverable
+    state: NoteState
 
     def on_item(self, value: Part) -> tuple[list[tuple[str, NoteHalves]], bool]:
         # Events refused here are counted (and dead-lettered) by the user shard, which sees
@@ -382,6 +382,8 @@ Out = SampleBatch | JoinReport | KafkaSinkMessage
 class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
     """Joins its users' impressions with their actions; closes windows; batches samples."""
 
+    state: UserState
+
     def __init__(
         self,
         state: UserState,
@@ -389,8 +391,7 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
         partitions: Sequence[int],
         recoverable: bool,
     ) -> None:
-        super().__init__(state.core, config, partitions)
-        self.state, self.recoverable = state, recoverable
+        super().__init__(state, config, partitions, recoverable)
         self.window = config.attribution_window_ms
         self.batch_due: datetime | None = None
 
