@@ -21,7 +21,6 @@ from __future__ import annotations
 import gzip
 import itertools
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,26 +67,10 @@ def join_events(events: list, partitions: int = 4, keep_rate: float = 1.0) -> Co
 
     from features.samples import decode_batch
     from streams.config import SamplesConfig
-    from streams.events import encode_event
-    from streams.kafka_io import RawBatch
     from streams.samples import build_flow
+    from tests.streams.helpers import raw_batches
 
-    by_part: dict[int, list] = {p: [] for p in range(partitions)}
-    for e in events:
-        by_part[zlib.crc32(e.user_id.encode()) % partitions].append(e)
-    batches = []
-    for p, rows in by_part.items():
-        for lo in range(0, len(rows), 2_000):
-            chunk = rows[lo : lo + 2_000]
-            raw = RawBatch(
-                "interactions",
-                p,
-                [e.user_id.encode() for e in chunk],
-                [encode_event(e) for e in chunk],
-                list(range(lo, lo + len(chunk))),
-            )
-            batches.append((chunk[0].ts, p, raw))
-    batches = [b for _, _, b in sorted(batches, key=lambda x: x[:2])]
+    batches = raw_batches(events, partitions, 2_000, topic="interactions")
     messages: list = []
     config = SamplesConfig(negative_keep_rate=keep_rate, batch_size=2_000, shards=4)
     flow = build_flow(

@@ -259,7 +259,7 @@ MALFORMED = [
 
 
 def raw_batches(
-    events: list[Event], partitions: int = PARTITIONS, size: int = 50
+    events: list[Event], partitions: int = PARTITIONS, size: int = 50, topic: str = "t"
 ) -> list[RawBatch]:
     """Spread events over partitions by user (crc32), batches interleaved in time order."""
     by_part: dict[int, list[Event]] = {p: [] for p in range(partitions)}
@@ -270,7 +270,7 @@ def raw_batches(
         for lo in range(0, len(rows), size):
             chunk = rows[lo : lo + size]
             batch = RawBatch(
-                "t",
+                topic,
                 p,
                 [e.user_id.encode() for e in chunk],
                 [encode_event(e) for e in chunk],
