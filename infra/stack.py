@@ -203,9 +203,7 @@ def up(settings: Settings) -> StackState:
             )
         kafka = Service(address=settings.kafka.bootstrap)
     elif (
-        previous
-        and pid_runs(previous.kafka.pid, "tansu")
-        and kafka_answers(previous.kafka.address)
+        previous and pid_runs(previous.kafka.pid, "tansu") and kafka_answers(previous.kafka.address)
     ):
         kafka = previous.kafka
     else:

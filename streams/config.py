@@ -12,6 +12,20 @@ class EventLimits(BaseModel):
 
     max_bytes: int = Field(default=16_384, ge=256)
     """Payloads longer than this go to the dead-letter topic as `oversized`."""
+    max_future_ms: int = Field(default=300_000, ge=0)
+    """An event whose time is more than this ahead of the wall clock goes to the dead-letter
+    topic as `future`: no clock may be moved past now by one record."""
+    max_skip_ms: int = Field(default=86_400_000, gt=0)
+    """An event more than this ahead of its partition's event-time high-water mark (or any event
+    before the partition has one) is held: it moves the clock only once `confirm_events` held
+    events lie within this span of each other."""
+    confirm_events: int = Field(default=3, ge=1)
+    """Held events that must agree before the partition's clock jumps to them."""
+    outlier_after: int = Field(default=1_000, ge=1)
+    """A held event is dead-lettered as `outlier` once this many events arrived on the old clock
+    without confirming it (and at the end of a bounded run)."""
+    dedupe_ids: int = Field(default=200_000, ge=0)
+    """Most event ids a partition remembers (within its allowed lateness) to drop duplicates."""
 
 
 DEFAULT_LIMITS = EventLimits()

@@ -11,7 +11,8 @@ class EventError(StreamsError):
     """An event failed validation; `reason` is a stable code and `field` names the culprit.
 
     Reasons: `not_json`, `oversized`, `not_object`, `missing_field`, `unknown_field`,
-    `wrong_type`, `bad_value`, `unknown_type`, `unsupported_version`, `late`.
+    `wrong_type`, `bad_value`, `unknown_type`, `unsupported_version` (the decoder); `late`,
+    `future`, `outlier`, `duplicate`, `internal` (the ingest step, docs/sources.md).
     """
 
     def __init__(self, reason: str, field: str | None, detail: str) -> None:

@@ -31,9 +31,19 @@ EventType = Literal[
 ]
 ACTION_TYPES: Final = tuple(t for t in EVENT_TYPES if t != "impression")
 
+MAX_TS_MS: Final = 2**53
+"""Largest event time (the contract's bound; the jobs also refuse events ahead of the wall
+clock by more than `events.max_future_ms`)."""
+MAX_SPAN_MS: Final = 86_400_000
+"""Largest `watch_ms` / `duration_ms`: one day. Window sums are int64: a day per play leaves
+room for ~10^11 plays of one entity in a window before a sum could overflow."""
+MAX_POSITION: Final = 1_000_000
+"""Largest `position` in a feed."""
+
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-NonNeg = Annotated[int, msgspec.Meta(ge=0)]
-Millis = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Position = Annotated[int, msgspec.Meta(ge=0, le=MAX_POSITION)]
+Span = Annotated[int, msgspec.Meta(ge=0, le=MAX_SPAN_MS)]
+Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_TS_MS)]
 
 
 class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -47,9 +57,9 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     author_id: Id | None = None
     category: Id | None = None
     request_id: Id | None = None
-    position: NonNeg | None = None
-    watch_ms: NonNeg | None = None
-    duration_ms: NonNeg | None = None
+    position: Position | None = None
+    watch_ms: Span | None = None
+    duration_ms: Span | None = None
     v: int = EVENT_SCHEMA_VERSION
 
 

@@ -1,30 +1,49 @@
-"""The ingest step every flow starts with: decode -> dead letters -> late filter -> shard.
+"""The ingest step every flow starts with: decode -> event-time clock -> dead letters -> shard.
 
-Per Kafka partition (a stateful step keyed by partition, whose state is the partition's event-time
-high-water mark): decode the raw batch (bad events -> DLQ with their reason), drop events older
-than the high-water mark minus the flow's allowed lateness (-> DLQ, reason `late`), and hand the
-rest, as columns, to the flow's `shard` function, which splits them into keyed parts for the
-flow's stateful steps. A flow without a lateness bound (`lateness_ms=None`) keeps every event.
+Per Kafka partition (a stateful step keyed by partition) the step:
+
+1. decodes the raw batch (bad events -> DLQ with their reason);
+2. refuses events ahead of the wall clock by more than `max_future_ms` (`future`);
+3. keeps the partition's event-time clock, its high-water mark H, such that no single record
+   can move it: an event more than `max_skip_ms` ahead of H (or any event before the partition
+   has a clock) is *held*; the clock jumps only when `confirm_events` held events lie within
+   `max_skip_ms` of each other (then they are admitted, in arrival order); a held event that
+   `outlier_after` events on the old clock did not confirm is dead-lettered as `outlier` (so is
+   one still held at the end of a bounded run whose partition has a clock; without one, the held
+   events are admitted: nothing contradicts them). This is Flink's bounded out-of-orderness
+   with the maximum taken over agreeing records instead of any one record;
+4. drops events older than H minus the flow's allowed lateness (`late`);
+5. drops events whose `event_id` it has admitted before, within the lateness (`duplicate`;
+   flows that ask for it, at most `dedupe_ids` ids per partition);
+6. hands the rest, as columns, to the flow's `shard` function, which splits them into keyed
+   parts; a record that makes `shard` raise goes to the DLQ as `internal` and the flow goes on.
+
+Every dead letter carries the bytes produced, the topic, partition and offset. The clock, the
+held events and the remembered ids are the step's state, snapshotted with the flow's recovery.
 """
 
 from __future__ import annotations
 
+import copy
+import time
 import zlib
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import bytewax.operators as op
 import numpy as np
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Stream
+from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink
 
 from features.windows import TYPE_METRIC
 from streams.config import EventLimits
 from streams.decode import Decoded, decode_batch
 from streams.errors import EventError
-from streams.events import Event, dead_letter, encode_dead_letter, encode_event
+from streams.events import Event, dead_letter, encode_dead_letter
 from streams.kafka_io import RawBatch
 
 P = TypeVar("P")
@@ -42,6 +61,10 @@ class Columns:
     users: list[str]
     notes: list[str]
     events: list[Event]
+    raw: list[bytes] = field(default_factory=list)
+    """The Kafka value of each event (empty when the columns were built from events alone)."""
+    keys: list[bytes | None] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
 
     def take(self, keep: list[int]) -> Columns:
         """The rows `keep`, in that order."""
@@ -54,19 +77,36 @@ class Columns:
             [self.users[i] for i in keep],
             [self.notes[i] for i in keep],
             [self.events[i] for i in keep],
+            [self.raw[i] for i in keep] if self.raw else [],
+            [self.keys[i] for i in keep] if self.keys else [],
+            [self.offsets[i] for i in keep] if self.offsets else [],
         )
+
+    def record(self, i: int) -> Record:
+        """Row `i` as a record."""
+        return Record(self.events[i], self.raw[i], self.keys[i], self.offsets[i])
 
 
 def to_columns(decoded: Decoded) -> Columns:
     """Turn a decoded batch into columns."""
-    events = decoded.events
+    return columns_of(decoded.partition, decoded.events, decoded.raw, decoded.keys, decoded.offsets)
+
+
+def columns_of(
+    partition: int,
+    events: list[Event],
+    raw: list[bytes] | None = None,
+    keys: list[bytes | None] | None = None,
+    offsets: list[int] | None = None,
+) -> Columns:
+    """Columns of `events` (with their Kafka values, keys and offsets where known)."""
     n = len(events)
     ts = np.fromiter((e.ts for e in events), dtype=np.int64, count=n)
     kind = np.fromiter((TYPE_METRIC[e.type] for e in events), dtype=np.int64, count=n)
     watch = np.fromiter((e.watch_ms or 0 for e in events), dtype=np.int64, count=n)
     duration = np.fromiter((e.duration_ms or 0 for e in events), dtype=np.int64, count=n)
     return Columns(
-        decoded.partition,
+        partition,
         ts,
         kind,
         watch,
@@ -74,6 +114,9 @@ def to_columns(decoded: Decoded) -> Columns:
         [e.user_id for e in events],
         [e.note_id for e in events],
         events,
+        raw or [],
+        keys or [],
+        offsets or [],
     )
 
 
@@ -107,35 +150,30 @@ def shard_cache(shards: int) -> ShardCache:
     return cache
 
 
-def split_late(
-    hwm: int | None, cols: Columns, lateness: int, flow: str
-) -> tuple[int | None, Columns, list[KafkaSinkMessage]]:
-    """Drop events older than the partition's high-water mark minus `lateness`.
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One decoded event with the Kafka value, key and offset it came from."""
 
-    Returns:
-        (new high-water mark, the events on time, dead letters of the late ones).
-    """
-    if len(cols.ts) == 0:
-        return hwm, cols, []
-    # An event is late against the high-water mark of everything before it in the partition.
-    running = np.maximum.accumulate(cols.ts)
-    start = cols.ts[0] if hwm is None else hwm
-    before = np.maximum(np.r_[start, running[:-1]], start)
-    late = cols.ts < before - lateness
-    new_hwm = int(max(start, running[-1]))
-    if not late.any():
-        return new_hwm, cols, []
-    letters = []
-    for i in np.flatnonzero(late).tolist():
-        err = EventError(
-            "late",
-            "ts",
-            f"ts {cols.ts[i]} is older than the partition's high-water mark "
-            f"{before[i]} minus the allowed lateness {lateness} ms",
-        )
-        letter = dead_letter(encode_event(cols.events[i]), err, flow, partition=cols.partition)
-        letters.append(KafkaSinkMessage(cols.users[i].encode(), encode_dead_letter(letter)))
-    return new_hwm, cols.take(np.flatnonzero(~late).tolist()), letters
+    event: Event
+    raw: bytes
+    key: bytes | None
+    offset: int
+
+
+@dataclass
+class PartitionClock:
+    """Recoverable state of one partition's ingest: its clock, held events, admitted ids."""
+
+    hwm: int | None = None
+    """Event-time high-water mark of the admitted events (epoch ms); None before the first."""
+    held: list[Record] = field(default_factory=list)
+    """Events that would move the clock by more than `max_skip_ms`, in arrival order."""
+    since_held: int = 0
+    """Events admitted on the current clock since the oldest held event arrived."""
+    ids: dict[str, int] = field(default_factory=dict)
+    """Admitted event ids -> event time (flows that drop duplicates)."""
+    order: deque[str] = field(default_factory=deque)
+    """The ids in `ids`, oldest admission first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,29 +188,221 @@ Shard = Callable[[Columns, int | None], list[tuple[str, P]]]
 """A flow's split of a batch's accepted events (and the partition's high-water mark) into
 keyed parts."""
 
+_FIELD = {"late": "ts", "future": "ts", "outlier": "ts", "duplicate": "event_id"}
 
-def ingest_batch(
-    hwm: int | None,
-    batch: RawBatch,
-    flow: str,
-    limits: EventLimits,
-    lateness_ms: int | None,
-    shard: Shard,
-) -> tuple[int | None, Ingested]:
-    """Decode a raw batch, drop late events, and split the rest with `shard`.
 
-    Returns:
-        (the partition's new high-water mark, the parts and dead letters).
-    """
-    decoded = decode_batch(batch, flow, limits.max_bytes)
-    cols = to_columns(decoded)
-    if lateness_ms is None:
-        late: list[KafkaSinkMessage] = []
+class IngestLogic(StatefulLogic[RawBatch, Ingested, PartitionClock]):
+    """The ingest step of one partition (module docstring)."""
+
+    def __init__(
+        self,
+        state: PartitionClock,
+        flow: str,
+        limits: EventLimits,
+        lateness_ms: int | None,
+        shard: Shard,
+        dedupe: bool,
+        recoverable: bool,
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.state, self.flow, self.limits = state, flow, limits
+        self.lateness, self.shard = lateness_ms, shard
+        self.dedupe = dedupe and limits.dedupe_ids > 0
+        self.recoverable = recoverable
+        self.now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self._where: tuple[str, int] = ("", 0)
+
+    # -- dead letters ---------------------------------------------------------------------
+    def _letter(self, rec: Record, reason: str, detail: str) -> KafkaSinkMessage:
+        err = EventError(reason, _FIELD.get(reason), detail)
+        topic, partition = self._where
+        letter = dead_letter(rec.raw, err, self.flow, topic, partition, rec.offset)
+        return KafkaSinkMessage(rec.key, encode_dead_letter(letter))
+
+    # -- the clock --------------------------------------------------------------------------
+    def _admit(self, rec: Record, out: list[Record], dead: list[KafkaSinkMessage]) -> None:
+        st, t = self.state, rec.event.ts
+        if self.lateness is not None and st.hwm is not None and t < st.hwm - self.lateness:
+            dead.append(
+                self._letter(
+                    rec,
+                    "late",
+                    f"ts {t} is older than the partition's high-water mark {st.hwm} minus the "
+                    f"allowed lateness {self.lateness} ms",
+                )
+            )
+            return
+        out.append(rec)
+        st.hwm = t if st.hwm is None else max(st.hwm, t)
+
+    def _release_reachable(self, out: list[Record], dead: list[KafkaSinkMessage]) -> None:
+        st, skip = self.state, self.limits.max_skip_ms
+        reach = [h for h in st.held if h.event.ts <= st.hwm + skip]
+        if reach:
+            st.held = [h for h in st.held if h.event.ts > st.hwm + skip]
+            for h in reach:
+                self._admit(h, out, dead)
+
+    def _step(self, rec: Record, out: list[Record], dead: list[KafkaSinkMessage]) -> None:
+        st, lim, t = self.state, self.limits, rec.event.ts
+        if st.hwm is not None and t <= st.hwm + lim.max_skip_ms:
+            self._admit(rec, out, dead)
+            if st.held:
+                st.since_held += 1
+                self._release_reachable(out, dead)
+                if st.held and st.since_held >= lim.outlier_after:
+                    self._outliers(dead, f"{st.since_held} later events kept the clock")
+            return
+        st.held.append(rec)
+        if len(st.held) == 1:
+            st.since_held = 0
+        cluster = [h for h in st.held if abs(h.event.ts - t) <= lim.max_skip_ms]
+        if len(cluster) >= lim.confirm_events:
+            chosen = {id(h) for h in cluster}
+            st.held = [h for h in st.held if id(h) not in chosen]
+            for h in cluster:
+                self._admit(h, out, dead)
+            self._release_reachable(out, dead)
+            st.since_held = 0
+
+    def _outliers(self, dead: list[KafkaSinkMessage], why: str) -> None:
+        st = self.state
+        for h in st.held:
+            dead.append(
+                self._letter(
+                    h,
+                    "outlier",
+                    f"ts {h.event.ts} is more than {self.limits.max_skip_ms} ms ahead of the "
+                    f"partition's high-water mark {st.hwm} and no other event confirmed it "
+                    f"({why})",
+                )
+            )
+        st.held, st.since_held = [], 0
+
+    def _clock(self, cols: Columns, dead: list[KafkaSinkMessage]) -> Columns:
+        """The events the clock admits, in processing order."""
+        st, lim = self.state, self.limits
+        n = len(cols.ts)
+        if n and not st.held and st.hwm is not None:
+            # Fast path: no event skips ahead, so only the lateness bound applies (vectorised).
+            running = np.maximum.accumulate(cols.ts)
+            before = np.maximum(np.r_[st.hwm, running[:-1]], st.hwm)
+            if bool((cols.ts <= before + lim.max_skip_ms).all()):
+                if self.lateness is None:
+                    st.hwm = int(max(st.hwm, running[-1]))
+                    return cols
+                late = cols.ts < before - self.lateness
+                st.hwm = int(max(st.hwm, running[-1]))
+                if not late.any():
+                    return cols
+                for i in np.flatnonzero(late).tolist():
+                    dead.append(
+                        self._letter(
+                            cols.record(i),
+                            "late",
+                            f"ts {cols.ts[i]} is older than the partition's high-water mark "
+                            f"{before[i]} minus the allowed lateness {self.lateness} ms",
+                        )
+                    )
+                return cols.take(np.flatnonzero(~late).tolist())
+        out: list[Record] = []
+        for i in range(n):
+            self._step(cols.record(i), out, dead)
+        return self._columns(cols.partition, out)
+
+    @staticmethod
+    def _columns(partition: int, records: list[Record]) -> Columns:
+        return columns_of(
+            partition,
+            [r.event for r in records],
+            [r.raw for r in records],
+            [r.key for r in records],
+            [r.offset for r in records],
+        )
+
+    # -- duplicates -------------------------------------------------------------------------
+    def _dedupe(self, cols: Columns, dead: list[KafkaSinkMessage]) -> Columns:
+        st, keep = self.state, []
+        ids, order = st.ids, st.order
+        for i, e in enumerate(cols.events):
+            if e.event_id in ids:
+                dead.append(
+                    self._letter(
+                        cols.record(i),
+                        "duplicate",
+                        f"event_id {e.event_id!r} was already counted (first at ts "
+                        f"{ids[e.event_id]})",
+                    )
+                )
+                continue
+            ids[e.event_id] = e.ts
+            order.append(e.event_id)
+            keep.append(i)
+        horizon = st.hwm - (self.lateness or 0) if st.hwm is not None else None
+        while order and (
+            len(order) > self.limits.dedupe_ids or (horizon is not None and ids[order[0]] < horizon)
+        ):
+            del ids[order.popleft()]
+        return cols if len(keep) == len(cols.events) else cols.take(keep)
+
+    # -- sharding ---------------------------------------------------------------------------
+    def _shard(self, cols: Columns, dead: list[KafkaSinkMessage]) -> list:
+        try:
+            return self.shard(cols, self.state.hwm)
+        except Exception:  # find the records that make it raise; the rest go on
+            good = []
+            for i in range(len(cols.events)):
+                try:
+                    self.shard(cols.take([i]), self.state.hwm)
+                except Exception as exc:
+                    detail = f"{type(exc).__name__}: {exc}"
+                    dead.append(self._letter(cols.record(i), "internal", detail))
+                else:
+                    good.append(i)
+            return self.shard(cols.take(good), self.state.hwm)
+
+    # -- the logic --------------------------------------------------------------------------
+    def on_item(self, value: RawBatch) -> tuple[list[Ingested], bool]:
+        self._where = (value.topic, value.partition)
+        decoded = decode_batch(value, self.flow, self.limits.max_bytes)
+        dead = list(decoded.dead)
+        cols = to_columns(decoded)
         if len(cols.ts):
-            hwm = int(cols.ts.max()) if hwm is None else max(hwm, int(cols.ts.max()))
-    else:
-        hwm, cols, late = split_late(hwm, cols, lateness_ms, flow)
-    return hwm, Ingested(shard(cols, hwm), decoded.dead + late)
+            ahead = cols.ts > self.now_ms() + self.limits.max_future_ms
+            if ahead.any():
+                for i in np.flatnonzero(ahead).tolist():
+                    detail = (
+                        f"ts {cols.ts[i]} is more than {self.limits.max_future_ms} ms ahead of "
+                        "the wall clock"
+                    )
+                    dead.append(self._letter(cols.record(i), "future", detail))
+                cols = cols.take(np.flatnonzero(~ahead).tolist())
+        cols = self._clock(cols, dead)
+        if self.dedupe and len(cols.events):
+            cols = self._dedupe(cols, dead)
+        return [Ingested(self._shard(cols, dead), dead)], StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Ingested], bool]:
+        st = self.state
+        if not st.held:
+            return [], StatefulLogic.RETAIN
+        dead: list[KafkaSinkMessage] = []
+        out: list[Record] = []
+        if st.hwm is None:  # nothing contradicts them
+            held, st.held = st.held, []
+            for h in held:
+                self._admit(h, out, dead)
+        else:
+            self._outliers(dead, "the input ended")
+        cols = self._columns(self._where[1], out)
+        if self.dedupe and len(cols.events):
+            cols = self._dedupe(cols, dead)
+        parts = self._shard(cols, dead) if out else []
+        return [Ingested(parts, dead)], StatefulLogic.RETAIN
+
+    def snapshot(self) -> PartitionClock | None:
+        # Bytewax asks for snapshots every epoch even without recovery; copying is then waste.
+        return copy.deepcopy(self.state) if self.recoverable else None
 
 
 def ingest(
@@ -184,25 +414,37 @@ def ingest(
     limits: EventLimits,
     lateness_ms: int | None,
     shard: Shard,
+    dedupe: bool = False,
+    recoverable: bool = True,
 ) -> Stream[tuple[str, P]]:
     """The ingest operator: raw batches -> the flow's keyed parts; dead letters to `dlq`.
 
     Args:
         step_id: prefix of the steps' ids.
         batches: raw Kafka batches (`KafkaBatchSource` or a `TestingSource` of `RawBatch`).
-        dlq: receives dead letters (undecodable and late events).
+        dlq: receives dead letters (undecodable, future, outlier, late, duplicate, internal).
         flow: the flow's name, recorded in its dead letters.
-        limits: decoding limits (payload size).
+        limits: decoding limits and the event-time clock's bounds.
         lateness_ms: allowed lateness against the partition's high-water mark; None keeps all.
         shard: splits a batch's accepted events into `(key, part)` items.
+        dedupe: drop events whose id was admitted before (within the lateness).
+        recoverable: snapshot the state each epoch (off only when running without recovery).
     """
     keyed = op.key_on(f"{step_id}_by_partition", batches, lambda b: str(b.partition))
     ingested = op.key_rm(
         f"{step_id}_ingested",
-        op.stateful_map(
+        op.stateful(
             step_id,
             keyed,
-            lambda hwm, b: ingest_batch(hwm, b, flow, limits, lateness_ms, shard),
+            lambda resume: IngestLogic(
+                resume or PartitionClock(),
+                flow,
+                limits,
+                lateness_ms,
+                shard,
+                dedupe,
+                recoverable,
+            ),
         ),
     )
     op.output(f"{step_id}_dlq", op.flat_map(f"{step_id}_dead", ingested, lambda i: i.dead), dlq)

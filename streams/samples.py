@@ -625,6 +625,7 @@ def build_flow(
         limits=limits,
         lateness_ms=config.allowed_lateness_ms,
         shard=lambda cols, hwm: shard_parts(cols, hwm, config.shards),
+        recoverable=recoverable,
     )
     sides = op.branch("side", parts, lambda kv: kv[0].startswith("n"))
     halves = op.stateful(

@@ -162,6 +162,8 @@ def build_flow(
         limits=limits,
         lateness_ms=config.allowed_lateness_ms,
         shard=lambda cols, _hwm: shard_batches(cols, config.shards),
+        dedupe=True,
+        recoverable=recoverable,
     )
     flushed = op.stateful(
         "tiles",

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from streams.errors import EventError
 from streams.events import (
     EVENT_TYPES,
+    MAX_POSITION,
+    MAX_SPAN_MS,
     Event,
     dead_letter,
     decode_dead_letter,
@@ -98,8 +100,8 @@ ids = st.text(min_size=1, max_size=20)
     ts=st.integers(0, 2**53),
     user=ids,
     note=ids,
-    watch=st.integers(0, 10**9),
-    position=st.none() | st.integers(0, 10**6),
+    watch=st.integers(0, MAX_SPAN_MS),
+    position=st.none() | st.integers(0, MAX_POSITION),
 )
 def test_valid_events_round_trip(kind, ts, user, note, watch, position) -> None:
     event = Event(
@@ -112,3 +114,14 @@ def test_valid_events_round_trip(kind, ts, user, note, watch, position) -> None:
         watch_ms=watch if kind == "play" else None,
     )
     assert decode_event(encode_event(event)) == event
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("watch_ms", MAX_SPAN_MS + 1), ("duration_ms", 2**63), ("position", MAX_POSITION + 1)],
+)
+def test_values_beyond_their_documented_range_are_bad(field: str, value: int) -> None:
+    raw = msgspec.json.encode({**VALID, "type": "play", "watch_ms": 1, field: value})
+    with pytest.raises(EventError) as caught:
+        decode_event(raw)
+    assert (caught.value.reason, caught.value.field) == ("bad_value", field)
