@@ -276,7 +276,10 @@ def census(seeds: int = 3, epochs: int = 3) -> dict[str, dict[str, float]]:
         for kind in ("mmoe", "shared_bottom"):
             torch.manual_seed(seed)
             feats = Tabular(cards, num.shape[1])
-            core = make_core(kind, feats.out_dim, tuple(labels), 8, (16,), (8,), gate_dropout=0.1)
+            shape = RankerConfig(
+                kind=kind, experts=8, expert_hidden=(16,), tower_hidden=(8,), gate_dropout=0.1
+            )
+            core = make_core(shape, feats.out_dim, tuple(labels))
             model = torch.nn.ModuleDict({"f": feats, "c": core})
             opt = torch.optim.Adam(model.parameters(), lr=3e-3)
             for _ in range(epochs):

@@ -8,14 +8,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
 from features.windows import WINDOWS
 from infra import stack
 from infra.cli_exposure import exposure_app
 from infra.cli_learn import learn_app
-from infra.cli_options import ConfigOpt, print_counts, settings_from
+from infra.cli_options import ConfigOpt, print_counts, progress_bar, settings_from
 from infra.cli_run import run_app
 from infra.cli_serve import serve
 from infra.cli_snapshots import snapshots_app
@@ -68,18 +68,6 @@ def infra_down(config: ConfigOpt = None) -> None:
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing'}")
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
-
-
 def _replay(source, config: Path | None, rate: float | None, topic: str | None) -> None:
     from streams.replay import replay
 
@@ -87,7 +75,7 @@ def _replay(source, config: Path | None, rate: float | None, topic: str | None) 
     where = stack.endpoints(settings)
     topic = topic or settings.kafka.topics.interactions
     total = source.estimated_total()
-    with _progress() as progress:
+    with progress_bar(TextColumn("{task.fields[rate]}")) as progress:
         task = progress.add_task(f"replay {source.name}", total=total, rate="")
 
         def advance(n: int) -> None:
@@ -126,34 +114,45 @@ def replay_synthetic(
     _replay(source, config, rate, topic)
 
 
-@replay_app.command("movielens")
-def replay_movielens(
-    path: Annotated[Path, typer.Argument(help="u.data file.")] = DATA / "movielens-100k" / "u.data",
-    limit: LimitOpt = None,
-    rate: RateOpt = None,
-    topic: TopicOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Replay MovieLens ratings (impression + click, rating >= 4 also like)."""
-    from streams.sources.movielens import MovieLensSource
+FILE_SOURCES = {
+    "movielens": (
+        "streams.sources.movielens:MovieLensSource",
+        DATA / "movielens-100k" / "u.data",
+        "u.data file.",
+        "Replay MovieLens ratings (impression + click, rating >= 4 also like).",
+    ),
+    "kuairand": (
+        "streams.sources.kuairand:KuaiRandSource",
+        DATA / "kuairand-27k-likehate" / "processed_standard_kcore_15.tsv",
+        "KuaiRand log (CSV/TSV).",
+        "Replay a KuaiRand log, re-sorted by time (mapping in docs/sources.md).",
+    ),
+}
+"""`streamrec replay <name>` commands of the file sources: (class, default file, help, summary)."""
 
-    _replay(MovieLensSource(path, limit=limit), config, rate, topic)
+
+def _file_replay(where: str, default: Path, path_help: str, summary: str):
+    def command(
+        path: Path = default,
+        limit: LimitOpt = None,
+        rate: RateOpt = None,
+        topic: TopicOpt = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        import importlib
+
+        module, _, name = where.partition(":")
+        source = getattr(importlib.import_module(module), name)(path, limit=limit)
+        _replay(source, config, rate, topic)
+
+    command.__doc__ = summary
+    # Annotations are strings here (PEP 563): the argument's help is set as an object instead.
+    command.__annotations__["path"] = Annotated[Path, typer.Argument(help=path_help)]
+    return command
 
 
-@replay_app.command("kuairand")
-def replay_kuairand(
-    path: Annotated[Path, typer.Argument(help="KuaiRand log (CSV/TSV).")] = DATA
-    / "kuairand-27k-likehate"
-    / "processed_standard_kcore_15.tsv",
-    limit: LimitOpt = None,
-    rate: RateOpt = None,
-    topic: TopicOpt = None,
-    config: ConfigOpt = None,
-) -> None:
-    """Replay a KuaiRand log, re-sorted by time (mapping in docs/sources.md)."""
-    from streams.sources.kuairand import KuaiRandSource
-
-    _replay(KuaiRandSource(path, limit=limit), config, rate, topic)
+for _name, _spec in FILE_SOURCES.items():
+    replay_app.command(_name)(_file_replay(*_spec))
 
 
 @topics_app.command("summary")

@@ -8,10 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infra import stack
-from infra.cli_options import ConfigOpt, UntilEndOpt, console, settings_from
+from infra.cli_options import ConfigOpt, UntilEndOpt, console, progress_bar, settings_from
 from infra.config import Settings
 from learners.errors import LearnersError
 
@@ -48,15 +47,9 @@ def learn_full(
     learn = settings.learn
     directory = log_dir or settings.paths.sample_log
     announcer = _announcer(settings, stack.endpoints(settings).bootstrap) if announce else None
-    progress = Progress(
-        TextColumn("[bold]full training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = progress_bar()
     with progress:
-        task = progress.add_task("train", total=None)
+        task = progress.add_task("full training", total=None)
         try:
             report = run_full(
                 directory,

@@ -8,6 +8,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from infra.config import Settings, load_settings
@@ -33,3 +41,15 @@ def print_counts(title: str, counts: Counter) -> None:
         table.add_row(str(kind), f"{n:,}")
     table.add_row("total", f"{sum(counts.values()):,}", style="bold")
     console.print(table)
+
+
+def progress_bar(*extra: ProgressColumn, out: Console | None = None) -> Progress:
+    """The progress bar of long-running commands: description, bar, done/total, elapsed."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *extra,
+        TimeElapsedColumn(),
+        console=out or console,
+    )

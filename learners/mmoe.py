@@ -105,24 +105,19 @@ class SharedBottomCore(nn.Module):
         return TaskOutput({t: self.towers[t](h).squeeze(-1) for t in self.tasks}, [])
 
 
-def make_core(
-    kind: str,
-    in_dim: int,
-    tasks: tuple[str, ...],
-    experts: int,
-    expert_hidden: tuple[int, ...],
-    tower_hidden: tuple[int, ...],
-    gate_dropout: float = 0.0,
-    dropout: float = 0.0,
-) -> nn.Module:
-    """An `MMoECore` ("mmoe") or a `SharedBottomCore` ("shared_bottom") of similar width.
+def make_core(config: RankerConfig, in_dim: int, tasks: tuple[str, ...]) -> nn.Module:
+    """An `MMoECore` (`config.kind` "mmoe") or a `SharedBottomCore` ("shared_bottom") of
+    similar width, with the experts, towers and dropouts of `config`.
 
     The shared bottom is as wide as all experts together, so both have similar capacity.
     """
-    if kind == "mmoe":
-        return MMoECore(in_dim, tasks, experts, expert_hidden, tower_hidden, gate_dropout, dropout)
-    bottom = (*expert_hidden[:-1], expert_hidden[-1] * experts)
-    return SharedBottomCore(in_dim, tasks, bottom, tower_hidden, dropout)
+    c = config
+    if c.kind == "mmoe":
+        return MMoECore(
+            in_dim, tasks, c.experts, c.expert_hidden, c.tower_hidden, c.gate_dropout, c.dropout
+        )
+    bottom = (*c.expert_hidden[:-1], c.expert_hidden[-1] * c.experts)
+    return SharedBottomCore(in_dim, tasks, bottom, c.tower_hidden, c.dropout)
 
 
 @dataclass(frozen=True)
@@ -180,16 +175,7 @@ class RankingModel(nn.Module):
         self.store = store
         self.features = RankerFeatures(store, config)
         self.tasks = (*config.tasks, WATCH)
-        self.core = make_core(
-            config.kind,
-            self.features.out_dim,
-            self.tasks,
-            config.experts,
-            config.expert_hidden,
-            config.tower_hidden,
-            config.gate_dropout,
-            config.dropout,
-        )
+        self.core = make_core(config, self.features.out_dim, self.tasks)
 
     def inputs(self, cols: Columns, observe: bool) -> RankerInputs:
         """Tensors of `cols`; with `observe` the IDs are recorded (counted, admitted)."""

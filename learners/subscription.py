@@ -154,8 +154,7 @@ class SnapshotSubscriber(_Closing):
         poll_timeout_s: longest wait of one `poll`.
         consumer_options: extra `kafka.KafkaConsumer` settings.
 
-    Raises:
-        SnapshotFollowError: the broker cannot be reached or the topic does not exist.
+    Raises `SnapshotFollowError` as `Announcements` does (no broker, no topic).
     """
 
     def __init__(

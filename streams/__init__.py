@@ -33,7 +33,7 @@ _EXPORTS = {
     "RawBatch": "streams.kafka_io",
     "make_producer": "streams.kafka_io",
     "read_to_end": "streams.kafka_io",
-    "ingest": "streams.ingest",
+    "ingest_flow": "streams.ingest",
     "RunConfig": "streams.runner",
     "run_here": "streams.runner",
     "replay": "streams.replay",

@@ -21,7 +21,7 @@ from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 from features.exposure import ExposureConfig, ExposureWriter
 from features.windows import TYPE_METRIC
 from streams.config import DEFAULT_LIMITS, EventLimits
-from streams.ingest import Columns, ingest
+from streams.ingest import Columns, ingest_flow
 from streams.kafka_io import RawBatch
 
 
@@ -64,15 +64,8 @@ def build_flow(
         dlq: receives the dead letters of undecodable events.
         limits: event decoding limits.
     """
-    flow = Dataflow("exposure")
-    parts = ingest(
-        "events",
-        op.input("in", flow, source),
-        dlq,
-        flow="exposure",
-        limits=limits,
-        lateness_ms=None,
-        shard=impressions_of,
+    flow, parts = ingest_flow(
+        "exposure", source, dlq, limits=limits, lateness_ms=None, shard=impressions_of
     )
     op.output("bloom", op.key_rm("impressions", parts), sink)
     return flow

@@ -35,7 +35,8 @@ from typing import Generic, TypeVar
 import bytewax.operators as op
 import numpy as np
 from bytewax.connectors.kafka import KafkaSinkMessage
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink
 
@@ -405,47 +406,43 @@ class IngestLogic(StatefulLogic[RawBatch, Ingested, PartitionClock]):
         return copy.deepcopy(self.state) if self.recoverable else None
 
 
-def ingest(
-    step_id: str,
-    batches: Stream[RawBatch],
+def ingest_flow(
+    name: str,
+    source: Source[RawBatch],
     dlq: DynamicSink,
     *,
-    flow: str,
     limits: EventLimits,
     lateness_ms: int | None,
     shard: Shard,
     dedupe: bool = False,
     recoverable: bool = True,
-) -> Stream[tuple[str, P]]:
-    """The ingest operator: raw batches -> the flow's keyed parts; dead letters to `dlq`.
+) -> tuple[Dataflow, Stream[tuple[str, P]]]:
+    """A new dataflow that starts with the ingest step: raw batches -> the flow's keyed parts.
 
     Args:
-        step_id: prefix of the steps' ids.
-        batches: raw Kafka batches (`KafkaBatchSource` or a `TestingSource` of `RawBatch`).
+        name: the flow's name (its Bytewax flow id, and recorded in its dead letters).
+        source: raw Kafka batches (`KafkaBatchSource` or a `TestingSource` of `RawBatch`).
         dlq: receives dead letters (undecodable, future, outlier, late, duplicate, internal).
-        flow: the flow's name, recorded in its dead letters.
         limits: decoding limits and the event-time clock's bounds.
         lateness_ms: allowed lateness against the partition's high-water mark; None keeps all.
         shard: splits a batch's accepted events into `(key, part)` items.
         dedupe: drop events whose id was admitted before (within the lateness).
         recoverable: snapshot the state each epoch (off only when running without recovery).
+
+    Returns:
+        (the dataflow, the stream of `(key, part)` items the flow goes on from).
     """
-    keyed = op.key_on(f"{step_id}_by_partition", batches, lambda b: str(b.partition))
+    flow = Dataflow(name)
+    keyed = op.key_on("by_partition", op.input("in", flow, source), lambda b: str(b.partition))
     ingested = op.key_rm(
-        f"{step_id}_ingested",
+        "ingested",
         op.stateful(
-            step_id,
+            "ingest",
             keyed,
             lambda resume: IngestLogic(
-                resume or PartitionClock(),
-                flow,
-                limits,
-                lateness_ms,
-                shard,
-                dedupe,
-                recoverable,
+                resume or PartitionClock(), name, limits, lateness_ms, shard, dedupe, recoverable
             ),
         ),
     )
-    op.output(f"{step_id}_dlq", op.flat_map(f"{step_id}_dead", ingested, lambda i: i.dead), dlq)
-    return op.flat_map(f"{step_id}_parts", ingested, lambda i: i.parts)
+    op.output("dlq", op.flat_map("dead", ingested, lambda i: i.dead), dlq)
+    return flow, op.flat_map("parts", ingested, lambda i: i.parts)

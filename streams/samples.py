@@ -51,7 +51,7 @@ from streams.config import DEFAULT_LIMITS, EventLimits, SamplesConfig
 from streams.decode import Decoded
 from streams.errors import EventError
 from streams.events import Event, dead_letter, encode_dead_letter, encode_event
-from streams.ingest import Columns, ingest, shard_cache, to_columns
+from streams.ingest import Columns, ingest_flow, shard_cache, to_columns
 from streams.kafka_io import RawBatch
 from streams.tiles import TileStore
 from streams.tiles import event_metrics as tile_metrics
@@ -615,13 +615,10 @@ def build_flow(
         recoverable: snapshot the state each epoch (off only when running without recovery).
         limits: event decoding limits.
     """
-    flow = Dataflow(FLOW)
-    batches = op.input("in", flow, source)
-    parts = ingest(
-        "ingest",
-        batches,
+    flow, parts = ingest_flow(
+        FLOW,
+        source,
         dlq,
-        flow=FLOW,
         limits=limits,
         lateness_ms=config.allowed_lateness_ms,
         shard=lambda cols, hwm: shard_parts(cols, hwm, config.shards),

@@ -23,7 +23,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink
 
 from streams.config import DEFAULT_LIMITS, EventLimits, StatsConfig
-from streams.ingest import Columns, ingest, shard_cache
+from streams.ingest import Columns, ingest_flow, shard_cache
 from streams.kafka_io import RawBatch
 from streams.pacing import PACER
 from streams.tiles import TileStore, event_metrics
@@ -153,12 +153,10 @@ def build_flow(
             a recovery store).
         limits: event decoding limits.
     """
-    flow = Dataflow("stats")
-    parts = ingest(
-        "ingest",
-        op.input("in", flow, source),
+    flow, parts = ingest_flow(
+        "stats",
+        source,
         dlq,
-        flow="stats",
         limits=limits,
         lateness_ms=config.allowed_lateness_ms,
         shard=lambda cols, _hwm: shard_batches(cols, config.shards),

@@ -14,7 +14,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink
 
 from streams.config import DEFAULT_LIMITS, EventLimits
-from streams.ingest import ingest
+from streams.ingest import ingest_flow
 from streams.kafka_io import RawBatch
 
 
@@ -32,12 +32,10 @@ def build_flow(
         dlq: receives the dead letters (a `KafkaSink` on `interactions.dlq`).
         limits: event decoding limits.
     """
-    flow = Dataflow("validate")
-    counts = ingest(
-        "check",
-        op.input("in", flow, source),
+    flow, counts = ingest_flow(
+        "validate",
+        source,
         dlq,
-        flow="validate",
         limits=limits,
         lateness_ms=None,
         shard=lambda cols, _hwm: [(cols.partition, Counter(e.type for e in cols.events))],

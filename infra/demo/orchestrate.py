@@ -19,12 +19,12 @@ import redis
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from features import ExposureFilter, mark_key, read_sample_log
 from features.exposure import hwm_key as exposure_hwm_key
 from features.paths import DATA_DIR_ENV
 from infra import stack
+from infra.cli_options import progress_bar
 from infra.config import Settings, load_settings
 from infra.demo.errors import DemoError
 from infra.demo.probes import (
@@ -193,13 +193,7 @@ def _run(config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, repor
     stream.offset_ms = live_start - int(config.warm_s * 1000)
     # batches of 50 ms: Tansu serves tiny batches expensively (docs/operations.md, quirks)
     producer = make_producer(state.bootstrap, **{"linger.ms": 50})
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = progress_bar(out=console)
     with progress:
         task = progress.add_task("history events", total=int(config.warm_s * config.event_rate))
         t0 = time.perf_counter()

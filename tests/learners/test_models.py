@@ -24,7 +24,10 @@ def test_log_buckets() -> None:
 
 @pytest.mark.parametrize("kind", ["mmoe", "shared_bottom"])
 def test_core_shapes(kind: str) -> None:
-    core = make_core(kind, 10, ("a", "b"), 3, (8,), (4,), gate_dropout=0.2)
+    shape = RankerConfig(
+        kind=kind, experts=3, expert_hidden=(8,), tower_hidden=(4,), gate_dropout=0.2, dropout=0.0
+    )
+    core = make_core(shape, 10, ("a", "b"))
     out = core(torch.randn(5, 10))
     assert set(out.logits) == {"a", "b"} and all(z.shape == (5,) for z in out.logits.values())
     assert len(out.gates) == (2 if kind == "mmoe" else 0)

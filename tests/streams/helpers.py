@@ -118,18 +118,19 @@ def crash_mid_replay(
     events: list[Event],
     head: int,
     *,
-    started: Callable[[], bool],
-    started_what: str,
     batch: int,
     rate: float,
     midway: Callable[[int], bool],
     midway_what: str,
     recovery: Path,
+    started: Callable[[], bool] | None = None,
+    started_what: str = "the job to process the events replayed before it started",
 ) -> int:
     """The first half of a kill -9 test: replay `events[:head]`, start `streamrec <args>` and
-    wait until `started` holds; replay the rest in a thread (batches of `batch` at `rate`
-    events/s, a pace the job outruns) and kill -9 the job's process group once `midway(epoch)`
-    holds (`epoch`: the recovery progress when the rest began), the replay still running.
+    wait until `started` holds (default: the job's mark reached `events[head - 1]`); replay the
+    rest in a thread (batches of `batch` at `rate` events/s, a pace the job outruns) and kill -9
+    the job's process group once `midway(epoch)` holds (`epoch`: the recovery progress when the
+    rest began), the replay still running.
 
     Returns the job's high-water mark just before the kill.
     """
@@ -137,7 +138,8 @@ def crash_mid_replay(
     proc = start_job(args, job.env)
     producer: threading.Thread | None = None
     try:
-        wait_for(started, timeout=120, what=started_what)
+        caught_up = started or (lambda: job.hwm() >= events[head - 1].ts)
+        wait_for(caught_up, timeout=120, what=started_what)
         producer = threading.Thread(
             target=replay,
             args=(ListSource(events[head:], batch), job.bootstrap, job.topic),

@@ -160,8 +160,6 @@ def test_kill_9_mid_replay_then_restart_every_impression_is_seen(
         base,
         events,
         quarter,
-        started=lambda: job.hwm() >= events[quarter - 1].ts,
-        started_what="the job to start",
         batch=500,
         rate=5_000.0,
         midway=lambda _: job.hwm() > half and recovery_progress(recovery) >= 2,

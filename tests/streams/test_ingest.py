@@ -10,7 +10,6 @@ import bytewax.operators as op
 import msgspec
 import numpy as np
 import pandas as pd
-from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 from features.windows import DAY, METRICS, MINUTE
 from streams.config import EventLimits, StatsConfig
 from streams.events import MAX_SPAN_MS, Event, decode_dead_letter, encode_event
-from streams.ingest import ingest
+from streams.ingest import ingest_flow
 from streams.kafka_io import RawBatch
 from streams.reference import events_frame, reference_counts
 from streams.stats import StatsFlush, build_flow
@@ -179,13 +178,11 @@ def test_a_record_that_makes_the_flow_raise_goes_to_the_dlq_and_the_rest_go_on()
 
     out: list = []
     dead: list = []
-    flow = Dataflow("t")
     events = [ev(i, T0 + i, note="boom" if i == 3 else f"n{i}") for i in range(6)]
-    source = op.input("in", flow, TestingSource(batches(payloads_of(events))))
-    parts = ingest(
-        "ingest", source, TestingSink(dead), flow="t", limits=EventLimits(), lateness_ms=None,
-        shard=shard,
-    )  # fmt: skip
+    source = TestingSource(batches(payloads_of(events)))
+    flow, parts = ingest_flow(
+        "t", source, TestingSink(dead), limits=EventLimits(), lateness_ms=None, shard=shard
+    )
     op.output("out", parts, TestingSink(out))
     run_main(flow)
     letters = [decode_dead_letter(d.value) for d in dead]

@@ -145,8 +145,6 @@ def test_kill_9_mid_replay_then_restart_equals_uninterrupted(
         base,
         events,
         third,
-        started=lambda: job.hwm() >= events[third - 1].ts,
-        started_what="the job to start and process the first third",
         batch=200,
         rate=2_000.0,
         midway=lambda epoch: job.hwm() > half and recovery_progress(recovery) > epoch,
