@@ -58,15 +58,10 @@ class OnlineReader:
             self._fields[(view, names)] = cached
         return cached
 
-    def read_raw(
+    def _fetch(
         self, view: str, entity_ids: Sequence[str], names: Sequence[str]
     ) -> tuple[list[list[bytes | None]], np.ndarray]:
-        """Stored `ValueProto` bytes of `names` for each entity, one pipelined round trip.
-
-        Returns:
-            (per entity, the serialized values in `names` order, None where nothing is stored;
-            event times (n,) int64 epoch ms of the stored rows, -1 for entities without a row).
-        """
+        """HMGET replies (the values, then `_ts`) of every entity, and the rows' event times."""
         names = tuple(names)
         tail = self._tails.get((view, names))
         if tail is None:
@@ -83,6 +78,18 @@ class OnlineReader:
             dtype=np.int64,
             count=len(entity_ids),
         )
+        return rows, stamps
+
+    def read_raw(
+        self, view: str, entity_ids: Sequence[str], names: Sequence[str]
+    ) -> tuple[list[list[bytes | None]], np.ndarray]:
+        """Stored `ValueProto` bytes of `names` for each entity, one pipelined round trip.
+
+        Returns:
+            (per entity, the serialized values in `names` order, None where nothing is stored;
+            event times (n,) int64 epoch ms of the stored rows, -1 for entities without a row).
+        """
+        rows, stamps = self._fetch(view, entity_ids, names)
         return [r[:-1] for r in rows], stamps
 
     def read(
@@ -94,8 +101,8 @@ class OnlineReader:
             (values (n, len(names)) float64 with NaN where nothing is stored, event times (n,)
             int64 epoch ms of the stored rows, -1 for entities without a row).
         """
-        rows, stamps = self.read_raw(view, entity_ids, names)
-        flat = [v for r in rows for v in r]
+        rows, stamps = self._fetch(view, entity_ids, names)
+        flat = [v for r in rows for v in r[:-1]]
         return decode_values(flat).reshape(len(entity_ids), len(names)), stamps
 
 
