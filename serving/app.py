@@ -1,8 +1,10 @@
 """The FastAPI app of `streamrec serve`: /recommend, /features, /notes, /healthz, /metrics."""
 
+import contextlib
 import time
 from typing import Annotated, Literal
 
+import redis
 from fastapi import FastAPI, HTTPException, Path, Query, Response
 from fastapi.routing import APIRoute
 from prometheus_client import (
@@ -16,8 +18,9 @@ from prometheus_client import (
 from pydantic import BaseModel
 
 from features.client import VIEW_OF, FeatureClient
+from features.errors import ExposureError
 from features.schema import feature_types
-from serving.errors import NotReadyError
+from serving.errors import DependencyError, NotReadyError
 from serving.recommender import Recommender
 
 
@@ -44,6 +47,9 @@ class RecommendResponse(BaseModel):
     unseen: int
     ranked: int
     exposure_filtered: bool
+    """False when the exposure filters did not exist yet (nothing could be filtered)."""
+    features_degraded: bool
+    """True when the window counts could not be read in time: ranked with the priors."""
     timings_ms: dict[str, float]
 
 
@@ -96,6 +102,15 @@ class Metrics:
             "Now minus the stats job's event-time high-water mark (NaN before it wrote one)",
             registry=r,
         )
+        self.up = Gauge(
+            "streamrec_up",
+            "1 if a dependency answers (redis, snapshots, exposure), else 0",
+            ["dependency"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "streamrec_overload_refused", "Requests refused beyond max_in_flight", registry=r
+        )
 
     def declare(self, endpoints: list[str]) -> None:
         """Export every endpoint's series from the start (at 0), so that rates work at once.
@@ -137,7 +152,55 @@ class _Observe:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
 
-def create_app(recommender: Recommender, max_n: int, default_n: int) -> FastAPI:
+class _Admit:
+    """ASGI middleware: at most `limit` requests in flight; more get 503 + `Retry-After` at once.
+
+    Probes (/healthz, /readyz, /metrics) are always admitted: they must answer under load.
+    """
+
+    PROBES = ("/healthz", "/readyz", "/metrics")
+
+    def __init__(self, app, limit: int, metrics: Metrics) -> None:
+        self.app, self.limit, self.metrics = app, limit, metrics
+        self.in_flight = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.PROBES:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.metrics.refused.inc()
+            body = b'{"detail":"overloaded: too many requests in flight, retry shortly"}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"retry-after", b"1"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+def _check(probe) -> tuple[bool, str]:
+    try:
+        return True, probe() or "ok"
+    except Exception as exc:  # a readiness probe reports, it never raises
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def create_app(
+    recommender: Recommender, max_n: int, default_n: int, max_in_flight: int = 32
+) -> FastAPI:
     """The API over a recommender (its watcher is started and stopped by the caller)."""
     app = FastAPI(title="streamrec", version="0.1.0")
     metrics = Metrics()
@@ -153,6 +216,8 @@ def create_app(recommender: Recommender, max_n: int, default_n: int) -> FastAPI:
             rec = recommender.recommend(user_id, n or default_n)
         except NotReadyError as exc:
             raise HTTPException(503, str(exc)) from None
+        except DependencyError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
         return RecommendResponse(
             user_id=rec.user_id,
             items=[Item(**item.__dict__) for item in rec.items],
@@ -161,6 +226,7 @@ def create_app(recommender: Recommender, max_n: int, default_n: int) -> FastAPI:
             unseen=rec.unseen,
             ranked=rec.ranked,
             exposure_filtered=rec.exposure_filtered,
+            features_degraded=rec.features_degraded,
             timings_ms=rec.timings_ms,
         )
 
@@ -170,7 +236,11 @@ def create_app(recommender: Recommender, max_n: int, default_n: int) -> FastAPI:
         entity_id: Annotated[str, Path(min_length=1, max_length=256)],
     ) -> FeaturesResponse:
         names = list(feature_types(VIEW_OF[entity]))
-        values, stamps = reader.read(entity, [entity_id], names)
+        try:
+            values, stamps = reader.read(entity, [entity_id], names)
+        except (redis.RedisError, OSError) as exc:
+            detail = f"feature store unavailable (Redis: {exc})"
+            raise HTTPException(503, detail, headers={"Retry-After": "1"}) from None
         if stamps[0] < 0:
             raise HTTPException(404, f"no {entity} statistics stored for {entity_id!r}")
         return FeaturesResponse(
@@ -194,11 +264,37 @@ def create_app(recommender: Recommender, max_n: int, default_n: int) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict:
-        try:
+        """Liveness: the process answers (restart it if this fails)."""
+        return {"status": "alive"}
+
+    def dependencies() -> dict[str, tuple[bool, str]]:
+        def snapshots() -> str:
             view = watcher.current()
-        except NotReadyError as exc:
-            raise HTTPException(503, str(exc)) from None
-        return {"status": "ok", "versions": view.versions, "notes_indexed": len(view.index)}
+            return f"versions {view.versions}, {len(view.index)} notes indexed"
+
+        def exposure() -> str:
+            try:
+                _, hwm = recommender.exposure.describe()
+            except ExposureError:  # reachable, no filters yet: requests are answered unfiltered
+                return "no filters yet (the exposure job has not written)"
+            return f"high-water mark {hwm}"
+
+        return {
+            "redis": _check(lambda: "pong" if reader.client.ping() else "no pong"),
+            "snapshots": _check(snapshots),
+            "exposure": _check(exposure),
+        }
+
+    @app.get("/readyz")
+    def readyz(response: Response) -> dict:
+        """Readiness: Redis answers, snapshots are loaded, the exposure store can be read."""
+        checks = dependencies()
+        ready = all(ok for ok, _ in checks.values())
+        response.status_code = 200 if ready else 503
+        return {
+            "status": "ready" if ready else "not ready",
+            "checks": {name: {"ok": ok, "detail": d} for name, (ok, d) in checks.items()},
+        }
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -212,11 +308,18 @@ def create_app(recommender: Recommender, max_n: int, default_n: int) -> FastAPI:
                 metrics.version.labels(model).set(snap.manifest.version)
                 metrics.age.labels(model).set(now - snap.manifest.created_at_ms / 1000)
             metrics.indexed.set(len(view.index))
-        hwm = reader.as_of("stats")
+        checks = dependencies()
+        for name, (ok, _) in checks.items():
+            metrics.up.labels(name).set(1 if ok else 0)
+        hwm = None
+        if checks["redis"][0]:
+            with contextlib.suppress(redis.RedisError, OSError):
+                hwm = reader.as_of("stats")
         metrics.freshness.set(float("nan") if hwm is None else now - hwm / 1000)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.state.project = reader.project
     metrics.declare([r.path for r in app.routes if isinstance(r, APIRoute)])
+    app.add_middleware(_Admit, limit=max_in_flight, metrics=metrics)
     app.add_middleware(_Observe, metrics=metrics)
     return app

@@ -55,6 +55,11 @@ class ServingConfig(BaseModel):
     """Candidate list size of "hnsw" searches."""
     exposure_namespace: str | None = None
     """Exposure-filter namespace to read; None reads the exposure job's (`exposure.namespace`)."""
+    redis_timeout_s: float = Field(default=0.1, gt=0)
+    """Connect and read timeout of every Redis call: a hung Redis costs a request at most this
+    per call (a request makes three), never a hang."""
+    max_in_flight: int = Field(default=32, ge=1)
+    """Requests served at once; more are refused at once with 503 and `Retry-After: 1`."""
     poll_interval_s: float = Field(default=1.0, gt=0)
     """Snapshot directory check interval (announcements on Kafka wake it earlier)."""
     fusion: FusionConfig = FusionConfig()

@@ -15,3 +15,8 @@ class RequestError(ServingError):
 
 class RetrievalIndexError(ServingError):
     """The retrieval index cannot be built or updated as asked (the message says why)."""
+
+
+class DependencyError(ServingError):
+    """A store the answer needs (Redis: exposure filters) cannot be read in time; the request
+    is refused (503) rather than answered wrongly. The message names the store and the cause."""

@@ -12,12 +12,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import redis
 
 from features.client import FeatureClient
 from features.errors import ExposureError
 from features.exposure import ExposureFilter
 from features.samples import STAT_FEATURES
 from serving.config import FusionConfig, ServingConfig
+from serving.errors import DependencyError
 from serving.watcher import SnapshotWatcher
 
 
@@ -43,6 +45,9 @@ class Recommendation:
     ranked: int
     exposure_filtered: bool = True
     """False when the exposure filters did not exist yet (nothing could be filtered)."""
+    features_degraded: bool = False
+    """True when the window counts could not be read (Redis down or slow): the models ranked
+    with the priors (zero counts) instead."""
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -89,16 +94,21 @@ class Recommender:
             config,
         )
 
-    def counts(self, view: str, ids: list[str]) -> np.ndarray:
-        """(n, F) raw window counts in `STAT_FEATURES` order (0 where nothing is stored)."""
-        values, _ = self.features.read(view, ids, STAT_FEATURES)
-        return np.nan_to_num(values, nan=0.0)
+    def counts(self, view: str, ids: list[str]) -> tuple[np.ndarray, bool]:
+        """(n, F) raw window counts in `STAT_FEATURES` order (0 where nothing is stored), and
+        whether they are zeros because the store could not be read (the models' priors)."""
+        try:
+            values, _ = self.features.read(view, ids, STAT_FEATURES)
+        except (redis.RedisError, OSError):
+            return np.zeros((len(ids), len(STAT_FEATURES))), True
+        return np.nan_to_num(values, nan=0.0), False
 
     def recommend(self, user_id: str, n: int) -> Recommendation:
         """Top `n` notes for `user_id` with per-task scores."""
         t = [time.perf_counter()]
         view = self.watcher.current()
-        user_stats = self.counts("user_stats", [user_id])[0]  # (F,)
+        user_counts, degraded = self.counts("user_stats", [user_id])
+        user_stats = user_counts[0]  # (F,)
         query = view.retriever.user_vector(user_id, user_stats)  # (d,)
         t.append(time.perf_counter())
         ids, sims = view.index.search(query, self.config.retrieve_k)
@@ -108,11 +118,13 @@ class Recommender:
             seen = self.exposure.seen(user_id, ids) if ids else []
         except ExposureError:  # no filters yet (the exposure job has not written): none seen
             seen, filtered = [False] * len(ids), False
+        except (redis.RedisError, OSError) as exc:  # cannot tell what was shown: refuse
+            raise DependencyError(f"exposure filters unavailable (Redis: {exc})") from exc
         keep = [j for j, s in enumerate(seen) if not s]
         t.append(time.perf_counter())
         cand = [ids[j] for j in keep[: self.config.rank_k]]
         cand_sims = sims[keep[: self.config.rank_k]]
-        note_stats = self.counts("note_stats", cand)  # (m, F)
+        note_stats, notes_degraded = self.counts("note_stats", cand)  # (m, F)
         t.append(time.perf_counter())
         authors, cats = view.retriever.side_info(cand)
         preds = view.ranker.score(user_id, cand, authors, cats, user_stats, note_stats)
@@ -132,5 +144,13 @@ class Recommender:
         timings = {s: (b - a) * 1000 for s, a, b in zip(steps, t[:-1], t[1:], strict=True)}
         timings["total"] = (t[-1] - t[0]) * 1000
         return Recommendation(
-            user_id, items, view.versions, len(ids), len(keep), len(cand), filtered, timings
+            user_id,
+            items,
+            view.versions,
+            len(ids),
+            len(keep),
+            len(cand),
+            filtered,
+            degraded or notes_degraded,
+            timings,
         )

@@ -43,7 +43,12 @@ def build_service(
         config: retrieval, ranking and API settings.
         exposure_namespace: key namespace of the exposure filters.
     """
-    client = redis.Redis.from_url(redis_url)
+    # Every Redis call is bounded: a hung Redis costs a request `redis_timeout_s` per call.
+    client = redis.Redis.from_url(
+        redis_url,
+        socket_timeout=config.redis_timeout_s,
+        socket_connect_timeout=config.redis_timeout_s,
+    )
     ranker, retriever = models
     watcher = SnapshotWatcher(snapshot_root, ranker, retriever, config)
     recommender = Recommender(
@@ -52,4 +57,5 @@ def build_service(
         ExposureFilter(client, exposure_namespace),
         config,
     )
-    return Service(create_app(recommender, config.max_n, config.default_n), watcher, recommender)
+    app = create_app(recommender, config.max_n, config.default_n, config.max_in_flight)
+    return Service(app, watcher, recommender)

@@ -11,7 +11,9 @@ import redis
 from infra import stack
 from infra.config import Settings, load_settings
 
-TEST_REDIS_DB = 13
+TEST_REDIS_DBS = range(13, 16)
+"""Databases a test session may use; each session claims one no other running session holds."""
+CLAIM_KEY = "streamrec:test-session"
 
 
 @pytest.fixture(scope="session")
@@ -43,13 +45,22 @@ def bootstrap(local_stack: stack.StackState) -> str:
 
 @pytest.fixture(scope="session")
 def redis_url(local_stack: stack.StackState) -> str:
-    """URL of the test Redis database (a DB of its own, flushed before and after the session)."""
+    """URL of the test Redis database: a DB this session claims (so two test sessions on one
+    machine never flush each other's data), flushed before and after the session."""
     base = local_stack.redis_url.rsplit("/", 1)[0]
-    url = f"{base}/{TEST_REDIS_DB}"
-    client = redis.Redis.from_url(url)
+    token = uuid.uuid4().hex
+    for db in TEST_REDIS_DBS:
+        client = redis.Redis.from_url(f"{base}/{db}")
+        if client.set(CLAIM_KEY, token, nx=True, ex=3600):
+            break
+        client.close()
+    else:
+        pytest.fail(f"every test Redis DB {list(TEST_REDIS_DBS)} is claimed by another session")
     client.flushdb()
-    yield url
+    client.set(CLAIM_KEY, token, ex=3600)
+    yield f"{base}/{db}"
     client.flushdb()
+    client.close()
 
 
 @pytest.fixture

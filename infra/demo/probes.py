@@ -1,6 +1,6 @@
 """What the demo measures while it runs: an HTTP client of serving and the probes that use it.
 
-- `Client`: `/recommend`, `/notes/{id}` and `/healthz` calls, recording latency and errors;
+- `Client`: `/recommend`, `/notes/{id}` and `/readyz` calls, recording latency and errors;
 - `sample_freshness`: once a second, now minus the stats and exposure high-water marks and the
   age of the newest ranker snapshot;
 - `exposure_probe`: one impression of a recommended note, timed until `/recommend` drops it;
@@ -60,9 +60,9 @@ class Client:
         return r.status_code == 200 and bool(r.json().get("in_index"))
 
     def ready(self) -> bool:
-        """Serving answers /healthz with 200 (a snapshot is loaded)."""
+        """Serving answers /readyz with 200 (snapshots loaded, Redis answers)."""
         try:
-            return self.http.get("/healthz").status_code == 200
+            return self.http.get("/readyz").status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -108,10 +108,12 @@ def test_api_recommends_filters_exposures_and_explains_bad_input(service, redis_
     app, watcher, settings = service
     client = TestClient(app)
     before = _samples(client.get("/metrics").text)
-    assert client.get("/healthz").status_code == 503
+    assert client.get("/healthz").json() == {"status": "alive"}  # liveness: always
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and not ready.json()["checks"]["snapshots"]["ok"]
     assert "learn full" in client.get("/recommend", params={"user_id": "u1"}).json()["detail"]
     watcher.refresh()
-    assert client.get("/healthz").json()["status"] == "ok"
+    assert client.get("/readyz").json()["status"] == "ready"
 
     r = client.get("/recommend", params={"user_id": "u1", "n": 10})
     assert r.status_code == 200
