@@ -30,6 +30,7 @@ UTF-8 note id: `g_i = (h1 + i h2 + (i^3 - i) / 6) mod bits`, with `h1, h2` the t
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -39,6 +40,8 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.errors import ExposureError
+
+logger = logging.getLogger(__name__)
 
 LAYOUT_VERSION = 1
 HASH_NAME = "murmur3_x64_128+enhanced_double_hashing"
@@ -207,10 +210,11 @@ return redis.call('GET', {key})
 
 
 _WRITE_LUA = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -2 end
 local tmp, width = KEYS[1], tonumber(ARGV[2])
 local limit, most = tonumber(ARGV[3]), tonumber(ARGV[4])
-for i = 3, #KEYS do
-  local j = 2 * i - 1
+for i = 4, #KEYS do
+  local j = 2 * i - 3
   local key = KEYS[i]
   local at = math.floor(redis.call('STRLEN', key) / width) - 1
   if at < 0 then
@@ -235,7 +239,12 @@ if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], unpack(AR
 return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
 """
 
-_HWM_LUA = "\n" + _raise_hwm_lua("KEYS[1]")
+_HWM_LUA = "\nif redis.call('EXISTS', KEYS[2]) == 0 then return -2 end\n" + _raise_hwm_lua(
+    "KEYS[1]"
+)
+_LOST = -2
+"""What the write scripts answer when `<ns>:meta` is gone (Redis lost its data): the writer
+stores its layout again and repeats the call."""
 
 _READ_LUA = """
 local meta = redis.call('HGETALL', KEYS[1])
@@ -363,11 +372,29 @@ class ExposureWriter:
         args: list[object] = [newest, width, self.layout.fill_limit, self.layout.max_segments]
         for j, t in enumerate(ttl):
             args += (t, packed[j * width : (j + 1) * width])
-        reply = self._write(keys=[f"{self._ns}:tmp", hwm_key(self._ns), *keys], args=args)
-        return int(reply)
+        keys = [f"{self._ns}:tmp", hwm_key(self._ns), meta_key(self._ns), *keys]
+        reply = int(self._write(keys=keys, args=args))
+        if reply == _LOST:
+            self._relayout()
+            reply = int(self._write(keys=keys, args=args))
+        return reply
 
     def _raise_hwm(self, newest: int) -> int:
-        return int(self._max(keys=[hwm_key(self._ns)], args=[newest]))
+        keys = [hwm_key(self._ns), meta_key(self._ns)]
+        reply = int(self._max(keys=keys, args=[newest]))
+        if reply == _LOST:
+            self._relayout()
+            reply = int(self._max(keys=keys, args=[newest]))
+        return reply
+
+    def _relayout(self) -> None:
+        logger.warning(
+            "exposure namespace %r lost its layout (Redis restarted empty?): storing it again; "
+            "impressions written before the loss are gone - replay them with `streamrec run "
+            "exposure --until-end` from the start of the topic (docs/operations.md)",
+            self._ns,
+        )
+        self._ensure_layout()
 
 
 class ExposureFilter:

@@ -29,3 +29,7 @@ class SourceError(StreamsError):
 
 class KafkaError(StreamsError):
     """The broker refused or failed an operation; the message says which and what to check."""
+
+
+class StoreUnavailableError(StreamsError):
+    """A store (Redis) did not answer within the retry budget; the message says what to check."""

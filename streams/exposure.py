@@ -23,6 +23,7 @@ from features.windows import TYPE_METRIC
 from streams.config import DEFAULT_LIMITS, EventLimits
 from streams.ingest import Columns, ingest_flow
 from streams.kafka_io import RawBatch
+from streams.retry import with_retry
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +75,17 @@ def build_flow(
 class _ExposurePartition(StatelessSinkPartition[Impressions]):
     def __init__(self, redis_url: str, config: ExposureConfig) -> None:
         self._redis = redis.Redis.from_url(redis_url)
-        self._writer = ExposureWriter(self._redis, config)
+        self._writer = with_retry(
+            lambda: ExposureWriter(self._redis, config), "exposure sink (layout)"
+        )
 
     def write_batch(self, items: list[Impressions]) -> None:
         users = [u for item in items for u in item.users]
         notes = [n for item in items for n in item.notes]
         ts = np.concatenate([item.ts for item in items])
-        self._writer.add_batch(users, notes, ts, as_of=max(item.max_ts for item in items))
+        as_of = max(item.max_ts for item in items)
+        # Setting bits is idempotent: a batch whose call failed half way is simply sent again.
+        with_retry(lambda: self._writer.add_batch(users, notes, ts, as_of=as_of), "exposure sink")
 
     def close(self) -> None:
         self._redis.close()

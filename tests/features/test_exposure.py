@@ -208,3 +208,20 @@ def test_bit_positions_follow_the_documented_formula() -> None:
         h1 = int.from_bytes(digest[:8], "little") % bits
         h2 = int.from_bytes(digest[8:], "little") % bits
         assert row.tolist() == [(h1 + i * h2 + (i**3 - i) // 6) % bits for i in range(hashes)]
+
+
+def test_a_writer_recreates_its_layout_after_redis_lost_the_data(
+    redis_client: redis.Redis, ns: str
+) -> None:
+    writer = ExposureWriter(redis_client, ExposureConfig(namespace=ns))
+    writer.add_batch(["u1"], ["n1"], [10**12])
+    for key in list(redis_client.scan_iter(match=f"{ns}:*")):  # Redis restarted empty
+        redis_client.delete(key)
+    writer.add_batch(["u1"], ["n2"], [10**12 + 1])  # the next write stores the layout again
+    bloom = ExposureFilter(redis_client, ns)
+    assert bloom.seen("u1", ["n2"]) == [True]  # readable again at once, no error
+    assert bloom.describe()[1] == 10**12 + 1
+    for key in list(redis_client.scan_iter(match=f"{ns}:*")):
+        redis_client.delete(key)
+    writer.add_batch([], [], [], as_of=10**12 + 5)  # a batch without impressions, too
+    assert bloom.describe()[1] == 10**12 + 5

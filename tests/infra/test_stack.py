@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,13 @@ def test_redis_is_started_when_none_answers(tmp_path: Path, bootstrap: str) -> N
         client = redis.Redis.from_url(state.redis_url)
         # feature hashes are hash tables, not listpacks (REDIS_TUNING)
         assert client.config_get("hash-max-listpack-entries") == {"hash-max-listpack-entries": "64"}
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        client.set("survives", "a kill -9")
         client.close()
+        os.kill(state.redis.pid, signal.SIGKILL)  # the stack's Redis dies without a save
+        again = stack.up(settings)  # a new Redis on the same data directory
+        assert again.redis.pid not in (None, state.redis.pid)
+        assert redis.Redis.from_url(again.redis_url).get("survives") == b"a kill -9"  # its AOF
     finally:
         assert stack.down(settings) == ["redis"]
     assert not stack.redis_answers(state.redis_url)
