@@ -218,6 +218,39 @@ def features_get(
     console.print(f"job event-time high-water mark: {hwm if hwm is not None else 'none yet'} ms")
 
 
+@features_app.command("rebuild")
+def features_rebuild(
+    source: Annotated[
+        str, typer.Option("--from", help="kafka (re-run the stats job) or offline (the log).")
+    ] = "kafka",
+    config: ConfigOpt = None,
+) -> None:
+    """Restore the online store after Redis lost its data (restarted empty, flushed).
+
+    `--from kafka` runs the stats job bounded over the whole `interactions` topic with fresh
+    state (no recovery store) - exact as of the topic's end, if the topic still holds the longest
+    window (30 days); `--from offline` materializes the offline log into Redis through Feast.
+    """
+    settings = settings_from(config)
+    if source == "kafka":
+        from infra.jobs import JOBS, run_job
+        from streams.runner import RunConfig
+
+        run_job(JOBS["stats"], settings, RunConfig(), until_end=True)
+    elif source == "offline":
+        from datetime import UTC, datetime
+
+        from features.store import feature_store
+
+        store = feature_store(
+            stack.endpoints(settings).redis_url, settings.feast_project, settings.data_dir
+        )
+        store.materialize(datetime(1970, 1, 1, tzinfo=UTC), datetime.now(UTC))
+    else:
+        raise typer.BadParameter(f"--from must be 'kafka' or 'offline', not {source!r}")
+    console.print(f"online store of project {settings.feast_project} rebuilt from {source}")
+
+
 @app.command("demo")
 def demo(
     live_s: Annotated[float, typer.Option(help="Seconds of the live phase.")] = 120.0,
