@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from infra import stack
 from infra.cli_options import ConfigOpt, UntilEndOpt, console, progress_bar, settings_from
@@ -20,7 +21,8 @@ REPORT_EVERY_S = 30.0
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    """Print `exc` (e.g. an unwritable snapshot root: its directory and what to do) and exit 2."""
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
     return typer.Exit(2)
 
 

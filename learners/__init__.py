@@ -41,6 +41,7 @@ _EXPORTS = {
     "TableRows": "learners.snapshots",
     "kafka_announcer": "learners.snapshots",
     "decode_announcement": "learners.snapshots",
+    "check_writable": "learners.snapshots",
     "Announcements": "learners.subscription",
     "SnapshotSubscriber": "learners.subscription",
     "follow_snapshots": "learners.subscription",
@@ -57,6 +58,8 @@ _EXPORTS = {
     "SnapshotNotFoundError": "learners.errors",
     "SnapshotCorruptError": "learners.errors",
     "SnapshotFollowError": "learners.errors",
+    "SnapshotRootNotWritableError": "learners.errors",
+    "SnapshotPublishError": "learners.errors",
     # scoring (torch)
     "Ranker": "learners.inference",
     "Retriever": "learners.inference",

@@ -30,6 +30,15 @@ class SnapshotCorruptError(SnapshotError):
         super().__init__(f"snapshot {model!r} version {version}: {where}{detail}; {fix}")
 
 
+class SnapshotRootNotWritableError(SnapshotError):
+    """The snapshot root (or a model directory in it) cannot take a new version: read-only, not
+    a directory, or too little free space. Raised before any training, so no work is lost."""
+
+
+class SnapshotPublishError(SnapshotError):
+    """Writing a version failed (e.g. disk full); nothing partial is left, the learner stops."""
+
+
 class SnapshotConflictError(SnapshotError):
     """A delta was published against a full snapshot that is no longer the latest one."""
 

@@ -25,8 +25,10 @@ from learners.snapshots import (
     SnapshotNotFoundError,
     SnapshotReader,
     SnapshotWriter,
+    check_writable,
+    publish_failed,
 )
-from learners.training import RankerState, RetrieverState, check_priors
+from learners.training import RankerState, RetrieverState, applied_offsets, check_priors
 
 logger = logging.getLogger(__name__)
 
@@ -55,32 +57,40 @@ def load_or_create(
 ) -> tuple[RankerState, RetrieverState, dict[str, int | None], dict]:
     """The latest published models (or fresh ones), their versions, and the offsets meta.
 
+    The offsets are those both models have applied (`learners.training.applied_offsets`: per
+    partition the minimum; a fresh model has applied none), so the online learner that
+    resumes from the fulls published next skips no sample for either model.
+
     `features` (`Settings.features`) gives a fresh ranker the feature store's priors to smooth
     its window rates towards; a warm-started one keeps those it was trained with
     (`learners.training.check_priors` warns when they differ).
     """
     emb = config.embedding(16)
     versions: dict[str, int | None] = {}
-    offsets: dict = {}
+    metas: list[dict | None] = []
     try:
         snap = SnapshotReader(snapshots.root, config.ranker_model).latest()
         r = RankerState.from_snapshot(snap)
         check_priors(r, features)
         versions["ranker"] = snap.manifest.version
-        offsets = snap.manifest.meta.get("offsets", {})
+        metas.append(snap.manifest.meta)
     except SnapshotNotFoundError:
         hyper = ranker or RankerConfig()
         if features is not None:
             hyper = replace(hyper, priors=features)
         r = RankerState.create(hyper, emb, seed=config.seed)
         versions["ranker"] = None
+        metas.append(None)
     try:
         snap = SnapshotReader(snapshots.root, config.retriever_model).latest()
         t = RetrieverState.from_snapshot(snap)
         versions["retriever"] = snap.manifest.version
+        metas.append(snap.manifest.meta)
     except SnapshotNotFoundError:
         t = RetrieverState.create(retriever or RetrieverConfig(), emb, seed=config.seed)
         versions["retriever"] = None
+        metas.append(None)
+    offsets = {str(p): o for p, o in applied_offsets(metas).items()}
     return r, t, versions, offsets
 
 
@@ -135,9 +145,15 @@ def run_full(
     """Warm start, one shuffled pass over the log in `log_dir`, publish full snapshots of both.
 
     `features`: the feature store's priors (`Settings.features`) for a fresh ranker.
+
+    Raises:
+        SnapshotRootNotWritableError: before anything is read or trained, when the snapshot
+            root cannot take the new versions (`learners.snapshots.check_writable`).
+        SnapshotPublishError: writing a version failed (e.g. the disk filled up meanwhile).
     """
     from features.samples import read_sample_log
 
+    check_writable(snapshots.root, (config.ranker_model, config.retriever_model))
     torch.set_num_threads(config.threads)
     cols = Columns.from_table(read_sample_log(log_dir))
     if on_start is not None:
@@ -150,5 +166,8 @@ def run_full(
         tables, dense = state.full_state()
         meta = state.meta({"offsets": offsets, "full_training_samples": len(cols)})
         writer = SnapshotWriter(snapshots.root, name, snapshots, announce)
-        report.published.append(writer.publish_full(tables, dense, state.hwm_ms, meta))
+        try:
+            report.published.append(writer.publish_full(tables, dense, state.hwm_ms, meta))
+        except OSError as exc:
+            raise publish_failed(name, snapshots.root, exc) from exc
     return report

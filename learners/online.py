@@ -4,9 +4,12 @@ Dense parameters (and the shared default ID rows) stay frozen at the last full t
 (bit-identical); only the admitted ID rows are trained (row-wise Adagrad at `online_emb_lr`),
 new IDs admitted on the fly. Every `delta_every_s` the rows changed
 since the last version are published as a delta of each model, every `full_every_s` a full.
-The Kafka offsets consumed are stored in every version's meta (`offsets`): a restarted learner
-loads the latest snapshot and resumes from them, so what a snapshot holds and where reading
-resumes always agree (samples after the last version are read again, none are lost).
+The Kafka offsets consumed are stored in every version's meta (`offsets`). The two models are
+published one after the other, so a crash (or a full disk) between the two publishes, or a
+newest version lost or corrupt for one model, leaves them at different offsets: a restarted
+learner loads the latest readable snapshot of each and resumes, per partition, from the lowest
+of the two (`learners.training.applied_offsets`). No model skips a sample; the one that was
+ahead applies the samples in between again (at-least-once, docs/learning.md).
 
 The learner is a plain consumer loop rather than a Bytewax flow: it has one piece of state
 (the models) that must be published whole, not keyed state to partition, and assigning all
@@ -16,6 +19,7 @@ partitions to one consumer avoids the broker's slow group join.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,8 +39,10 @@ from learners.snapshots import (
     SnapshotNotFoundError,
     SnapshotReader,
     SnapshotWriter,
+    check_writable,
+    publish_failed,
 )
-from learners.training import RankerState, RetrieverState, check_priors
+from learners.training import RankerState, RetrieverState, applied_offsets, check_priors
 
 logger = logging.getLogger(__name__)
 FLOW = "learn-online"
@@ -127,23 +133,35 @@ class OnlineLearner:
         The ranker keeps the priors it was trained with; `features` (`Settings.features`) is
         only checked against them (`learners.training.check_priors` warns).
 
+        Reading resumes from the offsets both models' snapshots have applied (per partition
+        the minimum), so neither skips a sample. When a model's newest version is unusable
+        (the reader fell back past it), the first publish is a full, since deltas published
+        after an unusable version could not be applied.
+
         Raises:
+            SnapshotRootNotWritableError: the snapshot root cannot take new versions (checked
+                first, before anything is loaded).
             NoFullSnapshotError: a model has no snapshot yet (run `streamrec learn full`).
         """
         names = {"ranker": config.ranker_model, "retriever": config.retriever_model}
+        check_writable(snapshots.root, names.values())
+        skipped: list[LearnersError] = []
+
+        def fell_back(exc: LearnersError) -> None:
+            logger.warning("%s", exc)
+            skipped.append(exc)
+
         try:
-            snaps = {k: SnapshotReader(snapshots.root, n).latest() for k, n in names.items()}
+            snaps = {
+                k: SnapshotReader(snapshots.root, n, on_fallback=fell_back).latest()
+                for k, n in names.items()
+            }
         except SnapshotNotFoundError as exc:
             raise NoFullSnapshotError(
                 f"{exc}. The online learner updates the ID embeddings of a trained model: run "
                 "`streamrec learn full` first"
             ) from exc
-        offsets = {
-            int(p): int(o)
-            for p, o in min(
-                (s.manifest.meta.get("offsets", {}) for s in snaps.values()), key=len
-            ).items()
-        }
+        offsets = applied_offsets(s.manifest.meta for s in snaps.values())
         learner = cls(
             RankerState.from_snapshot(snaps["ranker"]),
             RetrieverState.from_snapshot(snaps["retriever"]),
@@ -156,6 +174,8 @@ class OnlineLearner:
         )
         check_priors(learner.ranker, features)
         learner.bases = {k: s.versions[0] for k, s in snaps.items()}
+        if skipped:  # deltas never chain over an unusable version: start anew with a full
+            learner._last_full = -math.inf
         return learner
 
     def add(self, message: Message) -> None:
@@ -229,6 +249,8 @@ class OnlineLearner:
             except SnapshotConflictError:
                 out += self._adopt_newer_full(name)
                 continue
+            except OSError as exc:
+                raise publish_failed(self.writers[name].model, self.snapshots.root, exc) from exc
             state.store.clear_changed()
             out.append(manifest)
             self.report.deltas += 1
@@ -243,9 +265,12 @@ class OnlineLearner:
         for name, state in self._models():
             state.expire(state.hwm_ms)
             tables, dense = state.full_state()
-            manifest = self.writers[name].publish_full(
-                tables, dense, state.hwm_ms, self._meta(state)
-            )
+            try:
+                manifest = self.writers[name].publish_full(
+                    tables, dense, state.hwm_ms, self._meta(state)
+                )
+            except OSError as exc:
+                raise publish_failed(self.writers[name].model, self.snapshots.root, exc) from exc
             state.store.clear_changed()
             self.bases[name] = manifest.version
             out.append(manifest)

@@ -26,8 +26,8 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +44,8 @@ from learners.errors import (
     SnapshotCorruptError,
     SnapshotError,
     SnapshotNotFoundError,
+    SnapshotPublishError,
+    SnapshotRootNotWritableError,
 )
 
 logger = logging.getLogger(__name__)
@@ -839,6 +841,75 @@ class SnapshotWriter:
             logger.info("pruned %s versions of %s older than %d", len(doomed), self.model, oldest)
 
 
+def publish_failed(model: str, root: Path, exc: OSError) -> SnapshotPublishError:
+    """The error to raise when writing a version of `model` under `root` failed."""
+    return SnapshotPublishError(
+        f"publishing a version of {model!r} under {root} failed ({exc.strerror or exc}); "
+        "nothing partial was left. Free space or fix permissions there and run again: a "
+        "restarted learner resumes from the offsets both models have applied"
+    )
+
+
+def _free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer can still use on the filesystem of `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _not_writable(directory: Path, why: str) -> SnapshotRootNotWritableError:
+    return SnapshotRootNotWritableError(
+        f"snapshot directory {directory} is not writable ({why}): nothing was trained. Free "
+        "space on its filesystem or make it writable by this user, or point `snapshots.root` "
+        "at a writable directory, then run the command again"
+    )
+
+
+def check_writable(root: Path, models: Iterable[str] = ()) -> None:
+    """Fail fast unless a learner could publish under `root` (call it before training).
+
+    Creates `root` if missing, as a publish would, then in `root` and in every existing
+    `<root>/<model>` directory creates a probe file, writes and fsyncs 4 KiB, removes it and
+    fsyncs the directory. Finally the free space must cover the newest full version of every
+    model in `models` (a full is written before older ones are pruned). Probe files are
+    `.tmp-probe-*`: readers ignore them and a writer's next publish removes a leftover.
+
+    Raises:
+        SnapshotRootNotWritableError: naming the directory, the reason and what to do.
+    """
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _not_writable(root, exc.strerror or str(exc)) from exc
+    stores = [_Store(root, m) for m in models]
+    for directory in [root, *(s.dir for s in stores if s.dir.exists())]:
+        probe = directory / f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, bytes(4096))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.unlink(probe)
+            _fsync_dir(directory)
+        except OSError as exc:
+            with suppress(OSError):
+                probe.unlink()
+            raise _not_writable(directory, exc.strerror or str(exc)) from exc
+    need = 0
+    for store in stores:
+        fulls = store.scan().fulls() if store.dir.is_dir() else []
+        need += sum(fulls[0].sizes.values()) if fulls else 0
+    free = _free_bytes(root)
+    if free < need:
+        raise _not_writable(
+            root,
+            f"{free / 2**20:,.1f} MiB free, the next full snapshots of "
+            f"{', '.join(map(repr, models))} need about {need / 2**20:,.1f} MiB",
+        )
+
+
 def _save_dense(dense: dict[str, np.ndarray]) -> bytes:
     try:
         return st_save({name: np.ascontiguousarray(a) for name, a in dense.items()})
@@ -853,6 +924,7 @@ __all__ = [
     "SnapshotReader",
     "SnapshotWriter",
     "TableRows",
+    "check_writable",
     "decode_announcement",
     "encode_manifest",
     "kafka_announcer",

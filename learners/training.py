@@ -10,6 +10,7 @@ counts, and the full / delta contents of a snapshot.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Self
 
@@ -31,7 +32,14 @@ from learners.models import (
 from learners.snapshots import Snapshot, TableRows
 from learners.two_tower import RetrievalBatch, StreamingFrequency
 
-__all__ = ["ITEM_TABLE", "RankerState", "RetrieverState", "StepResult", "check_priors"]
+__all__ = [
+    "ITEM_TABLE",
+    "RankerState",
+    "RetrieverState",
+    "StepResult",
+    "applied_offsets",
+    "check_priors",
+]
 logger = logging.getLogger(__name__)
 _PRIOR_FIELDS = ("ctr_prior", "engagement_prior", "completion_prior")
 
@@ -57,6 +65,24 @@ def check_priors(ranker: RankerModelState, features: FeatureConfig | None) -> bo
         want,
     )
     return False
+
+
+def applied_offsets(metas: Iterable[dict | None]) -> dict[int, int]:
+    """The `training-samples` offsets every model has applied: where a restart resumes.
+
+    `metas` are the snapshot metas the models were loaded from (None: a fresh model, nothing
+    applied). Per partition the minimum of the models' `offsets` (the next offset each has
+    applied); a partition absent from any model's offsets is absent here (read from the
+    beginning), since that model has applied nothing of it. So no model skips a sample; the
+    ones that were ahead apply a few samples again (at-least-once, docs/learning.md).
+    """
+    per_model = [
+        {int(p): int(o) for p, o in ((m or {}).get("offsets") or {}).items()} for m in metas
+    ]
+    if not per_model:
+        return {}
+    common = set.intersection(*(set(o) for o in per_model))
+    return {p: min(o[p] for o in per_model) for p in sorted(common)}
 
 
 @dataclass
