@@ -102,7 +102,7 @@ class TileStore:
         """Move the clock to event time `now`; return the rows whose window values changed.
 
         For each window, the tiles with index in (floor(before/h) - n, floor(now/h) - n] leave
-        it and are subtracted from its sums.
+        it and are subtracted from its sums; only the ring slots that can hold them are read.
         """
         before, size = self.clock, len(self.ids)
         if before is not None and now <= before:
@@ -115,12 +115,108 @@ class TileStore:
             lo, hi = before // w.hop_ms - w.tiles + 1, now // w.hop_ms - w.tiles + 1
             if hi <= lo:
                 continue
+            ring = self.sizes[w.hop_ms]
             tiles = self.tile_of[w.hop_ms][:size]  # tile + 1
-            rows, slots = np.nonzero((tiles > lo) & (tiles <= hi))
+            if hi - lo < ring:  # a slot holds stored tile s at s % ring
+                slots = np.arange(lo + 1, hi + 1) % ring
+                rows, j = np.nonzero((tiles[:, slots] > lo) & (tiles[:, slots] <= hi))
+                slots = slots[j]
+            else:
+                rows, slots = np.nonzero((tiles > lo) & (tiles <= hi))
             if len(rows):
                 np.subtract.at(self.sums[w.name], rows, self.rings[w.hop_ms][rows, slots])
                 changed[rows] = True
         return np.flatnonzero(changed)
+
+    def expiries(self, after: int, until: int) -> np.ndarray:
+        """Sorted distinct times in (after, until] at which a held tile leaves some window."""
+        size, out = len(self.ids), []
+        for w in self.windows:
+            h, ring = w.hop_ms, self.sizes[w.hop_ms]
+            tiles = self.tile_of[h][:size]  # tile + 1
+            first, last = after // h + 1, until // h  # boundaries j h in (after, until]
+            if last < first or size == 0:
+                continue
+            if last - first + 1 <= ring:
+                leaving = np.arange(first, last + 1) - w.tiles  # tile leaving at boundary j h
+                hit = (tiles[:, (leaving + 1) % ring] == leaving + 1).any(axis=0)
+                out.append((leaving[hit] + w.tiles) * h)
+            else:
+                at = (tiles[tiles > 0] - 1 + w.tiles) * h
+                out.append(at[(at > after) & (at <= until)])
+        return np.unique(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
+
+    def history(
+        self, rows: np.ndarray, ts: np.ndarray, metrics: np.ndarray, until: int
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Apply events in event-time order and move the clock to `until`, returning every change.
+
+        Every event must lie in (clock, until]. Returns (rows, times, window name -> (K, M)
+        sums): one entry per (row, time) at which the row's window values changed - at its own
+        event times and at the tile boundaries where one of its tiles left a window - holding
+        the values from that time until the row's next entry. Rows are in time order.
+        """
+        if self.clock is None:
+            self.advance(int(ts.min()) - 1 if len(ts) else until)
+        order = np.argsort(ts, kind="stable")
+        rows, ts, metrics = rows[order], ts[order], metrics[order]
+        clock = self.clock
+        times = [self.expiries(clock, until)]
+        for w in self.windows:  # tiles the events bring in may leave before `until` too
+            at = (ts // w.hop_ms + w.tiles) * w.hop_ms
+            times.append(at[at <= until])
+        boundaries = np.unique(np.concatenate(times))
+        cuts = np.searchsorted(ts, boundaries, side="left").tolist()
+        out_rows: list[np.ndarray] = []
+        out_ts: list[np.ndarray] = []
+        out_sums: list[dict[str, np.ndarray]] = []
+        prev = 0
+        for b, cut in zip([*boundaries.tolist(), None], [*cuts, len(ts)], strict=True):
+            if cut > prev:  # events before the next boundary: no tile leaves among them
+                r, t, m = self._segment(rows[prev:cut], ts[prev:cut], metrics[prev:cut])
+                out_rows.append(r)
+                out_ts.append(t)
+                out_sums.append(m)
+                prev = cut
+            if b is not None:
+                changed = self.advance(b)
+                out_rows.append(changed)
+                out_ts.append(np.full(len(changed), b, dtype=np.int64))
+                out_sums.append({k: s[changed] for k, s in self.sums.items()})
+        changed = self.advance(until)  # nothing leaves here: every boundary was visited
+        assert not len(changed), "a tile left a window between the visited boundaries"
+        if not out_rows:
+            empty = np.empty(0, dtype=np.int64)
+            m = len(METRICS)
+            return empty, empty, {w.name: np.empty((0, m), np.int64) for w in self.windows}
+        r, t = np.concatenate(out_rows), np.concatenate(out_ts)
+        sums = {w.name: np.concatenate([s[w.name] for s in out_sums]) for w in self.windows}
+        # One entry per (row, time): the last computed (an event at a boundary follows the expiry).
+        order = np.lexsort((np.arange(len(r)), r, t))
+        r, t = r[order], t[order]
+        last = np.r_[(r[1:] != r[:-1]) | (t[1:] != t[:-1]), True]
+        keep = order[last]
+        return r[last], t[last], {k: v[keep] for k, v in sums.items()}
+
+    def _segment(
+        self, rows: np.ndarray, ts: np.ndarray, metrics: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Add time-ordered events between two tile boundaries; return each (row, event time)'s
+        values after it (no tile leaves a window among them, so each value is the sum before
+        plus the row's events so far)."""
+        self.advance(int(ts[-1]))
+        order = np.lexsort((ts, rows))  # by row, then time (stable)
+        r, t, m = rows[order], ts[order], metrics[order]
+        running = np.cumsum(m, axis=0)
+        first = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        before = running[first] - m[first]  # running total before each row's first event
+        sizes = np.diff(np.r_[first, len(r)])
+        running -= np.repeat(before, sizes, axis=0)
+        last = np.r_[(r[1:] != r[:-1]) | (t[1:] != t[:-1]), True]
+        r_last = r[last]
+        values = {k: s[r_last] + running[last] for k, s in self.sums.items()}
+        self.add(rows, ts, metrics)
+        return r_last, t[last], values
 
     def add(self, rows: np.ndarray, ts: np.ndarray, metrics: np.ndarray) -> None:
         """Add events (rows, event times, (n, M) metrics) as of the current clock.
