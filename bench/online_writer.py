@@ -78,6 +78,7 @@ def measure(url: str, rows: int, push_rows: int, reps: int, chunk: int) -> dict[
                 {
                     ENTITY_KEY[view]: ids[:push_rows],
                     "event_ts": pd.Timestamp(ts, unit="ms", tz="UTC"),
+                    "created": pd.Timestamp(ts, unit="ms", tz="UTC"),  # the log's tie-breaker
                     **{k: v[:push_rows] for k, v in cols.items()},
                 }
             )

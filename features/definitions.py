@@ -9,6 +9,7 @@ from feast import Entity, FeatureView, Field, FileSource, PushSource
 from feast.types import Float64, Int64
 from feast.value_type import ValueType
 
+from features.offline_log import CREATED, EVENT_TS
 from features.paths import DataPaths, default_data_dir
 from features.schema import ENTITY_KEY, feature_types
 
@@ -32,14 +33,20 @@ def _view(name: str, entity: Entity, log_dir: Path) -> FeatureView:
     batch = FileSource(
         name=f"{name}_log",
         path=str(log_dir / name),
-        timestamp_field="event_ts",
-        description=f"Offline log of {name} rows appended by the stats job (parquet parts).",
+        timestamp_field=EVENT_TS,
+        created_timestamp_column=CREATED,
+        description=(
+            f"Offline log of {name}: a row per entity and change time, valid until the "
+            "entity's next row (parquet parts appended by the stats job)."
+        ),
     )
     push = PushSource(name=f"{name}_push", batch_source=batch)
     return FeatureView(
         name=name,
         entities=[entity],
-        ttl=timedelta(days=31),
+        # No TTL: the log holds a row at every change, the last one when the entity's windows
+        # empty, so a row is valid until the next; a TTL would turn old zeros into nulls.
+        ttl=timedelta(0),
         schema=[Field(name=f, dtype=TYPES[t]) for f, t in feature_types(name).items()],
         source=push,
         online=True,

@@ -3,15 +3,16 @@
 Each `StatsFlush` becomes one pipelined write of Feast's own online format (`OnlineWriter`),
 whose replies are read at the next batch, so Redis writes while the flow computes;
 the flow's event-time high-water mark is kept at `<project>:hwm:stats` in Redis so readers
-know the time the values are valid as of. Rows are also appended, in parquet part files, to the
-offline log that the feature views' batch sources read (point-in-time training data).
+know the time the values are valid as of. The flushes' offline-log rows (`LogRows`, one per
+entity and change time, docs/stats.md) are appended, in parquet part files, to the offline log
+that the feature views' batch sources read (point-in-time training data, `feast materialize`).
 
 The sink has one partition per stats shard (`u0`.., `n0`..), so Bytewax calls each partition's
 `snapshot` at every epoch: there the offline rows buffered so far are written (parquet parts
 are written aside, then renamed) and Redis's replies collected, before the epoch - and the Kafka
 offsets with it - is committed. After a crash, the rows of the epochs after the last commit are
 emitted again: the online store gets the same aggregates again, the offline log may hold a row
-twice (identical values and timestamp, harmless to point-in-time joins), and nothing is lost.
+twice (identical values and event time, harmless to point-in-time joins), and nothing is lost.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from features.offline_log import offline_rows, write_offline_parts
 from features.online_writer import OnlineWriter
 from features.schema import FeatureConfig, derive
 from streams.pacing import PACER
-from streams.stats import StatsFlush
+from streams.stats import LogRows, StatsFlush
 
 OFFLINE_ROWS = 50_000
 _OFFLINE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
@@ -58,17 +59,18 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
             columns = derive(flush.view, flush.counts, self._config)
             self._writer.send(flush.view, flush.ids, columns, flush.as_of_ms)
             hwm = max(hwm, flush.as_of_ms)
-            if self._offline is not None:
-                self._log(flush, columns)
+            if self._offline is not None and flush.log is not None:
+                self._log(flush.view, flush.log)
         if hwm:
             # Same connection, after the values: whoever sees the mark sees the values.
             self._writer.send_command("EVAL", _MAX_SCRIPT, 1, self._hwm_key, hwm)
         PACER.record(time.perf_counter() - start)
 
-    def _log(self, flush: StatsFlush, columns: dict) -> None:
-        table = offline_rows(flush.view, flush.ids, columns, flush.as_of_ms)
-        self._pending.setdefault(flush.view, []).append(table)
-        self._pending_rows += len(flush.ids)
+    def _log(self, view: str, log: LogRows) -> None:
+        columns = derive(view, log.counts, self._config)
+        table = offline_rows(view, log.ids, columns, log.ts, log.created_ms)
+        self._pending.setdefault(view, []).append(table)
+        self._pending_rows += len(log.ids)
         if self._pending_rows >= OFFLINE_ROWS:
             self._writing.append(_OFFLINE.submit(write_offline_parts, self._offline, self._pending))
             self._pending = {}

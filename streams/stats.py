@@ -7,12 +7,20 @@ counts (`StatsFlush`) -> the online sink. Every shard receives every batch's eve
 even when none of the batch's entities belong to it, so all shards share one clock; as that clock
 moves, entities whose windows lose a tile are rewritten too ("idle-key refresh"), so a value read
 at any time is right as of the flow's event-time high-water mark.
+
+Each shard also keeps the point-in-time offline log (`LogRows`, docs/stats.md): a second tile
+store that lags at the shard's watermark W (the least high-water mark of the input partitions
+minus the allowed lateness, so no event older than W can still come) and replays the events
+older than W in event-time order, emitting one row per entity and change time - its own event
+times and the tile boundaries where one of its tiles leaves a window.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
@@ -22,42 +30,69 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink
 
+from features.windows import METRICS
 from streams.config import DEFAULT_LIMITS, EventLimits, StatsConfig
 from streams.ingest import Columns, ingest_flow, shard_cache
-from streams.kafka_io import RawBatch
+from streams.kafka_io import KafkaBatchSource, RawBatch
 from streams.pacing import PACER
 from streams.tiles import TileStore, event_metrics
 
 VIEWS = {"u": "user_stats", "n": "note_stats"}
 
 
+LOG_IDLE_PARTITION_MS = 30_000
+"""A partition not heard from for this long (wall time) stops holding the offline log back."""
+
+
 @dataclass(frozen=True, slots=True)
 class ShardBatch:
-    """The part of a batch one shard owns, plus the batch's event-time maximum."""
+    """The part of a batch one shard owns, plus the batch's event-time maximum and the
+    high-water mark of the Kafka partition it came from."""
 
     view: str
     max_ts: int
     ids: list[str]
     ts: np.ndarray
     metrics: np.ndarray
+    partition: int = 0
+    partition_hwm: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LogRows:
+    """Offline-log rows: entity `ids[i]`'s window counts from event time `ts[i]` (ms) on, until
+    its next row; `created_ms` orders rows of one entity and time (a later one wins)."""
+
+    ids: list[str]
+    ts: np.ndarray
+    counts: dict[str, np.ndarray]
+    created_ms: int
 
 
 @dataclass(frozen=True, slots=True)
 class StatsFlush:
-    """Window counts of changed entities of one view, valid as of event time `as_of_ms`."""
+    """Window counts of changed entities of one view, valid as of event time `as_of_ms`, and
+    the offline-log rows that became final since the shard's last flush."""
 
     view: str
     ids: list[str]
     counts: dict[str, np.ndarray]
     as_of_ms: int
+    log: LogRows | None = None
 
 
-def shard_batches(cols: Columns, shards: int) -> list[tuple[str, ShardBatch]]:
-    """Split a batch into one (shard key, part) per user shard and per note shard."""
+def shard_batches(
+    cols: Columns, shards: int, hwm: int | None = None
+) -> list[tuple[str, ShardBatch]]:
+    """Split a batch into one (shard key, part) per user shard and per note shard.
+
+    `hwm` is the partition's high-water mark after the batch (default: the batch's maximum).
+    """
     if len(cols.ts) == 0:
         return []
     metrics = event_metrics(cols.kind, cols.watch, cols.duration)
     max_ts = int(cols.ts.max())
+    mark = max_ts if hwm is None else max(int(hwm), max_ts)
     out = []
     for prefix, ids in (("u", cols.users), ("n", cols.notes)):
         cache = shard_cache(shards)
@@ -67,7 +102,13 @@ def shard_batches(cols: Columns, shards: int) -> list[tuple[str, ShardBatch]]:
         for s in range(shards):
             sel = order[bounds[s] : bounds[s + 1]]
             part = ShardBatch(
-                VIEWS[prefix], max_ts, [ids[i] for i in sel], cols.ts[sel], metrics[sel]
+                VIEWS[prefix],
+                max_ts,
+                [ids[i] for i in sel],
+                cols.ts[sel],
+                metrics[sel],
+                cols.partition,
+                mark,
             )
             out.append((f"{prefix}{s}", part))
     return out
@@ -80,27 +121,56 @@ class ShardState:
     store: TileStore
     view: str = ""
     dirty: set[int] | None = None
+    log: TileStore | None = None
+    """The offline log's tiles, as of the log clock `log.clock` (<= the watermark)."""
+    marks: dict[int, int] = field(default_factory=dict)
+    """Input partition -> its high-water mark."""
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    """Events not yet in the log: (log rows, event times, metrics) chunks."""
+    created_ms: int = 0
+    log_late: int = 0
+    """Events that reached the shard after the log clock had passed them (logged late)."""
 
 
 class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
-    """Keeps one shard's tiles; emits the changed entities every flush interval."""
+    """Keeps one shard's tiles; emits the changed entities every flush interval, and the
+    offline-log rows the watermark made final."""
 
-    def __init__(self, state: ShardState, flush_interval_ms: int, recoverable: bool) -> None:
+    def __init__(
+        self,
+        state: ShardState,
+        flush_interval_ms: int,
+        recoverable: bool,
+        lateness_ms: int = 0,
+        partitions: Sequence[int] | None = None,
+        idle_partition_ms: int = LOG_IDLE_PARTITION_MS,
+    ) -> None:
         self.state = state
         self.recoverable = recoverable
         if state.dirty is None:
             state.dirty = set()
+        if state.log is None:
+            state.log = TileStore(state.store.windows)
         self.interval_s = flush_interval_ms / 1000
         self.next_flush: datetime | None = None
+        self.lateness = lateness_ms
+        self.partitions = None if partitions is None else tuple(partitions)
+        self.idle_s = idle_partition_ms / 1000
+        start = time.monotonic()
+        self.heard = dict.fromkeys(self.partitions or (), start)
 
     def on_item(self, value: ShardBatch) -> tuple[list[StatsFlush], bool]:
         st = self.state
         st.view = value.view
+        p = value.partition
+        st.marks[p] = max(value.partition_hwm, st.marks.get(p, value.partition_hwm))
+        self.heard[p] = time.monotonic()
         st.dirty.update(st.store.advance(value.max_ts).tolist())
         if value.ids:
             rows = st.store.rows_for(value.ids)
             st.store.add(rows, value.ts, value.metrics)
             st.dirty.update(rows.tolist())
+            st.pending.append((st.log.rows_for(value.ids), value.ts, value.metrics))
         now = datetime.now(UTC)
         if self.next_flush is None:
             self.next_flush = now + timedelta(seconds=self.interval_s)
@@ -108,26 +178,90 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
             return self._flush(), StatefulLogic.RETAIN
         return [], StatefulLogic.RETAIN
 
-    def _flush(self) -> list[StatsFlush]:
+    def _watermark(self) -> int | None:
+        """Least high-water mark of the active partitions minus the lateness (None: unknown)."""
+        marks = self.state.marks
+        if self.partitions is None:
+            active = list(marks)
+        else:
+            now = time.monotonic()
+            active = [p for p in self.partitions if now - self.heard[p] <= self.idle_s]
+            if any(p not in marks for p in active):
+                return None
+        values = [marks[p] for p in active if p in marks] or list(marks.values())
+        return min(values) - self.lateness if values else None
+
+    def _log_rows(self, final: bool) -> LogRows | None:
+        """Replay the pending events older than the watermark into the log tiles."""
+        st, log = self.state, self.state.log
+        w = None if final else self._watermark()
+        target = st.store.clock if final else (None if w is None else w - 1)
+        if target is None:
+            return None
+        if st.pending:
+            rows, ts, metrics = (np.concatenate(x) for x in zip(*st.pending, strict=True))
+        elif log.clock is None or target <= log.clock:
+            return None
+        else:  # no event, but time passed: tiles may leave windows
+            rows, ts = np.empty(0, np.int64), np.empty(0, np.int64)
+            metrics = np.empty((0, len(METRICS)), np.int64)
+        parts = []
+        clock = log.clock
+        late = ts <= clock if clock is not None else np.zeros(len(ts), dtype=bool)
+        if late.any():
+            # Events the log clock has passed (their partition idle or unknown until then):
+            # logged from the next millisecond on - the one case the log is not exact.
+            st.log_late += int(late.sum())
+            log.add(rows[late], ts[late], metrics[late])
+            hit = np.unique(rows[late])
+            parts.append((hit, np.full(len(hit), clock + 1, np.int64), log.window_counts(hit)))
+            rows, ts, metrics = rows[~late], ts[~late], metrics[~late]
+            target = max(target, clock + 1)
+        if clock is not None and target <= clock:
+            st.pending = [(rows, ts, metrics)] if len(ts) else []
+            return None
+        ready = ts <= target
+        st.pending = [] if ready.all() else [(rows[~ready], ts[~ready], metrics[~ready])]
+        if ready.any() or clock is not None:
+            parts.append(log.history(rows[ready], ts[ready], metrics[ready], target))
+        if not parts:
+            return None
+        r = np.concatenate([x[0] for x in parts])
+        t = np.concatenate([x[1] for x in parts])
+        counts = {k: np.concatenate([x[2][k] for x in parts]) for k in parts[-1][2]}
+        if len(parts) > 1:  # a late row and a replayed one at clock + 1: keep the replayed
+            order = np.lexsort((np.arange(len(r)), r, t))
+            ro, to = r[order], t[order]
+            keep = order[np.r_[(ro[1:] != ro[:-1]) | (to[1:] != to[:-1]), True]]
+            r, t, counts = r[keep], t[keep], {k: v[keep] for k, v in counts.items()}
+        if not len(r):
+            return None
+        st.created_ms = max(int(time.time() * 1000), st.created_ms + 1)
+        return LogRows([log.ids[i] for i in r.tolist()], t, counts, st.created_ms)
+
+    def _flush(self, final: bool = False) -> list[StatsFlush]:
         st = self.state
         wait = PACER.interval_s(self.interval_s)
         self.next_flush = datetime.now(UTC) + timedelta(seconds=wait)
-        if not st.dirty or st.store.clock is None:
+        if st.store.clock is None:
+            return []
+        log = self._log_rows(final)
+        if not st.dirty and log is None:
             return []
         rows = np.fromiter(sorted(st.dirty), dtype=np.int64, count=len(st.dirty))
         st.dirty.clear()
         counts = st.store.window_counts(rows)
         ids = [st.store.ids[r] for r in rows.tolist()]
-        return [StatsFlush(st.view, ids, counts, st.store.clock)]
+        return [StatsFlush(st.view, ids, counts, st.store.clock, log)]
 
     def on_notify(self) -> tuple[list[StatsFlush], bool]:
         return self._flush(), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[StatsFlush], bool]:
-        return self._flush(), StatefulLogic.RETAIN
+        return self._flush(final=True), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return self.next_flush if self.state.dirty else None
+        return self.next_flush if self.state.dirty or self.state.pending else None
 
     def snapshot(self) -> ShardState | None:
         # Bytewax asks for snapshots every epoch even without recovery; copying is then waste.
@@ -141,6 +275,7 @@ def build_flow(
     config: StatsConfig,
     recoverable: bool = True,
     limits: EventLimits = DEFAULT_LIMITS,
+    partitions: Sequence[int] | None = None,
 ) -> Dataflow:
     """Build the stats dataflow.
 
@@ -152,14 +287,19 @@ def build_flow(
         recoverable: snapshot the state each epoch (turn off only when running without
             a recovery store).
         limits: event decoding limits.
+        partitions: the input topic's partition ids, all of which hold the offline log's
+            watermark (default: the Kafka source's partitions; for other sources, the
+            partitions seen so far).
     """
+    if partitions is None and isinstance(source, KafkaBatchSource):
+        partitions = [int(p) for p in source.list_parts()]
     flow, parts = ingest_flow(
         "stats",
         source,
         dlq,
         limits=limits,
         lateness_ms=config.allowed_lateness_ms,
-        shard=lambda cols, _hwm: shard_batches(cols, config.shards),
+        shard=lambda cols, hwm: shard_batches(cols, config.shards, hwm),
         dedupe=True,
         recoverable=recoverable,
     )
@@ -167,7 +307,11 @@ def build_flow(
         "tiles",
         parts,
         lambda resume: ShardLogic(
-            resume or ShardState(TileStore()), config.flush_interval_ms, recoverable
+            resume or ShardState(TileStore()),
+            config.flush_interval_ms,
+            recoverable,
+            config.allowed_lateness_ms,
+            partitions,
         ),
     )
     op.output("online", flushed, sink)

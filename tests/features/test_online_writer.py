@@ -56,7 +56,9 @@ def test_writer_bytes_equal_feast_push(store, redis_client: redis.Redis, view: s
     ids = [f"{view[0]}{i}" for i in range(len(EDGE_INTS))]
     cols = _columns(view, 3)
     ts = 1_767_225_600_123
-    frame = pd.DataFrame({key: ids, "event_ts": pd.Timestamp(ts, unit="ms", tz="UTC"), **cols})
+    at = pd.Timestamp(ts, unit="ms", tz="UTC")
+    # A push carries the batch source's columns: event_ts and `created` (the log's tie-breaker).
+    frame = pd.DataFrame({key: ids, "event_ts": at, "created": at, **cols})
     store.push(f"{view}_push", frame)
     writer = OnlineWriter(redis_client, store.config.project)
     keys = [writer.redis_key(view, i) for i in ids]
