@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from features.paths import DataPaths
 from features.schema import ENTITY_KEY
-from features.store import feature_store, online_features
+from features.store import (
+    apply_definitions,
+    feature_store,
+    online_features,
+    remove_project_files,
+)
 from infra.config import Settings
 from infra.stack import StackState
 from streams.events import Event
-from streams.reference import expected_features
+from streams.reference import (
+    events_frame,
+    expected_features,
+    frame_mismatches,
+    historical_mismatches,
+    three_times,
+)
 from streams.replay import replay
 from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig
@@ -40,8 +53,6 @@ def _read_back(
     redis_url: str, project: str, data_dir: Path, view: str, ids: list[str]
 ) -> pd.DataFrame:
     store = feature_store(redis_url, project, data_dir)
-    from features.store import apply_definitions
-
     apply_definitions(store, data_dir)
     values = online_features(store, view, ids)
     key = ENTITY_KEY[view]
@@ -109,27 +120,36 @@ def test_bounded_run_matches_pandas_through_feast(
 def _assert_offline_log_serves_point_in_time(
     redis_url: str, project: str, data_dir: Path, events: list[Event]
 ) -> None:
-    """The offline log behind the views answers `get_historical_features` point in time."""
+    """The offline log behind the views: `get_historical_features` at 3 times per entity equals
+    pandas as of each time; an id without rows reads as nulls; `materialize` of the log into
+    an empty project equals what the job wrote."""
     store = feature_store(redis_url, project, data_dir)
-    want = expected_features(events, "user_stats")
-    users = list(want.index[:20])
-    first_seen = {u: min(e.ts for e in events if e.user_id == u) for u in users}
-    end = pd.Timestamp(events[-1].ts + 1, unit="ms", tz="UTC")
-    rows = pd.DataFrame(
-        {
-            "user_id": users * 2,
-            "event_timestamp": [end] * len(users)
-            + [pd.Timestamp(first_seen[u] - 1, unit="ms", tz="UTC") for u in users],
-        }
-    )
-    refs = ["user_stats:clicks_1d", "user_stats:impressions_30d", "user_stats:ctr_7d"]
-    got = store.get_historical_features(entity_df=rows, features=refs).to_df()
-    at_end = got[got.event_timestamp == end].set_index("user_id").loc[users]
-    for ref in refs:
-        name = ref.split(":")[1]
-        np.testing.assert_allclose(at_end[name].to_numpy(float), want.loc[users, name])
-    # Before a user's first event no row of it is valid yet.
-    assert got[got.event_timestamp != end][["clicks_1d", "ctr_7d"]].isna().all().all()
+    frame = events_frame(events)
+    for view in ("user_stats", "note_stats"):
+        key = ENTITY_KEY[view]
+        requests = three_times(frame, key, seed=7)
+        ids = requests[key].drop_duplicates()
+        requests = requests[requests[key].isin(ids.iloc[:40])]  # keep the join small
+        unknown = pd.DataFrame({key: ["never-seen"], "as_of": [events[-1].ts]})
+        requests = pd.concat([requests, unknown], ignore_index=True)
+        assert historical_mismatches(store, frame, view, requests) == 0, view
+    # Feast's own materialize of the log into a project with nothing in Redis yet.
+    fresh = f"{project}_mat"
+    DataPaths(data_dir).offline(fresh).parent.mkdir(parents=True, exist_ok=True)
+    DataPaths(data_dir).offline(fresh).symlink_to(DataPaths(data_dir).offline(project))
+    target = feature_store(redis_url, fresh, data_dir)
+    apply_definitions(target, data_dir)
+    start = datetime.fromtimestamp(events[0].ts / 1000 - 86_400, UTC)
+    target.materialize(start, datetime.fromtimestamp(events[-1].ts / 1000 + 1, UTC))
+    try:
+        for view in ("user_stats", "note_stats"):
+            want = expected_features(events, view)
+            job = _read_back(redis_url, project, data_dir, view, list(want.index))
+            got = _read_back(redis_url, fresh, data_dir, view, list(want.index))
+            assert frame_mismatches(got, job[want.columns]) == 0, view
+    finally:
+        DataPaths(data_dir).offline(fresh).unlink()
+        remove_project_files(fresh, data_dir)
 
 
 @pytest.mark.parametrize("processes", [1, 2])
