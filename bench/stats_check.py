@@ -7,12 +7,17 @@ and N synthetic events are each replayed to a fresh topic; `streamrec run stats 
 (one process) reads them all and writes Feast's Redis online store; then every user's and
 note's features are read through `FeatureStore.get_online_features` and compared with the
 pandas computation over the same events as of the same time (`streams.reference`). Prints the
-entities, features and mismatching values per view (target: 0). Redis DB 12, flushed at the end.
+entities, features and mismatching values per view (target: 0). Then the offline log: for the
+KuaiRand subset, `get_historical_features` at 3 times per entity (1 ms before its first event,
+a random time, the end; plus an id without rows) against `streams.reference` as of each time,
+and Feast's `materialize` of the log into an empty project against what the job wrote - both
+counted as mismatching values (target: 0). Redis DB 12, flushed at the end.
 """
 
 from __future__ import annotations
 
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +29,16 @@ from rich.progress import track
 
 from bench.common import DATA, bench_stack, fresh_topic
 from bench.stats import BENCH_DB, CLI, _config, _env
+from features.paths import DataPaths
 from features.schema import ENTITY_KEY
 from features.store import apply_definitions, feature_store, online_features
-from streams.reference import expected_features
+from streams.reference import (
+    events_frame,
+    expected_features,
+    frame_mismatches,
+    historical_mismatches,
+    three_times,
+)
 from streams.replay import replay
 from streams.sources import ListSource
 
@@ -41,7 +53,40 @@ def _read_all(store, view: str, ids: list[str], chunk: int = 1_000) -> pd.DataFr
     return pd.concat(parts).loc[ids]
 
 
-def check(name: str, events: list, state, redis_url: str, tmp: Path) -> int:
+def check_offline(events: list, redis_url: str, project: str, data_dir: Path, tmp: Path) -> int:
+    """Point-in-time joins and `materialize` of the job's offline log; print, return mismatches."""
+    store = feature_store(redis_url, project, data_dir)
+    frame = events_frame(events)
+    fresh = f"{project}_mat"
+    DataPaths(tmp / "mat").offline(fresh).parent.mkdir(parents=True, exist_ok=True)
+    DataPaths(tmp / "mat").offline(fresh).symlink_to(DataPaths(data_dir).offline(project))
+    target = feature_store(redis_url, fresh, tmp / "mat")
+    apply_definitions(target, tmp / "mat")
+    start = datetime.fromtimestamp(events[0].ts / 1000 - 86_400, UTC)
+    target.materialize(start, datetime.fromtimestamp(events[-1].ts / 1000 + 1, UTC))
+    total = 0
+    for view in ("user_stats", "note_stats"):
+        key = ENTITY_KEY[view]
+        requests = three_times(frame, key, seed=13)
+        unknown = pd.DataFrame({key: ["never-seen"], "as_of": [events[-1].ts]})
+        requests = pd.concat([requests, unknown], ignore_index=True)
+        bad_pit = 0
+        for lo in range(0, len(requests), 15_000):
+            bad_pit += historical_mismatches(store, frame, view, requests.iloc[lo : lo + 15_000])
+        ids = list(frame[key].unique())
+        job = _read_all(store, view, ids)
+        mat = _read_all(target, view, ids)
+        bad_mat = frame_mismatches(mat, job)
+        console.print(
+            f"offline {view}: get_historical_features at {len(requests):,} (entity, time) "
+            f"requests, mismatches: {bad_pit}; materialize into an empty project, "
+            f"{len(ids):,} entities, mismatches: {bad_mat}"
+        )
+        total += bad_pit + bad_mat
+    return total
+
+
+def check(name: str, events: list, state, redis_url: str, tmp: Path, offline: bool = False) -> int:
     """Replay `events`, run the job to the end, compare; print and return the mismatches."""
     import subprocess
 
@@ -60,6 +105,8 @@ def check(name: str, events: list, state, redis_url: str, tmp: Path) -> int:
         raise SystemExit(f"stats job failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
     store = feature_store(redis_url, project, tmp / "reader")
     apply_definitions(store, tmp / "reader")
+    if offline:  # the job wrote its log under the data directory of bench.stats._env
+        total_offline = check_offline(events, redis_url, project, tmp / "data", tmp)
     total = 0
     for view in ("user_stats", "note_stats"):
         want = expected_features(events, view)
@@ -75,7 +122,7 @@ def check(name: str, events: list, state, redis_url: str, tmp: Path) -> int:
             f"{missing} without a row, mismatches: {bad}"
         )
         total += bad + missing
-    return total
+    return total + (total_offline if offline else 0)
 
 
 def main(synthetic_events: int = 300_000) -> None:
@@ -96,7 +143,9 @@ def main(synthetic_events: int = 300_000) -> None:
             for name, source in sources.items():
                 events = [e for b in source.batches() for e in b]
                 console.print(f"{name}: {len(events):,} events")
-                total += check(name, events, state, redis_url, Path(tmp_dir))
+                total += check(
+                    name, events, state, redis_url, Path(tmp_dir), offline=name == "kuairand"
+                )
         finally:
             redis.Redis.from_url(redis_url).flushdb()
     console.print(f"total mismatches: {total}")
