@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from infra.cli_options import ConfigOpt, UntilEndOpt, settings_from
-from infra.jobs import JOBS, JobSpec, cluster_argv, launch_cluster, run_job
+from infra.cli_options import ConfigOpt, UntilEndOpt, console, settings_from
+from infra.jobs import JOBS, RESETS, JobSpec, cluster_argv, launch_cluster, reset_recovery, run_job
 from streams.runner import RunConfig
 
 run_app = typer.Typer(help="Deploy a streaming job.", no_args_is_help=True)
@@ -24,6 +24,14 @@ RecoveryOpt = Annotated[
     ),
 ]
 SnapshotOpt = Annotated[float, typer.Option(help="Seconds between recovery snapshots.")]
+ResetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Start over: `earliest` moves the recovery store aside (state and offsets, kept as "
+        "<dir>.discarded-<time>) and reads the topic from its beginning. The command to run "
+        "when the store's offsets do not belong to the topic (the broker lost it).",
+    ),
+]
 ProcessIdOpt = Annotated[int | None, typer.Option(hidden=True)]
 AddressesOpt = Annotated[str | None, typer.Option(hidden=True)]
 
@@ -35,6 +43,7 @@ def _command(spec: JobSpec):
         recovery_dir: RecoveryDirOpt = None,
         snapshot_interval: SnapshotOpt = 10.0,
         until_end: UntilEndOpt = False,
+        reset: ResetOpt = None,
         process_id: ProcessIdOpt = None,
         addresses: AddressesOpt = None,
         config: ConfigOpt = None,
@@ -42,6 +51,8 @@ def _command(spec: JobSpec):
         settings = settings_from(config)
         if recovery and recovery_dir is None:
             recovery_dir = settings.paths.recovery(spec.name)
+        if reset is not None:
+            _reset(reset, recovery_dir, process_id)
         if processes > 1 and process_id is None:
             argv = cluster_argv(spec.name, until_end, recovery_dir, snapshot_interval, config)
             raise typer.Exit(launch_cluster(argv, processes))
@@ -52,11 +63,49 @@ def _command(spec: JobSpec):
             recovery_dir=recovery_dir,
             snapshot_interval_s=snapshot_interval,
         )
-        run_job(spec, settings, run, until_end)
+        hint = _reset_hint(spec.name, recovery, recovery_dir, config, processes, addresses)
+        run_job(spec, settings, run, until_end, reset_hint=hint)
 
     command.__doc__ = spec.summary
     command.__name__ = f"run_{spec.name}"
     return command
+
+
+def _reset(reset: str, recovery_dir: Path | None, process_id: int | None) -> None:
+    """Apply `--reset` before anything reads the store (once: in the launcher, never in a
+    process of a cluster, which would race the others)."""
+    if reset not in RESETS:
+        raise typer.BadParameter(f"--reset must be one of {', '.join(RESETS)}, not {reset!r}")
+    if process_id is not None:
+        raise typer.BadParameter("--reset is applied by the launcher: omit --process-id")
+    if recovery_dir is None:
+        console.print("--reset: no recovery store (--recovery / --recovery-dir): nothing to reset")
+        return
+    aside = reset_recovery(recovery_dir)
+    if aside is None:
+        console.print(f"--reset: {recovery_dir} holds no recovery store: nothing to reset")
+    else:
+        console.print(f"--reset {reset}: recovery store moved to {aside}; reading from the start")
+
+
+def _reset_hint(
+    job: str,
+    recovery: bool,
+    recovery_dir: Path | None,
+    config: Path | None,
+    processes: int,
+    addresses: str | None,
+) -> str:
+    """The command that starts this job over, as the operator would type it."""
+    argv = ["streamrec", "run", job]
+    if recovery:
+        argv.append("--recovery")
+    elif recovery_dir is not None:
+        argv += ["--recovery-dir", str(recovery_dir)]
+    argv += ["--config", str(config)] if config is not None else []
+    count = len(addresses.split(";")) if addresses else processes
+    argv += ["--processes", str(count)] if count > 1 else []
+    return " ".join([*argv, "--reset", "earliest"])
 
 
 for _spec in JOBS.values():

@@ -8,11 +8,13 @@ build -> `RunConfig` -> run here, or launch a cluster of processes that each run
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bytewax.dataflow import Dataflow
@@ -22,6 +24,7 @@ from infra import stack
 from infra.cli_options import console, print_counts
 from infra.config import Settings
 from infra.processes import ProcessGroup, free_port
+from streams.errors import StreamsError
 from streams.runner import RunConfig, run_here
 
 REPORT_EVERY_S = 30.0
@@ -36,6 +39,9 @@ class JobContext:
     until_end: bool
     recoverable: bool
     process_id: int | None
+    reset_hint: str = "streamrec run <job> --reset earliest"
+    """The command that starts the job over, named when its recovery offsets do not belong to
+    the topic it reads (`streams.errors.LogMismatchError`)."""
 
 
 @dataclass
@@ -57,17 +63,28 @@ class JobSpec:
     """Runs once before the flow starts (in the first process of a cluster)."""
 
 
-def _dlq(ctx: JobContext):
+def _sink(ctx: JobContext, topic: str):
+    """Bytewax's Kafka sink on `topic`, with the durable producer settings (acks=all,
+    idempotence)."""
     from bytewax.connectors.kafka import KafkaSink
 
-    return KafkaSink([ctx.where.bootstrap], ctx.settings.kafka.topics.dlq)
+    from streams.kafka_io import SINK_CONFIG
+
+    return KafkaSink([ctx.where.bootstrap], topic, add_config=dict(SINK_CONFIG))
+
+
+def _dlq(ctx: JobContext):
+    return _sink(ctx, ctx.settings.kafka.topics.dlq)
 
 
 def _source(ctx: JobContext):
     from streams.kafka_io import KafkaBatchSource
 
     return KafkaBatchSource(
-        ctx.where.bootstrap, ctx.settings.kafka.topics.interactions, tail=not ctx.until_end
+        ctx.where.bootstrap,
+        ctx.settings.kafka.topics.interactions,
+        tail=not ctx.until_end,
+        reset_hint=ctx.reset_hint,
     )
 
 
@@ -154,8 +171,6 @@ class _JoinTotals:
 
 
 def _build_samples(ctx: JobContext) -> BuiltJob:
-    from bytewax.connectors.kafka import KafkaSink
-
     from streams.kafka_io import partitions_of
     from streams.samples import SampleLogSink, build_flow
     from streams.sinks import CallbackSink
@@ -168,7 +183,7 @@ def _build_samples(ctx: JobContext) -> BuiltJob:
     )
     flow = build_flow(
         _source(ctx),
-        KafkaSink([ctx.where.bootstrap], topics.training_samples),
+        _sink(ctx, topics.training_samples),
         SampleLogSink(s.paths.sample_log, cfg.log_rows_per_part, cfg.log_part_interval_s),
         _dlq(ctx),
         CallbackSink(totals.add),
@@ -252,18 +267,67 @@ def launch_cluster(argv: list[str], processes: int) -> int:
     return group.wait()
 
 
-def run_job(spec: JobSpec, settings: Settings, run: RunConfig, until_end: bool) -> None:
-    """Deploy `spec` in this process (alone, or as process `run.process_id` of a cluster)."""
+RESETS = ("earliest",)
+"""What `streamrec run <job> --reset` can start over from."""
+
+
+def reset_recovery(recovery_dir: Path) -> Path | None:
+    """Discard a job's recovery store (its state and the Kafka offsets kept with it), so the job
+    starts over from the beginning of the topic; the store is moved aside, never deleted.
+
+    Returns:
+        Where the old store now is (`<dir>.discarded-<UTC time>`), or None if there was none.
+    """
+    if not any(recovery_dir.glob("part-*.sqlite3")):
+        return None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    aside = recovery_dir.with_name(f"{recovery_dir.name}.discarded-{stamp}")
+    os.replace(recovery_dir, aside)
+    return aside
+
+
+def _streams_error(exc: BaseException) -> StreamsError | None:
+    """The `StreamsError` behind an exception Bytewax wrapped (it re-raises a worker's error as
+    its own, the original as cause or context), or None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, StreamsError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def run_job(
+    spec: JobSpec,
+    settings: Settings,
+    run: RunConfig,
+    until_end: bool,
+    reset_hint: str | None = None,
+) -> None:
+    """Deploy `spec` in this process (alone, or as process `run.process_id` of a cluster).
+
+    Raises:
+        StreamsError: the flow failed with one (unwrapped from Bytewax's own exception), e.g.
+            `LogMismatchError` when the recovery offsets do not belong to the topic.
+    """
     ctx = JobContext(
         settings=settings,
         where=stack.endpoints(settings),
         until_end=until_end,
         recoverable=run.recovery_dir is not None,
         process_id=run.process_id,
+        reset_hint=reset_hint or f"streamrec run {spec.name} --reset earliest",
     )
     if spec.prepare is not None and not run.process_id:
         spec.prepare(ctx)
     built = spec.build(ctx)
-    run_here(built.flow, run)
+    try:
+        run_here(built.flow, run)
+    except Exception as exc:
+        cause = _streams_error(exc)
+        if cause is None or cause is exc:
+            raise
+        raise cause.with_traceback(None) from None
     if built.report is not None:
         built.report()

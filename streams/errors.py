@@ -33,3 +33,9 @@ class KafkaError(StreamsError):
 
 class StoreUnavailableError(StreamsError):
     """A store (Redis) did not answer within the retry budget; the message says what to check."""
+
+
+class LogMismatchError(KafkaError):
+    """A reader's resume offsets do not belong to the log it reads now (the topic was recreated,
+    e.g. by a broker that lost its storage, or the offset lies beyond the partition's end); the
+    message names the topic, partition, offsets and the command that starts over."""

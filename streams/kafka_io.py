@@ -2,19 +2,39 @@
 
 Every reader detects the end of a topic by partition EOF (as Bytewax's `tail=False` does), never
 by comparing offsets with the reported high watermark: Tansu's watermark can lag the last batch.
+
+A resumed reader first checks that its offsets belong to the log it reads (`verify_mark`): a
+broker that lost its storage recreates a topic under the same name, and old offsets would skip
+the new log's first events silently, or wait forever beyond its end (docs/operations.md).
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from streams.errors import KafkaError as StreamsKafkaError
+from streams.errors import LogMismatchError
+
+DURABLE = {"acks": "all", "enable.idempotence": True}
+"""Every producer's delivery guarantee: acknowledged by all in-sync replicas, no duplicate or
+reordered batch on a retry. Also the `add_config` of Bytewax's `KafkaSink` (DLQ, samples)."""
 
 PRODUCER_DEFAULTS = {
     "linger.ms": 20,
@@ -22,8 +42,15 @@ PRODUCER_DEFAULTS = {
     "queue.buffering.max.messages": 1_000_000,
     "queue.buffering.max.kbytes": 1_048_576,
     "partitioner": "murmur2_random",
-    "enable.idempotence": False,
+    **DURABLE,
 }
+
+SINK_CONFIG = {k: str(v).lower() for k, v in DURABLE.items()}
+"""`DURABLE` as the string map `bytewax.connectors.kafka.KafkaSink(add_config=...)` takes."""
+
+OUT_OF_RANGE = "error"
+"""`auto.offset.reset` of every consumer: an offset outside the log is an error, never a silent
+jump to either end (which would re-read or skip)."""
 
 
 def make_producer(bootstrap: str, **overrides: object) -> Producer:
@@ -38,7 +65,7 @@ def make_consumer(bootstrap: str, **overrides: object) -> Consumer:
         "group.id": "streamrec-reader",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
-        "auto.offset.reset": "earliest",
+        "auto.offset.reset": OUT_OF_RANGE,
         **overrides,
     }
     return Consumer(conf)
@@ -124,23 +151,209 @@ class RawBatch:
     offsets: list[int]
 
 
-class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
-    """Reads one partition; emits one `RawBatch` per poll; its state is the next offset."""
+RESET_HINT = "streamrec run <job> --reset earliest"
+PROBE_TIMEOUT_S = 5.0
+"""How long a check waits for the record before a resume offset; past it, the offset lies beyond
+the partition's end (Tansu answers a fetch beyond the end with nothing, not OFFSET_OUT_OF_RANGE)."""
+RECHECK_IDLE_S = 10.0
+"""A reader that got nothing (no message, no end of partition) this long checks its log again."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogMark:
+    """A partition reader's recovery state: the next offset, and what identifies its log.
+
+    `topic_id` is the broker's id of the topic (Kafka >= 2.8 and Tansu report one; None if the
+    broker does not); `last` is (offset, crc32 of key and value) of the last record read, the
+    fingerprint checked where no topic id is known.
+    """
+
+    offset: int
+    topic_id: str | None = None
+    last: tuple[int, int] | None = None
+
+
+def fingerprint(key: bytes | None, value: bytes | None) -> int:
+    """crc32 of a record's key and value (a record at a known offset identifies its log)."""
+    return zlib.crc32(value or b"", zlib.crc32(key or b""))
+
+
+def topic_id(bootstrap: str, topic: str, timeout: float = 10.0) -> str | None:
+    """The broker's id of `topic`, or None if it reports none.
+
+    Raises:
+        LogMismatchError: the topic does not exist.
+        StreamsKafkaError: the broker did not answer.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
+    try:
+        described = future.result(timeout)
+    except FutureTimeout as exc:
+        raise StreamsKafkaError(f"describing {topic!r}: {bootstrap} did not answer") from exc
+    except KafkaException as exc:
+        err = exc.args[0]
+        if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise LogMismatchError(f"topic {topic!r} no longer exists on {bootstrap}") from exc
+        if err.code() in (KafkaError._UNSUPPORTED_FEATURE, KafkaError.UNSUPPORTED_VERSION):
+            return None
+        raise StreamsKafkaError(f"describing {topic!r} on {bootstrap}: {err}") from exc
+    tid = described.topic_id
+    return None if tid is None or str(tid) == "AAAAAAAAAAAAAAAAAAAAAA" else str(tid)
+
+
+def _record_before(config: dict, topic: str, partition: int, offset: int) -> tuple[int, int] | None:
+    """(offset, fingerprint) of the record at `offset - 1`, or None if the partition ends before
+    it (EOF, out of range, or nothing within `PROBE_TIMEOUT_S` from a broker that answers).
+
+    Raises:
+        StreamsKafkaError: the broker did not answer.
+    """
+    probe = Consumer({**config, "enable.partition.eof": True, "auto.offset.reset": OUT_OF_RANGE})
+    try:
+        probe.assign([TopicPartition(topic, partition, offset - 1)])
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            for m in probe.consume(1, 0.1):
+                if m.error() is None and m.offset() == offset - 1:
+                    return m.offset(), fingerprint(m.key(), m.value())
+                return None  # EOF, out of range, or a record elsewhere: nothing at offset - 1
+        try:  # nothing: beyond the end, if the broker is there to say so
+            probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=PROBE_TIMEOUT_S)
+        except KafkaException as exc:
+            raise StreamsKafkaError(f"{topic}[{partition}]: {exc.args[0]}") from exc
+        return None
+    finally:
+        probe.close()
+
+
+def verify_mark(
+    config: dict, topic: str, partition: int, mark: LogMark, hint: str = RESET_HINT
+) -> str | None:
+    """Check that `mark` (a resume state) belongs to the log `topic[partition]` has now.
+
+    It must have the same topic id (where both are known), an offset within the partition
+    (low watermark <= offset, and the record before it readable), and that record's fingerprint
+    where one was kept.
+
+    Returns:
+        The topic id now (None if the broker reports none), to keep in later marks.
+
+    Raises:
+        LogMismatchError: one line naming topic, partition, offsets and `hint`.
+    """
+    where = f"{topic}[{partition}]"
+
+    def mismatch(why: str) -> LogMismatchError:
+        return LogMismatchError(
+            f"{where}: the recovery offset {mark.offset:,} does not belong to the log the broker "
+            f"has now ({why}); the topic was recreated or truncated (a broker restarted with "
+            f"memory storage loses its topics) - nothing of it was read; start over with `{hint}`"
+        )
+
+    try:
+        now = topic_id(config["bootstrap.servers"], topic)
+    except LogMismatchError as exc:
+        raise mismatch(str(exc)) from None
+    if mark.topic_id is not None and now is not None and now != mark.topic_id:
+        raise mismatch(f"topic id {now}, the store's offsets were read from {mark.topic_id}")
+    if mark.offset <= 0:
+        return now
+    watcher = Consumer(config)
+    try:
+        low, high = watcher.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=PROBE_TIMEOUT_S
+        )
+    except KafkaException as exc:
+        raise StreamsKafkaError(f"{where}: reading the watermarks: {exc.args[0]}") from exc
+    finally:
+        watcher.close()
+    if mark.offset < low:
+        raise mismatch(f"the partition starts at offset {low:,}")
+    before = _record_before(config, topic, partition, mark.offset)
+    if before is None:
+        raise mismatch(f"offset {mark.offset - 1:,} is beyond the partition's end, {high:,}")
+    if mark.last is not None and mark.last[0] == before[0] and mark.last[1] != before[1]:
+        raise mismatch(f"the record at offset {before[0]:,} is not the one read there")
+    return now
+
+
+def _resume_mark(state: int | LogMark | None) -> LogMark | None:
+    """The mark to check from a resume state (an int: a store written before marks existed)."""
+    if state is None:
+        return None
+    return state if isinstance(state, LogMark) else LogMark(int(state))
+
+
+class _BatchPartition(StatefulSourcePartition[RawBatch, LogMark]):
+    """Reads one partition; emits one `RawBatch` per poll; its state is a `LogMark`.
+
+    Resumed, it first checks the mark (`verify_mark`); later it checks again after the client
+    reported a lost broker, on an out-of-range offset, and after `RECHECK_IDLE_S` with nothing
+    read, so it never reads a recreated log from an old offset nor waits beyond its end.
+    """
 
     def __init__(
-        self, config: dict, topic: str, partition: int, offset: int, batch: int, tail: bool
+        self,
+        config: dict,
+        topic: str,
+        partition: int,
+        start: int,
+        resume: LogMark | None,
+        batch: int,
+        tail: bool,
+        hint: str,
     ) -> None:
-        self._consumer = Consumer(config)
-        self._consumer.assign([TopicPartition(topic, partition, offset)])
-        self._topic, self._partition, self._offset = topic, partition, offset
+        self._config, self._hint = config, hint
+        self._topic, self._partition = topic, partition
         self._batch, self._tail = batch, tail
+        self._suspect = False
+        if resume is None:
+            self._mark = LogMark(start, topic_id(config["bootstrap.servers"], topic))
+        else:
+            tid = verify_mark(config, topic, partition, resume, hint)
+            self._mark = LogMark(resume.offset, tid or resume.topic_id, resume.last)
+        self._consumer = Consumer({**config, "error_cb": self._on_error})
+        self._consumer.assign([TopicPartition(topic, partition, self._mark.offset)])
         self._eof = False
         self._idle_until: datetime | None = None
+        self._quiet_since = time.monotonic()
+
+    def _on_error(self, err: KafkaError) -> None:
+        # A lost connection may mean a broker that comes back with other logs: check first.
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._suspect = True
+
+    def _check(self) -> bool:
+        """Verify the mark; False (and check again later) if the broker does not answer.
+
+        Raises:
+            LogMismatchError: the log changed.
+        """
+        mark = self._mark
+        if mark.offset < 0:  # still at a logical start (OFFSET_BEGINNING): only the id counts
+            mark = LogMark(0, mark.topic_id)
+        self._quiet_since = time.monotonic()
+        try:
+            verify_mark(self._config, self._topic, self._partition, mark, self._hint)
+        except LogMismatchError:
+            raise
+        except StreamsKafkaError:
+            self._suspect = True  # the broker is away: read nothing until it answers the check
+            self._idle_until = datetime.now(UTC) + RECHECK_BACKOFF
+            return False
+        self._suspect = False
+        return True
 
     def next_batch(self) -> list[RawBatch]:
         if self._eof:
             raise StopIteration
+        if self._suspect and not self._check():
+            return []
         messages = self._consumer.consume(self._batch, 0.001)
+        if self._suspect and not self._check():  # a loss reported during this poll
+            self._rewind(messages)
+            return []
         keys: list[bytes | None] = []
         values: list[bytes] = []
         offsets: list[int] = []
@@ -149,42 +362,58 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._eof = not self._tail
+                    self._quiet_since = time.monotonic()
                     continue
+                if err.code() in (KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET):
+                    self._check()  # raises if the log changed; else the error below stops it
                 raise StreamsKafkaError(f"reading {self._topic!r}[{self._partition}]: {err}")
             keys.append(m.key())
             values.append(m.value() or b"")
             offsets.append(m.offset())
         if not offsets:
             self._idle_until = datetime.now(UTC) + IDLE_BACKOFF
+            if time.monotonic() - self._quiet_since > RECHECK_IDLE_S:
+                self._check()
             return []
         self._idle_until = None
-        self._offset = offsets[-1] + 1
+        self._quiet_since = time.monotonic()
+        self._mark = LogMark(
+            offsets[-1] + 1, self._mark.topic_id, (offsets[-1], fingerprint(keys[-1], values[-1]))
+        )
         return [RawBatch(self._topic, self._partition, keys, values, offsets)]
+
+    def _rewind(self, messages: list) -> None:
+        """Forget `messages` (read but not emitted): the next poll reads from the mark again."""
+        if any(m.error() is None for m in messages):
+            self._consumer.seek(TopicPartition(self._topic, self._partition, self._mark.offset))
 
     def next_awake(self) -> datetime | None:
         return self._idle_until
 
-    def snapshot(self) -> int:
-        return self._offset
+    def snapshot(self) -> LogMark:
+        return self._mark
 
     def close(self) -> None:
         self._consumer.close()
 
 
 IDLE_BACKOFF = timedelta(milliseconds=5)
+RECHECK_BACKOFF = timedelta(seconds=1)
 
 
-class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
+class KafkaBatchSource(FixedPartitionedSource[RawBatch, LogMark]):
     """A Bytewax source over one topic that emits whole poll batches (`RawBatch`) as items.
 
     Bytewax's own `KafkaSource` emits every message as an item, and the per-item cost of the
     dataflow then dominates; one item per poll lets operators work on columns. Partitions are
-    the unit of parallelism; the recovery state of a partition is its next offset.
+    the unit of parallelism; the recovery state of a partition is a `LogMark`: its next offset
+    and what identifies the log (checked on resume, `verify_mark`).
 
     Args:
         tail: keep waiting for new messages (True) or stop at the end of every partition as it
             was when reached (False, the bounded `--until-end` mode).
         batch: most messages per item.
+        reset_hint: the command that starts the job over, named by a `LogMismatchError`.
     """
 
     def __init__(
@@ -194,21 +423,33 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         tail: bool = True,
         batch: int = 5_000,
         starting_offset: int = OFFSET_BEGINNING,
+        reset_hint: str = RESET_HINT,
     ) -> None:
         self._bootstrap, self._topic, self._tail = bootstrap, topic, tail
-        self._batch, self._start = batch, starting_offset
+        self._batch, self._start, self._hint = batch, starting_offset, reset_hint
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in partitions_of(self._bootstrap, self._topic)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _BatchPartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: int | LogMark | None
+    ) -> _BatchPartition:
         del step_id  # the partition name alone identifies the state
         config = {
             "bootstrap.servers": self._bootstrap,
             "group.id": "streamrec-bytewax",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "auto.offset.reset": OUT_OF_RANGE,
             "fetch.wait.max.ms": 10,
         }
-        offset = self._start if resume_state is None else resume_state
-        return _BatchPartition(config, self._topic, int(for_part), offset, self._batch, self._tail)
+        return _BatchPartition(
+            config,
+            self._topic,
+            int(for_part),
+            self._start,
+            _resume_mark(resume_state),
+            self._batch,
+            self._tail,
+            self._hint,
+        )
