@@ -14,6 +14,7 @@ values read are valid as of that time (`FeatureClient.as_of`).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,6 +41,28 @@ def _python_value(raw: bytes | None) -> int | float | None:
     value = ValueProto.FromString(raw)
     kind = value.WhichOneof("val")
     return None if kind is None else getattr(value, kind)
+
+
+def generation_key(project: str) -> str:
+    """Redis key of the online store's generation token (gone when Redis lost its data)."""
+    return f"{project}:generation"
+
+
+class StoreGeneration:
+    """The online store's generation: a token kept in Redis beside the data it describes.
+
+    A Redis that restarted empty or was flushed has no token: the first caller then stores a new
+    one, and every writer that remembers another token knows the store lost what it wrote.
+    """
+
+    def __init__(self, client: redis.Redis, project: str) -> None:
+        self.client, self.key = client, generation_key(project)
+
+    def current(self) -> str:
+        """The store's token (stored anew, at random, if there is none)."""
+        self.client.set(self.key, uuid.uuid4().hex, nx=True)
+        token = self.client.get(self.key)
+        return token.decode() if token is not None else ""
 
 
 def view_name(entity_or_view: str) -> str:

@@ -110,10 +110,14 @@ def _apply_features(ctx: JobContext) -> None:
 
 
 def _build_stats(ctx: JobContext) -> BuiltJob:
+    import redis
+
+    from features.client import StoreGeneration
     from streams.online_sink import FeastOnlineSink
     from streams.stats import build_flow
 
     s = ctx.settings
+    store = redis.Redis.from_url(ctx.where.redis_url, socket_timeout=2, socket_connect_timeout=2)
     flow = build_flow(
         _source(ctx),
         FeastOnlineSink(
@@ -127,6 +131,7 @@ def _build_stats(ctx: JobContext) -> BuiltJob:
         s.stats,
         recoverable=ctx.recoverable,
         limits=s.events,
+        generation=StoreGeneration(store, s.feast_project).current,
     )
     return BuiltJob(flow)
 

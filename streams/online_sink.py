@@ -30,6 +30,7 @@ from features.offline_log import offline_rows, write_offline_parts
 from features.online_writer import OnlineWriter
 from features.schema import FeatureConfig, derive
 from streams.pacing import PACER
+from streams.retry import TRANSIENT, with_retry
 from streams.stats import LogRows, StatsFlush
 
 OFFLINE_ROWS = 50_000
@@ -49,22 +50,40 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         self._pending: dict[str, list[pa.Table]] = {}
         self._pending_rows = 0
         self._writing: list[Future] = []
+        self._unacked: list[StatsFlush] = []
+        """Flushes sent whose replies are not read yet (sent again if Redis failed them)."""
 
     def write_batch(self, items: list[StatsFlush]) -> None:
         start = time.perf_counter()
-        # The replies of the previous batch are read first: Redis wrote it while the flow went on.
-        self._writer.collect()
+        for flush in items:
+            if self._offline is not None and flush.log is not None:
+                self._log(flush.view, flush.log)
+        try:
+            # The replies of the previous batch are read first: Redis wrote it meanwhile.
+            self._writer.collect()
+            self._unacked = []
+            self._send(items)
+            self._unacked = list(items)
+        except TRANSIENT:
+            lost, self._unacked = self._unacked + list(items), []
+            with_retry(lambda: self._write_now(lost), "stats sink")
+        PACER.record(time.perf_counter() - start)
+
+    def _send(self, items: list[StatsFlush]) -> None:
+        """Pipeline the rows of `items` and the mark (replies read at the next batch)."""
         hwm = 0
         for flush in items:
             columns = derive(flush.view, flush.counts, self._config)
             self._writer.send(flush.view, flush.ids, columns, flush.as_of_ms)
             hwm = max(hwm, flush.as_of_ms)
-            if self._offline is not None and flush.log is not None:
-                self._log(flush.view, flush.log)
         if hwm:
             # Same connection, after the values: whoever sees the mark sees the values.
             self._writer.send_command("EVAL", _MAX_SCRIPT, 1, self._hwm_key, hwm)
-        PACER.record(time.perf_counter() - start)
+
+    def _write_now(self, items: list[StatsFlush]) -> None:
+        """Send `items` and wait for Redis to apply them (aggregates: sending again is safe)."""
+        self._send(items)
+        self._writer.collect()
 
     def _log(self, view: str, log: LogRows) -> None:
         columns = derive(view, log.counts, self._config)
@@ -78,7 +97,12 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
 
     def snapshot(self) -> None:
         """Make everything written so far durable before Bytewax commits the epoch."""
-        self._writer.collect()
+        try:
+            self._writer.collect()
+        except TRANSIENT:
+            lost, self._unacked = self._unacked, []
+            with_retry(lambda: self._write_now(lost), "stats sink")
+        self._unacked = []
         if self._pending:
             self._writing.append(_OFFLINE.submit(write_offline_parts, self._offline, self._pending))
             self._pending = {}

@@ -18,8 +18,10 @@ times and the tile boundaries where one of its tiles leaves a window.
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -40,6 +42,9 @@ from streams.tiles import TileStore, event_metrics
 VIEWS = {"u": "user_stats", "n": "note_stats"}
 
 
+logger = logging.getLogger(__name__)
+GENERATION_CHECK_S = 1.0
+"""How often a shard asks whether the online store lost its data (one Redis GET)."""
 LOG_IDLE_PARTITION_MS = 30_000
 """A partition not heard from for this long (wall time) stops holding the offline log back."""
 
@@ -130,6 +135,8 @@ class ShardState:
     created_ms: int = 0
     log_late: int = 0
     """Events that reached the shard after the log clock had passed them (logged late)."""
+    generation: str | None = None
+    """The online store's generation token when this shard last wrote (`StoreGeneration`)."""
 
 
 class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
@@ -144,8 +151,11 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
         lateness_ms: int = 0,
         partitions: Sequence[int] | None = None,
         idle_partition_ms: int = LOG_IDLE_PARTITION_MS,
+        generation: Callable[[], str] | None = None,
     ) -> None:
         self.state = state
+        self.generation = generation
+        self.checked_at = -math.inf
         self.recoverable = recoverable
         if state.dirty is None:
             state.dirty = set()
@@ -245,6 +255,7 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
         self.next_flush = datetime.now(UTC) + timedelta(seconds=wait)
         if st.store.clock is None:
             return []
+        self._check_store()
         log = self._log_rows(final)
         if not st.dirty and log is None:
             return []
@@ -254,6 +265,31 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
         ids = [st.store.ids[r] for r in rows.tolist()]
         return [StatsFlush(st.view, ids, counts, st.store.clock, log)]
 
+    def _check_store(self) -> None:
+        """Rewrite every entity of the shard if the online store lost its data (checked at most
+        once per `GENERATION_CHECK_S`): its generation token changed since this shard wrote."""
+        now = time.monotonic()
+        if self.generation is None or now - self.checked_at < GENERATION_CHECK_S:
+            return
+        self.checked_at = now
+        st = self.state
+        try:
+            token = self.generation()
+        except Exception as exc:  # the sink retries the store; the check waits for the next
+            logger.warning("cannot read the online store's generation (%s)", exc)
+            return
+        if st.generation is not None and token != st.generation:
+            logger.warning(
+                "the online store lost its data (generation %s -> %s): rewriting the %d "
+                "entities of shard %s",
+                st.generation,
+                token,
+                len(st.store),
+                st.view,
+            )
+            st.dirty.update(range(len(st.store)))
+        st.generation = token
+
     def on_notify(self) -> tuple[list[StatsFlush], bool]:
         return self._flush(), StatefulLogic.RETAIN
 
@@ -261,7 +297,13 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
         return self._flush(final=True), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return self.next_flush if self.state.dirty or self.state.pending else None
+        if self.state.dirty or self.state.pending:
+            return self.next_flush
+        if self.generation is not None and self.state.store.clock is not None:
+            # Idle, but still watching the store: wake for the next generation check.
+            due = self.checked_at + GENERATION_CHECK_S - time.monotonic()
+            return datetime.now(UTC) + timedelta(seconds=max(due, 0.0))
+        return None
 
     def snapshot(self) -> ShardState | None:
         # Bytewax asks for snapshots every epoch even without recovery; copying is then waste.
@@ -276,6 +318,7 @@ def build_flow(
     recoverable: bool = True,
     limits: EventLimits = DEFAULT_LIMITS,
     partitions: Sequence[int] | None = None,
+    generation: Callable[[], str] | None = None,
 ) -> Dataflow:
     """Build the stats dataflow.
 
@@ -290,6 +333,9 @@ def build_flow(
         partitions: the input topic's partition ids, all of which hold the offline log's
             watermark (default: the Kafka source's partitions; for other sources, the
             partitions seen so far).
+        generation: the online store's generation token (`features.client.StoreGeneration`);
+            when it changes, every shard rewrites all its entities (the store lost its data).
+            None: no check.
     """
     if partitions is None and isinstance(source, KafkaBatchSource):
         partitions = [int(p) for p in source.list_parts()]
@@ -312,6 +358,7 @@ def build_flow(
             recoverable,
             config.allowed_lateness_ms,
             partitions,
+            generation=generation,
         ),
     )
     op.output("online", flushed, sink)
