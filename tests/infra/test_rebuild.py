@@ -14,14 +14,11 @@ from features.schema import ENTITY_KEY
 from features.store import apply_definitions, feature_store, online_features
 from infra.config import Settings
 from streams.reference import expected_features
-from streams.replay import replay
-from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig
 from tests.streams.helpers import (
     CLI,
     cli_env,
-    create_topics,
-    job_config,
+    replayed_topic,
     run_to_end,
     synthetic_events,
 )
@@ -37,9 +34,7 @@ def test_rebuild_from_kafka_after_redis_lost_the_data(
     bootstrap: str, settings: Settings, redis_url: str, topic_name: str, tmp_path: Path
 ) -> None:
     events = synthetic_events(SyntheticConfig(seed=3, users=60, notes=150), 4_000)
-    create_topics(bootstrap, topic_name)
-    replay(ListSource(events, 1_000), bootstrap, topic_name)
-    config, project = job_config(tmp_path, topic_name)
+    config, project = replayed_topic(bootstrap, topic_name, tmp_path, events)
     env = cli_env(settings.data_dir, redis_url)
     run_to_end(["run", "stats", "--config", str(config)], env)
     client = redis.Redis.from_url(redis_url)

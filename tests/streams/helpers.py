@@ -93,6 +93,16 @@ def create_topics(bootstrap: str, topic: str, *more: str) -> None:
     ensure_topics(bootstrap, [topic, f"{topic}.dlq", *more], 4)
 
 
+def replayed_topic(
+    bootstrap: str, topic: str, tmp: Path, events: list[Event], **stats: object
+) -> tuple[Path, str]:
+    """Create `topic` (and its DLQ), replay `events` into it and write a job settings file for
+    it; return (settings path, feast project)."""
+    create_topics(bootstrap, topic)
+    replay(ListSource(events, 1_000), bootstrap, topic)
+    return job_config(tmp, topic, **stats)
+
+
 def start_job(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start `streamrec <args>` in its own process group (so kill -9 reaches every process)."""
     return subprocess.Popen(

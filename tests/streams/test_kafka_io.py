@@ -35,6 +35,7 @@ from tests.streams.helpers import (
     CLI,
     create_topics,
     job_config,
+    job_env,
     make_event,
     recovery_progress,
     start_job,
@@ -184,12 +185,7 @@ def test_a_job_resumed_onto_a_recreated_topic_stops_then_reset_reads_it_all(
     topic = f"t-restart-{after}"
     config, _ = job_config(tmp_path, topic)
     recovery = tmp_path / "recovery"
-    env = {
-        **os.environ,
-        "STREAMREC_DATA_DIR": str(tmp_path / "data"),
-        "KAFKA_BOOTSTRAP": broker.address,
-        "REDIS_URL": redis_url,
-    }
+    env = job_env(tmp_path / "data", broker.address, redis_url)
     create_topics(broker.address, topic)
     replay(ListSource(_events(200), 50), broker.address, topic)
     first = _validate(config, recovery, env)
@@ -234,12 +230,7 @@ def test_a_running_job_stops_when_the_broker_comes_back_with_another_log(
     topic = "t-live-restart"
     config, _ = job_config(tmp_path, topic)
     recovery = tmp_path / "recovery"
-    env = {
-        **os.environ,
-        "STREAMREC_DATA_DIR": str(tmp_path / "data"),
-        "KAFKA_BOOTSTRAP": broker.address,
-        "REDIS_URL": redis_url,
-    }
+    env = job_env(tmp_path / "data", broker.address, redis_url)
     create_topics(broker.address, topic)
     replay(ListSource(_events(200), 50), broker.address, topic)
     argv = ["run", "validate", "--config", str(config), "--recovery-dir", str(recovery)]

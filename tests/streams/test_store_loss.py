@@ -13,14 +13,11 @@ from features.windows import METRICS, WINDOWS
 from infra.config import Settings
 from streams.online_sink import FeastOnlineSink
 from streams.reference import expected_features
-from streams.replay import replay
-from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig
 from streams.stats import StatsFlush
 from tests.streams.helpers import (
     cli_env,
-    create_topics,
-    job_config,
+    replayed_topic,
     start_job,
     synthetic_events,
     wait_for,
@@ -37,9 +34,7 @@ def test_a_running_stats_job_rewrites_what_redis_lost(
     bootstrap: str, settings: Settings, redis_url: str, topic_name: str, tmp_path: Path
 ) -> None:
     events = synthetic_events(SyntheticConfig(seed=4, users=50, notes=120), 3_000)
-    create_topics(bootstrap, topic_name)
-    replay(ListSource(events, 1_000), bootstrap, topic_name)
-    config, project = job_config(tmp_path, topic_name)
+    config, project = replayed_topic(bootstrap, topic_name, tmp_path, events)
     job = start_job(
         ["run", "stats", "--config", str(config)], cli_env(settings.data_dir, redis_url)
     )
