@@ -64,12 +64,17 @@ def _sample_log(directory: Path) -> Path:
     return directory
 
 
+def _root(tmp_path: Path) -> Path:
+    root = tmp_path / "snapshots"
+    root.mkdir()
+    return root
+
+
 def test_full_training_fails_at_once_on_a_read_only_root(
     tmp_path: Path, read_only: Callable[[Path], None]
 ) -> None:
     log = _sample_log(tmp_path / "log")
-    root = tmp_path / "snapshots"
-    root.mkdir()
+    root = _root(tmp_path)
     read_only(root)
     t0 = time.perf_counter()
     with pytest.raises(SnapshotRootNotWritableError) as err:
@@ -116,8 +121,7 @@ def test_learn_full_prints_the_error_and_exits_2(
     from infra.cli import app
 
     log = _sample_log(tmp_path / "log")
-    root = tmp_path / "snapshots"
-    root.mkdir()
+    root = _root(tmp_path)
     config = tmp_path / "settings.yaml"
     config.write_text(yaml.safe_dump({"snapshots": {"root": str(root)}}))
     read_only(root)

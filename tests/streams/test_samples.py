@@ -205,16 +205,9 @@ def test_point_in_time_stats_equal_pandas(world: list[Event]) -> None:
 
 def test_labels_on_synthetic_world_equal_a_pandas_join(world: list[Event]) -> None:
     result = run(world)
-    frame = pd.DataFrame(
-        {
-            "ts": [e.ts for e in world],
-            "type": [e.type for e in world],
-            "user": [e.user_id for e in world],
-            "note": [e.note_id for e in world],
-            "req": [e.request_id for e in world],
-            "event_id": [e.event_id for e in world],
-        }
-    )
+    assert len({e.event_id for e in world}) == len(world)  # events_frame drops no duplicate
+    frame = events_frame(world).rename(columns={"user_id": "user", "note_id": "note"})
+    frame["req"] = [e.request_id for e in world]
     imps = frame[frame.type == "impression"].sort_values(["ts", "event_id"])
     imps = imps.rename(columns={"ts": "imp_ts", "event_id": "sample_id"})[
         ["imp_ts", "user", "note", "req", "sample_id"]
