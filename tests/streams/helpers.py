@@ -130,9 +130,9 @@ def crash_mid_replay(
     *,
     batch: int,
     rate: float,
-    midway: Callable[[int], bool],
-    midway_what: str,
     recovery: Path,
+    midway: Callable[[int], bool] | None = None,
+    midway_what: str = "the job to pass half of the stream and commit a snapshot",
     started: Callable[[], bool] | None = None,
     started_what: str = "the job to process the events replayed before it started",
 ) -> int:
@@ -140,7 +140,8 @@ def crash_mid_replay(
     wait until `started` holds (default: the job's mark reached `events[head - 1]`); replay the
     rest in a thread (batches of `batch` at `rate` events/s, a pace the job outruns) and kill -9
     the job's process group once `midway(epoch)` holds (`epoch`: the recovery progress when the
-    rest began), the replay still running.
+    rest began; default: the job's mark passed the middle event and a snapshot was committed
+    since), the replay still running.
 
     Returns the job's high-water mark just before the kill.
     """
@@ -157,7 +158,9 @@ def crash_mid_replay(
         )
         producer.start()
         epoch = recovery_progress(recovery)
-        wait_for(lambda: midway(epoch), timeout=120, what=midway_what)
+        half = events[len(events) // 2].ts
+        passed = midway or (lambda e: job.hwm() > half and recovery_progress(recovery) > e)
+        wait_for(lambda: passed(epoch), timeout=120, what=midway_what)
         assert producer.is_alive(), "the replay ended before the crash: raise the event count"
         crashed_at = job.hwm()
         os.killpg(proc.pid, signal.SIGKILL)
