@@ -39,6 +39,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 import numpy as np
@@ -125,10 +126,8 @@ class Diff:
     missing: int = 0
 
     def __iadd__(self, other: Diff) -> Diff:
-        self.wrong += other.wrong
-        self.lost += other.lost
-        self.twice += other.twice
-        self.missing += other.missing
+        for name in ("wrong", "lost", "twice", "missing"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         return self
 
 
@@ -460,13 +459,15 @@ def _markdown(rows: list[Row], command: str) -> str:
 
 
 def main(
-    events: int = typer.Option(12_000, help="Synthetic events per poison / Redis run."),
-    kills: int = typer.Option(10, help="kill -9 points per process count."),
-    kill_events: int = typer.Option(24_000, help="Events replayed in the kill -9 runs."),
-    rate: float = typer.Option(1_000.0, help="Replay pace (events/s) during the kill -9 runs."),
-    requests: int = typer.Option(50, help="`/recommend` requests with Redis hung."),
-    seed: int = typer.Option(13, help="Seed of the kill points and injected events."),
-    only: str = typer.Option("poison,kill,redis,serving", help="Comma-separated subset."),
+    events: Annotated[int, typer.Option(help="Synthetic events per poison / Redis run.")] = 12_000,
+    kills: Annotated[int, typer.Option(help="kill -9 points per process count.")] = 10,
+    kill_events: Annotated[int, typer.Option(help="Events replayed in the kill -9 runs.")] = 24_000,
+    rate: Annotated[float, typer.Option(help="Replay pace (events/s), kill -9 runs.")] = 1_000.0,
+    requests: Annotated[int, typer.Option(help="`/recommend` requests, Redis hung.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the kill points and injected events.")] = 13,
+    only: Annotated[
+        str, typer.Option(help="Comma-separated subset.")
+    ] = "poison,kill,redis,serving",
 ) -> None:
     """Run the faults against the pandas oracle; print the table, write bench/out/faults.md."""
     parts = set(only.split(","))
