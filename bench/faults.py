@@ -1,6 +1,7 @@
 """Faults of issue 13, each run against a ground truth: values wrong, events lost or counted twice.
 
-Run: `.venv/bin/python -m bench.faults [--events N] [--kills K] [--requests R] [--only ...]`.
+Run: `.venv/bin/python -m bench.faults [--events N] [--kills K] [--requests R] [--only ...]`
+(`--only`: poison, kill, redis, serving, exposure-kill, samples-kill, learn-kill, broker, disk).
 
 The ground truth is `streams.reference.expected_features(valid events, view)` (pandas); the
 values are read back through Feast (`features.store.online_features`). Per fault:
@@ -21,12 +22,30 @@ values are read back through Feast (`features.store.online_features`). Per fault
    answered within 2x the deadline (3 x `ServingConfig.redis_timeout_s`), and the status codes
    of /healthz, /readyz, /metrics.
 
-Faults other work in progress covers print as "not measured here yet". The table is printed and
-written to bench/out/faults.md.
+5. kill -9 of the exposure job and of the sample joiner (`exposure-kill`, `samples-kill`): the
+   same loop as 2 (chunks replayed paced, a seeded random kill point per chunk, restart at once
+   on the same `--recovery-dir`), then `--until-end`. Exposure: every impression produced must
+   be seen by `ExposureFilter.seen` (lost = the impressions not seen). Joiner: the parquet log
+   (`read_sample_log`, which dedups by id) and training-samples against the in-process joiner
+   (`tests.streams.helpers.run`): lost = sample ids missing, wrong = rows differing, twice =
+   ids left twice after the dedup.
+6. kill -9 of `learn online` (`learn-kill`): the learner (its training steps recorded) on a
+   training-samples topic fed paced, killed at seeded random points and restarted, then
+   `--until-end`; per model, the samples its newest version holds across the kills against the
+   samples produced: lost = skipped, twice = re-applied (at-least-once by design).
+7. learner disk full between the two publishes (`disk`): tests/learners/test_commit.py's ENOSPC
+   on the retriever's publish, in-process; lost = samples a model skipped after the restart.
+8. broker restarted (`broker`): a Tansu of its own (memory storage) restarted under a job with a
+   recovery store; the job must stop with the error, then `--reset earliest` must count every
+   event of the new log (lost = those it did not count).
+
+Faults other work in progress covers print as "not measured here yet" (`PENDING`). The table is
+printed and written to bench/out/faults.md.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import signal
@@ -37,6 +56,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -44,14 +64,18 @@ from typing import Annotated
 import msgspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import redis
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from bench.common import bench_stack, fresh_topic, median, produce_all
 from bench.stats import CLI, OUT, TYPE_COUNTS_30D, _config, _env
+from features.exposure import ExposureFilter, hwm_key
 from features.schema import ENTITY_KEY
 from features.store import apply_definitions, feature_store, online_features
 from infra import stack
@@ -73,13 +97,11 @@ WORLD = SyntheticConfig(
 YEAR_MS = 365 * 86_400_000
 FUTURE_TS = 4_102_444_800_000  # 2100-01-01
 VIEWS = ("user_stats", "note_stats")
-PENDING = [
-    ("broker restarted (topics lost, recovery offsets)", "broker restart: other work in progress"),
-    ("learner disk full between the two publishes", "atomic commit: other work in progress"),
-    ("kill -9 of the exposure job", "other work in progress"),
-    ("kill -9 of the sample joiner", "other work in progress"),
-    ("kill -9 of learn online", "other work in progress"),
-]
+PENDING: list[tuple[str, str]] = []
+PARTS = (
+    "poison", "kill", "redis", "serving",
+    "exposure-kill", "samples-kill", "learn-kill", "broker", "disk",
+)  # fmt: skip
 
 
 @dataclass
@@ -446,6 +468,591 @@ def serving_hung(ctx: Ctx, requests: int, progress: Progress) -> Row:
     )
 
 
+# -- 5. kill -9 of the exposure job and of the sample joiner ----------------------------------
+EXPOSURE_WORLD = SyntheticConfig(seed=9, users=300, notes=2_000, request_gap_ms=2_000.0)
+"""The exposure test's world (tests/streams/test_exposure_flow.py): impressions of many notes."""
+SAMPLES_WORLD = SyntheticConfig(seed=9, users=120, notes=300, request_gap_ms=20_000.0)
+"""The sample joiner test's world (tests/streams/test_samples_job.py)."""
+
+
+def _job_settings(ctx: Ctx, topic: str, **sections: object) -> tuple[Path, Path]:
+    """A settings file of a job on `topic` (and its DLQ) with `sections`; (path, data dir)."""
+    data_dir = ctx.tmp / f"data-{topic}"
+    topics = {"interactions": topic, "dlq": f"{topic}.dlq", "partitions": 4}
+    topics.update(sections.pop("topics", {}))  # type: ignore[call-overload]
+    data = {"kafka": {"topics": topics}, "data_dir": str(data_dir), **sections}
+    path = ctx.tmp / f"{topic}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, data_dir
+
+
+def _kill_loop(
+    job: Job,
+    args: list[str],
+    events: list[Event],
+    kills: int,
+    rate: float,
+    rng: random.Random,
+    ready: Callable[[list[Event]], Callable[[], bool]],
+    progress: Progress,
+    what: str,
+    at_kill: Callable[[list[Event]], None] | None = None,
+) -> tuple[list[str], int, list[float]]:
+    """`kill_stats`'s loop for a job without an oracle in Redis: replay the first chunk, start
+    the job; per kill replay the next chunk (paced), kill -9 the job's process group once the
+    replay has produced a seeded random fraction of it, restart at once and wait until
+    `ready(events so far)` holds (built right after the restart); `at_kill(events produced)`
+    runs between the kill and the restart. The job is left killed.
+
+    Returns (kill points, kills while the replay ran, restart -> ready times)."""
+    bounds = np.linspace(0, len(events), kills + 2).astype(int)
+    replay(ListSource(events[: bounds[1]], 500), job.bootstrap, job.topic)
+    points, during, recover = [], 0, []
+    task = progress.add_task(what, total=kills)
+    proc = start_job(args, job.env)
+    try:
+        wait_for(ready(events[: bounds[1]]), 180, f"{what}: the job to start")
+        for k in range(kills):
+            lo, hi = bounds[k + 1], bounds[k + 2]
+            chunk = events[lo:hi]
+            produced = [0]
+            producer = threading.Thread(
+                target=replay,
+                args=(ListSource(chunk, 100), job.bootstrap, job.topic),
+                kwargs={"rate": rate, "on_progress": lambda n, c=produced: c.append(c.pop() + n)},
+            )
+            producer.start()
+            try:
+                at = rng.uniform(0.05, 0.9)
+                point = int(at * len(chunk))
+                wait_for(lambda p=point, c=produced: c[0] >= p, 180, "the replay to the point")
+                during += producer.is_alive()
+                points.append(f"{at:.2f}")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+                if at_kill is not None:
+                    at_kill(events[: lo + produced[0]])
+                start = time.perf_counter()
+                proc = start_job(args, job.env)
+            finally:
+                producer.join()
+            wait_for(ready(events[:hi]), 300, f"{what}: the restarted job to catch up")
+            recover.append(time.perf_counter() - start)
+            progress.advance(task)
+    except AssertionError as exc:  # a job that died or hangs: say what it printed
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=30)
+        raise RuntimeError(f"{exc}; the job printed:\n{out[-3000:]}") from None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    return points, during, recover
+
+
+def _missed(client: redis.Redis, ns: str, events: list[Event]) -> int:
+    """Impressions of `events` the exposure filter does not report as seen (the test's
+    `_missed`)."""
+    shown: dict[str, list[str]] = {}
+    for e in events:
+        if e.type == "impression":
+            shown.setdefault(e.user_id, []).append(e.note_id)
+    bloom = ExposureFilter(client, ns)
+    return sum(not seen for user, notes in shown.items() for seen in bloom.seen(user, notes))
+
+
+def kill_exposure(ctx: Ctx, events: int, kills: int, rate: float, progress: Progress) -> Row:
+    """Ground truth: every impression produced is seen by `ExposureFilter.seen` once the
+    restarted job has caught up (its mark at the last event produced), and after the final
+    `--until-end` run on the same recovery store."""
+    all_events = [e for b in SyntheticSource(EXPOSURE_WORLD, limit=events).batches() for e in b]
+    topic = fresh_topic(ctx.state.bootstrap, "faults-exposure")
+    stack.ensure_topics(ctx.state.bootstrap, [f"{topic}.dlq"], 4)
+    ns = f"bench-exposure-{uuid.uuid4().hex[:8]}"
+    config, _ = _job_settings(ctx, topic, exposure={"namespace": ns})
+    client = redis.Redis.from_url(ctx.redis_url)
+    job = Job(ctx.state.bootstrap, topic, config, ctx.env, ctx.redis_url, hwm_key(ns))
+    recovery = ctx.tmp / f"recovery-{topic}"
+    args = recoverable_run("exposure", config, recovery)
+    per_kill: list[int] = []
+
+    def ready(so_far: list[Event]) -> Callable[[], bool]:
+        """The job's mark at the last event so far, then every impression seen (or 30 s)."""
+        reached: list[float] = []
+
+        def check() -> bool:
+            if not reached:
+                if job.hwm() < so_far[-1].ts:
+                    return False
+                reached.append(time.monotonic())
+            missed = _missed(client, ns, so_far)
+            if missed and time.monotonic() - reached[0] < 30:
+                return False
+            per_kill.append(missed)
+            return True
+
+        return check
+
+    rng = random.Random(ctx.seed * 100 + 3)
+    undone: list[int] = []
+    points, during, recover = _kill_loop(
+        job, args, all_events, kills, rate, rng, ready, progress, "kill -9 exposure",
+        lambda so_far: undone.append(_missed(client, ns, so_far)),
+    )  # fmt: skip
+    lost_live = sum(per_kill[1:])  # per_kill[0]: the first start, before any kill
+    wall = run_cli([*args, "--until-end"], ctx.env)
+    lost = _missed(client, ns, all_events)
+    impressions = sum(e.type == "impression" for e in all_events)
+    return Row(
+        "kill -9 of the exposure job",
+        kills,
+        None,
+        lost,
+        None,
+        median(recover),
+        f"{len(all_events):,} events ({impressions:,} impressions) in {kills + 1} chunks at "
+        f"{rate:,.0f}/s; killed at {' '.join(points)} of the chunks ({during} of {kills} while "
+        f"the replay ran; {sum(map(bool, undone))} of the kills left impressions unwritten, "
+        f"{sum(undone):,} in all), restarted at once on the same --recovery-dir; lost = "
+        f"impressions not seen by `ExposureFilter.seen` after the final `--until-end` "
+        f"({wall:.1f} s); once each restarted job had caught up: {lost_live} missed in total; "
+        f"time = median restart -> the job's mark at the chunk's end and every impression "
+        f"seen (max {max(recover):.1f} s)",
+    )
+
+
+def kill_samples(ctx: Ctx, events: int, kills: int, rate: float, progress: Progress) -> Row:
+    """Ground truth: `tests.streams.helpers.run` (the joiner in-process, no kill) over the same
+    events. After the kills, the final `--until-end` run on the same recovery store; then the
+    parquet log (`read_sample_log`, which dedups by id: the log is at-least-once) and the
+    training-samples topic against it."""
+    from features.paths import DataPaths
+    from features.samples import SAMPLE_COLUMNS, decode_batch, read_sample_log
+    from tests.streams.helpers import recovery_progress, resume_epochs
+    from tests.streams.helpers import run as run_in_process
+
+    all_events = [e for b in SyntheticSource(SAMPLES_WORLD, limit=events).batches() for e in b]
+    topic = fresh_topic(ctx.state.bootstrap, "faults-samples")
+    samples_topic = f"{topic}.samples"
+    stack.ensure_topics(ctx.state.bootstrap, [f"{topic}.dlq", samples_topic], 4)
+    samples = {"negative_keep_rate": 0.5, "shards": 4, "log_rows_per_part": 300}
+    config, data_dir = _job_settings(
+        ctx, topic, topics={"training_samples": samples_topic}, samples=samples
+    )
+    job = Job(ctx.state.bootstrap, topic, config, ctx.env, ctx.redis_url)
+    recovery = ctx.tmp / f"recovery-{topic}"
+    args = recoverable_run("samples", config, recovery)
+
+    def ready(_so_far: list[Event]) -> Callable[[], bool]:
+        epoch = recovery_progress(recovery)
+        return lambda: recovery_progress(recovery) > epoch + 1  # two snapshots since the start
+
+    rng = random.Random(ctx.seed * 100 + 4)
+    points, during, recover = _kill_loop(
+        job, args, all_events, kills, rate, rng, ready, progress, "kill -9 sample joiner"
+    )
+    wall = run_cli([*args, "--until-end"], ctx.env)
+    resumed = resume_epochs(recovery)
+    mid = sum(b > a for a, b in itertools.pairwise(resumed))
+    want = {
+        s.sample_id: s for s in run_in_process(all_events, negative_keep_rate=0.5, shards=4).samples
+    }
+    log_dir = DataPaths(data_dir).sample_log
+    raw = pa.concat_tables([pq.read_table(p) for p in sorted(log_dir.glob("part-*.parquet"))])
+    log = read_sample_log(log_dir).to_pylist()
+    ids = Counter(r["sample_id"] for r in log)
+
+    def differs(r: dict) -> bool:
+        s = want.get(r["sample_id"])
+        return s is None or r != {c: getattr(s, c) for c in SAMPLE_COLUMNS}
+
+    wrong = sum(differs(r) for r in raw.to_pylist())  # every copy, not only the one kept
+    lost = len(set(want) - set(ids))
+    twice = sum(c - 1 for c in ids.values())
+    on_kafka: Counter = Counter()
+    kafka_wrong = 0
+    for chunk in read_to_end(ctx.state.bootstrap, samples_topic):
+        for record in chunk:
+            for s in decode_batch(record.value).samples:
+                on_kafka[s.sample_id] += 1
+                kafka_wrong += want.get(s.sample_id) != s
+    kafka_lost = len(set(want) - set(on_kafka))
+    return Row(
+        "kill -9 of the sample joiner",
+        kills,
+        wrong + kafka_wrong,
+        lost + kafka_lost,
+        twice,
+        median(recover),
+        f"{len(all_events):,} events -> {len(want):,} samples (in-process joiner); {kills + 1} "
+        f"chunks at {rate:,.0f}/s; killed at {' '.join(points)} of the chunks ({during} of "
+        f"{kills} while the replay ran; {mid} of the {len(resumed) - 1} restarts resumed from a "
+        f"later snapshot than the one before); then `--until-end` on the same --recovery-dir "
+        f"({wall:.1f} s). Parquet log: {raw.num_rows:,} rows written, {len(ids):,} ids after "
+        f"`read_sample_log`'s dedup; wrong = rows (every copy) differing from the in-process "
+        f"sample, lost = ids missing, twice = ids left twice after the dedup. training-samples: "
+        f"{kafka_lost} missing, {kafka_wrong} differing, {sum(on_kafka.values()) - len(on_kafka):,}"
+        f" re-sent copies (at-least-once by design, not counted); time = median restart -> two "
+        f"snapshots committed (max {max(recover):.1f} s)",
+    )
+
+
+# -- 6. kill -9 of learn online ----------------------------------------------------------------
+RECORD_ENV = "STREAMREC_BENCH_RECORD"
+LEARN_CHILD = (
+    "import os, sys\n"
+    "from learners.online import OnlineLearner\n"
+    "train = OnlineLearner.train\n"
+    "out = open(os.environ['" + RECORD_ENV + "'], 'a', buffering=1)\n"
+    "def recorded(self, cols):\n"
+    "    train(self, cols)\n"
+    "    out.write(' '.join(map(str, cols.ts.tolist())) + '\\n')\n"
+    "OnlineLearner.train = recorded\n"
+    "from infra.cli import main\n"
+    "sys.argv = ['streamrec', *sys.argv[1:]]\n"
+    "main()\n"
+)
+"""`streamrec` with `OnlineLearner.train` recording the samples (their unique event times) each
+step applied, a line per step once it returned (in the page cache before any publish of it)."""
+
+
+def _latest(root: Path, model: str) -> tuple[str, int]:
+    """(newest readable version, next offset of partition 0 it has applied)."""
+    from learners.snapshots import SnapshotReader
+
+    snap = SnapshotReader(root, model, on_fallback=lambda _e: None).latest()
+    return str(snap.manifest.version), int(snap.manifest.meta.get("offsets", {}).get("0", 0))
+
+
+def kill_learn(ctx: Ctx, messages_n: int, kills: int, rate: float, progress: Progress) -> Row:
+    """`streamrec learn online` on a one-partition training-samples topic fed (paced) with the
+    test fixture's sample batches; kill -9 at seeded random points, restart at once. Per model,
+    what its newest version holds is a chain of segments [start of the execution, offset its
+    newest version of that execution applied); a segment's samples count as applied only if the
+    execution's training steps recorded them. After the kills, `learn online --until-end`.
+    lost = produced samples absent from a model's chain; twice = samples in two of its segments
+    (at-least-once by design, docs/learning.md "Restarts")."""
+    from features.samples import decode_batch
+    from learners.inputs import Columns
+    from tests.learners.helpers import CONFIG, messages, publish_trained
+
+    models = ("ranker", "retriever")
+    msgs = messages(seed=41, n=messages_n * 100, users=300)
+    samples_of = {
+        m.offset: Columns.from_samples(decode_batch(m.value).samples).ts.tolist() for m in msgs
+    }
+    produced = {t for ts in samples_of.values() for t in ts}
+    topic = fresh_topic(ctx.state.bootstrap, "faults-learn")
+    stack.ensure_topics(ctx.state.bootstrap, [topic], 1)
+    stack.ensure_topics(ctx.state.bootstrap, [f"{topic}.dlq"], 4)
+    root = ctx.tmp / f"snapshots-{topic}"
+    publish_trained(root)
+    config, _ = _job_settings(
+        ctx,
+        f"{topic}-in",
+        topics={"training_samples": topic, "dlq": f"{topic}.dlq"},
+        snapshots={"root": str(root), "delta_every_s": 0.5, "full_every_s": 3600},
+        learn={"batch_size": CONFIG.batch_size, "admit_after": CONFIG.admit_after},
+    )
+    producer = make_producer(ctx.state.bootstrap)
+
+    def produce(lo: int, hi: int, count: list[int]) -> None:
+        for m in msgs[lo:hi]:
+            producer.produce(topic, m.value, b"k", partition=0)
+            producer.flush(30)
+            count[0] += 1
+            time.sleep(1.0 / rate)
+
+    record_dir = ctx.tmp / f"record-{topic}"
+    record_dir.mkdir()
+
+    def start(n: int, *more: str) -> subprocess.Popen:
+        env = {**ctx.env, RECORD_ENV: str(record_dir / f"{n:03d}")}
+        argv = [str(CLI.with_name("python")), "-c", LEARN_CHILD]
+        argv += ["learn", "online", "--config", str(config), *more]
+        with (record_dir / f"out-{n:03d}").open("w") as out:
+            return subprocess.Popen(
+                argv, env=env, start_new_session=True, stdout=out,
+                stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+
+    def recorded(n: int) -> list[set[int]]:
+        path = record_dir / f"{n:03d}"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [set(map(int, line.split())) for line in lines if line]
+
+    # per model: the chain of segments (samples) its newest version holds
+    chains: dict[str, list[list[int]]] = {m: [] for m in models}
+    last = {m: _latest(root, m) for m in models}
+    claimed_untrained = 0
+    fallbacks = 0
+
+    def account(n: int, begin: int) -> None:
+        nonlocal claimed_untrained, fallbacks
+        trained = set().union(*recorded(n)) if recorded(n) else set()
+        for m in models:
+            now = _latest(root, m)
+            if now[0] == last[m][0]:
+                continue  # nothing of this execution persisted for m
+            if now[1] < last[m][1]:
+                fallbacks += 1
+            segment = [t for o in range(begin, now[1]) for t in samples_of.get(o, [])]
+            claimed_untrained += sum(t not in trained for t in segment)
+            chains[m].append([t for t in segment if t in trained])
+            last[m] = now
+
+    bounds = np.linspace(0, len(msgs), kills + 2).astype(int)
+    produce(0, bounds[1], [0])
+    rng = random.Random(ctx.seed * 100 + 5)
+    task = progress.add_task("kill -9 learn online", total=kills)
+    points, during, recover, starts = [], 0, [], []
+    n = 0
+    starts.append(min(last[m][1] for m in models))
+    proc = start(n)
+    try:
+        wait_for(lambda: bool(recorded(0)), 180, "the learner to train")
+        for k in range(kills):
+            lo, hi = bounds[k + 1], bounds[k + 2]
+            count = [0]
+            feeder = threading.Thread(target=produce, args=(lo, hi, count))
+            feeder.start()
+            try:
+                at = rng.uniform(0.05, 0.9)
+                point = int(at * (hi - lo))
+                wait_for(lambda p=point, c=count: c[0] >= p, 180, "the feed to the point")
+                during += feeder.is_alive()
+                points.append(f"{at:.2f}")
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+                account(n, starts[n])
+                n += 1
+                starts.append(min(last[m][1] for m in models))
+                t0 = time.perf_counter()
+                proc = start(n)
+            finally:
+                feeder.join()
+            wait_for(lambda i=n: bool(recorded(i)), 180, "the restarted learner to train")
+            recover.append(time.perf_counter() - t0)
+            progress.advance(task)
+        os.killpg(proc.pid, signal.SIGKILL)  # the last execution: stopped the same way
+        proc.wait(30)
+        account(n, starts[n])
+        n += 1
+        starts.append(min(last[m][1] for m in models))
+        final = start(n, "--until-end")
+        if final.wait(600) != 0:
+            out = (record_dir / f"out-{n:03d}").read_text()
+            raise RuntimeError(f"learn online --until-end failed: {out[-2000:]}")
+        account(n, starts[n])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+    lost = twice = 0
+    per_model = []
+    for m in models:
+        applied = Counter(t for segment in chains[m] for t in segment)
+        missing = len(produced - set(applied))
+        again = sum(c - 1 for c in applied.values())
+        lost += missing
+        twice += again
+        per_model.append(f"{m} {missing} lost / {again:,} twice, ends at offset {last[m][1]}")
+    return Row(
+        "kill -9 of learn online",
+        kills,
+        claimed_untrained,
+        lost,
+        twice,
+        median(recover),
+        f"{len(msgs)} messages ({len(produced):,} samples) fed at {rate:g} messages/s in "
+        f"{kills + 1} chunks; killed at {' '.join(points)} of the chunks ({during} of {kills} "
+        f"while the feed ran), restarted at once (resumed at offsets "
+        f"{' '.join(map(str, starts[1:]))}), then `learn online --until-end`; deltas every "
+        f"0.5 s. {'; '.join(per_model)}; twice = re-applied after a kill between the two "
+        f'publishes: at-least-once by design (docs/learning.md "Restarts"), not a failure; '
+        f"wrong = samples a version claims (offsets) that its execution never trained; "
+        f"{fallbacks} fallbacks to an older version; time = median restart -> first training "
+        f"step (max {max(recover):.1f} s)",
+    )
+
+
+# -- 7. learner disk full between the two publishes --------------------------------------------
+def disk_full(ctx: Ctx, progress: Progress) -> Row:
+    """tests/learners/test_commit.py in-process: the retriever's publish fails with ENOSPC
+    (after the ranker's), the learner must stop; a restart (`OnlineLearner.from_latest`) then
+    reads on; per model, the samples that survived the crash + what the restart applied against
+    every sample produced. A delta and a full publish, 3 seeds each."""
+    import errno
+    from unittest import mock
+
+    import learners.snapshots as snapshots_mod
+    from learners.errors import LearnersError
+    from learners.online import OnlineLearner
+    from tests.learners.helpers import CONFIG, Clock, messages, publish_trained
+    from tests.learners.test_commit import (
+        MODELS,
+        _feed,
+        _persisted_offsets,
+        _recording,
+        _restart_and_finish,
+        _samples_of,
+    )
+
+    runs = [(kind, seed) for kind in ("delta", "full") for seed in (31, 32, 33)]
+    task = progress.add_task("disk full between publishes", total=len(runs))
+    lost = twice = not_stopped = 0
+    seen = []
+    for kind, seed in runs:
+        root = ctx.tmp / f"disk-{kind}-{seed}"
+        snapshots = publish_trained(root)
+        msgs = messages(seed=seed, n=3_000, users=300)
+        clock = Clock()
+        learner = OnlineLearner.from_latest(CONFIG, snapshots, clock=clock)
+        first = _recording(learner)
+        _feed(learner, clock, msgs[:10], 11.0)
+        write = snapshots_mod._write_synced
+        failed = []
+
+        def disk_full_for_the_retriever(path: Path, data: bytes, failed=failed, write=write):
+            if "retriever" in Path(path).parts and not failed:
+                failed.append(path)
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            write(path, data)
+
+        with mock.patch.object(snapshots_mod, "_write_synced", disk_full_for_the_retriever):
+            try:
+                _feed(learner, clock, msgs[10:20], 22.0 if kind == "delta" else 3_700.0)
+                not_stopped += 1
+            except (OSError, LearnersError):
+                pass
+        persisted = _persisted_offsets(root)
+        _, second = _restart_and_finish(snapshots, msgs)
+        by_offset = _samples_of(msgs)
+        produced = set().union(*by_offset.values())
+        for model in MODELS:
+            survived = first & set().union(*(by_offset[o] for o in range(persisted[model])))
+            lost += len(produced - (survived | second))
+            twice += len(survived & second)
+        seen.append(", ".join(f"{m} {o}" for m, o in persisted.items()))
+        progress.advance(task)
+    return Row(
+        "learner disk full between the two publishes",
+        len(runs),
+        not_stopped,
+        lost,
+        twice,
+        None,
+        f"in-process (tests/learners/test_commit.py): 30 messages of 100 samples, ENOSPC on the "
+        f"retriever's publish of messages 10-20, a delta and a full publish x 3 seeds; restart "
+        f"with `OnlineLearner.from_latest` to the end. Offsets persisted at the failure: "
+        f"{' / '.join(sorted(set(seen)))} (every run). wrong = runs where the learner did not "
+        "stop on the error; twice = "
+        f'samples the ranker re-applied (at-least-once by design, docs/learning.md "Restarts")',
+    )
+
+
+# -- 8. broker restarted ----------------------------------------------------------------------
+def _valid_clicks(out: str) -> int:
+    """The valid-click count `streamrec run validate` printed (-1 if none)."""
+    for line in out.splitlines():
+        if "click" in line:
+            return int(line.split()[-2].replace(",", ""))
+    return -1
+
+
+def broker_restart(ctx: Ctx, progress: Progress) -> Row:
+    """A Tansu of its own with memory storage (tests/streams/test_kafka_io.py's `Broker`),
+    restarted under a job with a recovery store: the topic comes back with another log (shorter
+    and longer than the old one; with the job stopped and with it running). The job must stop
+    with the error (exit 2, within 60 s, nothing processed), then `--reset earliest` must count
+    every event of the new log: lost = events of the new log not counted."""
+    from tests.streams.helpers import job_config, job_env, make_event, recovery_progress
+    from tests.streams.test_kafka_io import Broker
+
+    def clicks(n: int, first: int = 0) -> list[Event]:
+        return [make_event("click", i) for i in range(first, first + n)]
+
+    cases = [("stopped", 2_000, 400), ("stopped", 2_000, 4_000), ("running", 2_000, 4_000)]
+    task = progress.add_task("broker restarted", total=len(cases))
+    broker = Broker(ctx.tmp / "tansu.log")
+    broker.start()
+    lost = twice = bad_stop = 0
+    stops, resets, notes = [], [], []
+    try:
+        for i, (how, before, after) in enumerate(cases):
+            topic = f"t-restart-{i}"
+            where = ctx.tmp / f"broker-{i}"
+            where.mkdir()
+            config, _ = job_config(where, topic)
+            recovery = where / "recovery"
+            env = job_env(where / "data", broker.address, ctx.redis_url)
+            stack.ensure_topics(broker.address, [topic, f"{topic}.dlq"], 4)
+            replay(ListSource(clicks(before), 500), broker.address, topic)
+            argv = [str(CLI), "run", "validate", "--config", str(config)]
+            argv += ["--recovery-dir", str(recovery), "--snapshot-interval", "0.2"]
+            t0 = time.monotonic()
+            if how == "stopped":
+                first = subprocess.run([*argv, "--until-end"], env=env, capture_output=True,
+                                       text=True, timeout=120)  # fmt: skip
+                assert _valid_clicks(first.stdout) == before, first.stdout + first.stderr
+                broker.stop()
+                broker.start()
+                stack.ensure_topics(broker.address, [topic, f"{topic}.dlq"], 4)
+                replay(ListSource(clicks(after, 100_000), 500), broker.address, topic)
+                t0 = time.monotonic()
+                done = subprocess.run([*argv, "--until-end"], env=env, capture_output=True,
+                                      text=True, timeout=120)  # fmt: skip
+                code, out = done.returncode, done.stdout + done.stderr
+            else:
+                job = start_job(argv[1:], env)
+                try:
+                    wait_for(lambda r=recovery: recovery_progress(r) >= 3, 60, "snapshots")
+                    broker.stop()
+                    broker.start()
+                    stack.ensure_topics(broker.address, [topic, f"{topic}.dlq"], 4)
+                    t0 = time.monotonic()
+                    replay(ListSource(clicks(after, 100_000), 500), broker.address, topic)
+                    out, _ = job.communicate(timeout=120)
+                    code = job.returncode
+                finally:
+                    if job.poll() is None:
+                        os.killpg(job.pid, signal.SIGKILL)
+                        job.wait()
+            took = time.monotonic() - t0
+            stops.append(took)
+            ok = code == 2 and took < 60 and "--reset earliest`" in out
+            ok = ok and _valid_clicks(out.split("error:")[0]) == -1
+            bad_stop += not ok
+            t1 = time.monotonic()
+            rebuilt = subprocess.run([*argv, "--until-end", "--reset", "earliest"], env=env,
+                                     capture_output=True, text=True, timeout=120)  # fmt: skip
+            counted = _valid_clicks(rebuilt.stdout) if rebuilt.returncode == 0 else 0
+            resets.append(time.monotonic() - t1)
+            lost += max(after - counted, 0)
+            twice += max(counted - after, 0)
+            notes.append(
+                f"{how}, {before:,} -> {after:,} events: exit {code} in {took:.1f} s, "
+                f"reset counted {counted:,}"
+            )
+            progress.advance(task)
+    finally:
+        broker.stop()
+    return Row(
+        "broker restarted (topics lost, recovery offsets) -> `--reset earliest`",
+        len(cases),
+        bad_stop,
+        lost,
+        twice,
+        median(resets),
+        "Tansu (memory storage) restarted under `streamrec run validate` with a recovery store; "
+        "the topic recreated with another log. " + "; ".join(notes) + ". wrong = runs where the "
+        "job did not stop with the error naming `--reset earliest` (exit 2, < 60 s, nothing "
+        "counted); lost = events of the new log the reset run did not count; twice = counted "
+        "beyond it; time = the `--reset earliest` run (median)",
+    )
+
+
 # -- the table --------------------------------------------------------------------------------
 def _markdown(rows: list[Row], command: str) -> str:
     lines = [
@@ -464,10 +1071,18 @@ def main(
     kill_events: Annotated[int, typer.Option(help="Events replayed in the kill -9 runs.")] = 24_000,
     rate: Annotated[float, typer.Option(help="Replay pace (events/s), kill -9 runs.")] = 1_000.0,
     requests: Annotated[int, typer.Option(help="`/recommend` requests, Redis hung.")] = 50,
+    exposure_events: Annotated[int, typer.Option(help="Events, exposure kill -9 run.")] = 12_000,
+    exposure_rate: Annotated[float, typer.Option(help="Replay pace, exposure kills.")] = 2_000.0,
+    samples_events: Annotated[int, typer.Option(help="Events, joiner kill -9 run.")] = 12_000,
+    samples_rate: Annotated[float, typer.Option(help="Replay pace, joiner kills.")] = 800.0,
+    learn_messages: Annotated[
+        int, typer.Option(help="training-samples messages (100 samples), learner kills.")
+    ] = 66,
+    learn_rate: Annotated[float, typer.Option(help="Messages/s fed, learner kills.")] = 2.0,
     seed: Annotated[int, typer.Option(help="Seed of the kill points and injected events.")] = 13,
-    only: Annotated[
-        str, typer.Option(help="Comma-separated subset.")
-    ] = "poison,kill,redis,serving",
+    only: Annotated[str, typer.Option(help=f"Comma-separated subset of {','.join(PARTS)}.")] = (
+        ",".join(PARTS)
+    ),
 ) -> None:
     """Run the faults against the pandas oracle; print the table, write bench/out/faults.md."""
     parts = set(only.split(","))
@@ -488,6 +1103,16 @@ def main(
                     rows.append(redis_lost(ctx, events, progress))
                 if "serving" in parts:
                     rows.append(serving_hung(ctx, requests, progress))
+                if "exposure-kill" in parts:
+                    rows.append(kill_exposure(ctx, exposure_events, kills, exposure_rate, progress))
+                if "samples-kill" in parts:
+                    rows.append(kill_samples(ctx, samples_events, kills, samples_rate, progress))
+                if "learn-kill" in parts:
+                    rows.append(kill_learn(ctx, learn_messages, kills, learn_rate, progress))
+                if "broker" in parts:
+                    rows.append(broker_restart(ctx, progress))
+                if "disk" in parts:
+                    rows.append(disk_full(ctx, progress))
         finally:
             client.flushdb()
     rows += [Row(fault, notes=note) for fault, note in PENDING]
@@ -497,9 +1122,12 @@ def main(
     console.print(table)
     command = (
         f"python -m bench.faults --events {events} --kills {kills} --kill-events {kill_events} "
-        f"--rate {rate:g} --requests {requests} --seed {seed}"
+        f"--rate {rate:g} --requests {requests} --exposure-events {exposure_events} "
+        f"--exposure-rate {exposure_rate:g} --samples-events {samples_events} "
+        f"--samples-rate {samples_rate:g} --learn-messages {learn_messages} "
+        f"--learn-rate {learn_rate:g} --seed {seed}"
     )
-    if parts != {"poison", "kill", "redis", "serving"}:
+    if parts != set(PARTS):
         command += f" --only {only}"
     OUT.mkdir(exist_ok=True)
     path = OUT / "faults.md"
