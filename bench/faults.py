@@ -322,49 +322,21 @@ def kill_stats(
     recovery = ctx.tmp / f"recovery-{topic}"
     job = Job(ctx.state.bootstrap, topic, config, ctx.env, ctx.redis_url, f"{project}:hwm:stats")
     args = recoverable_run("stats", config, recovery, "--processes", str(processes))
-    bounds = np.linspace(0, len(all_events), kills + 2).astype(int)
-    replay(ListSource(all_events[: bounds[1]], 1_000), job.bootstrap, job.topic)
     rng = random.Random(ctx.seed * 100 + processes)
-    total, recover, points, during, bad = Diff(), [], [], 0, []
-    task = progress.add_task(f"kill -9 stats, {processes} process(es)", total=kills)
-    proc = start_job(args, job.env)
-    try:
-        wait_for(lambda: job.hwm() >= all_events[bounds[1] - 1].ts, 180, "the job to catch up")
-        for k in range(kills):
-            lo, hi = bounds[k + 1], bounds[k + 2]
-            chunk = all_events[lo:hi]
-            produced = [0]
-            producer = threading.Thread(
-                target=replay,
-                args=(ListSource(chunk, 100), job.bootstrap, topic),
-                kwargs={"rate": rate, "on_progress": lambda n, c=produced: c.append(c.pop() + n)},
-            )
-            producer.start()
-            try:
-                at = rng.uniform(0.05, 0.9)
-                point = int(at * len(chunk))
-                wait_for(
-                    lambda p=point, c=produced: c[0] >= p, 180, "the replay to reach the point"
-                )
-                during += producer.is_alive()
-                points.append(f"{at:.2f}")
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
-                start = time.perf_counter()
-                proc = start_job(args, job.env)
-            finally:
-                producer.join()
-            wait_for(lambda e=chunk[-1].ts: job.hwm() >= e, 300, "the restarted job to catch up")
-            diff = _settle(ctx, project, all_events[:hi], 90.0)
-            recover.append(time.perf_counter() - start)
-            total += diff
-            if diff.wrong or diff.lost or diff.twice:
-                bad.append(f"kill {k + 1}: {diff.wrong} wrong, {diff.lost} lost after 90 s")
-            progress.advance(task)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
+    total, bad = Diff(), []
+
+    def settled(k: int, so_far: list[Event]) -> None:
+        nonlocal total
+        diff = _settle(ctx, project, so_far, 90.0)
+        total += diff
+        if diff.wrong or diff.lost or diff.twice:
+            bad.append(f"kill {k + 1}: {diff.wrong} wrong, {diff.lost} lost after 90 s")
+
+    points, during, recover = _kill_loop(
+        job, args, all_events, kills, rate, rng,
+        lambda so_far: lambda: job.hwm() >= so_far[-1].ts,
+        progress, f"kill -9 stats, {processes} process(es)", check=settled,
+    )  # fmt: skip
     return Row(
         f"kill -9 stats job, {processes} process(es)",
         kills,
@@ -497,12 +469,14 @@ def _kill_loop(
     progress: Progress,
     what: str,
     at_kill: Callable[[list[Event]], None] | None = None,
+    check: Callable[[int, list[Event]], None] | None = None,
 ) -> tuple[list[str], int, list[float]]:
-    """`kill_stats`'s loop for a job without an oracle in Redis: replay the first chunk, start
+    """The kill -9 loop of every job: replay the first chunk, start
     the job; per kill replay the next chunk (paced), kill -9 the job's process group once the
     replay has produced a seeded random fraction of it, restart at once and wait until
-    `ready(events so far)` holds (built right after the restart); `at_kill(events produced)`
-    runs between the kill and the restart. The job is left killed.
+    `ready(events so far)` holds (built right after the restart), then `check(kill, events so
+    far)` (inside the timed recovery); `at_kill(events produced)` runs between the kill and the
+    restart. The job is left killed.
 
     Returns (kill points, kills while the replay ran, restart -> ready times)."""
     bounds = np.linspace(0, len(events), kills + 2).astype(int)
@@ -537,6 +511,8 @@ def _kill_loop(
             finally:
                 producer.join()
             wait_for(ready(events[:hi]), 300, f"{what}: the restarted job to catch up")
+            if check is not None:
+                check(k, events[:hi])
             recover.append(time.perf_counter() - start)
             progress.advance(task)
     except AssertionError as exc:  # a job that died or hangs: say what it printed
