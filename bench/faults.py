@@ -32,9 +32,10 @@ values are read back through Feast (`features.store.online_features`). Per fault
 6. kill -9 of `learn online` (`learn-kill`): the learner (its training steps recorded) on a
    training-samples topic fed paced, killed at seeded random points and restarted, then
    `--until-end`; per model, the samples its newest version holds across the kills against the
-   samples produced: lost = skipped, twice = re-applied (at-least-once by design).
+   samples produced: lost = skipped, twice = applied twice.
 7. learner disk full between the two publishes (`disk`): tests/learners/test_commit.py's ENOSPC
-   on the retriever's publish, in-process; lost = samples a model skipped after the restart.
+   on the retriever's publish, in-process; lost = samples a model skipped after the restart,
+   twice = samples a model applied before the failure and again after it.
 8. broker restarted (`broker`): a Tansu of its own (memory storage) restarted under a job with a
    recovery store; the job must stop with the error, then `--reset earliest` must count every
    event of the new log (lost = those it did not count).
@@ -681,16 +682,17 @@ LEARN_CHILD = (
     "from learners.online import OnlineLearner\n"
     "train = OnlineLearner.train\n"
     "out = open(os.environ['" + RECORD_ENV + "'], 'a', buffering=1)\n"
-    "def recorded(self, cols):\n"
-    "    train(self, cols)\n"
-    "    out.write(' '.join(map(str, cols.ts.tolist())) + '\\n')\n"
+    "def recorded(self, cols, models=('ranker', 'retriever')):\n"
+    "    train(self, cols, models)\n"
+    "    out.write(','.join(models) + ' ' + ' '.join(map(str, cols.ts.tolist())) + '\\n')\n"
     "OnlineLearner.train = recorded\n"
     "from infra.cli import main\n"
     "sys.argv = ['streamrec', *sys.argv[1:]]\n"
     "main()\n"
 )
-"""`streamrec` with `OnlineLearner.train` recording the samples (their unique event times) each
-step applied, a line per step once it returned (in the page cache before any publish of it)."""
+"""`streamrec` with `OnlineLearner.train` recording the models and the samples (their unique
+event times) each step applied, a line per step once it returned (in the page cache before any
+publish of it)."""
 
 
 def _latest(root: Path, model: str) -> tuple[str, int]:
@@ -708,7 +710,7 @@ def kill_learn(ctx: Ctx, messages_n: int, kills: int, rate: float, progress: Pro
     newest version of that execution applied); a segment's samples count as applied only if the
     execution's training steps recorded them. After the kills, `learn online --until-end`.
     lost = produced samples absent from a model's chain; twice = samples in two of its segments
-    (at-least-once by design, docs/learning.md "Restarts")."""
+    (docs/learning.md "Restarts")."""
     from features.samples import decode_batch
     from learners.inputs import Columns
     from tests.learners.helpers import CONFIG, messages, publish_trained
@@ -753,10 +755,15 @@ def kill_learn(ctx: Ctx, messages_n: int, kills: int, rate: float, progress: Pro
                 stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
 
-    def recorded(n: int) -> list[set[int]]:
+    def recorded(n: int) -> dict[str, set[int]]:
+        """Per model, the samples execution `n` trained it on (empty before its first step)."""
         path = record_dir / f"{n:03d}"
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [set(map(int, line.split())) for line in lines if line]
+        out: dict[str, set[int]] = {}
+        for line in path.read_text().splitlines() if path.exists() else []:
+            names, *ts = line.split()
+            for m in names.split(","):
+                out.setdefault(m, set()).update(map(int, ts))
+        return out
 
     # per model: the chain of segments (samples) its newest version holds
     chains: dict[str, list[list[int]]] = {m: [] for m in models}
@@ -766,16 +773,18 @@ def kill_learn(ctx: Ctx, messages_n: int, kills: int, rate: float, progress: Pro
 
     def account(n: int, begin: int) -> None:
         nonlocal claimed_untrained, fallbacks
-        trained = set().union(*recorded(n)) if recorded(n) else set()
+        trained = recorded(n)
         for m in models:
             now = _latest(root, m)
             if now[0] == last[m][0]:
                 continue  # nothing of this execution persisted for m
             if now[1] < last[m][1]:
                 fallbacks += 1
+            mine = trained.get(m, set())
+            new = [t for o in range(last[m][1], now[1]) for t in samples_of.get(o, [])]
+            claimed_untrained += sum(t not in mine for t in new)
             segment = [t for o in range(begin, now[1]) for t in samples_of.get(o, [])]
-            claimed_untrained += sum(t not in trained for t in segment)
-            chains[m].append([t for t in segment if t in trained])
+            chains[m].append([t for t in segment if t in mine])
             last[m] = now
 
     bounds = np.linspace(0, len(msgs), kills + 2).astype(int)
@@ -845,8 +854,7 @@ def kill_learn(ctx: Ctx, messages_n: int, kills: int, rate: float, progress: Pro
         f"{kills + 1} chunks; killed at {' '.join(points)} of the chunks ({during} of {kills} "
         f"while the feed ran), restarted at once (resumed at offsets "
         f"{' '.join(map(str, starts[1:]))}), then `learn online --until-end`; deltas every "
-        f"0.5 s. {'; '.join(per_model)}; twice = re-applied after a kill between the two "
-        f'publishes: at-least-once by design (docs/learning.md "Restarts"), not a failure; '
+        f"0.5 s. {'; '.join(per_model)}; twice = samples a model trained on in two executions; "
         f"wrong = samples a version claims (offsets) that its execution never trained; "
         f"{fallbacks} fallbacks to an older version; time = median restart -> first training "
         f"step (max {max(recover):.1f} s)",
@@ -907,9 +915,10 @@ def disk_full(ctx: Ctx, progress: Progress) -> Row:
         by_offset = _samples_of(msgs)
         produced = set().union(*by_offset.values())
         for model in MODELS:
-            survived = first & set().union(*(by_offset[o] for o in range(persisted[model])))
-            lost += len(produced - (survived | second))
-            twice += len(survived & second)
+            upto = set().union(*(by_offset[o] for o in range(persisted[model])))
+            survived = first[model] & upto
+            lost += len(produced - (survived | second[model]))
+            twice += len(survived & second[model])
         seen.append(", ".join(f"{m} {o}" for m, o in persisted.items()))
         progress.advance(task)
     return Row(
@@ -923,8 +932,8 @@ def disk_full(ctx: Ctx, progress: Progress) -> Row:
         f"retriever's publish of messages 10-20, a delta and a full publish x 3 seeds; restart "
         f"with `OnlineLearner.from_latest` to the end. Offsets persisted at the failure: "
         f"{' / '.join(sorted(set(seen)))} (every run). wrong = runs where the learner did not "
-        "stop on the error; twice = "
-        f'samples the ranker re-applied (at-least-once by design, docs/learning.md "Restarts")',
+        "stop on the error; twice = samples a model held before the failure and was given "
+        'again after the restart (docs/learning.md "Restarts")',
     )
 
 

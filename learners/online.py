@@ -4,12 +4,13 @@ Dense parameters (and the shared default ID rows) stay frozen at the last full t
 (bit-identical); only the admitted ID rows are trained (row-wise Adagrad at `online_emb_lr`),
 new IDs admitted on the fly. Every `delta_every_s` the rows changed
 since the last version are published as a delta of each model, every `full_every_s` a full.
-The Kafka offsets consumed are stored in every version's meta (`offsets`). The two models are
-published one after the other, so a crash (or a full disk) between the two publishes, or a
-newest version lost or corrupt for one model, leaves them at different offsets: a restarted
-learner loads the latest readable snapshot of each and resumes, per partition, from the lowest
-of the two (`learners.training.applied_offsets`). No model skips a sample; the one that was
-ahead applies the samples in between again (at-least-once, docs/learning.md).
+Every version's meta carries the Kafka offsets its model has applied (`offsets`). The two
+models are published one after the other, so a crash (or a full disk) between the two publishes,
+or a newest version lost or corrupt for one model, leaves them at different offsets: a restarted
+learner loads the latest readable snapshot of each, reads on from the lowest of the two per
+partition (`learners.training.applied_offsets`) and gives each model only the messages it has
+not applied yet (`OnlineLearner.applied`). No model skips a sample and none applies one twice
+(docs/learning.md "Restarts").
 
 The learner is a plain consumer loop rather than a Bytewax flow: it has one piece of state
 (the models) that must be published whole, not keyed state to partition, and assigning all
@@ -46,6 +47,7 @@ from learners.training import RankerState, RetrieverState, applied_offsets, chec
 
 logger = logging.getLogger(__name__)
 FLOW = "learn-online"
+MODELS = ("ranker", "retriever")
 
 
 class NoFullSnapshotError(LearnersError):
@@ -86,7 +88,10 @@ class OnlineLearner:
         ranker, retriever: models loaded from their latest snapshots (dense frozen here).
         writers: "ranker" and "retriever" snapshot writers.
         config: learner settings; snapshots: publishing intervals.
-        offsets: partition -> next offset already reflected in the models.
+        offsets: partition -> next offset both models have applied (where reading resumes).
+        applied: per model ("ranker", "retriever"), partition -> next offset it has applied
+            (its snapshot's `offsets`); a message below it is not given to that model again.
+            Default: `offsets` for both.
         on_dead_letter: called with (message, reason) for undecodable messages.
         clock: monotonic seconds (tests pass a controlled one).
     """
@@ -101,6 +106,7 @@ class OnlineLearner:
         offsets: dict[int, int] | None = None,
         on_dead_letter: Callable[[Message, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        applied: dict[str, dict[int, int]] | None = None,
     ) -> None:
         self.ranker, self.retriever = ranker, retriever
         for m in (ranker, retriever):
@@ -110,11 +116,14 @@ class OnlineLearner:
         self.config = config
         self.snapshots = snapshots
         self.offsets: dict[int, int] = dict(offsets or {})
+        self.applied: dict[str, dict[int, int]] = {
+            name: dict((applied or {}).get(name, self.offsets)) for name in MODELS
+        }
         self._dead = on_dead_letter
         self._clock = clock
         self._last_delta = self._last_full = clock()
         self.bases: dict[str, int | None] = {"ranker": None, "retriever": None}
-        self._pending: list[Columns] = []
+        self._pending: list[tuple[Columns, tuple[str, ...]]] = []
         self._pending_n = 0
         self.report = OnlineReport()
 
@@ -134,9 +143,10 @@ class OnlineLearner:
         only checked against them (`learners.training.check_priors` warns).
 
         Reading resumes from the offsets both models' snapshots have applied (per partition
-        the minimum), so neither skips a sample. When a model's newest version is unusable
-        (the reader fell back past it), the first publish is a full, since deltas published
-        after an unusable version could not be applied.
+        the minimum), so neither skips a sample; each model is given only the messages past
+        its own snapshot's offsets, so neither applies one twice. When a model's newest
+        version is unusable (the reader fell back past it), the first publish is a full, since
+        deltas published after an unusable version could not be applied.
 
         Raises:
             SnapshotRootNotWritableError: the snapshot root cannot take new versions (checked
@@ -161,7 +171,9 @@ class OnlineLearner:
                 f"{exc}. The online learner updates the ID embeddings of a trained model: run "
                 "`streamrec learn full` first"
             ) from exc
-        offsets = applied_offsets(s.manifest.meta for s in snaps.values())
+        metas = {k: s.manifest.meta for k, s in snaps.items()}
+        offsets = applied_offsets(metas.values())
+        applied = {k: applied_offsets([m]) for k, m in metas.items()}
         learner = cls(
             RankerState.from_snapshot(snaps["ranker"]),
             RetrieverState.from_snapshot(snaps["retriever"]),
@@ -171,6 +183,7 @@ class OnlineLearner:
             offsets,
             on_dead_letter,
             clock,
+            applied,
         )
         check_priors(learner.ranker, features)
         learner.bases = {k: s.versions[0] for k, s in snaps.items()}
@@ -179,40 +192,51 @@ class OnlineLearner:
         return learner
 
     def add(self, message: Message) -> None:
-        """Decode one message and queue its samples (training happens per `batch_size`)."""
-        try:
-            batch: SampleBatch = decode_batch(message.value)
-            cols = Columns.from_samples(batch.samples)
-        except (msgspec.ValidationError, msgspec.DecodeError, LearnersError) as exc:
-            self.report.bad_messages += 1
-            if self._dead is not None:
-                self._dead(message, str(exc))
-            logger.warning(
-                "bad training-samples message %s@%s: %s", message.partition, message.offset, exc
-            )
-        else:
-            self._pending.append(cols)
-            self._pending_n += len(cols)
-        self.offsets[message.partition] = message.offset + 1
+        """Decode one message and queue its samples (training happens per `batch_size`).
+
+        A model whose snapshot has already applied the message (`applied`) does not get it.
+        """
+        p, o = message.partition, message.offset
+        takers = tuple(n for n in MODELS if o >= self.applied[n].get(p, 0))
+        if takers:
+            try:
+                batch: SampleBatch = decode_batch(message.value)
+                cols = Columns.from_samples(batch.samples)
+            except (msgspec.ValidationError, msgspec.DecodeError, LearnersError) as exc:
+                self.report.bad_messages += 1
+                if self._dead is not None:
+                    self._dead(message, str(exc))
+                logger.warning("bad training-samples message %s@%s: %s", p, o, exc)
+            else:
+                self._pending.append((cols, takers))
+                self._pending_n += len(cols)
+        for name in takers:
+            self.applied[name][p] = o + 1
+        self.offsets[p] = max(self.offsets.get(p, 0), o + 1)
         if self._pending_n >= self.config.batch_size:
             self.flush()
 
     def flush(self) -> None:
-        """Train on the queued samples."""
+        """Train on the queued samples (each model on the messages it takes)."""
         if not self._pending:
             return
-        cols = Columns.concat(self._pending)
-        self._pending, self._pending_n = [], 0
-        self.train(cols)
-
-    def train(self, cols: Columns) -> None:
-        """One step of each model on `cols` (ID rows only)."""
-        t0 = time.perf_counter()
-        self.ranker.train_step(cols, None)
-        self.retriever.train_step(cols, None)
-        self.report.train_s += time.perf_counter() - t0
-        self.report.samples += len(cols)
+        pending, self._pending, self._pending_n = self._pending, [], 0
+        self.report.samples += sum(len(cols) for cols, _ in pending)
         self.report.batches += 1
+        if all(len(takers) == len(MODELS) for _, takers in pending):
+            self.train(Columns.concat([cols for cols, _ in pending]))
+            return
+        for name in MODELS:
+            mine = [cols for cols, takers in pending if name in takers]
+            if mine:
+                self.train(Columns.concat(mine), (name,))
+
+    def train(self, cols: Columns, models: tuple[str, ...] = MODELS) -> None:
+        """One step of each of `models` on `cols` (ID rows only)."""
+        t0 = time.perf_counter()
+        for name in models:
+            getattr(self, name).train_step(cols, None)
+        self.report.train_s += time.perf_counter() - t0
 
     def tick(self) -> list[Manifest]:
         """Publish what is due: a full every `full_every_s`, else a delta every `delta_every_s`."""
@@ -223,8 +247,9 @@ class OnlineLearner:
             return self.publish_delta()
         return []
 
-    def _meta(self, state: RankerState | RetrieverState) -> dict:
-        return state.meta({"offsets": {str(p): o for p, o in sorted(self.offsets.items())}})
+    def _meta(self, name: str, state: RankerState | RetrieverState) -> dict:
+        offsets = self.applied[name]
+        return state.meta({"offsets": {str(p): o for p, o in sorted(offsets.items())}})
 
     def _models(self) -> list[tuple[str, RankerState | RetrieverState]]:
         return [("ranker", self.ranker), ("retriever", self.retriever)]
@@ -243,7 +268,7 @@ class OnlineLearner:
                 manifest = self.writers[name].publish_delta(
                     changed,
                     state.hwm_ms,
-                    {**self._meta(state), **state.delta_meta(changed)},
+                    {**self._meta(name, state), **state.delta_meta(changed)},
                     base_version=self.bases[name],
                 )
             except SnapshotConflictError:
@@ -267,7 +292,7 @@ class OnlineLearner:
             tables, dense = state.full_state()
             try:
                 manifest = self.writers[name].publish_full(
-                    tables, dense, state.hwm_ms, self._meta(state)
+                    tables, dense, state.hwm_ms, self._meta(name, state)
                 )
             except OSError as exc:
                 raise publish_failed(self.writers[name].model, self.snapshots.root, exc) from exc

@@ -74,7 +74,7 @@ def applied_offsets(metas: Iterable[dict | None]) -> dict[int, int]:
     applied). Per partition the minimum of the models' `offsets` (the next offset each has
     applied); a partition absent from any model's offsets is absent here (read from the
     beginning), since that model has applied nothing of it. So no model skips a sample; the
-    ones that were ahead apply a few samples again (at-least-once, docs/learning.md).
+    learner gives each model only what is past its own offsets (docs/learning.md "Restarts").
     """
     per_model = [
         {int(p): int(o) for p, o in ((m or {}).get("offsets") or {}).items()} for m in metas

@@ -1,10 +1,11 @@
-"""One commit for both models: a restart resumes from offsets both models have applied.
+"""One commit for both models: a restart resumes where both models are, and each model gets
+only what it has not applied.
 
 The ranker and the retriever are published one after the other, each version carrying the
 offsets it has applied. These tests break the second publish (disk full) or lose the
 retriever's newest version (what a kill -9 or a damaged disk can leave) and then count, per
 model, the samples it applied across the crash against the samples produced: none may be
-skipped (some may be applied twice: at-least-once, docs/learning.md).
+skipped and none applied twice (docs/learning.md "Restarts").
 """
 
 from __future__ import annotations
@@ -33,14 +34,15 @@ def _samples_of(msgs: list[Message]) -> dict[int, set[int]]:
     }
 
 
-def _recording(learner: OnlineLearner) -> set[int]:
-    """The samples `learner` trains from now on (both models train on every step)."""
-    seen: set[int] = set()
+def _recording(learner: OnlineLearner) -> dict[str, set[int]]:
+    """Per model, the samples `learner` trains it on from now on."""
+    seen: dict[str, set[int]] = {m: set() for m in MODELS}
     train = learner.train
 
-    def recorded(cols: Columns) -> None:
-        seen.update(cols.ts.tolist())
-        train(cols)
+    def recorded(cols: Columns, models: tuple[str, ...] = MODELS) -> None:
+        for m in models:
+            seen[m].update(cols.ts.tolist())
+        train(cols, models)
 
     learner.train = recorded  # type: ignore[method-assign]
     return seen
@@ -64,9 +66,9 @@ def _feed(learner: OnlineLearner, clock: Clock, msgs: list[Message], tick_at: fl
 
 def _assert_nothing_skipped(
     msgs: list[Message],
-    first_run: set[int],
+    first_run: dict[str, set[int]],
     persisted: dict[str, int],
-    second_run: set[int],
+    second_run: dict[str, set[int]],
 ) -> dict[str, int]:
     """Per model: what survived the crash + what the restart applied == every sample produced.
 
@@ -76,17 +78,17 @@ def _assert_nothing_skipped(
     produced = set().union(*by_offset.values())
     twice = {}
     for model, upto in persisted.items():
-        survived = first_run & set().union(*(by_offset[o] for o in range(upto)))
-        applied = survived | second_run
+        survived = first_run[model] & set().union(*(by_offset[o] for o in range(upto)))
+        applied = survived | second_run[model]
         missing = produced - applied
         assert not missing, f"{model} skipped {len(missing)} of {len(produced)} samples"
-        twice[model] = len(survived & second_run)
+        twice[model] = len(survived & second_run[model])
     return twice
 
 
 def _restart_and_finish(
     snapshots: SnapshotConfig, msgs: list[Message]
-) -> tuple[OnlineLearner, set]:
+) -> tuple[OnlineLearner, dict[str, set[int]]]:
     again = OnlineLearner.from_latest(CONFIG, snapshots, clock=Clock())
     second = _recording(again)
     start = again.offsets.get(0, 0)  # what kafka_messages would resume from
@@ -125,7 +127,8 @@ def test_disk_full_between_the_two_publishes_skips_no_sample(
     again, second = _restart_and_finish(snapshots, msgs)
     assert again.offsets == {0: len(msgs)}
     twice = _assert_nothing_skipped(msgs, first, persisted, second)
-    assert twice == {"ranker": 1_000, "retriever": 0}  # the 10 messages between the publishes
+    assert twice == {"ranker": 0, "retriever": 0}  # the ranker skips the 10 it already has
+    assert len(second["ranker"]) == 1_000 and len(second["retriever"]) == 2_000
     for model in MODELS:  # and both models end at the same offsets
         assert SnapshotReader(tmp_path, model).latest().manifest.meta["offsets"] == {"0": 30}
 
@@ -161,7 +164,8 @@ def test_a_lost_newest_retriever_version_resumes_no_later_than_the_retriever(
     second = _recording(again)
     again.run(iter(msgs[14:]), until_end=True)
     twice = _assert_nothing_skipped(msgs, first, persisted, second)
-    assert twice == {"ranker": 700, "retriever": 0}
+    assert twice == {"ranker": 0, "retriever": 0}
+    assert len(second["ranker"]) == 900 and len(second["retriever"]) == 1_600
     # the learner's first publish after the restart is a full, so what it publishes next
     # applies even after a damaged version (deltas never chain over one)
     snap = SnapshotReader(tmp_path, "retriever", on_fallback=lambda _e: None).latest()
