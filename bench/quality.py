@@ -1,17 +1,40 @@
-"""Model quality on real data, prequential: online ID updates vs the same model frozen; MMoE vs
-shared-bottom on census-income.
+"""Model quality on real data, prequential: the online and the frozen model against baselines on
+the same batches; MMoE vs shared-bottom on census-income.
 
-    .venv/bin/python -m bench.quality [--warmup 0.3] [--warm-batch 128] [--warm-epochs 3]
-        [--emb-lr 0.05] [--online-lr 0.01]
+    .venv/bin/python -m bench.quality [--warmup 0.3] [--batch 1024] [--warm-batch 128]
+        [--warm-epochs 3] [--emb-lr 0.05] [--online-lr 0.01] [--half-lives 1,6,24,72,168,720]
+        [--prior-k 20] [--resamples 200] [--limit N]
 
-MovieLens 100K and the KuaiRand subset are replayed through the real sample joiner
+Data. MovieLens 100K and the KuaiRand subset are replayed through the real sample joiner
 (`streams.samples.build_flow`, in process, negatives all kept) into samples with point-in-time
-window statistics. The first `warmup` share (event time) trains every parameter (full
-training: 3 passes in batches of 128 by default - one pass in batches of 1,024 is only a dozen
-Adam steps on these small sets, and the dense layers then learn nothing: click AUC 0.56); the
-model is published as a snapshot and loaded twice: "frozen" is used as
-is, "online" then updates its ID embeddings (dense frozen) on each batch AFTER scoring it
-(prequential). Census-income (MMoE paper's pair of tasks: income > 50K, never married) trains
+window statistics, in event-time order.
+
+Protocol. The first `warmup` share of the samples is the warm-up, the rest is cut into batches
+of `batch` (`stream`); every variant scores exactly these batches, each one from the warm-up and
+the earlier batches only, and learns from it after scoring it (prequential).
+- Models: the warm-up trains every parameter (full training: 3 passes in batches of 128 by
+  default - one pass in batches of 1,024 is only a dozen Adam steps on these small sets, and the
+  dense layers then learn nothing: click AUC 0.56); the model is published as a snapshot and
+  loaded twice: "frozen" is used as is, "online" updates its ID embeddings (dense frozen) on
+  each batch after scoring it.
+- Ranking baselines (`bench.baselines`), from past samples: popularity (the note's past clicks),
+  recent popularity (past clicks with exponential decay), the note's smoothed rate per task
+  ((past positives + prior k) / (past impressions + k), prior = the global past rate), and a
+  logistic regression per task on the user's and the note's smoothed 30-day rates of every task
+  (log-odds of the window counts in the sample, the ranker's inputs), fit once on the warm-up.
+- Retrieval baselines: ItemCF (cosine similarity of the notes' past clicker sets, summed over
+  the notes the user clicked before), popularity and recent popularity.
+- The half-life of recent popularity is chosen among `--half-lives` on the warm-up alone: its
+  last 20 % is replayed the same way from the state of its first 80 %; the best mean AUC over
+  the tasks picks the ranking half-life, the best Recall@50 the retrieval one.
+
+Metrics. AUC per task over every scored sample. GAUC per task: the AUC of each user over the
+user's samples of the whole scored stream, weighted by their number, users with one class
+skipped (the features stay point-in-time per sample: a user's own window counts move along the
+stream). Recall@50 over the clicked samples: is the note among the variant's top 50 of the notes
+it knows, the other notes the user clicked before excluded. Intervals: 95 % percentile bootstrap
+over users (resampled with replacement) of online - best baseline (highest on the stream) and
+online - frozen. Census-income (MMoE paper's pair of tasks: income > 50K, never married) trains
 an MMoE and a shared-bottom core of similar size on the same split. Writes bench/out/quality.md
 and bench/out/quality_auc.png.
 """
@@ -31,6 +54,21 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 
+from bench.baselines import (
+    HOUR_MS,
+    ItemCF,
+    Popularity,
+    RankedScores,
+    RecentPopularity,
+    SmoothedRate,
+    WindowRateLR,
+    add_clicks,
+    auc,
+    bootstrap,
+    choose_half_life,
+    gauc,
+    recall_hits,
+)
 from bench.common import DATA
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
 from learners.full import train_pass
@@ -42,23 +80,6 @@ from learners.training import RankerState, RetrieverState
 matplotlib.use("Agg")
 console = Console()
 OUT = Path(__file__).resolve().parent / "out"
-
-
-def auc(y: np.ndarray, s: np.ndarray) -> float:
-    """ROC AUC by ranks (ties averaged); NaN without both classes."""
-    y = np.asarray(y) > 0
-    pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = np.asarray(s)[order]
-    ranks_sorted = np.arange(1, len(s) + 1, dtype=np.float64)
-    _, first, counts = np.unique(sorted_s, return_index=True, return_counts=True)
-    for f, c in zip(first[counts > 1], counts[counts > 1], strict=True):
-        ranks_sorted[f : f + c] = ranks_sorted[f : f + c].mean()
-    ranks[order] = ranks_sorted
-    return float((ranks[y].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def join_events(events: list, partitions: int = 4, keep_rate: float = 1.0) -> Columns:
@@ -93,14 +114,45 @@ def _events(source) -> list:
     return [e for batch in source.batches() for e in batch]
 
 
+MODELS = ("online", "frozen")
+RANKING_BASELINES = ("popularity", "recent popularity", "smoothed rate", "LR")
+RETRIEVAL_BASELINES = ("popularity", "recent popularity", "ItemCF")
+VARIANTS = (*MODELS, *RANKING_BASELINES, "ItemCF")
+K = 50
+
+
 @dataclass
 class Replay:
-    """Prequential predictions of both variants, per batch."""
+    """Per prequential batch: labels and users, and every variant's scores and retrieval hits."""
 
     ts: list[int]
+    users: list[list[str]]
     labels: dict[str, list[np.ndarray]]
     preds: dict[str, dict[str, list[np.ndarray]]]
-    recall: dict[str, list[float]]
+    """variant -> task -> scores per batch."""
+    hit_users: list[list[str]]
+    """Users of the clicked samples, per batch."""
+    hits: dict[str, list[np.ndarray]]
+    """variant -> per batch, 1/0 per clicked sample: its note is in the top `K` (NaN: at most
+    `K` candidates)."""
+
+
+def stream(
+    cols: Columns, tasks: tuple[str, ...], warmup: float, batch: int
+) -> tuple[Columns, list[Columns], Replay]:
+    """The warm-up (first `warmup` share), the scored batches after it and their empty replay."""
+    cut = int(len(cols) * warmup)
+    warm = cols.take(np.arange(cut))
+    rest = cols.take(np.arange(cut, len(cols))).batches(batch)
+    replay = Replay(
+        ts=[int(b.ts.max()) for b in rest],
+        users=[b.user_id for b in rest],
+        labels={t: [b.labels[t] for b in rest] for t in tasks},
+        preds={v: {} for v in VARIANTS},
+        hit_users=[[b.user_id[i] for i in np.flatnonzero(b.labels["click"] > 0)] for b in rest],
+        hits={v: [] for v in VARIANTS},
+    )
+    return warm, rest, replay
 
 
 def _clone_via_snapshot(
@@ -122,13 +174,18 @@ def _clone_via_snapshot(
     return pairs[0], pairs[1]
 
 
-def _recall_at(state: RetrieverState, cols: Columns, seen: dict[str, set], k: int) -> float:
+def _recall_at(state: RetrieverState, cols: Columns, seen: dict[str, set], k: int) -> np.ndarray:
+    """Per clicked sample: 1 if its note is in the model's top `k`, else 0.
+
+    The other notes the user clicked before are excluded; NaN when the model knows no more than
+    `k` notes.
+    """
     clicked = np.flatnonzero(cols.labels["click"] > 0)
     if len(clicked) == 0:
-        return float("nan")
+        return np.zeros(0)
     ids, items = state.item_vectors()
     if len(ids) <= k:
-        return float("nan")
+        return np.full(len(clicked), np.nan)
     index = {n: j for j, n in enumerate(ids)}
     pos = cols.take(clicked)
     users = state.user_vectors(pos.user_id, pos.user_stats)  # (B, d)
@@ -138,13 +195,13 @@ def _recall_at(state: RetrieverState, cols: Columns, seen: dict[str, set], k: in
         scores[i, done] = -np.inf
     top = np.argpartition(-scores, k, axis=1)[:, :k]
     hits = [index.get(n, -1) in set(row.tolist()) for n, row in zip(pos.note_id, top, strict=True)]
-    return float(np.mean(hits))
+    return np.array(hits, dtype=np.float64)
 
 
 def prequential(
-    cols: Columns,
-    tasks: tuple[str, ...],
-    warmup: float,
+    warm: Columns,
+    rest: list[Columns],
+    replay: Replay,
     batch: int,
     progress: Progress,
     name: str,
@@ -152,20 +209,20 @@ def prequential(
     online_lr: float,
     warm_batch: int,
     warm_epochs: int,
-) -> Replay:
-    """Warm up on the first share of the samples, then score each batch before training on it.
+) -> None:
+    """Train on the warm-up, then score each batch of `rest` before training on it (models).
 
     The warm-up is full training (every parameter), `warm_epochs` shuffled passes in batches of
-    `warm_batch`; the prequential part scores and then trains on batches of `batch`.
+    `warm_batch`; the prequential part scores and then trains on batches of `batch`. Fills the
+    "online" and "frozen" entries of `replay`.
     """
+    tasks = tuple(replay.labels)
     config = LearnConfig(
         batch_size=batch, admit_after=1, seed=7, emb_lr=emb_lr, online_emb_lr=online_lr
     )
     emb = config.embedding(16)
     ranker = RankerState.create(RankerConfig(), emb, seed=7)
     retriever = RetrieverState.create(RetrieverConfig(), emb, seed=7)
-    cut = int(len(cols) * warmup)
-    warm = cols.take(np.arange(cut))
     for epoch in range(warm_epochs):
         update = {"batch_size": warm_batch, "seed": config.seed + epoch}
         train_pass(ranker, retriever, warm, config.model_copy(update=update))
@@ -174,52 +231,153 @@ def prequential(
     for state in online:  # as `OnlineLearner` does
         state.set_embedding_lr(config.online_emb_lr)
     seen: dict[str, set] = {}
-    for u, n, c in zip(warm.user_id, warm.note_id, warm.labels["click"], strict=True):
-        if c:
-            seen.setdefault(u, set()).add(n)
-    rest = cols.take(np.arange(cut, len(cols))).batches(batch)
-    out = Replay(
-        [], {t: [] for t in tasks}, {"online": {}, "frozen": {}}, {"online": [], "frozen": []}
-    )
-    task = progress.add_task(f"{name} prequential", total=len(rest))
+    add_clicks(seen, warm)
+    task = progress.add_task(f"{name} prequential (models)", total=len(rest))
     for b in rest:
-        out.ts.append(int(b.ts.max()))
-        for t in tasks:
-            out.labels[t].append(b.labels[t])
         for variant, (r, t) in (("frozen", frozen), ("online", online)):
             pred = r.predict(b)
             for k in tasks:
-                out.preds[variant].setdefault(k, []).append(pred[k])
-            out.recall[variant].append(_recall_at(t, b, seen, 50))
+                replay.preds[variant].setdefault(k, []).append(pred[k])
+            replay.hits[variant].append(_recall_at(t, b, seen, K))
         online[0].train_step(b, None)
         online[1].train_step(b, None)
-        for u, n, c in zip(b.user_id, b.note_id, b.labels["click"], strict=True):
-            if c:
-                seen.setdefault(u, set()).add(n)
+        add_clicks(seen, b)
         progress.advance(task)
-    return out
 
 
-def summarise(replay: Replay, tasks: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """AUC per task and mean Recall@50, per variant, over the whole prequential stream."""
-    res: dict[str, dict[str, float]] = {}
-    for variant in ("online", "frozen"):
-        row = {}
-        for t in tasks:
-            row[f"AUC {t}"] = auc(
-                np.concatenate(replay.labels[t]), np.concatenate(replay.preds[variant][t])
+def run_baselines(
+    warm: Columns,
+    rest: list[Columns],
+    replay: Replay,
+    batch: int,
+    progress: Progress,
+    name: str,
+    half_lives: list[float],
+    prior_k: float,
+) -> str:
+    """Score each batch of `rest` with every baseline, then add the batch to their state.
+
+    Baselines read the warm-up and earlier batches only; the half-lives of recent popularity are
+    chosen on the warm-up's tail. Fills the baselines' entries of `replay`; returns the choice,
+    as a sentence.
+    """
+    tasks = tuple(replay.labels)
+    ranking, retrieval = choose_half_life(warm, tasks, batch, half_lives, K)
+    rank_h = max(ranking, key=ranking.__getitem__)
+    retr_h = max(retrieval, key=retrieval.__getitem__)
+    choice = (
+        f"recent popularity half-life chosen on the warm-up's last 20 %: {rank_h:g} h for ranking "
+        f"(tail mean AUC {', '.join(f'{h:g} h {v:.4f}' for h, v in ranking.items())}), "
+        f"{retr_h:g} h for retrieval (tail Recall@{K} "
+        f"{', '.join(f'{h:g} h {v:.4f}' for h, v in retrieval.items())})"
+    )
+    progress.console.print(f"{name}: {choice}")
+    lr = WindowRateLR(tasks)
+    lr.fit(warm)
+    popularity = Popularity(tasks)
+    rankers = {
+        "popularity": popularity,
+        "recent popularity": RecentPopularity(tasks, rank_h * HOUR_MS),
+        "smoothed rate": SmoothedRate(tasks, prior_k),
+    }
+    retrievers = {
+        "popularity": popularity,
+        "recent popularity": RecentPopularity(tasks, retr_h * HOUR_MS),
+        "ItemCF": ItemCF(),
+    }
+    learning = [*rankers.values(), retrievers["recent popularity"], retrievers["ItemCF"]]
+    seen: dict[str, set] = {}
+    for model in learning:
+        model.update(warm)
+    add_clicks(seen, warm)
+    task = progress.add_task(f"{name} prequential (baselines)", total=len(rest))
+    for b in rest:
+        for variant, model in (*rankers.items(), ("LR", lr)):
+            for t, p in model.predict(b).items():
+                replay.preds[variant].setdefault(t, []).append(p)
+        for variant, model in retrievers.items():
+            replay.hits[variant].append(
+                recall_hits(model.user_item_scores, model.notes, b, seen, K)
             )
-        row["Recall@50"] = float(np.nanmean(replay.recall[variant]))
+        for model in learning:
+            model.update(b)
+        add_clicks(seen, b)
+        progress.advance(task)
+    return choice
+
+
+def summarise(replay: Replay) -> dict[str, dict[str, float]]:
+    """AUC and GAUC (per user) per task and Recall@50 (over clicked samples), per variant."""
+    users = np.concatenate(replay.users)
+    res: dict[str, dict[str, float]] = {}
+    for variant in VARIANTS:
+        row = {}
+        for t, labels in replay.labels.items():
+            if t in replay.preds[variant]:
+                y, s = np.concatenate(labels), np.concatenate(replay.preds[variant][t])
+                row[f"AUC {t}"] = auc(y, s)
+                row[f"GAUC {t}"] = gauc(y, s, users)
+        if replay.hits[variant]:
+            row[f"Recall@{K}"] = float(np.nanmean(np.concatenate(replay.hits[variant])))
         res[variant] = row
     return res
 
 
+def _interval(point: float, lo: float, hi: float) -> str:
+    return f"{point:+.4f} (95 % CI by user {lo:+.4f} .. {hi:+.4f})"
+
+
+def compare(replay: Replay, summary: dict[str, dict[str, float]], resamples: int) -> list[str]:
+    """Per task and for Recall@50: the best baseline, online - best and online - frozen.
+
+    The differences come with percentile intervals of a bootstrap over users.
+    """
+    users = np.concatenate(replay.users)
+    lines = []
+    for t, labels in replay.labels.items():
+        metric = f"AUC {t}"
+        best = max(RANKING_BASELINES, key=lambda v: np.nan_to_num(summary[v][metric], nan=-1))
+        y = np.concatenate(labels)
+        online = RankedScores(y, np.concatenate(replay.preds["online"][t]))
+        parts = [f"{metric}: best baseline {best} ({summary[best][metric]:.4f})"]
+        for other in (best, "frozen"):
+            ranked = RankedScores(y, np.concatenate(replay.preds[other][t]))
+            diff = bootstrap(users, lambda w, a=online, b=ranked: a.auc(w) - b.auc(w), resamples)
+            parts.append(f"online - {other} {_interval(*diff)}")
+        lines.append("; ".join(parts))
+    metric = f"Recall@{K}"
+    best = max(RETRIEVAL_BASELINES, key=lambda v: np.nan_to_num(summary[v][metric], nan=-1))
+    hit_users = np.array([u for us in replay.hit_users for u in us])
+    hits = {v: np.concatenate(replay.hits[v]) for v in ("online", "frozen", best)}
+    parts = [f"{metric}: best baseline {best} ({summary[best][metric]:.4f})"]
+    for other in (best, "frozen"):
+        both = np.isfinite(hits["online"]) & np.isfinite(hits[other])
+        delta = (hits["online"] - hits[other])[both]
+        diff = bootstrap(
+            hit_users[both], lambda w, d=delta: float((w * d).sum() / w.sum()), resamples
+        )
+        parts.append(f"online - {other} {_interval(*diff)}")
+    lines.append("; ".join(parts))
+    return lines
+
+
+def table(summary: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown table: one row per variant, one column per metric ("-" where undefined)."""
+    metrics = list(dict.fromkeys(m for row in summary.values() for m in row))
+    metrics.sort(key=lambda m: (m.startswith("Recall"), m.startswith("GAUC")))
+    lines = ["| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for variant, row in summary.items():
+        cells = [f"{row[m]:.4f}" if m in row and np.isfinite(row[m]) else "-" for m in metrics]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def auc_over_time(replay: Replay, task: str, chunks: int = 10) -> dict[str, list[float]]:
-    """AUC of `task` in `chunks` consecutive slices of the stream, per variant."""
+    """AUC of `task` in `chunks` consecutive slices of the stream, per ranking variant."""
     n = len(replay.ts)
     edges = np.linspace(0, n, chunks + 1).astype(int)
     out = {}
-    for variant in ("online", "frozen"):
+    for variant in (*MODELS, *RANKING_BASELINES):
         out[variant] = [
             auc(
                 np.concatenate(replay.labels[task][lo:hi]),
@@ -305,6 +463,55 @@ def census(seeds: int = 3, epochs: int = 3) -> dict[str, dict[str, float]]:
     return {k: {t: float(np.median(v)) for t, v in d.items()} for k, d in results.items()}
 
 
+@dataclass(frozen=True)
+class Settings:
+    """Knobs of one prequential run (the CLI options)."""
+
+    warmup: float
+    batch: int
+    emb_lr: float
+    online_lr: float
+    warm_batch: int
+    warm_epochs: int
+    half_lives: list[float]
+    prior_k: float
+    resamples: int
+
+
+def evaluate(
+    name: str, cols: Columns, tasks: tuple[str, ...], settings: Settings, progress: Progress
+) -> tuple[list[str], Replay]:
+    """Models and baselines on the same prequential batches of `cols`; the report's section."""
+    s = settings
+    warm, rest, replay = stream(cols, tasks, s.warmup, s.batch)
+    prequential(
+        warm,
+        rest,
+        replay,
+        s.batch,
+        progress,
+        name,
+        s.emb_lr,
+        s.online_lr,
+        s.warm_batch,
+        s.warm_epochs,
+    )
+    choice = run_baselines(warm, rest, replay, s.batch, progress, name, s.half_lives, s.prior_k)
+    summary = summarise(replay)
+    lines = [
+        f"## {name}",
+        "",
+        f"{len(cols):,} samples (click rate {cols.labels['click'].mean():.3f}); warm-up "
+        f"{len(warm):,}, then {len(rest)} prequential batches of {s.batch:,}; {choice}.",
+        "",
+        *table(summary),
+        "",
+        *(f"- {line}" for line in compare(replay, summary, s.resamples)),
+        "",
+    ]
+    return lines, replay
+
+
 def main(
     warmup: float = typer.Option(0.3, help="Share of each stream used for full training."),
     batch: int = typer.Option(1024, help="Samples per prequential batch."),
@@ -317,8 +524,15 @@ def main(
     ),
     warm_batch: int = typer.Option(128, help="Batch size of the warm-up's full training."),
     warm_epochs: int = typer.Option(3, help="Passes of the warm-up's full training."),
+    half_lives: str = typer.Option(
+        "1,6,24,72,168,720",
+        help="Candidate half-lives (hours, comma-separated) of recent popularity, chosen on the "
+        "warm-up's tail.",
+    ),
+    prior_k: float = typer.Option(20.0, help="Pseudo-impressions of the smoothed-rate baseline."),
+    resamples: int = typer.Option(200, help="Bootstrap resamples of users for the intervals."),
 ) -> None:
-    """Run every quality benchmark; print and write the table and the AUC-over-time plot."""
+    """Run every quality benchmark; print and write the tables and the AUC-over-time plot."""
     import matplotlib.pyplot as plt
 
     from streams.sources.kuairand import KuaiRandSource
@@ -326,7 +540,28 @@ def main(
 
     torch.set_num_threads(LearnConfig().threads)
     OUT.mkdir(parents=True, exist_ok=True)
-    lines = ["| data set | variant | metric | value |", "|---|---|---|---|"]
+    settings = Settings(
+        warmup,
+        batch,
+        emb_lr,
+        online_lr,
+        warm_batch,
+        warm_epochs,
+        [float(h) for h in half_lives.split(",")],
+        prior_k,
+        resamples,
+    )
+    lines = [
+        "# Model quality (bench.quality)",
+        "",
+        "Prequential: each batch is scored by every variant from the warm-up and earlier batches "
+        "only, then added to the online model and the baselines. AUC pools every scored sample; "
+        "GAUC is the AUC per user over the user's samples of the whole scored stream, weighted "
+        "by the user's samples (single-class users skipped) - the features (window counts) stay "
+        f"point-in-time per sample. Recall@{K} pools the clicked samples. Intervals: 95 % "
+        f"percentile bootstrap over users ({resamples} resamples).",
+        "",
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     sets = {
         "MovieLens-100K": (
@@ -346,27 +581,8 @@ def main(
         for ax, (name, (source, tasks, plot_task)) in zip(axes, sets.items(), strict=True):
             progress.console.print(f"{name}: joining events")
             cols = join_events(_events(source))
-            progress.console.print(
-                f"{name}: {len(cols):,} samples, click rate {cols.labels['click'].mean():.3f}"
-            )
-            replay = prequential(
-                cols,
-                tasks,
-                warmup,
-                batch,
-                progress,
-                name,
-                emb_lr,
-                online_lr,
-                warm_batch,
-                warm_epochs,
-            )
-            summary = summarise(replay, tasks)
-            for metric in summary["online"]:
-                on, fr = summary["online"][metric], summary["frozen"][metric]
-                lines.append(f"| {name} | online | {metric} | {on:.4f} |")
-                lines.append(f"| {name} | frozen | {metric} | {fr:.4f} |")
-                lines.append(f"| {name} | online - frozen | {metric} | {on - fr:+.4f} |")
+            section, replay = evaluate(name, cols, tasks, settings, progress)
+            lines += section
             curves = auc_over_time(replay, plot_task)
             for variant, values in curves.items():
                 ax.plot(range(1, len(values) + 1), values, marker="o", label=variant)
@@ -375,15 +591,15 @@ def main(
             ax.set_ylabel("AUC")
             ax.legend()
     progress.console.print("census-income: MMoE vs shared-bottom")
-    cen = census()
-    for kind, row in cen.items():
+    lines += ["## census-income", "", "| core | metric | value |", "|---|---|---|"]
+    for kind, row in census().items():
         for metric, value in row.items():
-            lines.append(f"| census-income | {kind} | {metric} | {value:.4f} |")
+            lines.append(f"| {kind} | {metric} | {value:.4f} |")
     fig.tight_layout()
     fig.savefig(OUT / "quality_auc.png", dpi=120)
-    table = "\n".join(lines)
-    (OUT / "quality.md").write_text(table + "\n")
-    console.print(table)
+    report = "\n".join(lines)
+    (OUT / "quality.md").write_text(report + "\n")
+    console.print(report, markup=False, highlight=False, soft_wrap=True)
     console.print(f"plot: {OUT / 'quality_auc.png'}")
 
 
