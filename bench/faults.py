@@ -87,7 +87,7 @@ from streams.replay import replay
 from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 from streams.summary import summarize_dead_letters
-from tests.streams.helpers import Job, recoverable_run, start_job, wait_for
+from tests.streams.helpers import Job, job_output, recoverable_run, start_job, wait_for
 
 console = Console(width=200)
 BENCH_DB = 10  # a Redis DB of its own (bench.stats uses 12, the tests 13-15), flushed at the end
@@ -331,13 +331,20 @@ def kill_stats(
         diff = _settle(ctx, project, so_far, 90.0)
         total += diff
         if diff.wrong or diff.lost or diff.twice:
-            bad.append(f"kill {k + 1}: {diff.wrong} wrong, {diff.lost} lost after 90 s")
+            letters = summarize_dead_letters(ctx.state.bootstrap, f"{topic}.dlq")
+            why = ", ".join(f"{r}/{f}: {c}" for (r, f), c in sorted(letters.items())) or "none"
+            bad.append(
+                f"kill {k + 1}: {diff.wrong} wrong, {diff.lost} lost after 90 s "
+                f"(dead letters so far: {why})"
+            )
 
     points, during, recover = _kill_loop(
         job, args, all_events, kills, rate, rng,
         lambda so_far: lambda: job.hwm() >= so_far[-1].ts,
         progress, f"kill -9 stats, {processes} process(es)", check=settled,
     )  # fmt: skip
+    letters = summarize_dead_letters(ctx.state.bootstrap, f"{topic}.dlq")
+    dead = ", ".join(f"{r}/{f}: {c}" for (r, f), c in sorted(letters.items())) or "none"
     return Row(
         f"kill -9 stats job, {processes} process(es)",
         kills,
@@ -348,8 +355,8 @@ def kill_stats(
         f"{len(all_events):,} events in {kills + 1} chunks replayed at {rate:,.0f}/s; killed "
         f"when the replay had produced {' '.join(points)} of the chunks ({during} of {kills} "
         "while the replay ran), restarted at once on the same --recovery-dir; time = median "
-        f"restart -> caught up and equal to the oracle (max {max(recover):.1f} s)"
-        + "".join(f"; {b}" for b in bad),
+        f"restart -> caught up and equal to the oracle (max {max(recover):.1f} s); dead "
+        f"letters: {dead}" + "".join(f"; {b}" for b in bad),
     )
 
 
@@ -519,7 +526,7 @@ def _kill_loop(
     except AssertionError as exc:  # a job that died or hangs: say what it printed
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate(timeout=30)
+        out = job_output(proc)
         raise RuntimeError(f"{exc}; the job printed:\n{out[-3000:]}") from None
     finally:
         if proc.poll() is None:
@@ -998,7 +1005,7 @@ def broker_restart(ctx: Ctx, progress: Progress) -> Row:
                     stack.ensure_topics(broker.address, [topic, f"{topic}.dlq"], 4)
                     t0 = time.monotonic()
                     replay(ListSource(clicks(after, 100_000), 500), broker.address, topic)
-                    out, _ = job.communicate(timeout=120)
+                    out = job_output(job, timeout=120)
                     code = job.returncode
                 finally:
                     if job.poll() is None:

@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -104,15 +105,26 @@ def replayed_topic(
 
 
 def start_job(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    """Start `streamrec <args>` in its own process group (so kill -9 reaches every process)."""
-    return subprocess.Popen(
-        [CLI, *args],
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    """Start `streamrec <args>` in its own process group (so kill -9 reaches every process).
+
+    Its output goes to an unnamed temporary file, never a pipe nobody reads while it runs (a
+    job that prints more than a pipe holds would block on its next line): `job_output`.
+    """
+    out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
+        [CLI, *args], env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT,
         text=True,
-    )
+    )  # fmt: skip
+    proc.output_file = out  # type: ignore[attr-defined]
+    return proc
+
+
+def job_output(proc: subprocess.Popen, timeout: float = 30) -> str:
+    """What a `start_job` job printed, once it has exited (waits up to `timeout` s)."""
+    proc.wait(timeout)
+    out = proc.output_file  # type: ignore[attr-defined]
+    out.seek(0)
+    return out.read()
 
 
 def recoverable_run(job: str, config: Path, recovery: Path, *more: str) -> list[str]:

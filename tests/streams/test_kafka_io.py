@@ -36,6 +36,7 @@ from tests.streams.helpers import (
     create_topics,
     job_config,
     job_env,
+    job_output,
     make_event,
     recovery_progress,
     start_job,
@@ -241,7 +242,7 @@ def test_a_running_job_stops_when_the_broker_comes_back_with_another_log(
         broker.start()
         create_topics(broker.address, topic)
         replay(ListSource(_events(400, 10_000), 50), broker.address, topic)
-        out, _ = job.communicate(timeout=90)
+        out = job_output(job, timeout=90)
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
