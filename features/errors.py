@@ -11,3 +11,7 @@ class UnknownViewError(FeaturesError):
 
 class ExposureError(FeaturesError):
     """The exposure filter cannot be written or read; the message says what to do."""
+
+
+class SampleLogError(FeaturesError):
+    """A part of the sample log cannot be read as samples."""

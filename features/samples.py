@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.errors import SampleLogError
 from features.schema import COUNTS
 from features.windows import WINDOWS
 
@@ -67,6 +68,12 @@ class Sample(msgspec.Struct, frozen=True, gc=False):
     """The user's `STAT_FEATURES` counts at impression time."""
     note_stats: list[int]
     """The note's `STAT_FEATURES` counts at impression time."""
+    item_duration_ms: int = 0
+    """The note's duration as the impression carried it (0 unknown): known before any action,
+    so a model may read it (`duration_ms` may come from the plays, which follow the click)."""
+    history: list[str] = msgspec.field(default_factory=list)
+    """The user's most recently clicked notes before the impression, newest first (at most
+    `SamplesConfig.history_len`; point-in-time like the statistics)."""
 
 
 class SampleBatch(msgspec.Struct, frozen=True, gc=False):
@@ -106,6 +113,7 @@ _TYPES = {
     "keep_rate": pa.float64(),
     "user_stats": pa.list_(pa.int64()),
     "note_stats": pa.list_(pa.int64()),
+    "history": pa.list_(pa.string()),
 }
 LOG_SCHEMA = pa.schema([(c, _TYPES.get(c, pa.int64())) for c in SAMPLE_COLUMNS])
 """Schema of the parquet log: `SAMPLE_COLUMNS`, binary labels as int8, stats as int64 lists."""
@@ -131,12 +139,34 @@ def write_sample_part(directory: Path, name: str, samples: list[Sample]) -> None
     os.replace(aside, directory / name)
 
 
+_ADDED: Final = {"item_duration_ms": 0, "history": []}
+"""Columns added to the log after its first version, with the value older parts imply."""
+
+
+def _conform(table: pa.Table, part: Path) -> pa.Table:
+    """A part in `LOG_SCHEMA`: the columns added since it was written get their defaults."""
+    if table.schema.names == LOG_SCHEMA.names:
+        return table
+    columns = []
+    for f in LOG_SCHEMA:
+        if f.name in table.schema.names:
+            columns.append(table.column(f.name).cast(f.type))
+        elif f.name in _ADDED:
+            columns.append(pa.array([_ADDED[f.name]] * table.num_rows, f.type))
+        else:
+            raise SampleLogError(
+                f"{part}: sample log part without column {f.name!r}; it was not written by "
+                "streamrec's joiner - move it out of the log directory"
+            )
+    return pa.Table.from_arrays(columns, schema=LOG_SCHEMA)
+
+
 def read_sample_log(directory: Path) -> pa.Table:
     """Read the parquet log, one row per sample id (the log is at-least-once; see the docs)."""
     parts = sorted(Path(directory).glob("part-*.parquet"))
     if not parts:
         return samples_table([])
-    table = pa.concat_tables([pq.read_table(p) for p in parts])
+    table = pa.concat_tables([_conform(pq.read_table(p), p) for p in parts])
     first = ~pd.Series(table.column("sample_id").to_numpy(zero_copy_only=False)).duplicated()
     table = table.filter(pa.array(first.to_numpy()))
     return table.sort_by([("ts", "ascending"), ("sample_id", "ascending")])

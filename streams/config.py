@@ -69,6 +69,9 @@ class SamplesConfig(BaseModel):
     dedupe_horizon_ms: int = Field(default=1_800_000, ge=0)
     """Event ids are remembered this long (event time) after they became final, to drop
     duplicates."""
+    history_len: int = Field(default=20, ge=0, le=200)
+    """Most recently clicked notes of the user carried in each sample (`Sample.history`,
+    newest first; 0: none). Changing it changes the samples, not the recovery state's format."""
     log_rows_per_part: int = Field(default=20_000, ge=1)
     """A parquet part file is written once this many samples are buffered."""
     log_part_interval_s: float = Field(default=60.0, gt=0)

@@ -169,3 +169,27 @@ def frame_mismatches(got: pd.DataFrame, want: pd.DataFrame) -> int:
         w = want[column].to_numpy(dtype=np.float64)
         bad += int((~np.isclose(g, w, rtol=1e-12, atol=0.0, equal_nan=True)).sum())
     return bad
+
+
+def expected_history(
+    frame: pd.DataFrame, impressions: pd.DataFrame, length: int
+) -> list[list[str]]:
+    """Each impression's `Sample.history`: its user's distinct notes clicked strictly before it,
+    most recent click first, at most `length` (ties in time in event-id order).
+
+    Args:
+        frame: `events_frame` of the events.
+        impressions: rows with `user_id` and `ts`, one per impression.
+    """
+    clicks = frame[frame.type == "click"].sort_values(["ts", "event_id"], kind="stable")
+    by_user = {u: g for u, g in clicks.groupby("user_id", sort=False)}
+    out = []
+    for user, ts in zip(impressions.user_id, impressions.ts, strict=True):
+        past = by_user.get(user)
+        if past is None:
+            out.append([])
+            continue
+        before = past[past.ts < ts].note_id
+        newest = before[~before.duplicated(keep="last")].tolist()[::-1]
+        out.append(newest[:length])
+    return out

@@ -331,6 +331,7 @@ class Pending:
     labels: dict[str, int] = field(default_factory=dict)
     watch_ms: int = 0
     duration_ms: int = 0
+    history: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -347,6 +348,8 @@ class UserState:
     batch: list[Sample] = field(default_factory=list)
     seq: int = 0
     counts: Counter = field(default_factory=Counter)
+    history: dict[str, deque[str]] = field(default_factory=dict)
+    """User -> the notes they clicked, oldest first (at most `history_len`), in event time."""
 
 
 def _join_key(e: Event) -> tuple[str, str, str]:
@@ -373,6 +376,8 @@ def build_sample(p: Pending, keep_rate: float) -> Sample:
         keep_rate=keep_rate,
         user_stats=p.user_stats,
         note_stats=p.note_stats if p.note_stats is not None else [0] * len(STAT_FEATURES),
+        item_duration_ms=e.duration_ms or 0,
+        history=p.history,
     )
 
 
@@ -393,6 +398,7 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
     ) -> None:
         super().__init__(state, config, partitions, recoverable)
         self.window = config.attribution_window_ms
+        self.history_len = config.history_len
         self.batch_due: datetime | None = None
 
     def on_item(self, value: Part | NoteHalves) -> tuple[list[Out], bool]:
@@ -428,7 +434,11 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
             key = _join_key(e)
             if e.type == "impression":
                 early = st.early.pop(e.event_id, None)
-                st.pending[e.event_id] = Pending(e, next(stats), early and early[1])
+                past = st.history.get(e.user_id)
+                pending = Pending(e, next(stats), early and early[1])
+                if past:
+                    pending.history = list(reversed(past))
+                st.pending[e.event_id] = pending
                 st.by_key[key] = e.event_id
                 st.queue.append(e.event_id)
                 st.counts["impressions"] += 1
@@ -446,9 +456,20 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
                     p.duration_ms = max(p.duration_ms, e.duration_ms or 0)
                 elif e.type in LABELS:
                     p.labels[e.type] = 1
+            if e.type == "click" and self.history_len:
+                self._remember_click(e)
         if st.early:
             w = self.watermark
             st.early = {k: v for k, v in st.early.items() if v[0] >= w}
+
+    def _remember_click(self, e: Event) -> None:
+        """Add a click to its user's history (a note clicked again moves to the newest end)."""
+        past = self.state.history.get(e.user_id)
+        if past is None:
+            past = self.state.history[e.user_id] = deque(maxlen=self.history_len)
+        elif e.note_id in past:
+            past.remove(e.note_id)
+        past.append(e.note_id)
 
     def _close(self, final: bool, out: list[Out]) -> None:
         st, cfg = self.state, self.config

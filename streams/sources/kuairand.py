@@ -6,7 +6,7 @@ at its `time_ms` t (rows re-sorted by time):
 
 | event | when | condition |
 |---|---|---|
-| impression | t | always (request_id `kr:<user>:<video>:<t>`) |
+| impression | t | always (request_id `kr:<user>:<video>:<t>`; duration_ms when known) |
 | click | t+1 | is_click == 1 |
 | play | t+2 | play_time_ms present and > 0 (watch_ms = play_time_ms; duration_ms 0 = unknown) |
 | like | t+3 | is_like == 1; with no is_like column, label == 1 |
@@ -90,10 +90,12 @@ class KuaiRandSource(FileSource):
         )
 
         def extra(kind: str, r: int, _video: str) -> dict[str, object]:
+            d = int(duration[r])
             if kind == "play":
-                d = int(duration[r])
                 return {"watch_ms": int(watch[r]), "duration_ms": d if d > 0 else None}
-            return {"position": 0} if kind == "impression" else {}
+            if kind == "impression":  # the video's length is known when it is shown
+                return {"position": 0, "duration_ms": d if d > 0 else None}
+            return {}
 
         yield from self._batches(
             expand_rows(base, parts),

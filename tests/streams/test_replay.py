@@ -90,6 +90,8 @@ def test_kuairand_fixture_replay(bootstrap: str, topic_name: str, tmp_path: Path
     plays = {e.note_id + e.user_id: e for e in events if e.type == "play"}
     assert plays["1008"].duration_ms is None  # duration 0 = unknown
     assert plays["1007"].watch_ms == 5000 and plays["1007"].duration_ms == 10000
+    shown = {e.note_id + e.user_id: e.duration_ms for e in events if e.type == "impression"}
+    assert shown == {"1007": 10000, "1017": 8000, "1008": None, "1029": 9000}  # unplayed too
     first = [e for e in events if e.user_id == "7"]
     assert first[0].note_id == "101"  # re-sorted by time_ms
 

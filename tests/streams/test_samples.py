@@ -15,7 +15,7 @@ from features.windows import DAY, HOUR, MINUTE, WINDOWS
 from streams.config import SamplesConfig
 from streams.events import Event, decode_dead_letter, encode_event
 from streams.kafka_io import RawBatch
-from streams.reference import events_frame, reference_counts
+from streams.reference import events_frame, expected_history, reference_counts
 from streams.samples import (
     JoinReport,
     NoteHalves,
@@ -281,3 +281,36 @@ def test_window_closes_when_the_watermark_passes_and_waits_for_note_stats() -> N
     assert [s.note_id for x in out if isinstance(x, SampleBatch) for s in x.samples] == ["n2"]
     report = next(x for x in out if isinstance(x, JoinReport))
     assert report.counts["missing_note_stats"] == 1
+
+
+@pytest.mark.parametrize("length", [5, 20])
+def test_history_is_the_users_last_clicks_before_the_impression(
+    world: list[Event], length: int
+) -> None:
+    result = run(world, history_len=length)
+    samples = result.samples
+    frame = events_frame(world)
+    imps = pd.DataFrame({"user_id": [s.user_id for s in samples], "ts": [s.ts for s in samples]})
+    want = expected_history(frame, imps, length)
+    assert [s.history for s in samples] == want
+    assert max(len(h) for h in want) == length  # some users clicked more than `length` notes
+    assert sum(1 for h in want if not h) > 0  # and some impressions come before any click
+    assert all(len(set(h)) == len(h) for h in want)  # distinct notes
+
+
+def test_history_ignores_a_click_at_the_impression_time_and_moves_a_repeat_to_the_front() -> None:
+    events = [
+        ev("impression", T0, note="a", req="r0"),
+        ev("click", T0 + 1, note="a", req="r0"),
+        ev("impression", T0 + 10, note="b", req="r1"),
+        ev("click", T0 + 11, note="b", req="r1"),
+        ev("impression", T0 + 20, note="a", req="r2"),
+        ev("click", T0 + 20, note="a", req="r2"),  # same time as its impression: not yet history
+        ev("impression", T0 + 30, note="c", req="r3"),
+    ]
+    got = {s.note_id + s.request_id: s.history for s in run(events).samples}
+    assert got == {"ar0": [], "br1": ["a"], "ar2": ["b", "a"], "cr3": ["a", "b"]}
+
+
+def test_no_history_when_history_len_is_0(world: list[Event]) -> None:
+    assert all(s.history == [] for s in run(world, history_len=0).samples)
