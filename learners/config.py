@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import get_type_hints
+from typing import ClassVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,6 +59,17 @@ class RankerConfig:
     """Position buckets (positions >= this share the last bucket; unknown has its own)."""
     position_dim: int = 4
     """Position embedding dimension."""
+    duration_buckets: int = 12
+    """Log2 buckets of the note's duration known at impression time (`Sample.item_duration_ms`;
+    bucket 0 = unknown); 0: no duration input."""
+    duration_dim: int = 4
+    """Duration bucket embedding dimension."""
+    history: int = 0
+    """Most recent clicked notes of the user (`Sample.history`) the ranker attends to with the
+    target note (DIN, `modules.TargetAttention`); 0: no history input. Off by default: on the
+    warm-up validation tails it did not help (docs/learning.md "Choices")."""
+    attention_hidden: tuple[int, ...] = (32,)
+    """Hidden widths of the attention unit."""
     rate_prior_strength: float = 2.0
     """Pseudo-counts smoothing the window rates fed to the MLP (`learners.inputs.rate_tensor`)
     towards the feature store's priors; lighter than the store's 20 on purpose
@@ -88,6 +99,9 @@ class RankerConfig:
     """Tasks trained on the down-sampled data as it comes and calibrated; the others are
     importance weighted (1 / keep_rate) in the loss, so they need no calibration."""
 
+    LEGACY: ClassVar[dict[str, object]] = {"duration_buckets": 0, "history": 0}
+    """Values of fields a snapshot written before they existed implies (`config_from_dict`)."""
+
     def __post_init__(self) -> None:
         if self.kind not in ("mmoe", "shared_bottom"):
             raise ModelConfigError(
@@ -114,6 +128,11 @@ class RetrieverConfig:
     """Embedding dimension per (statistic, bucket)."""
     hidden: tuple[int, ...] = (64,)
     """Hidden widths of each tower."""
+    history: int = 0
+    """Most recent clicked notes of the user (`Sample.history`) whose note embeddings the user
+    tower averages (`modules.HistoryPooling`), so an unseen user is personalised from history;
+    0: no history input. Off by default: on the warm-up validation tails it lowered Recall@50
+    (docs/learning.md "Choices")."""
     out_dim: int = 32
     """Dimension of the normalised user and item vectors."""
     temperature: float = 0.05
@@ -126,6 +145,9 @@ class RetrieverConfig:
     """Hash buckets of the streaming item-frequency estimate (Yi et al. 2019, algorithm 2)."""
     freq_alpha: float = 0.01
     """Learning rate of the streaming frequency estimate."""
+
+    LEGACY: ClassVar[dict[str, object]] = {"history": 0}
+    """Values of fields a snapshot written before they existed implies (`config_from_dict`)."""
 
 
 def _jsonable(value: object) -> object:
@@ -144,7 +166,11 @@ def config_to_dict(config: object) -> dict:
 
 
 def config_from_dict(cls: type, data: dict) -> object:
-    """Rebuild a config dataclass from `config_to_dict` output (lists back to tuples)."""
+    """Rebuild a config dataclass from `config_to_dict` output (lists back to tuples).
+
+    A field the data lacks (written before the field existed) takes the class's `LEGACY` value
+    for it when there is one (the behaviour before the field), else its default.
+    """
     names = {f.name: f for f in fields(cls)}
     unknown = set(data) - set(names)
     if unknown:
@@ -160,7 +186,8 @@ def config_from_dict(cls: type, data: dict) -> object:
             return hint.model_validate(v)
         return tuple(v) if isinstance(v, list) else v
 
-    return cls(**{k: value(k, v) for k, v in data.items()})
+    legacy = {k: v for k, v in getattr(cls, "LEGACY", {}).items() if k not in data}
+    return cls(**legacy, **{k: value(k, v) for k, v in data.items()})
 
 
 class LearnConfig(BaseModel):
@@ -182,6 +209,11 @@ class LearnConfig(BaseModel):
     """Row-wise Adagrad learning rate of the ID embeddings in online mode. Lower than
     `emb_lr`: with the dense layers frozen, large row steps leave the region the layers were
     trained on (bench.quality: KuaiRand like AUC +0.017 over frozen at 0.01, -0.022 at 0.05)."""
+    id_dropout: float = Field(default=0.3, ge=0, lt=1)
+    """Full training: probability that a sample reads the shared default ID row instead of its
+    own, per table (`learners.embeddings.IdEmbedding`), so the default row that unseen IDs read
+    stays trained and the model does not lean on memorised rows (chosen on the warm-up
+    validation tails, docs/learning.md "Choices")."""
     admit_after: int = Field(default=ADMIT_AFTER, ge=1)
     """Times an ID must be seen before it gets its own embedding row (passed down to every
     table by `embedding`)."""

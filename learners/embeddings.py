@@ -276,27 +276,46 @@ class IdEmbedding(torch.nn.Module):
     to exactly those rows after `backward`. The shared default row 0 (unknown, not yet admitted
     or absent IDs) is trained only while `train_default` is set: it is read by every such
     sample, so it is a dense parameter in disguise and stays frozen with them in online mode.
+
+    ID dropout (full training only, while `train_default` is set): each sample reads the
+    default row instead of its own with probability `dropout` (`set_dropout`). The default row
+    thus keeps learning from a random share of every pass - it is what unseen and not yet
+    admitted IDs read at serving time - and the dense layers cannot lean on memorised ID rows
+    alone (the ID counterpart of feature dropout; cf. "DropoutNet", Volkovs et al., NeurIPS
+    2017, which drops preference inputs to train for cold start).
     """
 
     def __init__(self, table: EmbeddingTable) -> None:
         super().__init__()
         self.table = table
         self.train_default = True
+        self.dropout = 0.0
+        self._gen = torch.Generator().manual_seed(0)
         self._parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (rows (U,), leaf (U, d))
+
+    def set_dropout(self, p: float, seed: int) -> None:
+        """Read the default row instead of a sample's own with probability `p` (full training)."""
+        self.dropout = p
+        self._gen = torch.Generator().manual_seed(seed)
 
     @property
     def dim(self) -> int:
         """Embedding dimension."""
         return self.table.config.dim
 
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+    def forward(self, rows: torch.Tensor, droppable: bool = True) -> torch.Tensor:
         """Vectors of `rows` (B,) -> (B, d); differentiable w.r.t. the rows when training.
 
         Every differentiable forward since the last `sparse_step` is kept, so a model may look a
-        table up more than once per step (the gradients of a row are summed).
+        table up more than once per step (the gradients of a row are summed). `droppable`:
+        ID dropout applies (the sample's own IDs); lookups of other items (a user's history)
+        pass False.
         """
         if not torch.is_grad_enabled():
             return self.table.lookup(rows)  # (B, d)
+        if droppable and self.train_default and self.dropout > 0:
+            drop = torch.rand(rows.shape, generator=self._gen) < self.dropout  # (B,)
+            rows = rows.masked_fill(drop, 0)  # (B,)
         uniq, inverse = torch.unique(rows, return_inverse=True)  # (U,), (B,)
         leaf = self.table.lookup(uniq).requires_grad_()  # (U, d)
         self._parts.append((uniq, leaf))

@@ -114,6 +114,7 @@ def train_pass(
     }
     for m in (ranker, retriever):
         m.unfreeze()
+        m.set_id_dropout(config.id_dropout, config.seed)
     t0 = time.perf_counter()
     batches = cols.batches(config.batch_size)
     tail = max(1, len(batches) // 10)

@@ -77,6 +77,7 @@ class Ranker(_Published):
         user_stats: np.ndarray,
         note_stats: np.ndarray,
         positions: np.ndarray | None = None,
+        durations: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Calibrated per-task probabilities (n,) of each note, and "watch_ms" (expected watch).
 
@@ -84,6 +85,8 @@ class Ranker(_Published):
             user_stats: (F,) raw counts of the user in `STAT_FEATURES` order.
             note_stats: (n, F) raw counts of each note.
             positions: (n,) display positions, default unknown (-1).
+            durations: (n,) note durations in ms as impressions carry them
+                (`Retriever.durations`), default unknown (0).
         """
         n = len(note_ids)
         if len(author_ids) != n or len(categories) != n:
@@ -105,6 +108,7 @@ class Ranker(_Published):
             labels={},
             watch_ms=np.zeros(n, np.float32),
             keep_rate=np.ones(n, np.float32),
+            item_duration_ms=None if durations is None else np.asarray(durations, np.float32),
         )
         return self._state.predict(cols)
 
@@ -146,9 +150,14 @@ class Retriever(_Published):
     def side_info(self, note_ids: list[str]) -> tuple[list[str], list[str]]:
         """(author_ids, categories) of the notes ("" where the snapshot does not know one)."""
         side = self._state.side
-        unknown = ("", "", 0)
+        unknown = ("", "", 0, 0)
         rows = [side.get(n, unknown) for n in note_ids]
         return [r[0] for r in rows], [r[1] for r in rows]
+
+    def durations(self, note_ids: list[str]) -> np.ndarray:
+        """(n,) durations in ms the notes' impressions carried (0 where unknown)."""
+        side = self._state.side
+        return np.array([side[n][3] if n in side else 0 for n in note_ids], dtype=np.float32)
 
     @property
     def hwm_ms(self) -> int:

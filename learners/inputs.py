@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -67,6 +68,17 @@ class Columns:
     """(n,) float32."""
     keep_rate: np.ndarray
     """(n,) float32 probability the sample survived down-sampling."""
+    item_duration_ms: np.ndarray | None = None
+    """(n,) float32 duration of the note as known at impression time, 0 unknown (None: all 0)."""
+    history: list[list[str]] | None = None
+    """Per sample, the user's last clicked notes before it, newest first (None: all empty)."""
+
+    def __post_init__(self) -> None:
+        n = len(self.user_id)
+        if self.item_duration_ms is None:
+            object.__setattr__(self, "item_duration_ms", np.zeros(n, dtype=np.float32))
+        if self.history is None:
+            object.__setattr__(self, "history", [[] for _ in range(n)])
 
     def __len__(self) -> int:
         return len(self.user_id)
@@ -98,6 +110,8 @@ class Columns:
             },
             watch_ms=np.array([s.watch_ms for s in samples], dtype=np.float32),
             keep_rate=np.array([s.keep_rate for s in samples], dtype=np.float32),
+            item_duration_ms=np.array([s.item_duration_ms for s in samples], dtype=np.float32),
+            history=[s.history for s in samples],
         )
 
     @classmethod
@@ -131,6 +145,8 @@ class Columns:
             labels={k: num(k, np.float32) for k in LABEL_COLUMNS},
             watch_ms=num("watch_ms", np.float32),
             keep_rate=num("keep_rate", np.float32),
+            item_duration_ms=num("item_duration_ms", np.float32),
+            history=table.column("history").to_pylist(),
         )
 
     def to_samples(self, sample_ids: list[str], duration_ms: int = 0) -> list[Sample]:
@@ -159,6 +175,8 @@ class Columns:
                 keep_rate=float(self.keep_rate[j]),
                 user_stats=self.user_stats[j].astype(np.int64).tolist(),
                 note_stats=self.note_stats[j].astype(np.int64).tolist(),
+                item_duration_ms=int(self.item_duration_ms[j]),
+                history=list(self.history[j]),
             )
             for j in range(len(self))
         ]
@@ -178,6 +196,8 @@ class Columns:
             labels={k: v[index] for k, v in self.labels.items()},
             watch_ms=self.watch_ms[index],
             keep_rate=self.keep_rate[index],
+            item_duration_ms=self.item_duration_ms[index],
+            history=[self.history[i] for i in idx],
         )
 
     def batches(self, size: int) -> list[Columns]:
@@ -203,6 +223,8 @@ class Columns:
             labels={k: np.concatenate([p.labels[k] for p in parts]) for k in parts[0].labels},
             watch_ms=np.concatenate([p.watch_ms for p in parts]),
             keep_rate=np.concatenate([p.keep_rate for p in parts]),
+            item_duration_ms=np.concatenate([p.item_duration_ms for p in parts]),
+            history=[h for p in parts for h in p.history],
         )
 
 
@@ -266,3 +288,37 @@ def position_tensor(position: np.ndarray, positions: int) -> torch.Tensor:
     """(n,) positions -> (n,) buckets; -1 (unknown) -> bucket `positions`."""
     p = np.asarray(position, dtype=np.int64)
     return torch.from_numpy(np.where(p < 0, positions, np.minimum(p, positions - 1)))
+
+
+def history_rows(
+    rows_of: Callable[[list[str]], np.ndarray], history: list[list[str]], length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample the first `length` notes of its history as table rows (lookups only: a note
+    in a history is not a sighting).
+
+    Args:
+        rows_of: the note table's `rows` (unknown notes -> the default row 0).
+        history: per sample, notes newest first.
+
+    Returns:
+        (B, length) int64 rows (0 where padded) and (B, length) bool mask (True = a note).
+    """
+    b = len(history)
+    mask = np.zeros((b, length), dtype=bool)
+    flat: list[str] = []
+    for i, h in enumerate(history):
+        h = h[:length]
+        mask[i, : len(h)] = True
+        flat.extend(h)
+    rows = np.zeros((b, length), dtype=np.int64)
+    if flat:
+        rows[mask] = rows_of(flat)
+    return torch.from_numpy(rows), torch.from_numpy(mask)
+
+
+def duration_tensor(duration_ms: np.ndarray, buckets: int) -> torch.Tensor:
+    """(n,) durations in ms -> (n,) buckets: 0 unknown (<= 0), else 1 + floor(log2(1 + seconds)),
+    capped at `buckets - 1`."""
+    seconds = np.maximum(np.nan_to_num(np.asarray(duration_ms, np.float64)), 0.0) / 1000.0
+    b = 1 + np.floor(np.log2(1.0 + seconds)).astype(np.int64)
+    return torch.from_numpy(np.where(seconds > 0, np.minimum(b, buckets - 1), 0))

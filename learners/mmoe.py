@@ -5,7 +5,9 @@ Multi-task Learning with Multi-gate Mixture-of-Experts", KDD 2018. Gate dropout 
 polarisation: Z. Zhao et al., "Recommending What Video to Watch Next", RecSys 2019. ESMM
 (optional): X. Ma et al., "Entire Space Multi-Task Model", SIGIR 2018. Watch time as weighted
 logistic regression: P. Covington et al., "Deep Neural Networks for YouTube Recommendations",
-RecSys 2016 (here: cross-entropy against t / (1 + t), predict exp(z)).
+RecSys 2016 (here: cross-entropy against t / (1 + t), predict exp(z)). Attention over the
+user's clicked notes: G. Zhou et al., "Deep Interest Network for Click-Through Rate
+Prediction", KDD 2018.
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ from torch import nn
 
 from learners.config import ID_TABLES, RankerConfig
 from learners.embeddings import EmbeddingStore, IdEmbedding
-from learners.inputs import Columns, R, position_tensor, rate_tensor, stat_tensor
-from learners.modules import MLP, Experts, Gate, StatEmbedding, gate_entropy
+from learners.inputs import (
+    Columns,
+    R,
+    duration_tensor,
+    history_rows,
+    position_tensor,
+    rate_tensor,
+    stat_tensor,
+)
+from learners.modules import MLP, Experts, Gate, StatEmbedding, TargetAttention, gate_entropy
 
 WATCH = "watch"
 """The watch-time task (tower output z; p = sigmoid(z) against t / (1 + t))."""
@@ -134,11 +144,15 @@ class RankerInputs:
     """(B,) position buckets."""
     rates: torch.Tensor
     """(B, 2 R) user then note window rates (`rate_tensor`)."""
+    duration: torch.Tensor | None = None
+    """(B,) duration buckets (`duration_tensor`), None without a duration input."""
+    history: tuple[torch.Tensor, torch.Tensor] | None = None
+    """(B, N) history note rows and (B, N) mask (`history_rows`), None without history."""
 
 
 class RankerFeatures(nn.Module):
     """ID embeddings (user, note, author, category) + bucketised stats + window rates +
-    position, concatenated."""
+    position (+ duration bucket + attention over the user's history), concatenated."""
 
     def __init__(self, store: EmbeddingStore, config: RankerConfig) -> None:
         super().__init__()
@@ -146,23 +160,39 @@ class RankerFeatures(nn.Module):
         self.user_stats = StatEmbedding(config.stat_buckets, config.stat_dim)
         self.note_stats = StatEmbedding(config.stat_buckets, config.stat_dim)
         self.position = nn.Embedding(config.positions + 1, config.position_dim)
+        self.duration = (
+            nn.Embedding(config.duration_buckets, config.duration_dim)
+            if config.duration_buckets
+            else None
+        )
+        self.attention = (
+            TargetAttention(self.ids["note"], config.attention_hidden) if config.history else None
+        )
         self.out_dim = (
             sum(e.dim for e in self.ids.values())
             + self.user_stats.out_dim
             + self.note_stats.out_dim
             + config.position_dim
             + 2 * R
+            + (config.duration_dim if self.duration is not None else 0)
+            + (self.attention.out_dim if self.attention is not None else 0)
         )
 
     def forward(self, x: RankerInputs) -> torch.Tensor:
         """-> (B, out_dim)."""
-        parts = [self.ids[t](x.ids[t]) for t in ID_TABLES]  # each (B, d_t)
+        ids = {t: self.ids[t](x.ids[t]) for t in ID_TABLES}  # each (B, d_t)
+        parts = [*ids.values()]
         parts += [
             self.user_stats(x.user_stats),  # (B, F * s)
             self.note_stats(x.note_stats),  # (B, F * s)
             self.position(x.position),  # (B, p)
             x.rates,  # (B, 2 R)
         ]
+        if self.duration is not None:
+            parts.append(self.duration(x.duration))  # (B, u)
+        if self.attention is not None:
+            rows, mask = x.history
+            parts.append(self.attention(ids["note"], rows, mask))  # (B, 2 d_note)
         return torch.cat(parts, dim=1)  # (B, out_dim)
 
 
@@ -204,6 +234,10 @@ class RankingModel(nn.Module):
                 ],
                 dim=1,
             ),
+            duration_tensor(cols.item_duration_ms, c.duration_buckets)
+            if c.duration_buckets
+            else None,
+            history_rows(self.store["note"].rows, cols.history, c.history) if c.history else None,
         )
 
     def forward(self, x: RankerInputs) -> TaskOutput:

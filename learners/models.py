@@ -224,7 +224,8 @@ class RetrieverModelState(_ModelState):
         self, config: RetrieverConfig, embeddings: dict[str, EmbeddingConfig], seed: int = 0
     ) -> None:
         super().__init__(config, embeddings, seed)
-        self.side: dict[str, tuple[str, str, int]] = {}  # note -> (author, category, last seen)
+        self.side: dict[str, tuple[str, str, int, int]] = {}
+        """Note -> (author, category, last seen ms, duration ms known at impression, 0 unknown)."""
 
     def _note_rows(self, notes: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         authors = [self.side[n][0] if n in self.side else "" for n in notes]
@@ -236,11 +237,19 @@ class RetrieverModelState(_ModelState):
         )
 
     @torch.no_grad()
-    def user_vectors(self, users: list[str], stats: np.ndarray) -> np.ndarray:
-        """(n, d) unit user vectors (unknown users read the default row)."""
+    def user_vectors(
+        self, users: list[str], stats: np.ndarray, history: list[list[str]] | None = None
+    ) -> np.ndarray:
+        """(n, d) unit user vectors (unknown users read the default row).
+
+        Args:
+            users: user ids; stats: (n, F) raw counts.
+            history: per user the recently clicked notes, newest first (None: none known).
+        """
         self.model.eval()
         rows = torch.from_numpy(self.store["user"].rows(users))
-        return self.model.encode_user(rows, self.model.stats_tensor(stats)).numpy()
+        hist = self.model.history_tensor(history if history is not None else [[] for _ in users])
+        return self.model.encode_user(rows, self.model.stats_tensor(stats), hist).numpy()
 
     @torch.no_grad()
     def item_vectors(self, notes: list[str] | None = None) -> tuple[list[str], np.ndarray]:
@@ -256,4 +265,6 @@ class RetrieverModelState(_ModelState):
         side = from_json_array(snap.dense.get("side.notes")) or {}
         for meta in snap.delta_metas:  # notes new since the full, oldest delta first
             side.update(meta.get("side", {}))
-        self.side = {n: (a, c, int(t)) for n, (a, c, t) in side.items()}
+        self.side = {  # snapshots from before the duration hold 3 fields: unknown
+            n: (v[0], v[1], int(v[2]), int(v[3]) if len(v) > 3 else 0) for n, v in side.items()
+        }

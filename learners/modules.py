@@ -89,4 +89,63 @@ class StatEmbedding(nn.Module):
         return self.embedding(index).flatten(1)  # (B, F * dim)
 
 
-__all__ = ["MLP", "Experts", "Gate", "IdEmbedding", "StatEmbedding", "gate_entropy"]
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, N, d) values, (B, N) bool mask -> (B, d) mean over the unmasked (0 where none)."""
+    w = mask.to(values.dtype).unsqueeze(-1)  # (B, N, 1)
+    return (values * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)  # (B, d)
+
+
+class HistoryPooling(nn.Module):
+    """Mean of the ID embeddings of a user's history (YouTube DNN's averaged watch history)."""
+
+    def __init__(self, items: IdEmbedding) -> None:
+        super().__init__()
+        self.items = items
+        self.out_dim = items.dim
+
+    def forward(self, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, N) history rows, (B, N) bool mask -> (B, d) (zeros for an empty history)."""
+        b, n = rows.shape
+        h = self.items(rows.reshape(-1), droppable=False).reshape(b, n, -1)  # (B, N, d)
+        return masked_mean(h, mask)  # (B, d)
+
+
+class TargetAttention(nn.Module):
+    """DIN's local activation unit: the history weighted by its relevance to the target item.
+
+    Reference: G. Zhou et al., "Deep Interest Network for Click-Through Rate Prediction",
+    KDD 2018. Each history item k and the target t go through an MLP on [k, t, k * t, k - t];
+    its outputs, softmax-normalised over the history (masked), weight the items' sum h. Returns
+    [h, h * t]: the product lets the layers above compare interest and target directly (an MLP
+    learns a dot product from a concatenation only slowly).
+    """
+
+    def __init__(self, items: IdEmbedding, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        self.items = items
+        self.unit = MLP(4 * items.dim, (*hidden, 1), last_linear=True)
+        self.out_dim = 2 * items.dim
+
+    def forward(self, target: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, d) target vectors, (B, N) history rows and mask -> (B, 2 d) (zeros if none)."""
+        b, n = rows.shape
+        k = self.items(rows.reshape(-1), droppable=False).reshape(b, n, -1)  # (B, N, d)
+        t = target.unsqueeze(1).expand_as(k)  # (B, N, d)
+        score = self.unit(torch.cat([k, t, k * t, k - t], dim=-1)).squeeze(-1)  # (B, N)
+        score = score.masked_fill(~mask, float("-inf"))
+        weight = torch.softmax(score, dim=1).nan_to_num(0.0)  # (B, N); all masked -> 0
+        h = (weight.unsqueeze(-1) * k).sum(dim=1)  # (B, d)
+        return torch.cat([h, h * target], dim=1)  # (B, 2 d)
+
+
+__all__ = [
+    "MLP",
+    "Experts",
+    "Gate",
+    "HistoryPooling",
+    "IdEmbedding",
+    "StatEmbedding",
+    "TargetAttention",
+    "gate_entropy",
+    "masked_mean",
+]

@@ -125,6 +125,11 @@ class _State:
         for table in self.store.tables.values():
             table.config = replace(table.config, lr=lr)
 
+    def set_id_dropout(self, p: float, seed: int) -> None:
+        """ID dropout `p` in every ID embedding while the model trains fully (`unfreeze`)."""
+        for i, emb in enumerate(self.model.id_embeddings()):
+            emb.set_dropout(p, seed + i)
+
     def unfreeze(self) -> None:
         """Every parameter learns again (full training); the model runs in training mode."""
         self._learn_dense(True)
@@ -232,10 +237,11 @@ class RetrieverState(_State, RetrieverModelState):
 
     def observe_side(self, cols: Columns) -> None:
         """Remember each note's author and category (needed to encode items without samples)."""
-        for n, a, c, t in zip(
-            cols.note_id, cols.author_id, cols.category, cols.ts.tolist(), strict=True
+        durations = cols.item_duration_ms.astype(np.int64).tolist()
+        for n, a, c, t, d in zip(
+            cols.note_id, cols.author_id, cols.category, cols.ts.tolist(), durations, strict=True
         ):
-            self.side[n] = (a, c, t)
+            self.side[n] = (a, c, t, d)
 
     def train_step(self, cols: Columns, optimizer: torch.optim.Optimizer | None) -> StepResult:
         """One step on the clicked samples of `cols` (unclicked ones only update side info)."""
@@ -269,14 +275,16 @@ class RetrieverState(_State, RetrieverModelState):
                 "neg_logq": torch.from_numpy(np.log(self._neg_p * m)).float(),  # (M,)
                 "neg_is_pos": torch.from_numpy(notes[:, None] == np.array(neg)[None, :]),
             }
+        items = (
+            torch.from_numpy(get("note", pos.note_id)),
+            torch.from_numpy(get("author", pos.author_id)),
+            torch.from_numpy(get("category", pos.category)),
+        )
         return RetrievalBatch(
             user_rows=torch.from_numpy(get("user", pos.user_id)),
             user_stats=self.model.stats_tensor(pos.user_stats),
-            item_rows=(
-                torch.from_numpy(get("note", pos.note_id)),
-                torch.from_numpy(get("author", pos.author_id)),
-                torch.from_numpy(get("category", pos.category)),
-            ),
+            history=self.model.history_tensor(pos.history),
+            item_rows=items,
             item_logq=logq,
             same_item=same,
             **extra,
@@ -286,7 +294,7 @@ class RetrieverState(_State, RetrieverModelState):
         """Expire ID rows, side info and click counts older than the TTL."""
         freed = self.store.expire(now_ms)
         cutoff = now_ms - self.store["note"].config.ttl_ms
-        for n in [n for n, (_, _, t) in self.side.items() if t < cutoff]:
+        for n in [n for n, side in self.side.items() if side[2] < cutoff]:
             del self.side[n]
             self.clicks.pop(n, None)
         limit = self.store["note"].config.max_rows
@@ -316,7 +324,7 @@ class RetrieverState(_State, RetrieverModelState):
         """Tables (ID rows + item vectors) and dense arrays of a full snapshot."""
         tables, extra = self.store.export()
         tables[ITEM_TABLE] = self._item_table(only_changed=False)
-        side = {n: [a, c, t] for n, (a, c, t) in self.side.items()}
+        side = {n: list(v) for n, v in self.side.items()}
         dense = {
             **dense_state(self.model),
             **extra,

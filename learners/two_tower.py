@@ -7,7 +7,9 @@ algorithm 2, normalised embeddings with temperature). Extra negatives drawn in p
 clicks^0.75 (word2vec's unigram^0.75) mixed into the softmax as in J. Yang et al., "Mixed
 Negative Sampling for Learning Two-tower Neural Networks in Recommendations", WWW 2020, each
 corrected by the log of its own sampling probability. Positives are clicked samples only:
-shown-but-not-clicked items are ranking negatives, never retrieval negatives.
+shown-but-not-clicked items are ranking negatives, never retrieval negatives. The user tower
+averages the note embeddings of the user's recent clicks, as P. Covington et al., "Deep Neural
+Networks for YouTube Recommendations", RecSys 2016, average the watch history.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from torch import nn
 
 from learners.config import RetrieverConfig
 from learners.embeddings import EmbeddingStore, IdEmbedding
-from learners.inputs import stat_tensor
-from learners.modules import MLP, StatEmbedding
+from learners.inputs import history_rows, stat_tensor
+from learners.modules import MLP, HistoryPooling, StatEmbedding
 
 
 class StreamingFrequency:
@@ -74,20 +76,31 @@ class StreamingFrequency:
 
 
 class UserTower(nn.Module):
-    """User ID embedding + bucketised user statistics -> MLP -> unit vector."""
+    """User ID embedding + bucketised user statistics (+ the mean embedding of the user's
+    recently clicked notes) -> MLP -> unit vector."""
 
-    def __init__(self, user: IdEmbedding, config: RetrieverConfig) -> None:
+    def __init__(self, user: IdEmbedding, note: IdEmbedding, config: RetrieverConfig) -> None:
         super().__init__()
         self.user = user
         self.stats = StatEmbedding(config.stat_buckets, config.stat_dim)
-        self.mlp = MLP(
-            user.dim + self.stats.out_dim, (*config.hidden, config.out_dim), last_linear=True
-        )
+        self.history = HistoryPooling(note) if config.history else None
+        width = user.dim + self.stats.out_dim
+        width += self.history.out_dim if self.history is not None else 0
+        self.mlp = MLP(width, (*config.hidden, config.out_dim), last_linear=True)
 
-    def forward(self, user_rows: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-        """(B,) rows, (B, F) bucket indices -> (B, d) normalised."""
-        x = torch.cat([self.user(user_rows), self.stats(stats)], dim=1)  # (B, d_u + F s)
-        return fn.normalize(self.mlp(x), dim=1)  # (B, d)
+    def forward(
+        self,
+        user_rows: torch.Tensor,
+        stats: torch.Tensor,
+        history: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B,) rows, (B, F) bucket indices, (B, N) history rows and mask -> (B, d) normalised."""
+        parts = [self.user(user_rows), self.stats(stats)]  # (B, d_u), (B, F s)
+        if self.history is not None:
+            if history is None:
+                raise ValueError("this user tower pools the history: pass its rows and mask")
+            parts.append(self.history(*history))  # (B, d_n)
+        return fn.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1)  # (B, d)
 
 
 class ItemTower(nn.Module):
@@ -120,6 +133,8 @@ class RetrievalBatch:
     """(B,)"""
     user_stats: torch.Tensor
     """(B, F) bucket indices."""
+    history: tuple[torch.Tensor, torch.Tensor] | None
+    """(B, N) rows and mask of the users' recent clicked notes (None without history)."""
     item_rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     """Note, author, category rows, (B,) each."""
     item_logq: torch.Tensor
@@ -145,16 +160,27 @@ class TwoTowerModel(nn.Module):
             {t: IdEmbedding(store[t]) for t in ("user", "note", "author", "category")}
         )
         e = self.embeddings
-        self.user_tower = UserTower(e["user"], config)
+        self.user_tower = UserTower(e["user"], e["note"], config)
         self.item_tower = ItemTower(e["note"], e["author"], e["category"], config)
 
     def id_embeddings(self) -> list[IdEmbedding]:
         """The sparse ID embedding modules."""
         return list(self.embeddings.values())
 
-    def encode_user(self, user_rows: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-        """(B,) user rows, (B, F) stat buckets -> (B, d) unit vectors."""
-        return self.user_tower(user_rows, stats)
+    def encode_user(
+        self,
+        user_rows: torch.Tensor,
+        stats: torch.Tensor,
+        history: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B,) user rows, (B, F) stat buckets, history rows and mask -> (B, d) unit vectors."""
+        return self.user_tower(user_rows, stats, history)
+
+    def history_tensor(self, history: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per user the recently clicked notes (newest first) -> rows and mask (None if off)."""
+        if not self.config.history:
+            return None
+        return history_rows(self.store["note"].rows, history, self.config.history)
 
     def encode_item(
         self, note_rows: torch.Tensor, author_rows: torch.Tensor, category_rows: torch.Tensor
@@ -168,7 +194,7 @@ class TwoTowerModel(nn.Module):
 
     def loss(self, b: RetrievalBatch) -> torch.Tensor:
         """Softmax cross-entropy of each user over in-batch + sampled items, log-Q corrected."""
-        u = self.encode_user(b.user_rows, b.user_stats)  # (B, d)
+        u = self.encode_user(b.user_rows, b.user_stats, b.history)  # (B, d)
         rows = b.item_rows
         if b.neg_rows is not None:  # one item-tower pass: each ID table is looked up once
             rows = tuple(torch.cat([p, n]) for p, n in zip(b.item_rows, b.neg_rows, strict=True))

@@ -127,7 +127,10 @@ class Recommender:
         note_stats, notes_degraded = self.counts("note_stats", cand)  # (m, F)
         t.append(time.perf_counter())
         authors, cats = view.retriever.side_info(cand)
-        preds = view.ranker.score(user_id, cand, authors, cats, user_stats, note_stats)
+        preds = view.ranker.score(
+            user_id, cand, authors, cats, user_stats, note_stats,
+            durations=view.retriever.durations(cand),
+        )  # fmt: skip
         fused = fuse(preds, self.config.fusion)
         order = np.argsort(-fused, kind="stable")[:n]
         t.append(time.perf_counter())

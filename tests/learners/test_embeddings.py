@@ -94,6 +94,28 @@ def test_sparse_step_sums_every_lookup_scales_and_can_freeze_the_default_row() -
     assert torch.equal(table.weight[0], before) and table.accum[rows[0]] > acc_before[rows[0]]
 
 
+def test_id_dropout_reads_the_default_row_in_full_training_only() -> None:
+    table = EmbeddingTable("user", EmbeddingConfig(dim=2, admit_after=1))
+    rows = torch.from_numpy(table.observe([f"u{i}" for i in range(2_000)], ts(2_000)))
+    emb = IdEmbedding(table)
+    table.weight[0] = torch.tensor([5.0, 5.0])  # the default row stands out
+    emb.set_dropout(0.3, seed=1)
+    first = emb(rows).detach()
+    emb.set_dropout(0.3, seed=1)
+    out = emb(rows)  # full training: grad enabled, default row trained
+    assert torch.equal(out.detach(), first)  # seeded: the same draws
+    share = float((out == 5.0).all(dim=1).float().mean())
+    assert 0.25 < share < 0.35  # about 30 % of the samples read the default row
+    out.sum().backward()
+    emb.sparse_step()
+    assert table.accum[0] > table.config.initial_accumulator  # the default row learned
+    emb.train_default = False  # online mode: every sample reads its own row
+    assert torch.equal(emb(rows).detach(), table.weight[rows])
+    with torch.no_grad():  # scoring never drops
+        emb.train_default = True
+        assert torch.equal(emb(rows), table.weight[rows])
+
+
 def test_export_and_load_round_trip() -> None:
     table = EmbeddingTable("user", EmbeddingConfig(dim=3, admit_after=1))
     table.observe(["a", "b"], np.array([5, 7]))

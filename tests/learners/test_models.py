@@ -64,8 +64,12 @@ def test_calibration_restores_the_true_click_rate_within_5_percent() -> None:
     a = 0.2
     train, _ = synthetic(120_000, seed=5, keep_rate=a)
     test, p_true = synthetic(20_000, seed=6, keep_rate=1.0)
+    # The scenario the offset is for: a model whose last Adam steps left its mean off (0.85 of
+    # the truth for this seed and shape; the fixture has no durations, so that input is left out
+    # to keep this exact model - with it the drift was 0.6 %, nothing to correct).
     state = RankerState.create(
-        RankerConfig(kind="shared_bottom", **SMALL), EmbeddingConfig(admit_after=1, lr=0.1)
+        RankerConfig(kind="shared_bottom", duration_buckets=0, **SMALL),
+        EmbeddingConfig(admit_after=1, lr=0.1),
     )
     opt = torch.optim.Adam(state.dense_parameters(), lr=3e-3)
     for _ in range(2):
