@@ -23,8 +23,11 @@ COUNT_OF = {
     "share": "shares",
     "comment": "comments",
     "follow": "follows",
+    "completion": "completions",
 }
-"""Task -> the window count of its positives (per impression)."""
+"""Task -> the window count of its positives."""
+PER = {"completion": "plays"}
+"""Task -> the window count its rate is per (impressions unless named here)."""
 HOUR_MS = 3_600_000
 
 
@@ -239,7 +242,10 @@ class WindowRateLR:
         self.l2 = l2
         self.columns = np.array(
             [
-                [STAT_FEATURES.index(f"{COUNT_OF[t]}_30d"), STAT_FEATURES.index("impressions_30d")]
+                [
+                    STAT_FEATURES.index(f"{COUNT_OF[t]}_30d"),
+                    STAT_FEATURES.index(f"{PER.get(t, 'impressions')}_30d"),
+                ]
                 for t in tasks
             ]
         )  # (T, 2): numerator, denominator
@@ -274,6 +280,22 @@ class WindowRateLR:
         """Per-task log-odds of the batch."""
         x = self.features(b)
         return {t: x @ self.weights[t] for t in self.tasks}
+
+
+class ShorterFirst:
+    """Every task scored by the note's duration known at impression time, shortest first
+    (unknown durations in the middle): the practitioner's first guess for completion."""
+
+    def __init__(self, tasks: tuple[str, ...]) -> None:
+        self.tasks = tasks
+
+    def predict(self, b: Columns) -> dict[str, np.ndarray]:
+        """Per task: minus the log duration (the median known one where unknown)."""
+        d = b.item_duration_ms.astype(np.float64)
+        known = d > 0
+        fill = float(np.median(d[known])) if known.any() else 1.0
+        score = -np.log1p(np.where(known, d, fill))
+        return dict.fromkeys(self.tasks, score)
 
 
 def _newton_logistic(x: np.ndarray, y: np.ndarray, l2: float, steps: int = 25) -> np.ndarray:

@@ -3,7 +3,12 @@ the same batches; MMoE vs shared-bottom on census-income.
 
     .venv/bin/python -m bench.quality [--warmup 0.3] [--batch 1024] [--warm-batch 128]
         [--warm-epochs 3] [--emb-lr 0.05] [--online-lr 0.01] [--half-lives 1,6,24,72,168,720]
-        [--prior-k 20] [--resamples 200] [--limit N]
+        [--prior-k 20] [--resamples 200] [--limit N] [--id-dropout 0.3] [--ranker-history 0]
+        [--retriever-history 0] [--duration-buckets 12] [--validation-tail] [--no-census]
+
+Tuning: `--validation-tail` runs the same protocol on the warm-up alone (its first 80 % trains,
+its last 20 % is scored; bench/out/quality_tail.md); settings are chosen there, never on the
+full run's stream (docs/learning.md "Choices").
 
 Data. MovieLens 100K and the KuaiRand subset are replayed through the real sample joiner
 (`streams.samples.build_flow`, in process, negatives all kept) into samples with point-in-time
@@ -12,7 +17,8 @@ window statistics, in event-time order.
 Protocol. The first `warmup` share of the samples is the warm-up, the rest is cut into batches
 of `batch` (`stream`); every variant scores exactly these batches, each one from the warm-up and
 the earlier batches only, and learns from it after scoring it (prequential).
-- Models: the warm-up trains every parameter (full training: 3 passes in batches of 128 by
+- Models (the shipped `LearnConfig` defaults: `admit_after`, `id_dropout`): the warm-up
+  trains every parameter (full training: 3 passes in batches of 128 by
   default - one pass in batches of 1,024 is only a dozen Adam steps on these small sets, and the
   dense layers then learn nothing: click AUC 0.56); the model is published as a snapshot and
   loaded twice: "frozen" is used as is, "online" updates its ID embeddings (dense frozen) on
@@ -44,7 +50,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import matplotlib
@@ -60,6 +66,7 @@ from bench.baselines import (
     Popularity,
     RankedScores,
     RecentPopularity,
+    ShorterFirst,
     SmoothedRate,
     WindowRateLR,
     add_clicks,
@@ -115,7 +122,8 @@ def _events(source) -> list:
 
 
 MODELS = ("online", "frozen")
-RANKING_BASELINES = ("popularity", "recent popularity", "smoothed rate", "LR")
+RANKING_BASELINES = ("popularity", "recent popularity", "smoothed rate", "LR", "shorter first")
+"""("shorter first" only where impressions carry durations.)"""
 RETRIEVAL_BASELINES = ("popularity", "recent popularity", "ItemCF")
 VARIANTS = (*MODELS, *RANKING_BASELINES, "ItemCF")
 K = 50
@@ -209,6 +217,9 @@ def prequential(
     online_lr: float,
     warm_batch: int,
     warm_epochs: int,
+    id_dropout: float,
+    ranker_config: RankerConfig,
+    retriever_config: RetrieverConfig,
 ) -> None:
     """Train on the warm-up, then score each batch of `rest` before training on it (models).
 
@@ -218,11 +229,11 @@ def prequential(
     """
     tasks = tuple(replay.labels)
     config = LearnConfig(
-        batch_size=batch, admit_after=1, seed=7, emb_lr=emb_lr, online_emb_lr=online_lr
+        batch_size=batch, seed=7, emb_lr=emb_lr, online_emb_lr=online_lr, id_dropout=id_dropout
     )
     emb = config.embedding(16)
-    ranker = RankerState.create(RankerConfig(), emb, seed=7)
-    retriever = RetrieverState.create(RetrieverConfig(), emb, seed=7)
+    ranker = RankerState.create(ranker_config, emb, seed=7)
+    retriever = RetrieverState.create(retriever_config, emb, seed=7)
     for epoch in range(warm_epochs):
         update = {"batch_size": warm_batch, "seed": config.seed + epoch}
         train_pass(ranker, retriever, warm, config.model_copy(update=update))
@@ -280,12 +291,18 @@ def run_baselines(
         "recent popularity": RecentPopularity(tasks, rank_h * HOUR_MS),
         "smoothed rate": SmoothedRate(tasks, prior_k),
     }
+    if (warm.item_duration_ms > 0).any():  # impressions carry durations: "shorter first" too
+        rankers["shorter first"] = ShorterFirst(tasks)
     retrievers = {
         "popularity": popularity,
         "recent popularity": RecentPopularity(tasks, retr_h * HOUR_MS),
         "ItemCF": ItemCF(),
     }
-    learning = [*rankers.values(), retrievers["recent popularity"], retrievers["ItemCF"]]
+    learning = [
+        *(m for m in rankers.values() if not isinstance(m, ShorterFirst)),
+        retrievers["recent popularity"],
+        retrievers["ItemCF"],
+    ]
     seen: dict[str, set] = {}
     for model in learning:
         model.update(warm)
@@ -336,7 +353,8 @@ def compare(replay: Replay, summary: dict[str, dict[str, float]], resamples: int
     lines = []
     for t, labels in replay.labels.items():
         metric = f"AUC {t}"
-        best = max(RANKING_BASELINES, key=lambda v: np.nan_to_num(summary[v][metric], nan=-1))
+        scored = [v for v in RANKING_BASELINES if metric in summary[v]]
+        best = max(scored, key=lambda v: np.nan_to_num(summary[v][metric], nan=-1))
         y = np.concatenate(labels)
         online = RankedScores(y, np.concatenate(replay.preds["online"][t]))
         parts = [f"{metric}: best baseline {best} ({summary[best][metric]:.4f})"]
@@ -377,7 +395,7 @@ def auc_over_time(replay: Replay, task: str, chunks: int = 10) -> dict[str, list
     n = len(replay.ts)
     edges = np.linspace(0, n, chunks + 1).astype(int)
     out = {}
-    for variant in (*MODELS, *RANKING_BASELINES):
+    for variant in (v for v in (*MODELS, *RANKING_BASELINES) if task in replay.preds[v]):
         out[variant] = [
             auc(
                 np.concatenate(replay.labels[task][lo:hi]),
@@ -476,6 +494,9 @@ class Settings:
     half_lives: list[float]
     prior_k: float
     resamples: int
+    id_dropout: float
+    ranker: RankerConfig
+    retriever: RetrieverConfig
 
 
 def evaluate(
@@ -495,6 +516,9 @@ def evaluate(
         s.online_lr,
         s.warm_batch,
         s.warm_epochs,
+        s.id_dropout,
+        s.ranker,
+        s.retriever,
     )
     choice = run_baselines(warm, rest, replay, s.batch, progress, name, s.half_lives, s.prior_k)
     summary = summarise(replay)
@@ -531,6 +555,22 @@ def main(
     ),
     prior_k: float = typer.Option(20.0, help="Pseudo-impressions of the smoothed-rate baseline."),
     resamples: int = typer.Option(200, help="Bootstrap resamples of users for the intervals."),
+    id_dropout: float = typer.Option(LearnConfig().id_dropout, help="ID dropout of full training."),
+    ranker_history: int = typer.Option(
+        RankerConfig().history, help="History length the ranker attends to (0: off)."
+    ),
+    retriever_history: int = typer.Option(
+        RetrieverConfig().history, help="History length the user tower pools (0: off)."
+    ),
+    duration_buckets: int = typer.Option(
+        RankerConfig().duration_buckets, help="Duration buckets of the ranker (0: off)."
+    ),
+    validation_tail: bool = typer.Option(
+        False,
+        help="Tuning mode: only the warm-up of each stream; its first 80 % trains, its last 20 % "
+        "is scored (choose settings here, never on the full run's stream).",
+    ),
+    with_census: bool = typer.Option(True, "--census/--no-census", help="Run census-income."),
 ) -> None:
     """Run every quality benchmark; print and write the tables and the AUC-over-time plot."""
     import matplotlib.pyplot as plt
@@ -550,7 +590,12 @@ def main(
         [float(h) for h in half_lives.split(",")],
         prior_k,
         resamples,
+        id_dropout,
+        RankerConfig(history=ranker_history, duration_buckets=duration_buckets),
+        RetrieverConfig(history=retriever_history),
     )
+    if validation_tail:
+        settings = replace(settings, warmup=0.8)
     lines = [
         "# Model quality (bench.quality)",
         "",
@@ -573,7 +618,7 @@ def main(
             KuaiRandSource(
                 DATA / "kuairand-27k-likehate" / "processed_standard_kcore_15.tsv", limit=limit
             ),
-            ("click", "like", "follow", "comment", "share"),
+            ("click", "like", "completion", "follow", "comment", "share"),
             "like",
         ),
     }
@@ -581,6 +626,8 @@ def main(
         for ax, (name, (source, tasks, plot_task)) in zip(axes, sets.items(), strict=True):
             progress.console.print(f"{name}: joining events")
             cols = join_events(_events(source))
+            if validation_tail:  # the warm-up only: what the full run trains on
+                cols = cols.take(np.arange(int(len(cols) * warmup)))
             section, replay = evaluate(name, cols, tasks, settings, progress)
             lines += section
             curves = auc_over_time(replay, plot_task)
@@ -590,15 +637,17 @@ def main(
             ax.set_xlabel("stream decile after warm-up")
             ax.set_ylabel("AUC")
             ax.legend()
-    progress.console.print("census-income: MMoE vs shared-bottom")
-    lines += ["## census-income", "", "| core | metric | value |", "|---|---|---|"]
-    for kind, row in census().items():
-        for metric, value in row.items():
-            lines.append(f"| {kind} | {metric} | {value:.4f} |")
+    if with_census:
+        progress.console.print("census-income: MMoE vs shared-bottom")
+        lines += ["## census-income", "", "| core | metric | value |", "|---|---|---|"]
+        for kind, row in census().items():
+            for metric, value in row.items():
+                lines.append(f"| {kind} | {metric} | {value:.4f} |")
     fig.tight_layout()
     fig.savefig(OUT / "quality_auc.png", dpi=120)
     report = "\n".join(lines)
-    (OUT / "quality.md").write_text(report + "\n")
+    name = "quality_tail.md" if validation_tail else "quality.md"
+    (OUT / name).write_text(report + "\n")
     console.print(report, markup=False, highlight=False, soft_wrap=True)
     console.print(f"plot: {OUT / 'quality_auc.png'}")
 
