@@ -159,7 +159,7 @@ def test_kill_9_mid_replay_then_restart_equals_uninterrupted(
     base = recoverable_run("stats", job.config, recovery, "--processes", str(processes))
     third = len(events) // 3
     crashed_at = crash_mid_replay(
-        job, base, events, third, batch=200, rate=2_000.0, recovery=recovery
+        job, base, events, third, batch=200, rate=1_000.0, recovery=recovery
     )
     assert crashed_at < events[-1].ts
     run_to_end(base, job.env)
