@@ -1,5 +1,5 @@
 """Model quality on real data, prequential: the online and the frozen model against baselines on
-the same batches; MMoE vs shared-bottom on census-income.
+the same batches; PLE, MMoE and shared-bottom on census-income.
 
     .venv/bin/python -m bench.quality [--warmup 0.3] [--batch 1024] [--warm-batch 128]
         [--warm-epochs 3] [--emb-lr 0.05] [--online-lr 0.01] [--half-lives 1,6,24,72,168,720]
@@ -41,8 +41,8 @@ stream). Recall@50 over the clicked samples: is the note among the variant's top
 it knows, the other notes the user clicked before excluded. Intervals: 95 % percentile bootstrap
 over users (resampled with replacement) of online - best baseline (highest on the stream) and
 online - frozen. Census-income (MMoE paper's pair of tasks: income > 50K, never married) trains
-an MMoE and a shared-bottom core of similar size on the same split. Writes bench/out/quality.md
-and bench/out/quality_auc.png.
+PLE (2 levels, and CGC: 1 level), MMoE and shared-bottom cores of similar size on the same split.
+Writes bench/out/quality.md and bench/out/quality_auc.png.
 """
 
 from __future__ import annotations
@@ -424,8 +424,18 @@ class Tabular(torch.nn.Module):
         return torch.cat([e(cat[:, i]) for i, e in enumerate(self.embs)] + [num], dim=1)
 
 
+CENSUS_CORES = {
+    "ple": dict(kind="ple", shared_experts=4, task_experts=2, levels=2),
+    "cgc": dict(kind="ple", shared_experts=4, task_experts=2, levels=1),
+    "mmoe": dict(kind="mmoe"),
+    "shared_bottom": dict(kind="shared_bottom"),
+}
+"""Census cores: 8 experts of width 16 for MMoE, 4 shared + 2 per task x 2 tasks of width 16 per
+PLE level (CGC: PLE with one level), a 128-wide bottom for shared-bottom (`make_core`)."""
+
+
 def census(seeds: int = 3, epochs: int = 3) -> dict[str, dict[str, float]]:
-    """MMoE vs shared-bottom on census-income (test file, 80/20 split); median AUC over seeds."""
+    """`CENSUS_CORES` on census-income (test file, 80/20 split); median AUC over seeds."""
     path = DATA / "census-income-kdd" / "census-income.test.gz"
     with gzip.open(path, "rt") as f:
         rows = [[c.strip() for c in line.rstrip(".\n").split(",")] for line in f if line.strip()]
@@ -449,11 +459,11 @@ def census(seeds: int = 3, epochs: int = 3) -> dict[str, dict[str, float]]:
         order = rng.permutation(len(income))
         split = int(0.8 * len(order))
         train, test = torch.from_numpy(order[:split]), torch.from_numpy(order[split:])
-        for kind in ("mmoe", "shared_bottom"):
+        for kind, core_shape in CENSUS_CORES.items():
             torch.manual_seed(seed)
             feats = Tabular(cards, num.shape[1])
             shape = RankerConfig(
-                kind=kind, experts=8, expert_hidden=(16,), tower_hidden=(8,), gate_dropout=0.1
+                **core_shape, experts=8, expert_hidden=(16,), tower_hidden=(8,), gate_dropout=0.1
             )
             core = make_core(shape, feats.out_dim, tuple(labels))
             model = torch.nn.ModuleDict({"f": feats, "c": core})
@@ -476,9 +486,27 @@ def census(seeds: int = 3, epochs: int = 3) -> dict[str, dict[str, float]]:
             for t, y in labels.items():
                 score = auc(y[test].numpy(), out.logits[t].numpy())
                 results.setdefault(kind, {}).setdefault(t, []).append(score)
-            if kind == "mmoe":
-                results[kind].setdefault("gate entropy", []).append(out.gate_entropy())
+            if out.gates:
+                h = out.gate_entropy()
+                results[kind].setdefault("gate entropy", []).append(h)
+                n = out.gates[0].shape[1]
+                results[kind].setdefault("gate entropy / log n", []).append(h / np.log(n))
+            params = sum(p.numel() for p in core.parameters())
+            results[kind].setdefault("core parameters", []).append(params)
     return {k: {t: float(np.median(v)) for t, v in d.items()} for k, d in results.items()}
+
+
+def census_table(rows: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown table of `census` results, the cores side by side."""
+    metrics = list(dict.fromkeys(m for row in rows.values() for m in row))
+    lines = ["| metric | " + " | ".join(rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    for m in metrics:
+        cells = [
+            "-" if m not in r else f"{r[m]:.0f}" if m == "core parameters" else f"{r[m]:.4f}"
+            for r in rows.values()
+        ]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -638,11 +666,8 @@ def main(
             ax.set_ylabel("AUC")
             ax.legend()
     if with_census:
-        progress.console.print("census-income: MMoE vs shared-bottom")
-        lines += ["## census-income", "", "| core | metric | value |", "|---|---|---|"]
-        for kind, row in census().items():
-            for metric, value in row.items():
-                lines.append(f"| {kind} | {metric} | {value:.4f} |")
+        progress.console.print("census-income: PLE, CGC, MMoE and shared-bottom")
+        lines += ["## census-income", "", *census_table(census())]
     fig.tight_layout()
     fig.savefig(OUT / "quality_auc.png", dpi=120)
     report = "\n".join(lines)

@@ -41,10 +41,10 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class RankerConfig:
-    """Architecture of the ranker (MMoE or shared-bottom) on the streamrec sample features."""
+    """Architecture of the ranker (MMoE, PLE or shared-bottom) on the streamrec sample features."""
 
     kind: str = "mmoe"
-    """"mmoe" or "shared_bottom"."""
+    """"mmoe", "ple" (progressive layered extraction) or "shared_bottom"."""
     tasks: tuple[str, ...] = RANKER_TASKS
     """Binary tasks; watch time is always added as task "watch"."""
     id_dims: dict[str, int] = field(
@@ -82,9 +82,16 @@ class RankerConfig:
     Kept in the snapshot with the other hyperparameters, so a model is always served with the
     priors it was trained on; snapshots from before this field get the default."""
     experts: int = 4
-    """MMoE experts."""
+    """MMoE experts (for "ple" and "shared_bottom" the width they are sized to match)."""
     expert_hidden: tuple[int, ...] = (64,)
-    """Hidden and output widths of each expert (and of the shared bottom)."""
+    """Hidden and output widths of each expert (and of the shared bottom; for "ple" scaled so
+    that each level's experts are together as wide as `experts` of these, `mmoe.make_core`)."""
+    shared_experts: int = 2
+    """"ple" only: experts shared by all tasks in each extraction level."""
+    task_experts: int = 1
+    """"ple" only: experts of each task in each extraction level."""
+    levels: int = 2
+    """"ple" only: extraction levels (CGC layers); 1 is CGC alone."""
     tower_hidden: tuple[int, ...] = (16,)
     """Hidden widths of each task tower."""
     gate_dropout: float = 0.1
@@ -103,10 +110,17 @@ class RankerConfig:
     """Values of fields a snapshot written before they existed implies (`config_from_dict`)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("mmoe", "shared_bottom"):
+        if self.kind not in ("mmoe", "ple", "shared_bottom"):
             raise ModelConfigError(
-                f"ranker kind must be 'mmoe' or 'shared_bottom', not {self.kind!r}"
+                f"ranker kind must be 'mmoe', 'ple' or 'shared_bottom', not {self.kind!r}"
             )
+        small = [
+            n
+            for n in ("experts", "shared_experts", "task_experts", "levels")
+            if getattr(self, n) < 1
+        ]
+        if small:
+            raise ModelConfigError(f"ranker {small} must be at least 1")
         missing = [t for t in ID_TABLES if t not in self.id_dims]
         if missing:
             raise ModelConfigError(

@@ -1,7 +1,9 @@
-"""Multi-task rankers: MMoE and the shared-bottom baseline, with the same interface.
+"""Multi-task rankers: MMoE, PLE and the shared-bottom baseline, with the same interface.
 
 Reference: J. Ma, Z. Zhao, X. Yi, J. Chen, L. Hong, E. H. Chi, "Modeling Task Relationships in
-Multi-task Learning with Multi-gate Mixture-of-Experts", KDD 2018. Gate dropout against
+Multi-task Learning with Multi-gate Mixture-of-Experts", KDD 2018. PLE / CGC: H. Tang, J. Liu,
+M. Zhao, X. Gong, "Progressive Layered Extraction (PLE): A Novel Multi-Task Learning (MTL)
+Model for Personalized Recommendations", RecSys 2020. Gate dropout against
 polarisation: Z. Zhao et al., "Recommending What Video to Watch Next", RecSys 2019. ESMM
 (optional): X. Ma et al., "Entire Space Multi-Task Model", SIGIR 2018. Watch time as weighted
 logistic regression: P. Covington et al., "Deep Neural Networks for YouTube Recommendations",
@@ -52,6 +54,11 @@ class TaskOutput:
             return float(torch.stack([gate_entropy(g) for g in self.gates]).mean())
 
 
+def mix(g: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """(B, n) gate weights, (B, n, d) expert outputs -> (B, d) weighted sum."""
+    return (g.unsqueeze(-1) * e).sum(dim=1)  # (B, d)
+
+
 class MMoECore(nn.Module):
     """Experts shared by all tasks, one softmax gate and one tower per task."""
 
@@ -82,8 +89,7 @@ class MMoECore(nn.Module):
         logits, gates = {}, []
         for t in self.tasks:
             g = self.gates[t](x)  # (B, n)
-            mixed = (g.unsqueeze(-1) * e).sum(dim=1)  # (B, d)
-            logits[t] = self.towers[t](mixed).squeeze(-1)  # (B,)
+            logits[t] = self.towers[t](mix(g, e)).squeeze(-1)  # (B,)
             gates.append(g)
         return TaskOutput(logits, gates)
 
@@ -115,16 +121,130 @@ class SharedBottomCore(nn.Module):
         return TaskOutput({t: self.towers[t](h).squeeze(-1) for t in self.tasks}, [])
 
 
-def make_core(config: RankerConfig, in_dim: int, tasks: tuple[str, ...]) -> nn.Module:
-    """An `MMoECore` (`config.kind` "mmoe") or a `SharedBottomCore` ("shared_bottom") of
-    similar width, with the experts, towers and dropouts of `config`.
+class CGCLayer(nn.Module):
+    """One PLE extraction layer (CGC): task-specific and shared experts, a gate per task.
 
-    The shared bottom is as wide as all experts together, so both have similar capacity.
+    Task t's gate mixes only t's `task_experts` and the `shared_experts`; unless `last`, a
+    shared gate over all experts also gives the shared input of the next layer.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: tuple[str, ...],
+        task_experts: int,
+        shared_experts: int,
+        expert_hidden: tuple[int, ...],
+        gate_dropout: float = 0.0,
+        dropout: float = 0.0,
+        last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.own = nn.ModuleDict(
+            {t: Experts(task_experts, in_dim, expert_hidden, dropout) for t in tasks}
+        )
+        self.shared = Experts(shared_experts, in_dim, expert_hidden, dropout)
+        self.gates = nn.ModuleDict(
+            {t: Gate(in_dim, task_experts + shared_experts, gate_dropout) for t in tasks}
+        )
+        n_all = len(tasks) * task_experts + shared_experts
+        self.shared_gate = None if last else Gate(in_dim, n_all, gate_dropout)
+        self.out_dim = self.shared.out_dim
+
+    def forward(
+        self, xs: dict[str, torch.Tensor], x_shared: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Per-task and shared inputs (B, in_dim) -> per-task, shared (B, d) and gates.
+
+        The shared output is None in the last layer; task gates are (B, task + shared).
+        """
+        s = self.shared(x_shared)  # (B, m_s, d)
+        own = {t: self.own[t](xs[t]) for t in self.tasks}  # each (B, m_t, d)
+        outs, gates = {}, {}
+        for t in self.tasks:
+            g = self.gates[t](xs[t])  # (B, m_t + m_s)
+            outs[t] = mix(g, torch.cat([own[t], s], dim=1))  # (B, d)
+            gates[t] = g
+        shared = None
+        if self.shared_gate is not None:
+            g = self.shared_gate(x_shared)  # (B, T m_t + m_s)
+            shared = mix(g, torch.cat([*own.values(), s], dim=1))  # (B, d)
+        return outs, shared, gates
+
+
+class PLECore(nn.Module):
+    """`levels` stacked CGC layers (progressive layered extraction), one tower per task."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        tasks: tuple[str, ...],
+        task_experts: int,
+        shared_experts: int,
+        levels: int,
+        expert_hidden: tuple[int, ...],
+        tower_hidden: tuple[int, ...],
+        gate_dropout: float = 0.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.tasks = tasks
+        layers, d = [], in_dim
+        for i in range(levels):
+            layer = CGCLayer(
+                d,
+                tasks,
+                task_experts,
+                shared_experts,
+                expert_hidden,
+                gate_dropout,
+                dropout,
+                last=i == levels - 1,
+            )
+            layers.append(layer)
+            d = layer.out_dim
+        self.layers = nn.ModuleList(layers)
+        self.towers = nn.ModuleDict(
+            {t: MLP(d, (*tower_hidden, 1), dropout, last_linear=True) for t in tasks}
+        )
+
+    def forward(self, x: torch.Tensor) -> TaskOutput:
+        """(B, in_dim) -> per-task logits (B,) and last-layer gates (B, task + shared)."""
+        xs, shared = dict.fromkeys(self.tasks, x), x  # each (B, in_dim)
+        gates: dict[str, torch.Tensor] = {}
+        for layer in self.layers:
+            xs, shared, gates = layer(xs, shared)  # each (B, d)
+        logits = {t: self.towers[t](xs[t]).squeeze(-1) for t in self.tasks}  # each (B,)
+        return TaskOutput(logits, [gates[t] for t in self.tasks])
+
+
+def make_core(config: RankerConfig, in_dim: int, tasks: tuple[str, ...]) -> nn.Module:
+    """The core of `config.kind`, with the experts, towers and dropouts of `config`.
+
+    `MMoECore` ("mmoe"), `PLECore` ("ple") or `SharedBottomCore` ("shared_bottom"), of
+    similar capacity: the shared bottom is as wide as all experts together, and each
+    PLE level's experts are scaled to be together as wide as the MMoE experts (every width of
+    `expert_hidden` times `experts` / (`shared_experts` + tasks x `task_experts`), rounded).
     """
     c = config
     if c.kind == "mmoe":
         return MMoECore(
             in_dim, tasks, c.experts, c.expert_hidden, c.tower_hidden, c.gate_dropout, c.dropout
+        )
+    if c.kind == "ple":
+        scale = c.experts / (c.shared_experts + len(tasks) * c.task_experts)
+        hidden = tuple(max(1, round(w * scale)) for w in c.expert_hidden)
+        return PLECore(
+            in_dim,
+            tasks,
+            c.task_experts,
+            c.shared_experts,
+            c.levels,
+            hidden,
+            c.tower_hidden,
+            c.gate_dropout,
+            c.dropout,
         )
     bottom = (*c.expert_hidden[:-1], c.expert_hidden[-1] * c.experts)
     return SharedBottomCore(in_dim, tasks, bottom, c.tower_hidden, c.dropout)
@@ -197,7 +317,7 @@ class RankerFeatures(nn.Module):
 
 
 class RankingModel(nn.Module):
-    """The ranker: `RankerFeatures` -> MMoE or shared-bottom core -> task logits."""
+    """The ranker: `RankerFeatures` -> MMoE, PLE or shared-bottom core -> task logits."""
 
     def __init__(self, store: EmbeddingStore, config: RankerConfig) -> None:
         super().__init__()

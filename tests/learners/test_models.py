@@ -1,4 +1,4 @@
-"""MMoE / shared-bottom shapes and learning, calibration for down-sampling, two-tower log-Q."""
+"""MMoE / PLE / shared-bottom shapes and learning, down-sampling calibration, two-tower log-Q."""
 
 from __future__ import annotations
 
@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from learners.config import EmbeddingConfig, RankerConfig, RetrieverConfig
+from learners.config import (
+    EmbeddingConfig,
+    RankerConfig,
+    RetrieverConfig,
+    config_from_dict,
+    config_to_dict,
+)
+from learners.errors import ModelConfigError
 from learners.inputs import log_buckets
-from learners.mmoe import WATCH, make_core
+from learners.mmoe import WATCH, CGCLayer, PLECore, make_core
 from learners.modules import Gate
 from learners.training import RankerState, RetrieverState
 from learners.two_tower import StreamingFrequency
@@ -22,18 +29,69 @@ def test_log_buckets() -> None:
     assert got.tolist() == [0, 1, 1, 2, 2, 7, 0, 0]
 
 
-@pytest.mark.parametrize("kind", ["mmoe", "shared_bottom"])
+@pytest.mark.parametrize("kind", ["mmoe", "ple", "shared_bottom"])
 def test_core_shapes(kind: str) -> None:
     shape = RankerConfig(
-        kind=kind, experts=3, expert_hidden=(8,), tower_hidden=(4,), gate_dropout=0.2, dropout=0.0
+        kind=kind,
+        experts=3,
+        expert_hidden=(8,),
+        tower_hidden=(4,),
+        gate_dropout=0.2,
+        dropout=0.0,
+        shared_experts=2,
+        task_experts=3,
+        levels=2,
     )
     core = make_core(shape, 10, ("a", "b"))
     out = core(torch.randn(5, 10))
     assert set(out.logits) == {"a", "b"} and all(z.shape == (5,) for z in out.logits.values())
-    assert len(out.gates) == (2 if kind == "mmoe" else 0)
-    if kind == "mmoe":
-        assert out.gates[0].shape == (5, 3)
-        assert 0 <= out.gate_entropy() <= np.log(3) + 1e-6
+    assert len(out.gates) == (0 if kind == "shared_bottom" else 2)
+    width = {"mmoe": 3, "ple": 3 + 2}.get(kind)  # PLE: the task's own + the shared experts
+    if width is not None:
+        assert all(g.shape == (5, width) for g in out.gates)
+        assert all(torch.allclose(g.sum(dim=1), torch.ones(5)) for g in out.gates)
+        assert 0 <= out.gate_entropy() <= np.log(width) + 1e-6
+    else:
+        assert np.isnan(out.gate_entropy())
+    if kind == "ple":
+        assert isinstance(core, PLECore) and len(core.layers) == 2
+        # each level's experts together as wide as the 3 MMoE experts: 8 x 3 / (2 + 2 x 3) = 3
+        assert core.layers[0].shared.out_dim == 3
+        assert core.layers[0].shared_gate is not None and core.layers[1].shared_gate is None
+
+
+def test_ple_fields_default_for_old_snapshots_and_are_checked() -> None:
+    data = config_to_dict(RankerConfig())
+    for name in ("shared_experts", "task_experts", "levels"):
+        del data[name]  # a snapshot written before PLE
+    old = config_from_dict(RankerConfig, data)
+    assert old == RankerConfig() and old.kind == "mmoe"
+    with pytest.raises(ModelConfigError, match="'ple'"):
+        RankerConfig(kind="cgc")
+    with pytest.raises(ModelConfigError, match="levels"):
+        RankerConfig(kind="ple", levels=0)
+
+
+def test_cgc_task_gate_mixes_only_its_own_and_the_shared_experts() -> None:
+    torch.manual_seed(0)
+    layer = CGCLayer(6, ("a", "b"), 2, 3, (4,), last=False).eval()
+    x = torch.randn(32, 6)
+    xs = {"a": x, "b": x}
+    outs, shared, gates = layer(xs, x)
+    assert gates["a"].shape == gates["b"].shape == (32, 2 + 3)
+    assert layer.shared_gate is not None and layer.shared_gate.linear.out_features == 2 * 2 + 3
+    # scale task b's experts: task a's output must not move, b's and the shared output must
+    hook = layer.own["b"].register_forward_hook(lambda _m, _i, e: 10.0 * e + 1.0)
+    outs2, shared2, _ = layer(xs, x)
+    hook.remove()
+    assert torch.equal(outs2["a"], outs["a"])
+    assert not torch.allclose(outs2["b"], outs["b"])
+    assert not torch.allclose(shared2, shared)
+    # and the shared experts feed every task
+    hook = layer.shared.register_forward_hook(lambda _m, _i, e: 10.0 * e + 1.0)
+    outs3, _, _ = layer(xs, x)
+    hook.remove()
+    assert not torch.allclose(outs3["a"], outs["a"]) and not torch.allclose(outs3["b"], outs["b"])
 
 
 def test_gate_dropout_keeps_a_distribution() -> None:
@@ -45,7 +103,7 @@ def test_gate_dropout_keeps_a_distribution() -> None:
     assert (gate(torch.randn(200, 4)) > 0).all()
 
 
-@pytest.mark.parametrize("kind", ["mmoe", "shared_bottom"])
+@pytest.mark.parametrize("kind", ["mmoe", "ple", "shared_bottom"])
 def test_ranker_learns_and_predicts_every_task(kind: str) -> None:
     cols, _ = synthetic(12_000, seed=3)
     state = RankerState.create(
