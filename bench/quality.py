@@ -30,6 +30,9 @@ the earlier batches only, and learns from it after scoring it (prequential).
   (log-odds of the window counts in the sample, the ranker's inputs), fit once on the warm-up.
 - Retrieval baselines: ItemCF (cosine similarity of the notes' past clicker sets, summed over
   the notes the user clicked before), popularity and recent popularity.
+- Calibration (`bench.calibration`): the ranker trained as above but on down-sampled data
+  (negatives kept at `--keep-rate`, the joiner's 0.25) scores every batch whole; mean predicted /
+  observed rate of click, like and completion in each fifth of the stream.
 - The half-life of recent popularity is chosen among `--half-lives` on the warm-up alone: its
   last 20 % is replayed the same way from the state of its first 80 %; the best mean AUC over
   the tasks picks the ranking half-life, the best Recall@50 the retrieval one.
@@ -76,6 +79,7 @@ from bench.baselines import (
     gauc,
     recall_hits,
 )
+from bench.calibration import calibration, calibration_lines
 from bench.common import DATA
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
 from learners.full import train_pass
@@ -83,6 +87,7 @@ from learners.inputs import Columns
 from learners.mmoe import make_core
 from learners.snapshots import SnapshotConfig, SnapshotReader, SnapshotWriter
 from learners.training import RankerState, RetrieverState
+from streams.config import SamplesConfig
 
 matplotlib.use("Agg")
 console = Console()
@@ -94,7 +99,6 @@ def join_events(events: list, partitions: int = 4, keep_rate: float = 1.0) -> Co
     from bytewax.testing import TestingSink, TestingSource, run_main
 
     from features.samples import decode_batch
-    from streams.config import SamplesConfig
     from streams.samples import build_flow
     from tests.streams.helpers import raw_batches
 
@@ -127,6 +131,8 @@ RANKING_BASELINES = ("popularity", "recent popularity", "smoothed rate", "LR", "
 RETRIEVAL_BASELINES = ("popularity", "recent popularity", "ItemCF")
 VARIANTS = (*MODELS, *RANKING_BASELINES, "ItemCF")
 K = 50
+CALIBRATION_TASKS = ("click", "like", "completion")
+"""Tasks whose calibration under down-sampling is checked (where the stream has both labels)."""
 
 
 @dataclass
@@ -522,6 +528,7 @@ class Settings:
     half_lives: list[float]
     prior_k: float
     resamples: int
+    keep_rate: float
     id_dropout: float
     ranker: RankerConfig
     retriever: RetrieverConfig
@@ -550,6 +557,18 @@ def evaluate(
     )
     choice = run_baselines(warm, rest, replay, s.batch, progress, name, s.half_lives, s.prior_k)
     summary = summarise(replay)
+    config = LearnConfig(
+        batch_size=s.batch,
+        seed=7,
+        emb_lr=s.emb_lr,
+        online_emb_lr=s.online_lr,
+        id_dropout=s.id_dropout,
+    )
+    calibrated = tuple(t for t in CALIBRATION_TASKS if t in tasks and 0 < cols.labels[t].mean() < 1)
+    ratios = calibration(
+        warm, rest, calibrated, s.keep_rate, config, s.ranker, s.warm_batch, s.warm_epochs,
+        progress, name,
+    )  # fmt: skip
     lines = [
         f"## {name}",
         "",
@@ -559,6 +578,8 @@ def evaluate(
         *table(summary),
         "",
         *(f"- {line}" for line in compare(replay, summary, s.resamples)),
+        "",
+        *calibration_lines(ratios, s.keep_rate),
         "",
     ]
     return lines, replay
@@ -583,6 +604,10 @@ def main(
     ),
     prior_k: float = typer.Option(20.0, help="Pseudo-impressions of the smoothed-rate baseline."),
     resamples: int = typer.Option(200, help="Bootstrap resamples of users for the intervals."),
+    keep_rate: float = typer.Option(
+        SamplesConfig().negative_keep_rate,
+        help="Negative keep rate of the calibration check (the joiner's default).",
+    ),
     id_dropout: float = typer.Option(LearnConfig().id_dropout, help="ID dropout of full training."),
     ranker_history: int = typer.Option(
         RankerConfig().history, help="History length the ranker attends to (0: off)."
@@ -618,6 +643,7 @@ def main(
         [float(h) for h in half_lives.split(",")],
         prior_k,
         resamples,
+        keep_rate,
         id_dropout,
         RankerConfig(history=ranker_history, duration_buckets=duration_buckets),
         RetrieverConfig(history=retriever_history),

@@ -171,26 +171,35 @@ class RankerState(_State, RankerModelState):
 
     @torch.no_grad()
     def recalibrate(self, cols: Columns, most: int = 200_000, seed: int = 0) -> dict[str, float]:
-        """Fit each calibrated task's logit offset so that its mean raw prediction on `cols`
-        equals the task's rate there; return the offsets.
+        """Fit each task's logit offset so that its mean prediction on `cols` equals the task's
+        rate there; return the offsets.
 
         The down-sampling calibration p = a q / (1 - q + a q) is exact only for a q that is
         right on the sampled data, and a model's mean q wanders with the last optimiser steps
-        (up to 6 % off its own training data in tests/learners/test_models.py). Full training
-        calls this on its log (a sample of `most` rows); online mode keeps the offsets, as it
-        keeps the dense parameters.
+        (up to 6 % off its own training data in tests/learners/test_models.py): a calibrated
+        task's raw mean is matched to its rate on the sampled log. The importance-weighted
+        tasks drift too (KuaiRand completion at a = 0.25: 1.25x the observed rate without
+        this): their mean weighted by 1 / keep_rate is matched to the weighted rate, i.e. to
+        the rate before down-sampling. Full training calls this on its log (a sample of `most`
+        rows); online mode keeps the offsets, as it keeps the dense parameters.
         """
         if len(cols) > most:
             pick = np.random.default_rng(seed).choice(len(cols), most, replace=False)
             cols = cols.take(np.sort(pick))
         out = self._forward(cols)
-        for t in self.config.calibrated:
+        inverse = torch.from_numpy(1.0 / np.maximum(cols.keep_rate, 1e-6)).double()  # (B,)
+        # with ESMM a task's prediction is pCTR x sigmoid(its logit): only click is fitted here
+        tasks = self.config.calibrated if self.config.esmm else self.config.tasks
+        for t in tasks:
             z = out.logits[t].double()  # (B,)
-            target = float(cols.labels[t].mean())
+            w = torch.ones_like(z) if t in self.config.calibrated else inverse  # (B,)
+            y = torch.from_numpy(cols.labels[t]).double()  # (B,)
+            target = float((w * y).sum() / w.sum())
             lo, hi = -20.0, 20.0
-            for _ in range(60):  # bisection: mean sigmoid(z + d) is increasing in d
+            for _ in range(60):  # bisection: the weighted mean of sigmoid(z + d) rises with d
                 mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if float(torch.sigmoid(z + mid).mean()) < target else (lo, mid)
+                mean = float((w * torch.sigmoid(z + mid)).sum() / w.sum())
+                lo, hi = (mid, hi) if mean < target else (lo, mid)
             self.logit_offsets[t] = (lo + hi) / 2
         return dict(self.logit_offsets)
 

@@ -139,7 +139,7 @@ def test_calibration_restores_the_true_click_rate_within_5_percent() -> None:
     # what full training does after its pass: the logit offset that makes the mean raw
     # prediction on the (down-sampled) log equal its click rate
     offsets = state.recalibrate(train)
-    assert set(offsets) == {"click"}
+    assert set(offsets) == set(state.config.tasks)
     raw_train = state.predict(train, calibrated=False)["click"].mean()
     assert raw_train == pytest.approx(train.labels["click"].mean(), rel=1e-4)
     raw = state.predict(test, calibrated=False)["click"].mean()
@@ -148,6 +148,15 @@ def test_calibration_restores_the_true_click_rate_within_5_percent() -> None:
     assert abs(calibrated / truth - 1) < 0.05
     # without the offset: 0.85 of the truth here (the mean wanders with the last Adam steps)
     assert abs(calibrated / truth - 1) < abs(drifted / truth - 1)
+    # the importance-weighted tasks: their mean weighted by 1 / keep_rate on the log equals the
+    # weighted rate (the rate before down-sampling), so on unsampled data it is the true rate
+    w = 1.0 / train.keep_rate
+    on_log = state.predict(train)
+    on_test = state.predict(test)
+    for t in ("like", "completion"):
+        weighted = float((w * on_log[t]).sum() / w.sum())
+        assert weighted == pytest.approx(float((w * train.labels[t]).sum() / w.sum()), rel=1e-4)
+        assert abs(on_test[t].mean() / test.labels[t].mean() - 1) < 0.05
 
 
 def test_streaming_frequency_estimates_the_item_probability() -> None:
