@@ -43,6 +43,25 @@ def downsample(cols: Columns, a: float) -> Columns:
     return Columns(**{**out.__dict__, "keep_rate": rate})
 
 
+def warm_up(
+    warm: Columns,
+    config: LearnConfig,
+    ranker_config: RankerConfig,
+    retriever_config: RetrieverConfig,
+    warm_batch: int,
+    warm_epochs: int,
+) -> tuple[RankerState, RetrieverState]:
+    """Fresh models fully trained on `warm`: `warm_epochs` shuffled passes in batches of
+    `warm_batch` (seeds `config.seed` + pass), as both `bench.quality` and `calibration` train."""
+    emb = config.embedding(16)
+    ranker = RankerState.create(ranker_config, emb, seed=config.seed)
+    retriever = RetrieverState.create(retriever_config, emb, seed=config.seed)
+    for epoch in range(warm_epochs):
+        update = {"batch_size": warm_batch, "seed": config.seed + epoch}
+        train_pass(ranker, retriever, warm, config.model_copy(update=update))
+    return ranker, retriever
+
+
 def calibration(
     warm: Columns,
     rest: list[Columns],
@@ -60,13 +79,9 @@ def calibration(
     The ranker is trained as `bench.quality.prequential` trains it, on down-sampled data; it
     scores each batch whole (calibrated), then learns from its down-sampled part (ID rows only).
     """
-    emb = config.embedding(16)
-    ranker = RankerState.create(ranker_config, emb, seed=config.seed)
-    retriever = RetrieverState.create(RetrieverConfig(), emb, seed=config.seed)
-    thinned = downsample(warm, a)
-    for epoch in range(warm_epochs):
-        update = {"batch_size": warm_batch, "seed": config.seed + epoch}
-        train_pass(ranker, retriever, thinned, config.model_copy(update=update))
+    ranker, _ = warm_up(
+        downsample(warm, a), config, ranker_config, RetrieverConfig(), warm_batch, warm_epochs
+    )
     ranker.freeze_dense()
     ranker.set_embedding_lr(config.online_emb_lr)
     predicted = {t: [] for t in tasks}

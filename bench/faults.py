@@ -218,6 +218,11 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 600) -> float
     return time.perf_counter() - start
 
 
+def _by_reason(letters: Counter) -> str:
+    """`summarize_dead_letters` counts as one line, "reason/field: count, ..." ("" if none)."""
+    return ", ".join(f"{r}/{f}: {c}" for (r, f), c in sorted(letters.items()))
+
+
 # -- 1. poison events -------------------------------------------------------------------------
 def _as_json(event: Event, **changes: object) -> bytes:
     data = msgspec.json.decode(encode_event(event))
@@ -283,7 +288,7 @@ def poison(ctx: Ctx, events: int, progress: Progress) -> list[Row]:
         caught = sum(min(c, letters[v]) for v, c in Counter(bad).items())
         reasons = summarize_dead_letters(ctx.state.bootstrap, f"{topic}.dlq")
         extra = sum(reasons.values()) - caught
-        by_reason = ", ".join(f"{r}/{f}: {c}" for (r, f), c in sorted(reasons.items()))
+        by_reason = _by_reason(reasons)
         rows.append(
             Row(
                 f"poison: {kind}",
@@ -331,8 +336,8 @@ def kill_stats(
         diff = _settle(ctx, project, so_far, 90.0)
         total += diff
         if diff.wrong or diff.lost or diff.twice:
-            letters = summarize_dead_letters(ctx.state.bootstrap, f"{topic}.dlq")
-            why = ", ".join(f"{r}/{f}: {c}" for (r, f), c in sorted(letters.items())) or "none"
+            dlq = summarize_dead_letters(ctx.state.bootstrap, f"{topic}.dlq")
+            why = _by_reason(dlq) or "none"
             bad.append(
                 f"kill {k + 1}: {diff.wrong} wrong, {diff.lost} lost after 90 s "
                 f"(dead letters so far: {why})"
@@ -343,8 +348,7 @@ def kill_stats(
         lambda so_far: lambda: job.hwm() >= so_far[-1].ts,
         progress, f"kill -9 stats, {processes} process(es)", check=settled,
     )  # fmt: skip
-    letters = summarize_dead_letters(ctx.state.bootstrap, f"{topic}.dlq")
-    dead = ", ".join(f"{r}/{f}: {c}" for (r, f), c in sorted(letters.items())) or "none"
+    dead = _by_reason(summarize_dead_letters(ctx.state.bootstrap, f"{topic}.dlq")) or "none"
     return Row(
         f"kill -9 stats job, {processes} process(es)",
         kills,

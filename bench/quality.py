@@ -79,10 +79,9 @@ from bench.baselines import (
     gauc,
     recall_hits,
 )
-from bench.calibration import calibration, calibration_lines
+from bench.calibration import calibration, calibration_lines, warm_up
 from bench.common import DATA
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
-from learners.full import train_pass
 from learners.inputs import Columns
 from learners.mmoe import make_core
 from learners.snapshots import SnapshotConfig, SnapshotReader, SnapshotWriter
@@ -216,33 +215,24 @@ def prequential(
     warm: Columns,
     rest: list[Columns],
     replay: Replay,
-    batch: int,
+    config: LearnConfig,
     progress: Progress,
     name: str,
-    emb_lr: float,
-    online_lr: float,
     warm_batch: int,
     warm_epochs: int,
-    id_dropout: float,
     ranker_config: RankerConfig,
     retriever_config: RetrieverConfig,
 ) -> None:
     """Train on the warm-up, then score each batch of `rest` before training on it (models).
 
     The warm-up is full training (every parameter), `warm_epochs` shuffled passes in batches of
-    `warm_batch`; the prequential part scores and then trains on batches of `batch`. Fills the
-    "online" and "frozen" entries of `replay`.
+    `warm_batch` (`bench.calibration.warm_up`); the prequential part scores and then trains on
+    the batches of `rest`. Fills the "online" and "frozen" entries of `replay`.
     """
     tasks = tuple(replay.labels)
-    config = LearnConfig(
-        batch_size=batch, seed=7, emb_lr=emb_lr, online_emb_lr=online_lr, id_dropout=id_dropout
+    ranker, retriever = warm_up(
+        warm, config, ranker_config, retriever_config, warm_batch, warm_epochs
     )
-    emb = config.embedding(16)
-    ranker = RankerState.create(ranker_config, emb, seed=7)
-    retriever = RetrieverState.create(retriever_config, emb, seed=7)
-    for epoch in range(warm_epochs):
-        update = {"batch_size": warm_batch, "seed": config.seed + epoch}
-        train_pass(ranker, retriever, warm, config.model_copy(update=update))
     with tempfile.TemporaryDirectory() as tmp:
         frozen, online = _clone_via_snapshot(ranker, retriever, Path(tmp))
     for state in online:  # as `OnlineLearner` does
@@ -297,18 +287,14 @@ def run_baselines(
         "recent popularity": RecentPopularity(tasks, rank_h * HOUR_MS),
         "smoothed rate": SmoothedRate(tasks, prior_k),
     }
-    if (warm.item_duration_ms > 0).any():  # impressions carry durations: "shorter first" too
-        rankers["shorter first"] = ShorterFirst(tasks)
     retrievers = {
         "popularity": popularity,
         "recent popularity": RecentPopularity(tasks, retr_h * HOUR_MS),
         "ItemCF": ItemCF(),
     }
-    learning = [
-        *(m for m in rankers.values() if not isinstance(m, ShorterFirst)),
-        retrievers["recent popularity"],
-        retrievers["ItemCF"],
-    ]
+    learning = [*rankers.values(), retrievers["recent popularity"], retrievers["ItemCF"]]
+    if (warm.item_duration_ms > 0).any():  # impressions carry durations: "shorter first" too
+        rankers["shorter first"] = ShorterFirst(tasks)  # learns nothing from past batches
     seen: dict[str, set] = {}
     for model in learning:
         model.update(warm)
@@ -540,23 +526,6 @@ def evaluate(
     """Models and baselines on the same prequential batches of `cols`; the report's section."""
     s = settings
     warm, rest, replay = stream(cols, tasks, s.warmup, s.batch)
-    prequential(
-        warm,
-        rest,
-        replay,
-        s.batch,
-        progress,
-        name,
-        s.emb_lr,
-        s.online_lr,
-        s.warm_batch,
-        s.warm_epochs,
-        s.id_dropout,
-        s.ranker,
-        s.retriever,
-    )
-    choice = run_baselines(warm, rest, replay, s.batch, progress, name, s.half_lives, s.prior_k)
-    summary = summarise(replay)
     config = LearnConfig(
         batch_size=s.batch,
         seed=7,
@@ -564,6 +533,12 @@ def evaluate(
         online_emb_lr=s.online_lr,
         id_dropout=s.id_dropout,
     )
+    prequential(
+        warm, rest, replay, config, progress, name, s.warm_batch, s.warm_epochs, s.ranker,
+        s.retriever,
+    )  # fmt: skip
+    choice = run_baselines(warm, rest, replay, s.batch, progress, name, s.half_lives, s.prior_k)
+    summary = summarise(replay)
     calibrated = tuple(t for t in CALIBRATION_TASKS if t in tasks and 0 < cols.labels[t].mean() < 1)
     ratios = calibration(
         warm, rest, calibrated, s.keep_rate, config, s.ranker, s.warm_batch, s.warm_epochs,
