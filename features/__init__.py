@@ -8,6 +8,8 @@
   `ExposureWriter` writes, `ExposureConfig` sizes them.
 - Training samples: `Sample`, `SampleBatch` (the `training-samples` codec) and the parquet
   log (`read_sample_log`).
+- Click history (view `user_history`, each user's last clicked notes, newest first): the sample
+  joiner writes it with `HistoryWriter`, `FeatureClient.history` reads it.
 - Paths: `DataPaths(data_dir)` derives every file location from one data directory.
 
 Names are loaded on first use, so `import features` stays cheap for the streaming jobs.
@@ -44,6 +46,8 @@ _EXPORTS = {
     "feature_store": "features.store",
     "apply_definitions": "features.store",
     "FeaturesError": "features.errors",
+    "HISTORY_VIEW": "features.history",
+    "HistoryWriter": "features.history",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

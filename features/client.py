@@ -9,7 +9,8 @@ SDK path stays available and equivalent:
     store.get_online_features(features=["user_stats:clicks_1h"], entity_rows=[{"user_id": "u1"}])
 
 Each streaming job records its event-time high-water mark at `mark_key(project, job)`; the
-values read are valid as of that time (`FeatureClient.as_of`).
+values read are valid as of that time (`FeatureClient.as_of`). `FeatureClient.history` reads the
+users' click histories the sample joiner keeps (`features.history`, view `user_history`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import redis
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from features.errors import UnknownViewError
+from features.history import read_history
 from features.online_reader import OnlineReader
 from features.schema import ENTITY_KEY, feature_types
 
@@ -122,6 +124,15 @@ class FeatureClient:
                 None if stamps[i] < 0 else _python_value(row[j]) for i, row in enumerate(rows)
             ]
         return out
+
+    def history(self, user_ids: Sequence[str]) -> tuple[list[list[str]], np.ndarray]:
+        """The users' last clicked notes (view `user_history`, written by the sample joiner).
+
+        Returns:
+            (per user the note ids newest first, [] when none is stored - a user who never
+            clicked; event times (n,) int64 epoch ms each is valid as of, -1 where none).
+        """
+        return read_history(self.client, self.project, user_ids)
 
     def stored_at(self, entity: str, entity_ids: Sequence[str]) -> list[int | None]:
         """Event time (epoch ms) each entity's stored row is valid as of; None without a row."""

@@ -1,4 +1,5 @@
-"""Feast objects of the repository: entities, push sources and the two stats feature views."""
+"""Feast objects of the repository: entities, push sources, the two stats feature views and the
+users' click history (`features.history`)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureView, Field, FileSource, PushSource
-from feast.types import Float64, Int64
+from feast.types import Array, Float64, Int64, String
 from feast.value_type import ValueType
 
+from features.history import HISTORY_FEATURE, HISTORY_VIEW
 from features.offline_log import CREATED, EVENT_TS
 from features.paths import DataPaths, default_data_dir
 from features.schema import ENTITY_KEY, feature_types
@@ -60,7 +62,32 @@ def stats_views(offline: Path) -> list[FeatureView]:
     return [_view("user_stats", user, offline), _view("note_stats", note, offline)]
 
 
+def history_view(offline: Path) -> FeatureView:
+    """The `user_history` view: each user's last clicked notes (newest first), written by the
+    sample joiner (`streams.samples`, `features.history.HistoryWriter`); its batch source names
+    `<offline>/user_history`, which nothing writes yet (the sample log holds every sample's
+    history, point-in-time)."""
+    batch = FileSource(
+        name=f"{HISTORY_VIEW}_log",
+        path=str(offline / HISTORY_VIEW),
+        timestamp_field=EVENT_TS,
+        created_timestamp_column=CREATED,
+        description="Offline log of user_history (not written: see the sample log).",
+    )
+    return FeatureView(
+        name=HISTORY_VIEW,
+        entities=[user],
+        ttl=timedelta(0),  # a history is valid until the user's next click
+        schema=[Field(name=HISTORY_FEATURE, dtype=Array(String))],
+        source=PushSource(name=f"{HISTORY_VIEW}_push", batch_source=batch),
+        online=True,
+        description="The user's most recently clicked notes, newest first, as of event_ts.",
+    )
+
+
 # What `feast apply` registers for the repository's own project (feature_store.yaml): the
 # offline log of project `streamrec` under the data directory (`$STREAMREC_DATA_DIR`), as the
 # jobs write it. Only the `feast` command line reads these module-level views.
-user_stats, note_stats = stats_views(DataPaths(default_data_dir()).offline("streamrec"))
+_OFFLINE = DataPaths(default_data_dir()).offline("streamrec")
+user_stats, note_stats = stats_views(_OFFLINE)
+user_history = history_view(_OFFLINE)

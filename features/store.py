@@ -63,11 +63,12 @@ def remove_project_files(project: str, data_dir: Path) -> None:
 
 
 def apply_definitions(store: FeatureStore, data_dir: Path) -> None:
-    """Register the entities, push sources and feature views (what `feast apply` does)."""
+    """Register the entities, push sources and feature views, the history's included (what
+    `feast apply` does)."""
     from features import definitions as d
 
     offline = DataPaths(data_dir).offline(store.project)
-    store.apply([d.user, d.note, *d.stats_views(offline)])
+    store.apply([d.user, d.note, *d.stats_views(offline), d.history_view(offline)])
 
 
 def online_features(store: FeatureStore, view: str, ids: list[str]) -> dict[str, list]:

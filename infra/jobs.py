@@ -177,7 +177,7 @@ class _JoinTotals:
 
 def _build_samples(ctx: JobContext) -> BuiltJob:
     from streams.kafka_io import partitions_of
-    from streams.samples import SampleLogSink, build_flow
+    from streams.samples import HistorySink, SampleLogSink, build_flow
     from streams.sinks import CallbackSink
 
     s, topics = ctx.settings, ctx.settings.kafka.topics
@@ -196,6 +196,7 @@ def _build_samples(ctx: JobContext) -> BuiltJob:
         partitions_of(ctx.where.bootstrap, topics.interactions),
         recoverable=ctx.recoverable,
         limits=s.events,
+        history=HistorySink(ctx.where.redis_url, s.feast_project) if cfg.history_len else None,
     )
     return BuiltJob(flow, totals.print)
 
@@ -222,8 +223,9 @@ JOBS: dict[str, JobSpec] = {
         JobSpec(
             "samples",
             "Labelled samples: impressions joined with their actions, to training-samples + "
-            "parquet.",
+            "parquet; users' click histories into Feast (Redis).",
             _build_samples,
+            prepare=_apply_features,
         ),
     )
 }

@@ -7,7 +7,9 @@ Dataflow (layout and reasons in docs/samples.md):
     mark, so all shards share one watermark)
     -> note shards: point-in-time note statistics of each impression -> sent to the user shard
     -> user shards: point-in-time user statistics, the attribution join, window close,
-       negative down-sampling, micro-batches -> `training-samples` + the parquet log.
+       negative down-sampling, micro-batches -> `training-samples` + the parquet log;
+       each user's click history (`Sample.history`) -> the online store (`HistoryUpdate`,
+       `HistorySink`: Feast view `user_history`, read by serving).
 
 Event time drives everything. The watermark W of a shard is the least high-water mark of the
 input partitions minus `allowed_lateness_ms`; an accepted event is never older than W, so events
@@ -31,12 +33,21 @@ from pathlib import Path
 
 import bytewax.operators as op
 import numpy as np
+import redis
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
-from bytewax.outputs import DynamicSink, FixedPartitionedSink, Sink, StatefulSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    Sink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
+from features.client import mark_key
+from features.history import HISTORY_JOB, HistoryWriter
 from features.samples import (
     LABELS,
     STAT_FEATURES,
@@ -53,6 +64,7 @@ from streams.errors import EventError
 from streams.events import Event, dead_letter, encode_dead_letter, encode_event
 from streams.ingest import Columns, ingest_flow, shard_cache, to_columns
 from streams.kafka_io import RawBatch
+from streams.retry import with_retry
 from streams.tiles import TileStore
 from streams.tiles import event_metrics as tile_metrics
 
@@ -102,6 +114,21 @@ class JoinReport:
 
     shard: str
     counts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryUpdate:
+    """Click histories of one user shard after the clicks that changed them, in event-time order.
+
+    Entry j: after a click of `users[j]` at `ts[j]`, the user's history (newest first, what a
+    sample of an impression after ts[j] carries). A user can have several entries; the last is
+    the newest.
+    """
+
+    shard: str
+    users: list[str]
+    histories: list[list[str]]
+    ts: list[int]
 
 
 def keep_draw(sample_id: str) -> float:
@@ -381,7 +408,7 @@ def build_sample(p: Pending, keep_rate: float) -> Sample:
     )
 
 
-Out = SampleBatch | JoinReport | KafkaSinkMessage
+Out = SampleBatch | JoinReport | HistoryUpdate | KafkaSinkMessage
 
 
 class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
@@ -395,11 +422,14 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
         config: SamplesConfig,
         partitions: Sequence[int],
         recoverable: bool,
+        emit_history: bool = False,
     ) -> None:
         super().__init__(state, config, partitions, recoverable)
         self.window = config.attribution_window_ms
         self.history_len = config.history_len
         self.batch_due: datetime | None = None
+        self.emit_history = emit_history
+        self._updates: HistoryUpdate | None = None
 
     def on_item(self, value: Part | NoteHalves) -> tuple[list[Out], bool]:
         st = self.state
@@ -470,6 +500,12 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
         elif e.note_id in past:
             past.remove(e.note_id)
         past.append(e.note_id)
+        if self.emit_history:
+            if self._updates is None:
+                self._updates = HistoryUpdate(self.core.shard, [], [], [])
+            self._updates.users.append(e.user_id)
+            self._updates.histories.append(list(reversed(past)))
+            self._updates.ts.append(e.ts)
 
     def _close(self, final: bool, out: list[Out]) -> None:
         st, cfg = self.state, self.config
@@ -528,6 +564,9 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
 
     def _with_report(self, out: list[Out]) -> list[Out]:
         st = self.state
+        if self._updates is not None:
+            out.append(self._updates)
+            self._updates = None
         if st.counts and any(isinstance(x, SampleBatch) for x in out):
             out.append(JoinReport(st.core.shard, dict(st.counts)))
             st.counts = Counter()
@@ -546,6 +585,9 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
         self._process(self._release(final=True))
         self._close(final=True, out=out)
         st = self.state
+        if self._updates is not None:
+            out.append(self._updates)
+            self._updates = None
         if st.counts:
             out.append(JoinReport(st.core.shard, dict(st.counts)))
             st.counts = Counter()
@@ -611,6 +653,42 @@ class SampleLogSink(FixedPartitionedSink[SampleBatch, LogState]):
         return _LogPartition(self._dir, self._rows, self._interval_s, resume_state)
 
 
+class _HistoryPartition(StatelessSinkPartition[HistoryUpdate]):
+    def __init__(self, redis_url: str, project: str) -> None:
+        self._redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._writer = HistoryWriter(self._redis, project)
+        self._mark = mark_key(project, HISTORY_JOB)
+
+    def write_batch(self, items: list[HistoryUpdate]) -> None:
+        users = [u for x in items for u in x.users]
+        if not users:
+            return
+        histories = [h for x in items for h in x.histories]
+        ts = [t for x in items for t in x.ts]
+        mark = (self._mark, max(ts))
+        with_retry(lambda: self._writer.write(users, histories, ts, mark), "history sink")
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+class HistorySink(DynamicSink[HistoryUpdate]):
+    """Writes the joiner's click histories into Feast's online store (view `user_history`).
+
+    Each worker writes the updates of its user shards, synchronously in `write_batch`, so a
+    history is stored before the epoch that produced it commits; after a crash the updates of
+    the epochs since are written again (whole lists: the same values). The event-time mark of
+    the newest click written is kept at `<project>:hwm:history` (`FeatureClient.as_of`).
+    """
+
+    def __init__(self, redis_url: str, project: str) -> None:
+        self._redis_url, self._project = redis_url, project
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _HistoryPartition:
+        del step_id, worker_index, worker_count
+        return _HistoryPartition(self._redis_url, self._project)
+
+
 def build_flow(
     source: Source[RawBatch],
     sink: Sink[KafkaSinkMessage],
@@ -621,6 +699,7 @@ def build_flow(
     partitions: Sequence[int],
     recoverable: bool = True,
     limits: EventLimits = DEFAULT_LIMITS,
+    history: Sink[HistoryUpdate] | None = None,
 ) -> Dataflow:
     """Build the sample-joiner dataflow.
 
@@ -635,6 +714,9 @@ def build_flow(
         partitions: the input topic's partition ids (all of them hold the watermark).
         recoverable: snapshot the state each epoch (off only when running without recovery).
         limits: event decoding limits.
+        history: receives `HistoryUpdate`s, each user's history after each click (with
+            `config.history_len` > 0): a `HistorySink` in production; None keeps them in the
+            samples only.
     """
     flow, parts = ingest_flow(
         FLOW,
@@ -657,7 +739,9 @@ def build_flow(
         op.stateful(
             "users",
             op.merge("user_inputs", sides.falses, to_users),
-            lambda resume: UserLogic(resume or UserState(), config, partitions, recoverable),
+            lambda resume: UserLogic(
+                resume or UserState(), config, partitions, recoverable, history is not None
+            ),
         ),
     )
     is_batch = op.branch("is_batch", joined, lambda x: isinstance(x, SampleBatch))
@@ -672,5 +756,10 @@ def build_flow(
     op.output("log", op.map("log_key", batches_out, lambda b: (b.batch_id, b)), log)
     is_report = op.branch("is_report", is_batch.falses, lambda x: isinstance(x, JoinReport))
     op.output("reports", is_report.trues, reports)
-    op.output("dlq_late", is_report.falses, dlq)
+    rest = is_report.falses
+    if history is not None:
+        is_history = op.branch("is_history", rest, lambda x: isinstance(x, HistoryUpdate))
+        op.output("history", is_history.trues, history)
+        rest = is_history.falses
+    op.output("dlq_late", rest, dlq)
     return flow
