@@ -39,3 +39,9 @@ class LogMismatchError(KafkaError):
     """A reader's resume offsets do not belong to the log it reads now (the topic was recreated,
     e.g. by a broker that lost its storage, or the offset lies beyond the partition's end); the
     message names the topic, partition, offsets and the command that starts over."""
+
+
+class RecoveryStateError(StreamsError):
+    """A step's recovered state has taken records its input is about to give it again: the
+    recovery store holds snapshots of different epochs; the message names the partition, the
+    offsets and the command that starts over."""

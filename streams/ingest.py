@@ -43,9 +43,9 @@ from bytewax.outputs import DynamicSink
 from features.windows import TYPE_METRIC
 from streams.config import EventLimits
 from streams.decode import Decoded, decode_batch
-from streams.errors import EventError
+from streams.errors import EventError, RecoveryStateError
 from streams.events import Event, dead_letter, encode_dead_letter
-from streams.kafka_io import RawBatch
+from streams.kafka_io import RESET_HINT, RawBatch
 
 P = TypeVar("P")
 
@@ -175,6 +175,8 @@ class PartitionClock:
     """Admitted event ids -> event time (flows that drop duplicates)."""
     order: deque[str] = field(default_factory=deque)
     """The ids in `ids`, oldest admission first."""
+    next_offset: int | None = None
+    """The offset after the last record this state has taken (its input resumes there)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +206,11 @@ class IngestLogic(StatefulLogic[RawBatch, Ingested, PartitionClock]):
         shard: Shard,
         dedupe: bool,
         recoverable: bool,
+        reset_hint: str = RESET_HINT,
         now_ms: Callable[[], int] | None = None,
     ) -> None:
         self.state, self.flow, self.limits = state, flow, limits
+        self.reset_hint = reset_hint
         self.lateness, self.shard = lateness_ms, shard
         self.dedupe = dedupe and limits.dedupe_ids > 0
         self.recoverable = recoverable
@@ -363,8 +367,25 @@ class IngestLogic(StatefulLogic[RawBatch, Ingested, PartitionClock]):
             return self.shard(cols.take(good), self.state.hwm)
 
     # -- the logic --------------------------------------------------------------------------
+    def _check_resume(self, value: RawBatch) -> None:
+        """Refuse records this state has taken before (its recovery snapshot is ahead of its
+        input's): counting on would drop them as late or duplicate, silently."""
+        taken = self.state.next_offset
+        if not value.offsets or taken is None or value.offsets[0] >= taken:
+            return
+        where = f"{value.topic}[{value.partition}]"
+        raise RecoveryStateError(
+            f"{self.flow}: the recovered state of {where} has taken records up to offset "
+            f"{taken - 1:,} but its input resumed at offset {value.offsets[0]:,}: the recovery "
+            "store holds snapshots of different epochs; nothing of these records was counted - "
+            f"start over with `{self.reset_hint}`"
+        )
+
     def on_item(self, value: RawBatch) -> tuple[list[Ingested], bool]:
+        self._check_resume(value)
         self._where = (value.topic, value.partition)
+        if value.offsets:
+            self.state.next_offset = value.offsets[-1] + 1
         decoded = decode_batch(value, self.flow, self.limits.max_bytes)
         dead = list(decoded.dead)
         cols = to_columns(decoded)
@@ -433,6 +454,7 @@ def ingest_flow(
         (the dataflow, the stream of `(key, part)` items the flow goes on from).
     """
     flow = Dataflow(name)
+    hint = getattr(source, "reset_hint", RESET_HINT)  # a Kafka source knows its job's command
     keyed = op.key_on("by_partition", op.input("in", flow, source), lambda b: str(b.partition))
     ingested = op.key_rm(
         "ingested",
@@ -440,7 +462,14 @@ def ingest_flow(
             "ingest",
             keyed,
             lambda resume: IngestLogic(
-                resume or PartitionClock(), name, limits, lateness_ms, shard, dedupe, recoverable
+                resume or PartitionClock(),
+                name,
+                limits,
+                lateness_ms,
+                shard,
+                dedupe,
+                recoverable,
+                hint,
             ),
         ),
     )

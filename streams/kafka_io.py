@@ -426,7 +426,9 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, LogMark]):
         reset_hint: str = RESET_HINT,
     ) -> None:
         self._bootstrap, self._topic, self._tail = bootstrap, topic, tail
-        self._batch, self._start, self._hint = batch, starting_offset, reset_hint
+        self._batch, self._start = batch, starting_offset
+        self.reset_hint = reset_hint
+        """The command that starts the job over (also named by the steps after the source)."""
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in partitions_of(self._bootstrap, self._topic)]
@@ -451,5 +453,5 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, LogMark]):
             _resume_mark(resume_state),
             self._batch,
             self._tail,
-            self._hint,
+            self.reset_hint,
         )

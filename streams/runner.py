@@ -6,6 +6,8 @@ only runs the flow here, given the cluster's addresses.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from bytewax.run import cli_main
 from pydantic import BaseModel, ConfigDict, Field
 
 RECOVERY_PARTITIONS = 4
+
+log = logging.getLogger(__name__)
 
 
 class RunConfig(BaseModel):
@@ -41,11 +45,64 @@ def ensure_recovery_dir(path: Path) -> None:
         init_db_dir(path, RECOVERY_PARTITIONS)
 
 
+def resume_epoch(path: Path) -> int:
+    """The epoch the next execution on the recovery store `path` resumes from.
+
+    Bytewax's own rule (`RecoveryPart::resume_from`): in the newest execution, each worker's
+    highest recorded frontier (the execution's resume epoch where it recorded none); the least
+    of them. 1 for a store no execution has started on.
+    """
+    exs, fronts = [], []
+    for part in sorted(path.glob("part-*.sqlite3")):
+        with sqlite3.connect(part, timeout=30) as db:
+            exs += db.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
+            fronts += db.execute(
+                "SELECT ex_num, worker_index, worker_frontier FROM fronts"
+            ).fetchall()
+    if not exs:
+        return 1
+    ex_num, workers, start = max(exs)
+    reached = dict.fromkeys(range(workers), start)
+    for ex, worker, frontier in fronts:
+        if ex == ex_num and worker in reached:
+            reached[worker] = max(reached[worker], frontier)
+    return min(reached.values())
+
+
+def discard_unfinished(path: Path) -> int:
+    """Delete the snapshots of epochs no execution finished; return how many.
+
+    A job stopped mid-epoch (kill -9) leaves snapshots of epochs at or after the resume epoch.
+    Bytewax keeps them, and loads the newest snapshot before the resume epoch of each state key:
+    where the resumed execution does not snapshot a key in such an epoch (a partition that read
+    nothing in it), a later resume loads the old execution's state for that key beside the new
+    one's source offsets - state ahead of its input, valid events dropped as late or duplicate.
+    Run before any process of the new execution starts (they wait for process 0 to form the
+    cluster, and this runs first in it).
+    """
+    epoch = resume_epoch(path)
+    dropped = 0
+    for part in sorted(path.glob("part-*.sqlite3")):
+        with sqlite3.connect(part, timeout=30) as db:
+            dropped += db.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,)).rowcount
+    if dropped:
+        log.warning(
+            "recovery store %s: discarded %d snapshots of epochs >= %d that the stopped "
+            "execution did not finish",
+            path,
+            dropped,
+            epoch,
+        )
+    return dropped
+
+
 def run_here(flow: Dataflow, run: RunConfig) -> None:
     """Run `flow` in this process (alone, or as process `run.process_id` of a cluster)."""
     recovery = None
     if run.recovery_dir is not None:
         ensure_recovery_dir(run.recovery_dir)
+        if not run.process_id:  # alone, or process 0: before the cluster can form
+            discard_unfinished(run.recovery_dir)
         recovery = RecoveryConfig(str(run.recovery_dir))
     cluster = {}
     if run.process_id is not None:

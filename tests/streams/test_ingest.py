@@ -10,6 +10,7 @@ import bytewax.operators as op
 import msgspec
 import numpy as np
 import pandas as pd
+import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -269,3 +270,39 @@ def test_thousands_of_bad_events_each_reach_the_dlq_and_valid_values_stay_exact(
     assert Counter(d.reason for d in dead) == expected
     assert all(d.source_topic == "events" and d.offset is not None for d in dead)
     assert_exact(flushes, valid)
+
+
+def test_a_recovered_state_ahead_of_its_input_stops_the_flow_naming_the_fix() -> None:
+    """The partition's state has taken offsets 0..99; a resumed input that gives offset 50
+    again must not be dropped as late or duplicate (counted nowhere) but stop the job."""
+    from streams.errors import RecoveryStateError
+    from streams.ingest import IngestLogic, PartitionClock
+
+    def logic(state: PartitionClock) -> IngestLogic:
+        return IngestLogic(
+            state,
+            "stats",
+            EventLimits(),
+            10 * MINUTE,
+            lambda cols, _hwm: [("all", len(cols.events))],
+            dedupe=True,
+            recoverable=True,
+            reset_hint="streamrec run stats --reset earliest --recovery-dir /r",
+        )
+
+    def batch(lo: int, hi: int) -> RawBatch:
+        rows = [encode_event(ev(i, T0 + i)) for i in range(lo, hi)]
+        return RawBatch("events", 3, [None] * len(rows), rows, list(range(lo, hi)))
+
+    first = logic(PartitionClock())
+    first.on_item(batch(0, 100))
+    saved = first.snapshot()
+    assert saved is not None and saved.next_offset == 100
+    resumed = logic(saved)
+    with pytest.raises(RecoveryStateError, match=r"events\[3\].*offset 99.*offset 50") as err:
+        resumed.on_item(batch(50, 150))
+    assert "streamrec run stats --reset earliest --recovery-dir /r" in str(err.value)
+    out, _ = logic(PartitionClock()).on_item(batch(0, 100))  # a fresh state takes any offsets
+    assert out[0].parts == [("all", 100)] and not out[0].dead
+    (ok,), _ = resumed.on_item(batch(100, 120))  # the input where the state left off
+    assert ok.parts == [("all", 20)] and not ok.dead
