@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Self
 
 import numpy as np
+import torch
 
 from learners.errors import SampleInputError
 from learners.inputs import Columns, F
@@ -68,6 +69,11 @@ class Ranker(_Published):
             self._state.model.eval()
         self._snap = snap
 
+    @property
+    def history_len(self) -> int:
+        """Clicked notes of the user the model reads (0: it reads no history)."""
+        return self._state.config.history
+
     def score(
         self,
         user_id: str,
@@ -78,6 +84,7 @@ class Ranker(_Published):
         note_stats: np.ndarray,
         positions: np.ndarray | None = None,
         durations: np.ndarray | None = None,
+        history: list[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Calibrated per-task probabilities (n,) of each note, and "watch_ms" (expected watch).
 
@@ -87,6 +94,8 @@ class Ranker(_Published):
             positions: (n,) display positions, default unknown (-1).
             durations: (n,) note durations in ms as impressions carry them
                 (`Retriever.durations`), default unknown (0).
+            history: the user's last clicked notes, newest first, as the sample joiner keeps
+                them (`FeatureClient.history`, `Sample.history`); default none.
         """
         n = len(note_ids)
         if len(author_ids) != n or len(categories) != n:
@@ -95,8 +104,29 @@ class Ranker(_Published):
             )
         if n == 0:
             return {t: np.zeros(0) for t in (*self.tasks, "watch_ms")}
+        cols = self.columns(
+            user_id, note_ids, author_ids, categories, user_stats, note_stats, positions,
+            durations, history,
+        )  # fmt: skip
+        return self._state.predict(cols)
+
+    @staticmethod
+    def columns(
+        user_id: str,
+        note_ids: list[str],
+        author_ids: list[str],
+        categories: list[str],
+        user_stats: np.ndarray,
+        note_stats: np.ndarray,
+        positions: np.ndarray | None = None,
+        durations: np.ndarray | None = None,
+        history: list[str] | None = None,
+    ) -> Columns:
+        """The batch `score` feeds the model: one row per note, the user's inputs repeated, laid
+        out as a training batch of the same impressions (`Columns.from_samples`) is."""
+        n = len(note_ids)
         users = _stats(np.asarray(user_stats).reshape(1, -1), 1, "user_stats")
-        cols = Columns(
+        return Columns(
             user_id=[user_id] * n,
             note_id=list(note_ids),
             author_id=list(author_ids),
@@ -109,8 +139,8 @@ class Ranker(_Published):
             watch_ms=np.zeros(n, np.float32),
             keep_rate=np.ones(n, np.float32),
             item_duration_ms=None if durations is None else np.asarray(durations, np.float32),
+            history=[list(history or [])] * n,
         )
-        return self._state.predict(cols)
 
 
 class Retriever(_Published):
@@ -132,10 +162,31 @@ class Retriever(_Published):
         """Vector dimension."""
         return self._state.config.out_dim
 
-    def user_vector(self, user_id: str, user_stats: np.ndarray) -> np.ndarray:
-        """(d,) unit vector of the user; `user_stats` (F,) raw counts in STAT_FEATURES order."""
+    @property
+    def history_len(self) -> int:
+        """Clicked notes of the user the user tower pools (0: it reads no history)."""
+        return self._state.config.history
+
+    def user_vector(
+        self, user_id: str, user_stats: np.ndarray, history: list[str] | None = None
+    ) -> np.ndarray:
+        """(d,) unit vector of the user.
+
+        Args:
+            user_stats: (F,) raw counts in STAT_FEATURES order.
+            history: the user's last clicked notes, newest first (`FeatureClient.history`,
+                as `Sample.history`); default none.
+        """
         stats = _stats(np.asarray(user_stats).reshape(1, -1), 1, "user_stats")
-        return self._state.user_vectors([user_id], stats)[0]
+        return self._state.user_vectors([user_id], stats, [list(history or [])])[0]
+
+    def user_inputs(
+        self, user_id: str, user_stats: np.ndarray, history: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The tensors `user_vector` feeds the user tower: (1,) user row, (1, F) stat buckets,
+        (1, N) history rows and mask (None when the tower reads no history)."""
+        stats = _stats(np.asarray(user_stats).reshape(1, -1), 1, "user_stats")
+        return self._state.user_inputs([user_id], stats, [list(history or [])])
 
     def item_vectors(self, note_ids: list[str] | None = None) -> tuple[list[str], np.ndarray]:
         """(ids, (n, d) unit vectors) of the published notes among `note_ids` (all when None).

@@ -247,9 +247,17 @@ class RetrieverModelState(_ModelState):
             history: per user the recently clicked notes, newest first (None: none known).
         """
         self.model.eval()
+        return self.model.encode_user(*self.user_inputs(users, stats, history)).numpy()
+
+    def user_inputs(
+        self, users: list[str], stats: np.ndarray, history: list[list[str]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """What the user tower reads (lookups only): (n,) user rows, (n, F) stat buckets and the
+        history's rows and mask (None when the tower pools no history) - as a training batch
+        (`RetrieverState.batch`) builds them from samples."""
         rows = torch.from_numpy(self.store["user"].rows(users))
         hist = self.model.history_tensor(history if history is not None else [[] for _ in users])
-        return self.model.encode_user(rows, self.model.stats_tensor(stats), hist).numpy()
+        return rows, self.model.stats_tensor(stats), hist
 
     @torch.no_grad()
     def item_vectors(self, notes: list[str] | None = None) -> tuple[list[str], np.ndarray]:

@@ -50,6 +50,8 @@ class RecommendResponse(BaseModel):
     """False when the exposure filters did not exist yet (nothing could be filtered)."""
     features_degraded: bool
     """True when the window counts could not be read in time: ranked with the priors."""
+    history: int = 0
+    """Clicked notes of the user the models read (0: none stored, or no model reads them)."""
     timings_ms: dict[str, float]
 
 
@@ -227,6 +229,7 @@ def create_app(
             ranked=rec.ranked,
             exposure_filtered=rec.exposure_filtered,
             features_degraded=rec.features_degraded,
+            history=rec.history,
             timings_ms=rec.timings_ms,
         )
 

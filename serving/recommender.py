@@ -1,9 +1,10 @@
 """One recommendation: retrieve, drop what the user has seen, rank, fuse, top n.
 
-Per request: the user's window counts (one Redis round trip), the user tower's vector from the
-freshest user embedding, `retrieve_k` notes from the index, ONE exposure-filter call over them,
-the first `rank_k` unseen notes' counts (one round trip), calibrated MMoE predictions, and a
-fused score.
+Per request: the user's window counts (one Redis round trip), the user's last clicked notes
+when a model reads them (one more; `FeatureClient.history`, the history the sample joiner puts
+in the training samples), the user tower's vector from the freshest user embedding,
+`retrieve_k` notes from the index, ONE exposure-filter call over them, the first `rank_k`
+unseen notes' counts (one round trip), calibrated MMoE predictions, and a fused score.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class Recommendation:
     """False when the exposure filters did not exist yet (nothing could be filtered)."""
     features_degraded: bool = False
     """True when the window counts could not be read (Redis down or slow): the models ranked
-    with the priors (zero counts) instead."""
+    with the priors (zero counts) instead (and without the user's history)."""
+    history: int = 0
+    """Clicked notes of the user the models were given (0: none stored, or no model reads it)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
@@ -103,13 +106,26 @@ class Recommender:
             return np.zeros((len(ids), len(STAT_FEATURES))), True
         return np.nan_to_num(values, nan=0.0), False
 
+    def history(self, user_id: str, length: int) -> tuple[list[str], bool]:
+        """The user's last `length` clicked notes, newest first ([] when none is stored or
+        `length` is 0), and whether they are [] because the store could not be read."""
+        if length <= 0:
+            return [], False
+        try:
+            stored, _ = self.features.history([user_id])
+        except (redis.RedisError, OSError):
+            return [], True
+        return stored[0][:length], False
+
     def recommend(self, user_id: str, n: int) -> Recommendation:
         """Top `n` notes for `user_id` with per-task scores."""
         t = [time.perf_counter()]
         view = self.watcher.current()
         user_counts, degraded = self.counts("user_stats", [user_id])
         user_stats = user_counts[0]  # (F,)
-        query = view.retriever.user_vector(user_id, user_stats)  # (d,)
+        length = max(view.ranker.history_len, view.retriever.history_len)
+        history, history_degraded = self.history(user_id, length)
+        query = view.retriever.user_vector(user_id, user_stats, history)  # (d,)
         t.append(time.perf_counter())
         ids, sims = view.index.search(query, self.config.retrieve_k)
         t.append(time.perf_counter())
@@ -129,7 +145,7 @@ class Recommender:
         authors, cats = view.retriever.side_info(cand)
         preds = view.ranker.score(
             user_id, cand, authors, cats, user_stats, note_stats,
-            durations=view.retriever.durations(cand),
+            durations=view.retriever.durations(cand), history=history,
         )  # fmt: skip
         fused = fuse(preds, self.config.fusion)
         order = np.argsort(-fused, kind="stable")[:n]
@@ -153,7 +169,8 @@ class Recommender:
             len(ids),
             len(keep),
             len(cand),
-            filtered,
-            degraded or notes_degraded,
-            timings,
+            exposure_filtered=filtered,
+            features_degraded=degraded or notes_degraded or history_degraded,
+            history=len(history),
+            timings_ms=timings,
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from features.samples import STAT_FEATURES, SampleBatch, encode_batch
-from learners.config import LearnConfig
+from learners.config import LearnConfig, RankerConfig, RetrieverConfig
 from learners.full import load_or_create, train_pass
 from learners.inputs import LABEL_COLUMNS, Columns, F
 from learners.online import Message
@@ -91,6 +91,21 @@ def synthetic(
     return cols, p
 
 
+def with_history(cols: Columns, length: int) -> Columns:
+    """`cols` (in time order) with each sample's `history` as the joiner would give it: the
+    user's distinct notes clicked in earlier samples, newest first, at most `length`."""
+    past: dict[str, list[str]] = {}
+    history = []
+    for user, note, click in zip(cols.user_id, cols.note_id, cols.labels["click"], strict=True):
+        mine = past.setdefault(user, [])
+        history.append(mine[::-1][:length])
+        if click:
+            if note in mine:
+                mine.remove(note)
+            mine.append(note)
+    return Columns(**{**cols.__dict__, "history": history})
+
+
 def to_batch(cols: Columns, batch_id: str) -> SampleBatch:
     """A `SampleBatch` of the rows of `cols` (as the joiner would send them)."""
     ids = [f"{batch_id}-{j}" for j in range(len(cols))]
@@ -112,11 +127,16 @@ class Clock:
         return self.now
 
 
-def publish_trained(root: Path) -> SnapshotConfig:
-    """Full-train both models on a small fixture and publish them (what `learn full` does)."""
+def publish_trained(root: Path, history: int = 0) -> SnapshotConfig:
+    """Full-train both models on a small fixture and publish them (what `learn full` does);
+    with `history` > 0 both read that many clicked notes (samples carry their history), else
+    they have the default configurations."""
     snapshots = SnapshotConfig(root=root, delta_every_s=10, full_every_s=3600)
-    ranker, retriever, _, _ = load_or_create(CONFIG, snapshots)
+    configs = (RankerConfig(history=history), RetrieverConfig(history=history))
+    ranker, retriever, _, _ = load_or_create(CONFIG, snapshots, *(configs if history else ()))
     cols, _ = synthetic(4_000, seed=11)
+    if history:
+        cols = with_history(cols, history)
     train_pass(ranker, retriever, cols, CONFIG)
     for name, state in (("ranker", ranker), ("retriever", retriever)):
         tables, dense = state.full_state()
