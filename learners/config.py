@@ -235,6 +235,11 @@ class LearnConfig(BaseModel):
     """IDs not seen for this many days (event time) are expired."""
     max_rows: int = Field(default=1_000_000, ge=1)
     """Most rows per ID table."""
+    ranker_history: int = Field(default=RankerConfig().history, ge=0, le=200)
+    """Clicked notes a fresh ranker attends to (`RankerConfig.history`; a warm-started one keeps
+    its snapshot's). At most the joiner's `samples.history_len`, which is what samples carry."""
+    retriever_history: int = Field(default=RetrieverConfig().history, ge=0, le=200)
+    """Clicked notes a fresh retriever's user tower pools (`RetrieverConfig.history`)."""
     seed: int = 7
     """Seed of initialisation and of the shuffle of full training."""
     poll_timeout_s: float = Field(default=0.2, gt=0)

@@ -75,7 +75,7 @@ def load_or_create(
         versions["ranker"] = snap.manifest.version
         metas.append(snap.manifest.meta)
     except SnapshotNotFoundError:
-        hyper = ranker or RankerConfig()
+        hyper = ranker or RankerConfig(history=config.ranker_history)
         if features is not None:
             hyper = replace(hyper, priors=features)
         r = RankerState.create(hyper, emb, seed=config.seed)
@@ -87,7 +87,8 @@ def load_or_create(
         versions["retriever"] = snap.manifest.version
         metas.append(snap.manifest.meta)
     except SnapshotNotFoundError:
-        t = RetrieverState.create(retriever or RetrieverConfig(), emb, seed=config.seed)
+        fresh = retriever or RetrieverConfig(history=config.retriever_history)
+        t = RetrieverState.create(fresh, emb, seed=config.seed)
         versions["retriever"] = None
         metas.append(None)
     offsets = {str(p): o for p, o in applied_offsets(metas).items()}

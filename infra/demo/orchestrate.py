@@ -76,6 +76,10 @@ class DemoConfig(BaseModel):
     """Notes per recommendation."""
     step_timeout_s: float = Field(default=240.0, gt=0)
     """Longest wait for one step (a job catching up, training, serving becoming ready)."""
+    ranker_history: int | None = Field(default=None, ge=0, le=200)
+    """Clicked notes the ranker attends to (`learn.ranker_history`); None: the shipped default."""
+    retriever_history: int | None = Field(default=None, ge=0, le=200)
+    """Clicked notes the user tower pools (`learn.retriever_history`); None: the default."""
 
 
 def wait_for(
@@ -129,7 +133,20 @@ def demo_settings(run_id: str, run_dir: Path, base: Settings, config: DemoConfig
             "idle_partition_ms": 5_000,
         },
         "snapshots": {"delta_every_s": config.delta_every_s},
-        "learn": {"batch_size": 512, "admit_after": 1},
+        "learn": {
+            "batch_size": 512,
+            "admit_after": 1,
+            **(
+                {"ranker_history": config.ranker_history}
+                if config.ranker_history is not None
+                else {}
+            ),
+            **(
+                {"retriever_history": config.retriever_history}
+                if config.retriever_history is not None
+                else {}
+            ),
+        },
     }
 
 

@@ -31,6 +31,8 @@ class DemoReport:
     new_note_delays_s: list[float] = field(default_factory=list)
     new_notes_missing: int = 0
     category_lift: float = float("nan")
+    oracle_lift: float = float("nan")
+    """Lift of lists of the notes of highest true interest (the synthetic truth), for scale."""
     examples: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -112,7 +114,10 @@ def print_report(report: DemoReport, console: Console) -> None:
     table.add_row("exposed note returned again", str(report.exposure_violations))
     table.add_row("new note -> in index", fmt("new_note_delays_s", "s"))
     table.add_row("new notes never indexed", str(report.new_notes_missing))
-    table.add_row("interest lift of recommendations", f"{report.category_lift:.2f}x")
+    table.add_row(
+        "interest lift of recommendations",
+        f"{report.category_lift:.2f}x (oracle knowing the truth {report.oracle_lift:.2f}x)",
+    )
     console.print(table)
     for ex in report.examples:
         console.print(f"[bold]{ex['user_id']}[/bold] interests {', '.join(ex['top_interests'])}")

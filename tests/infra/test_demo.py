@@ -16,7 +16,7 @@ import infra.demo
 from infra.config import load_settings
 from infra.demo import DemoConfig, DemoError, DemoReport, print_report, run_demo, write_plots
 from infra.demo.orchestrate import demo_settings, wait_for
-from infra.demo.probes import ids, probe_plan
+from infra.demo.probes import ids, oracle_interest, probe_plan
 from infra.demo.producer import EventStream, produce_live
 from infra.processes import ProcessError, ProcessGroup
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
@@ -48,6 +48,23 @@ def test_each_run_gets_its_own_topics_project_namespace_and_directories(tmp_path
     assert loaded.data_dir == tmp_path / "a1" == Path(a["data_dir"])
     assert loaded.paths.sample_log.is_relative_to(tmp_path / "a1")
     assert Path(loaded.snapshots.root).is_relative_to(tmp_path / "a1")
+    assert loaded.learn.ranker_history == base.learn.ranker_history  # unset: the default
+
+
+def test_the_history_models_are_switched_on_through_the_learn_settings(tmp_path: Path) -> None:
+    base = load_settings(env={"STREAMREC_DATA_DIR": str(tmp_path)})
+    config = DemoConfig(ranker_history=20, retriever_history=0)
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(demo_settings("h1", tmp_path / "h1", base, config)))
+    loaded = load_settings(path, env={})
+    assert (loaded.learn.ranker_history, loaded.learn.retriever_history) == (20, 0)
+
+
+def test_the_oracle_takes_the_notes_of_the_users_favourite_categories() -> None:
+    weights = np.array([0.1, 0.6, 0.3])
+    cats = np.array([0, 1, 2, 2, 1, 0, 2])
+    assert oracle_interest(weights, cats, 2) == pytest.approx(0.6)
+    assert oracle_interest(weights, cats, 4) == pytest.approx((0.6 * 2 + 0.3 * 2) / 4)
 
 
 def test_event_stream_is_retimed_and_cut_at_the_end() -> None:
@@ -116,6 +133,7 @@ def test_report_summary_plots_and_table(tmp_path: Path) -> None:
         latencies_ms=[1.0, 2.0, 3.0],
         exposure_delays_s=[0.5],
         category_lift=1.5,
+        oracle_lift=6.25,
         examples=[
             {
                 "user_id": "u1",
@@ -133,7 +151,8 @@ def test_report_summary_plots_and_table(tmp_path: Path) -> None:
     console = Console(record=True, width=160)
     print_report(report, console)
     text = console.export_text()
-    assert "p50 2.0 ms" in text and "1.50x" in text and "n1" in text
+    assert "p50 2.0 ms" in text and "1.50x (oracle knowing the truth 6.25x)" in text
+    assert "n1" in text
 
 
 def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
@@ -169,7 +188,7 @@ def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
     assert len(report.new_note_delays_s) == 3 and report.new_notes_missing == 0
     assert max(report.new_note_delays_s) < 60
     assert report.latencies_ms and report.errors == 0
-    assert np.isfinite(report.category_lift)
+    assert np.isfinite(report.category_lift) and report.oracle_lift >= report.category_lift
     summary = json.loads((report.run_dir / "summary.json").read_text())
     assert summary["exposure_delays_s"]["n"] == len(report.exposure_delays_s)
     assert (report.run_dir / "demo.png").stat().st_size > 0

@@ -10,7 +10,13 @@ import numpy as np
 import torch
 
 from bench.baselines import auc
-from learners.config import EmbeddingConfig, RankerConfig, RetrieverConfig, config_from_dict
+from learners.config import (
+    EmbeddingConfig,
+    LearnConfig,
+    RankerConfig,
+    RetrieverConfig,
+    config_from_dict,
+)
 from learners.embeddings import EmbeddingTable, IdEmbedding
 from learners.full import load_or_create, train_pass
 from learners.inference import Ranker, Retriever
@@ -175,3 +181,11 @@ def test_durations_reach_serving_through_the_retrievers_side_info(tmp_path: Path
     known = scorer.score("u1", notes, authors, cats, user, stats, durations=served.durations(notes))
     blind = scorer.score("u1", notes, authors, cats, user, stats)
     assert not np.allclose(known["click"], blind["click"])  # the ranker reads the duration
+
+
+def test_learn_settings_switch_the_history_on_for_fresh_models(tmp_path: Path) -> None:
+    config = LearnConfig(ranker_history=7, retriever_history=3)
+    ranker, retriever, _, _ = load_or_create(config, SnapshotConfig(root=tmp_path))
+    assert (ranker.config.history, retriever.config.history) == (7, 3)
+    explicit, _, _, _ = load_or_create(config, SnapshotConfig(root=tmp_path), RankerConfig())
+    assert explicit.config.history == RankerConfig().history  # given configs win
