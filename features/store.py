@@ -68,7 +68,34 @@ def apply_definitions(store: FeatureStore, data_dir: Path) -> None:
     from features import definitions as d
 
     offline = DataPaths(data_dir).offline(store.project)
+    _empty_history_log(offline)
     store.apply([d.user, d.note, *d.stats_views(offline), d.history_view(offline)])
+
+
+def _empty_history_log(offline: Path) -> None:
+    """Give the history view's batch source an empty part, so that `feast materialize` (which
+    reads every view's source) finds a dataset: the history reaches the online store from the
+    joiner, and the sample log keeps it point in time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features.history import HISTORY_FEATURE, HISTORY_VIEW
+    from features.offline_log import CREATED, EVENT_TS
+
+    directory = offline / HISTORY_VIEW
+    if directory.exists():
+        return
+    directory.mkdir(parents=True)
+    stamp = pa.timestamp("ms", tz="UTC")
+    schema = pa.schema(
+        [
+            (ENTITY_KEY["user_stats"], pa.string()),  # the user entity's join key
+            (EVENT_TS, stamp),
+            (CREATED, stamp),
+            (HISTORY_FEATURE, pa.list_(pa.string())),
+        ]
+    )
+    pq.write_table(schema.empty_table(), directory / "part-empty.parquet")
 
 
 def online_features(store: FeatureStore, view: str, ids: list[str]) -> dict[str, list]:
