@@ -198,6 +198,7 @@ def quality(client: Client, report: DemoReport) -> None:
         hits.append(np.mean([weights[int(category[i][1:])] for i in recommended]))
         base.append(weights.mean())
         oracle.append(oracle_interest(weights, note_cats, client.n))
+        report.history_notes.append(int((answer or {}).get("history", 0)))
         if len(report.examples) < 3:
             top = np.argsort(-weights)[:3]
             report.examples.append(

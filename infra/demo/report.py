@@ -33,6 +33,9 @@ class DemoReport:
     category_lift: float = float("nan")
     oracle_lift: float = float("nan")
     """Lift of lists of the notes of highest true interest (the synthetic truth), for scale."""
+    history_notes: list[int] = field(default_factory=list)
+    """Per answer of the lift's users, the clicked notes /recommend gave the models (0: none
+    stored, or no model reads a history)."""
     examples: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -53,6 +56,7 @@ class DemoReport:
             "snapshot_age_s",
             "exposure_delays_s",
             "new_note_delays_s",
+            "history_notes",
         ):
             values = getattr(self, name)
             out[name] = {"n": len(values), "p50": pct(values, 50), "p99": pct(values, 99)}
@@ -118,6 +122,7 @@ def print_report(report: DemoReport, console: Console) -> None:
         "interest lift of recommendations",
         f"{report.category_lift:.2f}x (oracle knowing the truth {report.oracle_lift:.2f}x)",
     )
+    table.add_row("user history read by /recommend", fmt("history_notes", "notes"))
     console.print(table)
     for ex in report.examples:
         console.print(f"[bold]{ex['user_id']}[/bold] interests {', '.join(ex['top_interests'])}")

@@ -134,6 +134,7 @@ def test_report_summary_plots_and_table(tmp_path: Path) -> None:
         exposure_delays_s=[0.5],
         category_lift=1.5,
         oracle_lift=6.25,
+        history_notes=[0, 20, 20],
         examples=[
             {
                 "user_id": "u1",
@@ -152,7 +153,7 @@ def test_report_summary_plots_and_table(tmp_path: Path) -> None:
     print_report(report, console)
     text = console.export_text()
     assert "p50 2.0 ms" in text and "1.50x (oracle knowing the truth 6.25x)" in text
-    assert "n1" in text
+    assert "n1" in text and "p50 20.0 notes" in text
 
 
 def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
