@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -13,14 +15,21 @@ from rich.table import Table
 
 from features.windows import WINDOWS
 from infra import stack
+from infra.cli_errors import (
+    DEBUG_ENV,
+    EXIT_KAFKA,
+    EXIT_REDIS,
+    EXIT_USAGE,
+    NoArgsIsHelpError,
+    debugging,
+    fail,
+)
 from infra.cli_exposure import exposure_app
 from infra.cli_learn import learn_app
-from infra.cli_options import ConfigOpt, print_counts, progress_bar, settings_from
+from infra.cli_options import ConfigOpt, print_counts, progress_bar, services, settings_from
 from infra.cli_run import run_app
 from infra.cli_serve import serve
 from infra.cli_snapshots import snapshots_app
-from infra.errors import InfraError
-from streams.errors import StreamsError
 
 app = typer.Typer(help="streamrec: streaming features and online learning.", no_args_is_help=True)
 infra_app = typer.Typer(help="The local stack: Kafka-protocol broker and Redis.")
@@ -39,6 +48,24 @@ console = Console()
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
+@app.callback()
+def _global_options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="On a failure, print the full traceback before the one-line error (and the "
+            "Kafka clients' logs); also STREAMREC_DEBUG=1.",
+        ),
+    ] = False,
+) -> None:
+    """streamrec: streaming features and online learning."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"  # the processes a command starts inherit it
+    if debugging():
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
 @infra_app.command("up")
 def infra_up(config: ConfigOpt = None) -> None:
     """Start (or find) the broker and Redis and create the topics; idempotent."""
@@ -50,15 +77,23 @@ def infra_up(config: ConfigOpt = None) -> None:
 
 @infra_app.command("status")
 def infra_status(config: ConfigOpt = None) -> None:
-    """Show where the services run and whether they answer."""
+    """Ask each service (Kafka: a metadata request, Redis: PING) and print up or down.
+
+    The addresses are those every other command uses: the settings (KAFKA_BOOTSTRAP, REDIS_URL)
+    first, else what `streamrec infra up` recorded. Exits 0 when all answer, 3 when the broker
+    does not, 4 when only Redis does not.
+    """
     report = stack.status(settings_from(config))
-    if not report:
-        console.print("no stack recorded here: run `streamrec infra up`")
-        raise typer.Exit(1)
-    for name, info in report.items():
-        state = "answers" if info["answers"] else "DOES NOT ANSWER"
-        origin = "started by infra up" if info["started"] else "found"
-        console.print(f"{name:6} {info['address']}  {state}  ({origin})")
+    for service in report:
+        state = f"up ({service.latency_ms:,.0f} ms)" if service.up else f"DOWN: {service.detail}"
+        console.print(
+            f"{service.name:6} {service.address}  {state}  ({service.origin})", soft_wrap=True
+        )
+    down = {s.name for s in report if not s.up}
+    if "kafka" in down:
+        raise typer.Exit(EXIT_KAFKA)
+    if "redis" in down:
+        raise typer.Exit(EXIT_REDIS)
 
 
 @infra_app.command("down")
@@ -68,11 +103,9 @@ def infra_down(config: ConfigOpt = None) -> None:
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing'}")
 
 
-def _replay(source, config: Path | None, rate: float | None, topic: str | None) -> None:
+def _replay(source, settings, bootstrap: str, rate: float | None, topic: str | None) -> None:
     from streams.replay import replay
 
-    settings = settings_from(config)
-    where = stack.endpoints(settings)
     topic = topic or settings.kafka.topics.interactions
     total = source.estimated_total()
     with progress_bar(TextColumn("{task.fields[rate]}")) as progress:
@@ -81,7 +114,7 @@ def _replay(source, config: Path | None, rate: float | None, topic: str | None) 
         def advance(n: int) -> None:
             progress.advance(task, n)
 
-        report = replay(source, where.bootstrap, topic, rate=rate, on_progress=advance)
+        report = replay(source, bootstrap, topic, rate=rate, on_progress=advance)
         progress.update(task, total=report.events, rate=f"{report.rate:,.0f} ev/s")
     print_counts(f"replayed to {topic}", report.by_type)
     console.print(f"{report.events:,} events in {report.seconds:.2f} s ({report.rate:,.0f}/s)")
@@ -108,10 +141,11 @@ def replay_synthetic(
 
     source = SyntheticSource(SyntheticConfig(seed=seed, users=users, notes=notes), limit=limit)
     settings = settings_from(config)
+    bootstrap = services(settings, redis=False).bootstrap
     truth = truth_dir or settings.data_dir / "truth" / f"synthetic-{seed}"
     source.write_truth(truth)
     console.print(f"ground truth: {truth}")
-    _replay(source, config, rate, topic)
+    _replay(source, settings, bootstrap, rate, topic)
 
 
 FILE_SOURCES = {
@@ -141,9 +175,11 @@ def _file_replay(where: str, default: Path, path_help: str, summary: str):
     ) -> None:
         import importlib
 
+        settings = settings_from(config)
+        bootstrap = services(settings, redis=False).bootstrap
         module, _, name = where.partition(":")
         source = getattr(importlib.import_module(module), name)(path, limit=limit)
-        _replay(source, config, rate, topic)
+        _replay(source, settings, bootstrap, rate, topic)
 
     command.__doc__ = summary
     # Annotations are strings here (PEP 563): the argument's help is set as an object instead.
@@ -161,7 +197,7 @@ def topics_summary(topic: TopicOpt = None, config: ConfigOpt = None) -> None:
     from streams.summary import summarize_dead_letters, summarize_events
 
     settings = settings_from(config)
-    where = stack.endpoints(settings)
+    where = services(settings, redis=False)
     topic = topic or settings.kafka.topics.interactions
     summary = summarize_events(where.bootstrap, topic)
     print_counts(f"{topic}: events by type", summary.by_type)
@@ -186,12 +222,13 @@ def features_get(
     config: ConfigOpt = None,
 ) -> None:
     """Print the live window statistics of a user or note (what get_online_features returns)."""
-    from features.client import VIEW_OF, FeatureClient
-
-    if entity not in VIEW_OF:
+    if entity not in ("user", "note"):
         raise typer.BadParameter(f"entity must be 'user' or 'note', not {entity!r}")
     settings = settings_from(config)
-    client = FeatureClient.from_url(stack.endpoints(settings).redis_url, settings.feast_project)
+    redis_url = services(settings, kafka=False).redis_url
+    from features.client import VIEW_OF, FeatureClient  # Feast: slow to import
+
+    client = FeatureClient.from_url(redis_url, settings.feast_project)
     try:
         values = client.get(entity, [entity_id])
         stored = client.stored_at(entity, [entity_id])[0]
@@ -236,6 +273,7 @@ def features_rebuild(
         from infra.jobs import JOBS, run_job
         from streams.runner import RunConfig
 
+        services(settings)
         run_job(JOBS["stats"], settings, RunConfig(), until_end=True)
     elif source == "offline":
         from datetime import UTC, datetime
@@ -243,7 +281,7 @@ def features_rebuild(
         from features.store import feature_store
 
         store = feature_store(
-            stack.endpoints(settings).redis_url, settings.feast_project, settings.data_dir
+            services(settings, kafka=False).redis_url, settings.feast_project, settings.data_dir
         )
         store.materialize(datetime(1970, 1, 1, tzinfo=UTC), datetime.now(UTC))
     else:
@@ -270,12 +308,18 @@ def demo(
 
 
 def main() -> None:
-    """Entry point: run the app, turning known errors into one-line messages."""
+    """Entry point: run the app; a failure is one line on stderr and an exit code per class of
+    failure (`infra.cli_errors`; with `--debug` the traceback first)."""
     try:
-        app()
-    except (InfraError, StreamsError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
-        raise SystemExit(2) from None
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        if NoArgsIsHelpError is not None and isinstance(exc, NoArgsIsHelpError):
+            # typer has printed the help already (with rich); plain click leaves it here
+            if exc.format_message().strip():
+                print(exc.format_message())
+            raise SystemExit(EXIT_USAGE) from None
+        raise SystemExit(fail(exc)) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

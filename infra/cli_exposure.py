@@ -7,23 +7,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from infra import stack
-from infra.cli_options import ConfigOpt, console, settings_from
-from infra.config import Settings
-from infra.errors import StackError
+from infra.cli_options import ConfigOpt, console, services, settings_from
 
 exposure_app = typer.Typer(help="Query the exposure Bloom filters.")
-
-
-def _redis_url(settings: Settings) -> str:
-    """The configured Redis, else the one `streamrec infra up` recorded (no broker needed)."""
-    state = stack.read_state(settings)
-    url = settings.redis.url or (state.redis_url if state else None)
-    if url is None:
-        raise StackError("no Redis is known: run `streamrec infra up` first, or set REDIS_URL")
-    return url
 
 
 def _time(ms: int | None) -> str:
@@ -48,13 +37,13 @@ def exposure_check(
     from serving.errors import ServingError
 
     settings = settings_from(config)
-    client = redis.Redis.from_url(_redis_url(settings))
+    client = redis.Redis.from_url(services(settings, kafka=False).redis_url)
     bloom = ExposureFilter(client, namespace or settings.exposure.namespace)
     try:
         seen = bloom.seen(user, notes)
         layout, hwm = bloom.describe()
     except ServingError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     finally:
         client.close()

@@ -10,8 +10,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from infra import stack
-from infra.cli_options import ConfigOpt, UntilEndOpt, console, progress_bar, settings_from
+from infra.cli_options import (
+    ConfigOpt,
+    UntilEndOpt,
+    console,
+    progress_bar,
+    services,
+    settings_from,
+)
 from infra.config import Settings
 from learners.errors import LearnersError
 
@@ -48,7 +54,9 @@ def learn_full(
     settings = settings_from(config)
     learn = settings.learn
     directory = log_dir or settings.paths.sample_log
-    announcer = _announcer(settings, stack.endpoints(settings).bootstrap) if announce else None
+    announcer = (
+        _announcer(settings, services(settings, redis=False).bootstrap) if announce else None
+    )
     progress = progress_bar()
     with progress:
         task = progress.add_task("full training", total=None)
@@ -85,7 +93,7 @@ def learn_online(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> No
     settings = settings_from(config)
     learn = settings.learn
     torch.set_num_threads(learn.threads)
-    where = stack.endpoints(settings)
+    where = services(settings, redis=False)
     topics = settings.kafka.topics
     dlq = make_producer(where.bootstrap)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -18,7 +20,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from infra import stack
+from infra.cli_errors import remember
 from infra.config import Settings, load_settings
+from infra.errors import BrokerUnreachableError, ConfigError, RedisUnreachableError, StackError
 
 console = Console()
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file.")]
@@ -27,9 +32,91 @@ UntilEndOpt = Annotated[
 ]
 
 
+KAFKA_TIMEOUT_S = 3.0
+"""How long a command waits for the broker's answer to a metadata request before it says so."""
+REDIS_TIMEOUT_S = 2.0
+"""How long a command waits for Redis's answer to PING before it says so."""
+
+
 def settings_from(config: Path | None) -> Settings:
-    """The settings of a command: the `--config` file (or `$STREAMREC_CONFIG`) and environment."""
+    """The settings of a command: the `--config` file (or `$STREAMREC_CONFIG`) and environment.
+
+    Raises:
+        ConfigError: the file cannot be read, is not a mapping, or holds invalid settings.
+    """
+    path = config or (
+        Path(os.environ["STREAMREC_CONFIG"]) if os.environ.get("STREAMREC_CONFIG") else None
+    )
+    if path is not None:
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read the settings file {path}: {exc}") from exc
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(
+                f"the settings file {path} holds a YAML {type(data).__name__}, not a mapping: "
+                "write keys as in infra/config.py (e.g. `kafka: {bootstrap: host:port}`)"
+            )
     return load_settings(config)
+
+
+def _origin(settings: Settings, configured: str | None, variable: str, key: str) -> str:
+    """Where an address came from: the environment, the settings file or the recorded stack."""
+    if os.environ.get(variable):
+        return f"set by {variable}"
+    if configured:
+        return f"set by `{key}` in the settings file"
+    return f"recorded by `streamrec infra up` in {settings.paths.stack / stack.STATE_FILE}"
+
+
+def _fix(origin: str, variable: str) -> str:
+    if origin.startswith("recorded"):
+        return "start the stack again (`streamrec infra up`)"
+    return f"start it, or point {variable} at one that runs"
+
+
+def services(settings: Settings, kafka: bool = True, redis: bool = True) -> stack.StackState:
+    """Where the broker and Redis are (the settings, else the stack `streamrec infra up`
+    recorded), after asking those the command needs: a Kafka metadata request, a Redis PING, each
+    with a short timeout. An address the command does not need may be unknown (then "").
+
+    Raises:
+        StackError: the settings and the recorded stack do not name a service the command needs.
+        BrokerUnreachableError, RedisUnreachableError: it did not answer; the message names its
+            address, where the address came from and what to do.
+    """
+    state = stack.read_state(settings)
+    bootstrap = settings.kafka.bootstrap or (state.bootstrap if state else "")
+    url = settings.redis.url or (state.redis_url if state else "")
+    missing = [
+        v
+        for v, need, at in (("KAFKA_BOOTSTRAP", kafka, bootstrap), ("REDIS_URL", redis, url))
+        if need and not at
+    ]
+    if missing:
+        raise StackError(
+            f"no {' or '.join('broker' if m == 'KAFKA_BOOTSTRAP' else 'Redis' for m in missing)} "
+            f"is known: run `streamrec infra up` first, or set {' and '.join(missing)}"
+        )
+    k_origin = _origin(settings, settings.kafka.bootstrap, "KAFKA_BOOTSTRAP", "kafka.bootstrap")
+    r_origin = _origin(settings, settings.redis.url, "REDIS_URL", "redis.url")
+    remember("kafka", f"{bootstrap} ({k_origin})")
+    remember("redis", f"{url} ({r_origin})")
+    if kafka and not stack.kafka_answers(bootstrap, KAFKA_TIMEOUT_S):
+        raise BrokerUnreachableError(
+            f"no Kafka broker answers at {bootstrap} ({k_origin}) within "
+            f"{KAFKA_TIMEOUT_S:g} s: {_fix(k_origin, 'KAFKA_BOOTSTRAP')}"
+        )
+    if redis and not stack.redis_answers(url, REDIS_TIMEOUT_S):
+        raise RedisUnreachableError(
+            f"no Redis answers at {url} ({r_origin}) within {REDIS_TIMEOUT_S:g} s: "
+            f"{_fix(r_origin, 'REDIS_URL')}"
+        )
+    return stack.StackState(
+        kafka=stack.Service(address=bootstrap),
+        redis=stack.Service(address=url),
+        topics=tuple(settings.kafka.topics.all_names()),
+    )
 
 
 def print_counts(title: str, counts: Counter) -> None:

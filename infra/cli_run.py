@@ -7,13 +7,15 @@ from typing import Annotated
 
 import typer
 
-from infra.cli_options import ConfigOpt, UntilEndOpt, console, settings_from
+from infra.cli_options import ConfigOpt, UntilEndOpt, console, services, settings_from
 from infra.jobs import JOBS, RESETS, JobSpec, cluster_argv, launch_cluster, reset_recovery, run_job
 from streams.runner import RunConfig
 
 run_app = typer.Typer(help="Deploy a streaming job.", no_args_is_help=True)
 
-ProcessesOpt = Annotated[int, typer.Option(help="Processes (Kafka partitions split among them).")]
+ProcessesOpt = Annotated[
+    int, typer.Option(min=1, max=64, help="Processes (Kafka partitions split among them).")
+]
 RecoveryDirOpt = Annotated[
     Path | None, typer.Option(help="Bytewax recovery store (resume after a crash).")
 ]
@@ -23,7 +25,7 @@ RecoveryOpt = Annotated[
         "--recovery", help="Recover from <data_dir>/recovery/<job> (resume after a crash)."
     ),
 ]
-SnapshotOpt = Annotated[float, typer.Option(help="Seconds between recovery snapshots.")]
+SnapshotOpt = Annotated[float, typer.Option(min=0.001, help="Seconds between recovery snapshots.")]
 ResetOpt = Annotated[
     str | None,
     typer.Option(
@@ -32,6 +34,8 @@ ResetOpt = Annotated[
         "when the store's offsets do not belong to the topic (the broker lost it).",
     ),
 ]
+KAFKA_ONLY = frozenset({"validate"})
+"""Jobs that need no Redis (the others are not started while it does not answer)."""
 ProcessIdOpt = Annotated[int | None, typer.Option(hidden=True)]
 AddressesOpt = Annotated[str | None, typer.Option(hidden=True)]
 
@@ -49,6 +53,7 @@ def _command(spec: JobSpec):
         config: ConfigOpt = None,
     ) -> None:
         settings = settings_from(config)
+        services(settings, redis=spec.name not in KAFKA_ONLY)
         if recovery and recovery_dir is None:
             recovery_dir = settings.paths.recovery(spec.name)
         if reset is not None:

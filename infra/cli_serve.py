@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from infra import stack
-from infra.cli_options import ConfigOpt, console, settings_from
+from infra.cli_options import ConfigOpt, console, services, settings_from
 from infra.service import service_for
 
 
@@ -22,7 +21,7 @@ def serve(
 
     torch.set_num_threads(1)  # small per-request batches; extra threads only spin here
     settings = settings_from(config)
-    where = stack.endpoints(settings)
+    where = services(settings)
     service = service_for(settings, where.redis_url)
     service.watcher.refresh()
     service.watcher.start(where.bootstrap, settings.kafka.topics.embedding_snapshots)

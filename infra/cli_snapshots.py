@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from infra.cli_options import ConfigOpt, console, settings_from
@@ -44,7 +45,7 @@ def _size(manifest: Manifest) -> str:
 
 
 def _fail(exc: LearnersError) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(exc))}")
     return typer.Exit(2)
 
 

@@ -236,23 +236,80 @@ def up(settings: Settings) -> StackState:
     return state
 
 
-def status(settings: Settings) -> dict[str, dict[str, object]]:
-    """Report each service's address, whether `up` started it, and whether it answers."""
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What `status` found out about one service by asking it."""
+
+    name: str
+    address: str
+    origin: str
+    """Where the address came from: a setting, or the stack `up` recorded (started or found)."""
+    up: bool
+    latency_ms: float
+    """How long the answer (or the failure) took."""
+    detail: str = ""
+    """Why it is down (the client's error)."""
+
+
+def _probe_kafka(bootstrap: str, timeout: float) -> str:
+    """ "" if the broker at `bootstrap` answers a metadata request within `timeout`, else why."""
+    try:
+        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else exc
+        return error.str() if hasattr(error, "str") else str(error)
+    return ""
+
+
+def _probe_redis(url: str, timeout: float) -> str:
+    """ "" if Redis at `url` answers PING within `timeout`, else why."""
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    except ValueError as exc:
+        return f"not a Redis URL: {exc}"
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        client.close()
+    return ""
+
+
+def status(settings: Settings, timeout: float = 2.0) -> list[ServiceStatus]:
+    """Ask each service the commands use (the settings' addresses first, else those `up`
+    recorded): the broker a metadata request, Redis PING, each within `timeout` seconds.
+
+    Raises:
+        StackError: neither the settings nor a recorded stack name a service.
+    """
     state = read_state(settings)
-    if state is None:
-        return {}
-    return {
-        "kafka": {
-            "address": state.kafka.address,
-            "started": state.kafka.pid is not None,
-            "answers": kafka_answers(state.kafka.address),
-        },
-        "redis": {
-            "address": state.redis.address,
-            "started": state.redis.pid is not None,
-            "answers": redis_answers(state.redis.address),
-        },
-    }
+    recorded = settings.paths.stack / STATE_FILE
+
+    def origin(configured: str | None, variable: str, service: Service | None) -> str:
+        if configured:
+            return f"set by {variable} or the settings file"
+        started = service is not None and service.pid is not None
+        return f"{'started' if started else 'found'} by `streamrec infra up`, {recorded}"
+
+    found: list[tuple[str, str, str, Callable[[str, float], str]]] = []
+    for name, configured, variable, service, probe in (
+        ("kafka", settings.kafka.bootstrap, "KAFKA_BOOTSTRAP", state and state.kafka, _probe_kafka),
+        ("redis", settings.redis.url, "REDIS_URL", state and state.redis, _probe_redis),
+    ):
+        address = configured or (service.address if service else None)
+        if address is None:
+            raise StackError(
+                f"no {name} is known: run `streamrec infra up` first, or set {variable}"
+            )
+        found.append((name, address, origin(configured, variable, service), probe))
+    report = []
+    for name, address, where, probe in found:
+        t0 = time.monotonic()
+        detail = probe(address, timeout)
+        took = (time.monotonic() - t0) * 1000
+        report.append(ServiceStatus(name, address, where, not detail, took, detail))
+    return report
 
 
 def down(settings: Settings) -> list[str]:

@@ -28,14 +28,17 @@ def test_up_twice_then_down(tmp_path: Path, redis_url: str) -> None:
         topics = AdminClient({"bootstrap.servers": first.bootstrap}).list_topics(timeout=10)
         for name in settings.kafka.topics.all_names():
             assert len(topics.topics[name].partitions) == settings.kafka.topics.partitions
-        report = stack.status(settings)
-        assert report["kafka"]["answers"] and report["redis"]["answers"]
+        report = {s.name: s for s in stack.status(settings)}
+        assert report["kafka"].up and report["redis"].up, report
+        assert "started by `streamrec infra up`" in report["kafka"].origin
+        assert report["redis"].origin.startswith("set by REDIS_URL")
     finally:
         stopped = stack.down(settings)
     assert stopped == ["kafka"]
     assert not stack.kafka_answers(first.bootstrap, 1.0)
     assert stack.redis_answers(redis_url)  # a found Redis is never stopped
-    assert stack.status(settings) == {}
+    with pytest.raises(StackError, match="KAFKA_BOOTSTRAP"):  # nothing recorded any more
+        stack.status(settings)
 
 
 def test_redis_is_started_when_none_answers(tmp_path: Path, bootstrap: str) -> None:
@@ -97,6 +100,6 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     done = subprocess.run(
         [cli, "topics", "summary"], env=env, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 2
+    assert done.returncode == 5  # no stack known (docs/operations.md, exit codes)
     assert "streamrec infra up" in done.stderr
     assert "Traceback" not in done.stderr
