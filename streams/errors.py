@@ -45,3 +45,8 @@ class RecoveryStateError(StreamsError):
     """A step's recovered state has taken records its input is about to give it again: the
     recovery store holds snapshots of different epochs; the message names the partition, the
     offsets and the command that starts over."""
+
+
+class RecoveryStoreError(StreamsError):
+    """A recovery store cannot be used (its partitions are missing); the message says what to
+    start or check."""

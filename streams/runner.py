@@ -7,7 +7,11 @@ only runs the flow here, given the cluster's addresses.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sqlite3
+import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,6 +19,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from pydantic import BaseModel, ConfigDict, Field
+
+from streams.errors import RecoveryStoreError
 
 RECOVERY_PARTITIONS = 4
 
@@ -38,11 +44,54 @@ class RunConfig(BaseModel):
     """Epoch length: state is snapshotted (and Kafka offsets recorded) this often."""
 
 
-def ensure_recovery_dir(path: Path) -> None:
-    """Create the recovery partitions the first time a job runs with this directory."""
+def ensure_recovery_dir(path: Path, create: bool = True, timeout_s: float = 60.0) -> None:
+    """Make sure the recovery partitions exist, complete, before Bytewax lists them.
+
+    One process creates them (`create`: alone, or process 0 of a cluster), in a staging
+    directory moved into place file by file, so a partition file is never seen half made; the
+    others wait until every partition is there. Bytewax lists the files it finds when it starts:
+    a process that starts while another is still creating them sees some of the partitions, or
+    a file without its tables, and the cluster then loses the snapshots routed to the others
+    (seen in a 2-process soak: a restart resumed input offsets from the start beside later
+    ingest state).
+
+    Raises:
+        RecoveryStoreError: the partitions did not appear within `timeout_s`.
+    """
     path.mkdir(parents=True, exist_ok=True)
-    if not any(path.glob("part-*.sqlite3")):
-        init_db_dir(path, RECOVERY_PARTITIONS)
+    if create and not _partitions(path):
+        staging = Path(tempfile.mkdtemp(prefix=".init-", dir=path))
+        try:
+            init_db_dir(staging, RECOVERY_PARTITIONS)
+            for part in sorted(staging.glob("part-*.sqlite3*")):
+                os.replace(part, path / part.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    deadline = time.monotonic() + timeout_s
+    while not _complete(path):
+        if time.monotonic() > deadline:
+            raise RecoveryStoreError(
+                f"recovery store {path}: its partitions did not appear within {timeout_s:.0f} s "
+                "(process 0 creates them): start process 0 of the cluster, or check the "
+                "directory is shared by every process"
+            )
+        time.sleep(0.1)  # another process is creating them; nothing to await but the files
+
+
+def _partitions(path: Path) -> list[Path]:
+    return sorted(path.glob("part-*.sqlite3"))
+
+
+def _complete(path: Path) -> bool:
+    """Every partition file the store's count names is there (and lists itself)."""
+    counts = set()
+    for part in _partitions(path):
+        try:
+            with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=5) as db:
+                counts |= {c for (c,) in db.execute("SELECT part_count FROM parts")}
+        except sqlite3.Error:
+            return False
+    return len(counts) == 1 and len(_partitions(path)) == counts.pop()
 
 
 def resume_epoch(path: Path) -> int:
@@ -100,8 +149,9 @@ def run_here(flow: Dataflow, run: RunConfig) -> None:
     """Run `flow` in this process (alone, or as process `run.process_id` of a cluster)."""
     recovery = None
     if run.recovery_dir is not None:
-        ensure_recovery_dir(run.recovery_dir)
-        if not run.process_id:  # alone, or process 0: before the cluster can form
+        first = not run.process_id  # alone, or process 0: before the cluster can form
+        ensure_recovery_dir(run.recovery_dir, create=first)
+        if first:
             discard_unfinished(run.recovery_dir)
         recovery = RecoveryConfig(str(run.recovery_dir))
     cluster = {}

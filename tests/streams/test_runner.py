@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import bytewax.operators as op
+import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from streams.errors import RecoveryStoreError
 from streams.runner import discard_unfinished, ensure_recovery_dir, resume_epoch
 
 
@@ -82,3 +87,43 @@ def test_the_resume_epoch_is_the_one_bytewax_resumes_from(tmp_path: Path) -> Non
             started += db.execute("SELECT ex_num, resume_epoch FROM exs").fetchall()
     assert [epoch for _, epoch in sorted(started)] == expected
     assert expected[2] > expected[1] > expected[0] == 1
+
+
+LISTER = """
+import sqlite3, sys, time
+from pathlib import Path
+from streams.errors import RecoveryStoreError
+from streams.runner import ensure_recovery_dir
+path, create, start = Path(sys.argv[1]), sys.argv[2] == "1", float(sys.argv[3])
+while time.time() < start:
+    pass
+ensure_recovery_dir(path, create=create)
+found = []
+for part in sorted(path.glob("*.sqlite3")):  # what Bytewax lists when it starts
+    with sqlite3.connect(part) as db:
+        found += [i for (i,) in db.execute("SELECT part_index FROM parts")]
+print(sorted(found))
+"""
+
+
+def test_processes_starting_together_all_see_every_partition(tmp_path: Path) -> None:
+    """Process 0 creates the store while process 1 starts: before, process 1 saw one partition,
+    none, a file without tables, or died on a locked database, about every other time."""
+    for run in range(6):
+        path, start = tmp_path / f"store-{run}", time.time() + 1.5
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", LISTER, str(path), create, str(start)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for create in ("1", "0")
+        ]
+        outs = [p.communicate(timeout=60)[0].strip() for p in procs]
+        assert outs == ["[0, 1, 2, 3]"] * 2, outs
+
+
+def test_a_process_waiting_for_partitions_nobody_creates_says_so(tmp_path: Path) -> None:
+    with pytest.raises(RecoveryStoreError, match="process 0 creates them"):
+        ensure_recovery_dir(tmp_path, create=False, timeout_s=0.3)
