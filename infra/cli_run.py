@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from infra.cli_options import ConfigOpt, UntilEndOpt, console, services, settings_from
-from infra.jobs import JOBS, RESETS, JobSpec, cluster_argv, launch_cluster, reset_recovery, run_job
+from infra.jobs import (
+    JOBS,
+    RESETS,
+    JobSpec,
+    cluster_argv,
+    launch_cluster,
+    reset_recovery,
+    run_job,
+    say,
+)
 from streams.runner import RunConfig
 
 run_app = typer.Typer(help="Deploy a streaming job.", no_args_is_help=True)
@@ -60,7 +70,17 @@ def _command(spec: JobSpec):
             _reset(reset, recovery_dir, process_id)
         if processes > 1 and process_id is None:
             argv = cluster_argv(spec.name, until_end, recovery_dir, snapshot_interval, config)
-            raise typer.Exit(launch_cluster(argv, processes))
+            store = f"recovery {recovery_dir}" if recovery_dir else "no recovery store"
+            say(
+                f"{spec.name}: starting {processes} processes on "
+                f"{settings.kafka.topics.interactions}"
+                f"{' until its end' if until_end else ' (unbounded)'}; {store}"
+            )
+            started = time.monotonic()
+            code = launch_cluster(argv, processes)
+            took = time.monotonic() - started
+            say(f"{spec.name}: {processes} processes ended in {took:,.1f} s (exit {code})")
+            raise typer.Exit(code)
         run = RunConfig(
             processes=processes,
             process_id=process_id,

@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import StatefulSourcePartition
+from bytewax.outputs import StatelessSinkPartition
 from rich.table import Table
 
 from infra import stack
@@ -28,6 +30,25 @@ from streams.errors import StreamsError
 from streams.runner import RunConfig, run_here
 
 REPORT_EVERY_S = 30.0
+
+
+@dataclass
+class Tally:
+    """What this process of a job read and dead-lettered: its final summary line."""
+
+    events: int = 0
+    """Messages read from the input topic (valid or not)."""
+    dead: Counter = field(default_factory=Counter)
+    """Dead letters written, by reason."""
+
+    def line(self, job: str, where: str, seconds: float) -> str:
+        """`<job> (<where>): done in S s: N events read, D dead letters (reason n, ...)`."""
+        reasons = ", ".join(f"{r} {n:,}" for r, n in self.dead.most_common())
+        dead = sum(self.dead.values())
+        return (
+            f"{job} ({where}): done in {seconds:,.1f} s: {self.events:,} events read, "
+            f"{dead:,} dead letters{f' ({reasons})' if reasons else ''}"
+        )
 
 
 @dataclass(frozen=True)
@@ -42,6 +63,8 @@ class JobContext:
     reset_hint: str = "streamrec run <job> --reset earliest"
     """The command that starts the job over, named when its recovery offsets do not belong to
     the topic it reads (`streams.errors.LogMismatchError`)."""
+    tally: Tally = field(default_factory=Tally)
+    """Counts of what the job's source read and its DLQ sink wrote (the final summary)."""
 
 
 @dataclass
@@ -74,13 +97,67 @@ def _sink(ctx: JobContext, topic: str):
 
 
 def _dlq(ctx: JobContext):
-    return _sink(ctx, ctx.settings.kafka.topics.dlq)
+    """The DLQ sink, counting dead letters by reason into `ctx.tally`."""
+    import msgspec
+    from bytewax.connectors.kafka import KafkaSink
+
+    from streams.events import decode_dead_letter
+    from streams.kafka_io import SINK_CONFIG
+
+    tally = ctx.tally
+
+    class CountingPartition(StatelessSinkPartition):
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def write_batch(self, items: list) -> None:
+            self.inner.write_batch(items)
+            for item in items:
+                try:
+                    tally.dead[decode_dead_letter(item.value).reason] += 1
+                except msgspec.DecodeError:  # a count, never a failure
+                    tally.dead["unknown"] += 1
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class CountingSink(KafkaSink):
+        def build(self, step_id: str, worker_index: int, worker_count: int):
+            return CountingPartition(super().build(step_id, worker_index, worker_count))
+
+    topic = ctx.settings.kafka.topics.dlq
+    return CountingSink([ctx.where.bootstrap], topic, add_config=dict(SINK_CONFIG))
 
 
 def _source(ctx: JobContext):
+    """The Kafka source of `interactions`, counting the messages it reads into `ctx.tally`."""
     from streams.kafka_io import KafkaBatchSource
 
-    return KafkaBatchSource(
+    tally = ctx.tally
+
+    class CountingPartition(StatefulSourcePartition):
+        def __init__(self, inner) -> None:
+            self.inner = inner
+
+        def next_batch(self) -> list:
+            batch = self.inner.next_batch()
+            tally.events += sum(len(b.values) for b in batch)
+            return batch
+
+        def next_awake(self):
+            return self.inner.next_awake()
+
+        def snapshot(self):
+            return self.inner.snapshot()
+
+        def close(self) -> None:
+            self.inner.close()
+
+    class CountingSource(KafkaBatchSource):
+        def build_part(self, step_id: str, for_part: str, resume_state):
+            return CountingPartition(super().build_part(step_id, for_part, resume_state))
+
+    return CountingSource(
         ctx.where.bootstrap,
         ctx.settings.kafka.topics.interactions,
         tail=not ctx.until_end,
@@ -329,6 +406,9 @@ def run_job(
     if spec.prepare is not None and not run.process_id:
         spec.prepare(ctx)
     built = spec.build(ctx)
+    where = "1 process" if run.process_id is None else f"process {run.process_id}/{run.processes}"
+    say(start_line(spec.name, where, ctx, run))
+    started = time.monotonic()
     try:
         run_here(built.flow, run)
     except Exception as exc:
@@ -338,3 +418,24 @@ def run_job(
         raise cause.with_traceback(None) from None
     if built.report is not None:
         built.report()
+    say(ctx.tally.line(spec.name, where, time.monotonic() - started))
+
+
+def say(line: str) -> None:
+    """One line on stdout, never wrapped (log files and journald keep it whole)."""
+    console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+def start_line(job: str, where: str, ctx: JobContext, run: RunConfig) -> str:
+    """What a job says when it starts: topic, broker, bound, processes, recovery store."""
+    s = ctx.settings
+    bound = "until its end" if ctx.until_end else "unbounded (Ctrl-C stops it)"
+    recovery = (
+        f"recovery {run.recovery_dir} (snapshot every {run.snapshot_interval_s:g} s)"
+        if run.recovery_dir is not None
+        else "no recovery store"
+    )
+    return (
+        f"{job} ({where}): reading {s.kafka.topics.interactions} on {ctx.where.bootstrap} "
+        f"{bound}; dead letters to {s.kafka.topics.dlq}; {recovery}"
+    )

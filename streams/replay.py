@@ -3,19 +3,78 @@
 Generating and encoding in a forked child process was measured (bench/replay.py) and brought
 nothing on this 2-core machine, where the broker needs the second core: replay is one process.
 Sources with an `encoded()` method (the synthetic one) hand over ready Kafka messages.
+
+A replay fails fast rather than queueing into the void: it asks the broker for metadata before
+producing (`BROKER_WAIT_S`), and when the client reports every broker down it asks again and
+stops if there is still no answer. The client's own log lines go to the `streams.replay.kafka`
+logger (silent unless logging is configured: `streamrec --debug`), not to stderr.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaError as ClientError
+from confluent_kafka import KafkaException, Producer
+
 from streams.errors import KafkaError
 from streams.events import encode_event
 from streams.kafka_io import make_producer
 from streams.sources import EncodedBatch, EventSource
+
+BROKER_WAIT_S = 5.0
+"""How long a replay waits for the broker's answer to a metadata request: before it produces
+anything, and again whenever the client reports every broker down."""
+
+KAFKA_LOG = logging.getLogger("streams.replay.kafka")
+"""Where the producer's client logs go (librdkafka's connection failures, retries)."""
+KAFKA_LOG.addHandler(logging.NullHandler())
+
+_BROKER_DOWN = frozenset({"_ALL_BROKERS_DOWN", "_TRANSPORT", "_RESOLVE"})
+"""Client errors that mean the broker may be gone (confluent_kafka.KafkaError names)."""
+
+
+class _Broker:
+    """Watches the producer's client errors; `check` asks the broker again after one said it
+    was gone, and raises if it still does not answer."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.suspect: str | None = None
+        self.fatal: str | None = None
+
+    def on_error(self, error: ClientError) -> None:
+        """The client's `error_cb`."""
+        if error.fatal():
+            self.fatal = error.str()
+        elif error.name() in _BROKER_DOWN:
+            self.suspect = error.str()
+
+    def check(self, producer: Producer, always: bool = False) -> None:
+        """Raise `KafkaError` on a fatal client error, or when the broker does not answer a
+        metadata request within `BROKER_WAIT_S` (asked when `always` or after a reported loss).
+        """
+        if self.fatal is not None:
+            raise KafkaError(
+                f"replay to {self.topic!r} on {self.bootstrap} failed: {self.fatal}; "
+                "check the broker (`streamrec infra status`) and replay again"
+            )
+        if not always and self.suspect is None:
+            return
+        try:
+            producer.list_topics(timeout=BROKER_WAIT_S)
+        except KafkaException as exc:
+            detail = exc.args[0].str() if exc.args else str(exc)
+            raise KafkaError(
+                f"no Kafka broker answers at {self.bootstrap} within {BROKER_WAIT_S:g} s "
+                f"({detail}); start it or fix the address (`streamrec infra status`), then "
+                "replay again"
+            ) from None
+        self.suspect = None
 
 
 @dataclass
@@ -65,7 +124,8 @@ def replay(
         on_progress: called with the number of events produced since the last call.
 
     Raises:
-        KafkaError: when the broker did not acknowledge every event.
+        KafkaError: when the broker did not acknowledge every event, does not answer before the
+            replay starts (within `BROKER_WAIT_S`), or stops answering during it.
     """
     failures: list[str] = []
 
@@ -75,10 +135,51 @@ def replay(
 
     # Only failed deliveries call back (a Python call per delivered message costs ~20 %), and
     # the callback is the producer's default rather than an argument of every produce call.
+    broker = _Broker(bootstrap, topic)
     producer = make_producer(
-        bootstrap, **{"delivery.report.only.error": True, "on_delivery": delivered}
+        bootstrap,
+        **{
+            "delivery.report.only.error": True,
+            "on_delivery": delivered,
+            "error_cb": broker.on_error,
+            "logger": KAFKA_LOG,
+        },
     )
+    try:
+        broker.check(producer, always=True)
+        start = time.perf_counter()
+        report = _produce(producer, broker, source, topic, rate, on_progress)
+        remaining = producer.flush(0)
+        deadline = time.monotonic() + FLUSH_S
+        while remaining and time.monotonic() < deadline:
+            broker.check(producer)
+            remaining = producer.flush(0.5)
+        report.seconds = time.perf_counter() - start
+    finally:
+        producer.purge()  # what is still queued after a failure; close would wait for it
+        producer.close()
+    if remaining or failures:
+        raise KafkaError(
+            f"{remaining} event(s) not delivered and {len(failures)} failed to {topic!r}"
+            f"{': ' + failures[0] if failures else ''}; check the broker (`streamrec infra status`)"
+        )
+    return report
 
+
+FLUSH_S = 60.0
+"""How long a replay waits for the last acknowledgements (the broker answering)."""
+
+
+def _produce(
+    producer: Producer,
+    broker: _Broker,
+    source: EventSource,
+    topic: str,
+    rate: float | None,
+    on_progress: Callable[[int], None] | None,
+) -> ReplayReport:
+    """Produce every event of `source` to `topic` (paced at `rate`), without waiting for the
+    acknowledgements."""
     report = ReplayReport()
     produce = producer.produce
     start = time.perf_counter()
@@ -99,7 +200,9 @@ def replay(
                         break
                     except BufferError:  # local queue full: let the client send, then retry
                         producer.poll(0.05)
+                        broker.check(producer)
             producer.poll(0)
+            broker.check(producer)
             if rate:
                 due = start + (report.events + sent) / rate
                 delay = due - time.perf_counter()
@@ -112,12 +215,4 @@ def replay(
         report.events += len(values)
         report.by_type.update(counts)
         report.last_ts = last_ts
-    remaining = producer.flush(60)
-    producer.close()
-    report.seconds = time.perf_counter() - start
-    if remaining or failures:
-        raise KafkaError(
-            f"{remaining} event(s) not delivered and {len(failures)} failed to {topic!r}"
-            f"{': ' + failures[0] if failures else ''}; check the broker (`streamrec infra status`)"
-        )
     return report
