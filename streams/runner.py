@@ -6,6 +6,7 @@ only runs the flow here, given the cluster's addresses.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -78,6 +79,19 @@ def ensure_recovery_dir(path: Path, create: bool = True, timeout_s: float = 60.0
         time.sleep(0.1)  # another process is creating them; nothing to await but the files
 
 
+def _connect(part: Path, read_only: bool = False) -> contextlib.closing[sqlite3.Connection]:
+    """A connection to a recovery partition that is closed when the block ends.
+
+    Python's sqlite3 and Bytewax carry two copies of SQLite, and a process that has a file open
+    through both loses the WAL: closing one copy's connection drops the other's POSIX locks, finds
+    itself the last user and deletes the write-ahead log the other still writes to (every later
+    snapshot of that partition went to a deleted file; seen in a 2-process soak). `with
+    sqlite3.connect(...)` alone commits but does not close: this closes before Bytewax opens.
+    """
+    uri = f"file:{part}?mode=ro" if read_only else f"file:{part}"
+    return contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30))
+
+
 def _partitions(path: Path) -> list[Path]:
     return sorted(path.glob("part-*.sqlite3"))
 
@@ -87,7 +101,7 @@ def _complete(path: Path) -> bool:
     counts = set()
     for part in _partitions(path):
         try:
-            with sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=5) as db:
+            with _connect(part, read_only=True) as db:
                 counts |= {c for (c,) in db.execute("SELECT part_count FROM parts")}
         except sqlite3.Error:
             return False
@@ -103,7 +117,7 @@ def resume_epoch(path: Path) -> int:
     """
     exs, fronts = [], []
     for part in sorted(path.glob("part-*.sqlite3")):
-        with sqlite3.connect(part, timeout=30) as db:
+        with _connect(part, read_only=True) as db:
             exs += db.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
             fronts += db.execute(
                 "SELECT ex_num, worker_index, worker_frontier FROM fronts"
@@ -132,7 +146,7 @@ def discard_unfinished(path: Path) -> int:
     epoch = resume_epoch(path)
     dropped = 0
     for part in sorted(path.glob("part-*.sqlite3")):
-        with sqlite3.connect(part, timeout=30) as db:
+        with _connect(part) as db, db:
             dropped += db.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,)).rowcount
     if dropped:
         log.warning(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -174,6 +175,7 @@ def crash_mid_replay(
         passed = midway or (lambda e: job.hwm() > half and recovery_progress(recovery) > e)
         wait_for(lambda: passed(epoch), timeout=120, what=midway_what)
         assert producer.is_alive(), "the replay ended before the crash: raise the event count"
+        assert not unlinked_stores(proc.pid), "a process writes a recovery file no longer on disk"
         crashed_at = job.hwm()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
@@ -183,6 +185,22 @@ def crash_mid_replay(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     return crashed_at
+
+
+def unlinked_stores(group: int) -> list[str]:
+    """The SQLite files (recovery partitions, their write-ahead logs) that processes of the
+    process group `group` have open although they were deleted: what they write there is lost."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != group:
+                continue
+            for fd in (stat.parent / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if ".sqlite3" in target and target.endswith(" (deleted)"):
+                        found.append(target)
+    return found
 
 
 def run_to_end(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
