@@ -69,7 +69,10 @@ def _global_options(
 @infra_app.command("up")
 def infra_up(config: ConfigOpt = None) -> None:
     """Start (or find) the broker and Redis and create the topics; idempotent."""
-    state = stack.up(settings_from(config))
+    settings = settings_from(config)
+    # a configured service must answer (exit 3 / 4, like every command); others are started
+    services(settings, kafka=bool(settings.kafka.bootstrap), redis=bool(settings.redis.url))
+    state = stack.up(settings)
     console.print(f"kafka  {state.bootstrap}" + (" (started)" if state.kafka.pid else ""))
     console.print(f"redis  {state.redis_url}" + (" (started)" if state.redis.pid else ""))
     console.print(f"topics {', '.join(state.topics)}")

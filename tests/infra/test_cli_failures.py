@@ -71,6 +71,7 @@ def closed() -> tuple[str, str]:
     "args",
     [
         ["topics", "summary"],
+        ["infra", "up"],
         ["learn", "online", "--until-end"],
         ["run", "stats", "--until-end"],
         ["run", "validate", "--until-end", "--processes", "2"],
