@@ -84,16 +84,17 @@ def learn_full(
 @learn_app.command("online")
 def learn_online(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> None:
     """ID embeddings only (dense frozen) from training-samples; deltas every delta_every_s."""
+    settings = settings_from(config)
+    where = services(settings, redis=False)  # before the slow imports: a stopped broker fails fast
+
     import torch
 
     from learners.online import FLOW, Message, OnlineLearner, kafka_messages
     from streams.events import DeadLetter, encode_dead_letter
     from streams.kafka_io import make_producer
 
-    settings = settings_from(config)
     learn = settings.learn
     torch.set_num_threads(learn.threads)
-    where = services(settings, redis=False)
     topics = settings.kafka.topics
     dlq = make_producer(where.bootstrap)
 

@@ -16,12 +16,13 @@ def serve(
     config: ConfigOpt = None,
 ) -> None:
     """Serve /recommend, /features, /notes, /healthz and /metrics (FastAPI + uvicorn)."""
+    settings = settings_from(config)
+    where = services(settings)  # before the slow imports: a stopped service fails fast
+
     import torch
     import uvicorn
 
     torch.set_num_threads(1)  # small per-request batches; extra threads only spin here
-    settings = settings_from(config)
-    where = services(settings)
     service = service_for(settings, where.redis_url)
     service.watcher.refresh()
     service.watcher.start(where.bootstrap, settings.kafka.topics.embedding_snapshots)

@@ -73,6 +73,7 @@ def closed() -> tuple[str, str]:
         ["topics", "summary"],
         ["infra", "up"],
         ["learn", "online", "--until-end"],
+        ["serve", "--port", "0"],
         ["run", "stats", "--until-end"],
         ["run", "validate", "--until-end", "--processes", "2"],
         ["replay", "synthetic", "--limit", "1000", "--users", "10", "--notes", "20"],
