@@ -247,7 +247,7 @@ def _run(config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, repor
     stream.offset_ms += now_ms() - live_start  # event time = wall clock from here on
     _live(config, state, run, stream, producer, client, jobs, report)
     report.latencies_ms, report.errors = client.latencies_ms, client.errors
-    quality(client, report)
+    quality(client, report, run.paths.sample_log)
 
 
 def _live(

@@ -33,6 +33,10 @@ class DemoReport:
     category_lift: float = float("nan")
     oracle_lift: float = float("nan")
     """Lift of lists of the notes of highest true interest (the synthetic truth), for scale."""
+    active_lift: float = float("nan")
+    """Interest lift for the 50 users with the most clicked samples (they have a history)."""
+    active_oracle_lift: float = float("nan")
+    """The oracle's lift for those users."""
     history_notes: list[int] = field(default_factory=list)
     """Per answer of the lift's users, the clicked notes /recommend gave the models (0: none
     stored, or no model reads a history)."""
@@ -121,6 +125,10 @@ def print_report(report: DemoReport, console: Console) -> None:
     table.add_row(
         "interest lift of recommendations",
         f"{report.category_lift:.2f}x (oracle knowing the truth {report.oracle_lift:.2f}x)",
+    )
+    table.add_row(
+        "interest lift, 50 most active users",
+        f"{report.active_lift:.2f}x (oracle {report.active_oracle_lift:.2f}x)",
     )
     table.add_row("user history read by /recommend", fmt("history_notes", "notes"))
     console.print(table)

@@ -134,6 +134,8 @@ def test_report_summary_plots_and_table(tmp_path: Path) -> None:
         exposure_delays_s=[0.5],
         category_lift=1.5,
         oracle_lift=6.25,
+        active_lift=2.5,
+        active_oracle_lift=5.0,
         history_notes=[0, 20, 20],
         examples=[
             {
@@ -153,7 +155,7 @@ def test_report_summary_plots_and_table(tmp_path: Path) -> None:
     print_report(report, console)
     text = console.export_text()
     assert "p50 2.0 ms" in text and "1.50x (oracle knowing the truth 6.25x)" in text
-    assert "n1" in text and "p50 20.0 notes" in text
+    assert "n1" in text and "p50 20.0 notes" in text and "2.50x (oracle 5.00x)" in text
 
 
 def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
@@ -190,6 +192,7 @@ def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
     assert max(report.new_note_delays_s) < 60
     assert report.latencies_ms and report.errors == 0
     assert np.isfinite(report.category_lift) and report.oracle_lift >= report.category_lift
+    assert np.isfinite(report.active_lift) and report.active_oracle_lift >= report.active_lift
     summary = json.loads((report.run_dir / "summary.json").read_text())
     assert summary["exposure_delays_s"]["n"] == len(report.exposure_delays_s)
     assert (report.run_dir / "demo.png").stat().st_size > 0
