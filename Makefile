@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean infra-down
+.PHONY: install tools demo test lint format bench clean infra-down
 
 install: $(STAMP)
 
@@ -14,10 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Debian tools the suite runs (command:package, `-` for a package without one); the tests
+# fail without them, never skip.
+DEBIAN_TOOLS := systemd-analyze:systemd kcat:kcat -:python3-seccomp
+
+tools:
+	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || dpkg -s $${t#*:} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
 demo: install
 	$(BIN)/streamrec demo
 
-test: install
+test: install tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports

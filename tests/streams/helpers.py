@@ -304,9 +304,14 @@ MALFORMED = [
 
 
 def raw_batches(
-    events: list[Event], partitions: int = PARTITIONS, size: int = 50, topic: str = "t"
+    events: list[Event],
+    partitions: int = PARTITIONS,
+    size: int = 50,
+    topic: str = "t",
+    first_offset: int = 0,
 ) -> list[RawBatch]:
-    """Spread events over partitions by user (crc32), batches interleaved in time order."""
+    """Spread events over partitions by user (crc32), batches interleaved in time order; each
+    partition's offsets count from `first_offset`."""
     by_part: dict[int, list[Event]] = {p: [] for p in range(partitions)}
     for e in events:
         by_part[zlib.crc32(e.user_id.encode()) % partitions].append(e)
@@ -319,7 +324,7 @@ def raw_batches(
                 p,
                 [e.user_id.encode() for e in chunk],
                 [encode_event(e) for e in chunk],
-                list(range(lo, lo + len(chunk))),
+                list(range(first_offset + lo, first_offset + lo + len(chunk))),
             )
             out.append((chunk[0].ts, p, batch))
     return [b for _, _, b in sorted(out, key=lambda x: x[:2])]

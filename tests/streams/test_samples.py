@@ -118,8 +118,8 @@ def test_duplicate_events_do_not_double_count() -> None:
     play = ev("play", T0 + 100, watch_ms=3_000, duration_ms=10_000)
     click = ev("click", T0 + 50)
     first = [imp, click, play]
-    # The same events again (a producer retry), in later batches of the same partition.
-    batches = raw_batches(first) + raw_batches([imp, play, click])
+    # The same events again (a producer retry), in later batches (offsets) of the same partition.
+    batches = raw_batches(first) + raw_batches([imp, play, click], first_offset=len(first))
     result = run(batches)
     assert len(result.samples) == 1
     s = result.samples[0]
