@@ -44,6 +44,15 @@ ResetOpt = Annotated[
         "when the store's offsets do not belong to the topic (the broker lost it).",
     ),
 ]
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        max=65_535,
+        help="Serve Prometheus metrics at http://<metrics.host>:PORT/metrics (process i of "
+        "--processes N at PORT + i); 0: none. Default: `metrics.port` of the settings (0).",
+    ),
+]
 KAFKA_ONLY = frozenset({"validate"})
 """Jobs that need no Redis (the others are not started while it does not answer)."""
 ProcessIdOpt = Annotated[int | None, typer.Option(hidden=True)]
@@ -58,6 +67,7 @@ def _command(spec: JobSpec):
         snapshot_interval: SnapshotOpt = 10.0,
         until_end: UntilEndOpt = False,
         reset: ResetOpt = None,
+        metrics_port: MetricsPortOpt = None,
         process_id: ProcessIdOpt = None,
         addresses: AddressesOpt = None,
         config: ConfigOpt = None,
@@ -69,7 +79,9 @@ def _command(spec: JobSpec):
         if reset is not None:
             _reset(reset, recovery_dir, process_id)
         if processes > 1 and process_id is None:
-            argv = cluster_argv(spec.name, until_end, recovery_dir, snapshot_interval, config)
+            argv = cluster_argv(
+                spec.name, until_end, recovery_dir, snapshot_interval, config, metrics_port
+            )
             store = f"recovery {recovery_dir}" if recovery_dir else "no recovery store"
             say(
                 f"{spec.name}: starting {processes} processes on "
@@ -89,7 +101,7 @@ def _command(spec: JobSpec):
             snapshot_interval_s=snapshot_interval,
         )
         hint = _reset_hint(spec.name, recovery, recovery_dir, config, processes, addresses)
-        run_job(spec, settings, run, until_end, reset_hint=hint)
+        run_job(spec, settings, run, until_end, reset_hint=hint, metrics_base=metrics_port)
 
     command.__doc__ = spec.summary
     command.__name__ = f"run_{spec.name}"

@@ -16,7 +16,7 @@ from infra.errors import ConfigError
 from learners.config import LearnConfig
 from learners.snapshots import SnapshotConfig
 from serving.config import ServingConfig
-from streams.config import EventLimits, SamplesConfig, StatsConfig
+from streams.config import EventLimits, MetricsConfig, SamplesConfig, StatsConfig
 
 
 class _Frozen(BaseModel):
@@ -91,6 +91,8 @@ class Settings(_Frozen):
     """The exposure job and the filters it keeps."""
     samples: SamplesConfig = SamplesConfig()
     """The sample joiner."""
+    metrics: MetricsConfig = MetricsConfig()
+    """The stream jobs' Prometheus endpoints (off unless a port is set)."""
     snapshots: SnapshotConfig
     """Embedding snapshots: root directory, retention, publishing intervals."""
     learn: LearnConfig = LearnConfig()

@@ -3,7 +3,9 @@
 A `JobSpec` says how to build a job's dataflow from the settings and the endpoints (its I/O:
 Kafka source, sinks, DLQ); `run_job` does the rest the same way for every job: endpoints ->
 build -> `RunConfig` -> run here, or launch a cluster of processes that each run their share.
-`streamrec run <job>` is generated from `JOBS` (infra/cli_run.py).
+`streamrec run <job>` is generated from `JOBS` (infra/cli_run.py). With a metrics port, each
+process serves its Prometheus metrics (`streams.metrics`) while it runs, process i at port + i;
+the sources commit their offsets to the consumer group `streamrec-<job>` at every snapshot.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from rich.table import Table
 from infra import stack
 from infra.cli_options import console, print_counts
 from infra.config import Settings
+from infra.errors import ConfigError
 from infra.processes import ProcessGroup, free_port
 from streams.errors import StreamsError
 from streams.runner import RunConfig, run_here
@@ -65,6 +68,14 @@ class JobContext:
     the topic it reads (`streams.errors.LogMismatchError`)."""
     tally: Tally = field(default_factory=Tally)
     """Counts of what the job's source read and its DLQ sink wrote (the final summary)."""
+    job: str | None = None
+    """The job's name: the `flow` label of its metrics, its consumer group `streamrec-<job>`
+    (None: metrics labelled `unnamed`, no offsets committed)."""
+
+    @property
+    def flow(self) -> str:
+        """The `flow` label of the job's metrics."""
+        return self.job or "unnamed"
 
 
 @dataclass
@@ -88,12 +99,14 @@ class JobSpec:
 
 def _sink(ctx: JobContext, topic: str):
     """Bytewax's Kafka sink on `topic`, with the durable producer settings (acks=all,
-    idempotence)."""
+    idempotence), metered as sink `topic`."""
     from bytewax.connectors.kafka import KafkaSink
 
     from streams.kafka_io import SINK_CONFIG
+    from streams.sinks import metered
 
-    return KafkaSink([ctx.where.bootstrap], topic, add_config=dict(SINK_CONFIG))
+    sink = KafkaSink([ctx.where.bootstrap], topic, add_config=dict(SINK_CONFIG))
+    return metered(sink, ctx.flow, topic, "kafka")
 
 
 def _dlq(ctx: JobContext):
@@ -103,6 +116,7 @@ def _dlq(ctx: JobContext):
 
     from streams.events import decode_dead_letter
     from streams.kafka_io import SINK_CONFIG
+    from streams.sinks import metered
 
     tally = ctx.tally
 
@@ -126,7 +140,8 @@ def _dlq(ctx: JobContext):
             return CountingPartition(super().build(step_id, worker_index, worker_count))
 
     topic = ctx.settings.kafka.topics.dlq
-    return CountingSink([ctx.where.bootstrap], topic, add_config=dict(SINK_CONFIG))
+    sink = CountingSink([ctx.where.bootstrap], topic, add_config=dict(SINK_CONFIG))
+    return metered(sink, ctx.flow, "dlq", "kafka")
 
 
 def _source(ctx: JobContext):
@@ -162,6 +177,7 @@ def _source(ctx: JobContext):
         ctx.settings.kafka.topics.interactions,
         tail=not ctx.until_end,
         reset_hint=ctx.reset_hint,
+        job=ctx.job,
     )
 
 
@@ -203,6 +219,7 @@ def _build_stats(ctx: JobContext) -> BuiltJob:
             s.stats.shards,
             s.features,
             offline=s.paths.offline(s.feast_project),
+            flow=ctx.flow,
         ),
         _dlq(ctx),
         s.stats,
@@ -215,11 +232,11 @@ def _build_stats(ctx: JobContext) -> BuiltJob:
 
 def _build_exposure(ctx: JobContext) -> BuiltJob:
     from streams.exposure import ExposureSink, build_flow
+    from streams.sinks import metered
 
     s = ctx.settings
-    flow = build_flow(
-        _source(ctx), ExposureSink(ctx.where.redis_url, s.exposure), _dlq(ctx), s.events
-    )
+    bloom = metered(ExposureSink(ctx.where.redis_url, s.exposure), ctx.flow, "bloom", "redis")
+    flow = build_flow(_source(ctx), bloom, _dlq(ctx), s.events)
     return BuiltJob(flow)
 
 
@@ -255,7 +272,7 @@ class _JoinTotals:
 def _build_samples(ctx: JobContext) -> BuiltJob:
     from streams.kafka_io import partitions_of
     from streams.samples import HistorySink, SampleLogSink, build_flow
-    from streams.sinks import CallbackSink
+    from streams.sinks import CallbackSink, metered
 
     s, topics = ctx.settings, ctx.settings.kafka.topics
     cfg = s.samples
@@ -263,17 +280,22 @@ def _build_samples(ctx: JobContext) -> BuiltJob:
         "all partitions" if ctx.process_id is None else f"process {ctx.process_id}",
         s.paths.sample_log,
     )
+    log = SampleLogSink(s.paths.sample_log, cfg.log_rows_per_part, cfg.log_part_interval_s)
+    history = None
+    if cfg.history_len:
+        history = HistorySink(ctx.where.redis_url, s.feast_project)
+        history = metered(history, ctx.flow, "history", "redis")
     flow = build_flow(
         _source(ctx),
         _sink(ctx, topics.training_samples),
-        SampleLogSink(s.paths.sample_log, cfg.log_rows_per_part, cfg.log_part_interval_s),
+        metered(log, ctx.flow, "sample-log", "parquet"),
         _dlq(ctx),
         CallbackSink(totals.add),
         cfg,
         partitions_of(ctx.where.bootstrap, topics.interactions),
         recoverable=ctx.recoverable,
         limits=s.events,
-        history=HistorySink(ctx.where.redis_url, s.feast_project) if cfg.history_len else None,
+        history=history,
     )
     return BuiltJob(flow, totals.print)
 
@@ -315,10 +337,12 @@ def cluster_argv(
     recovery_dir: Path | None,
     snapshot_interval_s: float,
     config: Path | None,
+    metrics_port: int | None = None,
 ) -> list[str]:
     """The `streamrec run <job>` arguments every process of a cluster gets (before its id)."""
     argv = ["run", job, "--snapshot-interval", str(snapshot_interval_s)]
     argv += ["--until-end"] if until_end else []
+    argv += ["--metrics-port", str(metrics_port)] if metrics_port is not None else []
     argv += ["--recovery-dir", str(recovery_dir)] if recovery_dir is not None else []
     argv += ["--config", str(config)] if config is not None else []
     return argv
@@ -382,18 +406,48 @@ def _streams_error(exc: BaseException) -> StreamsError | None:
     return None
 
 
+def metrics_port(base: int, process_id: int | None) -> int:
+    """The metrics port of a job process: `base` for a job of one process, `base + i` for
+    process i of a cluster; 0 (no endpoint) when `base` is 0."""
+    return base + (process_id or 0) if base else 0
+
+
+def serve_metrics(host: str, port: int):
+    """Start this process's metrics endpoint (`streams.metrics.serve`).
+
+    Raises:
+        ConfigError: the port cannot be bound (in use by another job or process).
+    """
+    from streams import metrics
+
+    try:
+        return metrics.serve(port, host)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve the job's metrics at {host}:{port}: {exc.strerror or exc}; choose "
+            "another --metrics-port (or `metrics.port` in the settings; each process of a job "
+            "of --processes N takes port + its index)"
+        ) from exc
+
+
 def run_job(
     spec: JobSpec,
     settings: Settings,
     run: RunConfig,
     until_end: bool,
     reset_hint: str | None = None,
+    metrics_base: int | None = None,
 ) -> None:
     """Deploy `spec` in this process (alone, or as process `run.process_id` of a cluster).
+
+    Args:
+        metrics_base: base port of the metrics endpoints (`--metrics-port`); None: the
+            settings' `metrics.port`; 0: none.
 
     Raises:
         StreamsError: the flow failed with one (unwrapped from Bytewax's own exception), e.g.
             `LogMismatchError` when the recovery offsets do not belong to the topic.
+        ConfigError: the metrics port cannot be bound.
     """
     ctx = JobContext(
         settings=settings,
@@ -402,20 +456,31 @@ def run_job(
         recoverable=run.recovery_dir is not None,
         process_id=run.process_id,
         reset_hint=reset_hint or f"streamrec run {spec.name} --reset earliest",
+        job=spec.name,
     )
-    if spec.prepare is not None and not run.process_id:
-        spec.prepare(ctx)
-    built = spec.build(ctx)
-    where = "1 process" if run.process_id is None else f"process {run.process_id}/{run.processes}"
-    say(start_line(spec.name, where, ctx, run))
-    started = time.monotonic()
+    base = settings.metrics.port if metrics_base is None else metrics_base
+    port = metrics_port(base, run.process_id)
+    server = serve_metrics(settings.metrics.host, port) if port else None
     try:
-        run_here(built.flow, run)
-    except Exception as exc:
-        cause = _streams_error(exc)
-        if cause is None or cause is exc:
-            raise
-        raise cause.with_traceback(None) from None
+        if spec.prepare is not None and not run.process_id:
+            spec.prepare(ctx)
+        built = spec.build(ctx)
+        where = (
+            "1 process" if run.process_id is None else f"process {run.process_id}/{run.processes}"
+        )
+        served = f"; metrics at http://{settings.metrics.host}:{port}/metrics" if server else ""
+        say(start_line(spec.name, where, ctx, run) + served)
+        started = time.monotonic()
+        try:
+            run_here(built.flow, run)
+        except Exception as exc:
+            cause = _streams_error(exc)
+            if cause is None or cause is exc:
+                raise
+            raise cause.with_traceback(None) from None
+    finally:
+        if server is not None:
+            server.shutdown()
     if built.report is not None:
         built.report()
     say(ctx.tally.line(spec.name, where, time.monotonic() - started))

@@ -76,3 +76,16 @@ class SamplesConfig(BaseModel):
     """A parquet part file is written once this many samples are buffered."""
     log_part_interval_s: float = Field(default=60.0, gt=0)
     """... or once the oldest buffered sample waited this long (checked as samples arrive)."""
+
+
+class MetricsConfig(BaseModel):
+    """The Prometheus endpoint of every stream job process (`streams.metrics`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    port: int = Field(default=0, ge=0, le=65_535)
+    """Base port of the jobs' `/metrics` endpoints; 0: no endpoint. A job of `--processes N`
+    serves process i at `port + i`; `streamrec run <job> --metrics-port P` overrides it, so
+    jobs that run at the same time on one host each need their own range."""
+    host: str = "127.0.0.1"
+    """Address the endpoints listen on (`0.0.0.0` for a Prometheus on another host)."""

@@ -20,6 +20,8 @@ Per Kafka partition (a stateful step keyed by partition) the step:
 
 Every dead letter carries the bytes produced, the topic, partition and offset. The clock, the
 held events and the remembered ids are the step's state, snapshotted with the flow's recovery.
+The step counts, once per batch, the messages in, the events it admits, the dead letters by
+reason and the late events, and reports the partition's clock (`streams.metrics`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import bytewax.operators as op
+import msgspec
 import numpy as np
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow, Stream
@@ -41,10 +44,11 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink
 
 from features.windows import TYPE_METRIC
+from streams import metrics
 from streams.config import EventLimits
 from streams.decode import Decoded, decode_batch
 from streams.errors import EventError, RecoveryStateError
-from streams.events import Event, dead_letter, encode_dead_letter
+from streams.events import Event, dead_letter, decode_dead_letter, encode_dead_letter
 from streams.kafka_io import RESET_HINT, RawBatch
 
 P = TypeVar("P")
@@ -216,9 +220,14 @@ class IngestLogic(StatefulLogic[RawBatch, Ingested, PartitionClock]):
         self.recoverable = recoverable
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self._where: tuple[str, int] = ("", 0)
+        self._reasons: dict[str, int] = {}
+        """Dead letters made by this step since the last batch was counted, by reason."""
+        self._meters: tuple | None = None
+        """This partition's series (in, out, late, watermark), made at its first batch."""
 
     # -- dead letters ---------------------------------------------------------------------
     def _letter(self, rec: Record, reason: str, detail: str) -> KafkaSinkMessage:
+        self._reasons[reason] = self._reasons.get(reason, 0) + 1
         err = EventError(reason, _FIELD.get(reason), detail)
         topic, partition = self._where
         letter = dead_letter(rec.raw, err, self.flow, topic, partition, rec.offset)
@@ -381,6 +390,38 @@ class IngestLogic(StatefulLogic[RawBatch, Ingested, PartitionClock]):
             f"start over with `{self.reset_hint}`"
         )
 
+    # -- metrics ----------------------------------------------------------------------------
+    def _count(self, received: int, decoder_dead: list[KafkaSinkMessage], admitted: int) -> None:
+        """Account one batch (or the end of the input) in `streams.metrics`."""
+        if self._meters is None:
+            labels = (self.flow, str(self._where[1]))
+            self._meters = (
+                metrics.EVENTS_IN.labels(*labels),
+                metrics.EVENTS_OUT.labels(*labels),
+                metrics.LATE.labels(*labels),
+                metrics.WATERMARK.labels(*labels),
+            )
+        events_in, events_out, late, watermark = self._meters
+        if received:
+            events_in.inc(received)
+        if admitted:
+            events_out.inc(admitted)
+        reasons = self._reasons
+        for letter in decoder_dead:  # rare: decode the reason the decoder wrote
+            try:
+                reason = decode_dead_letter(letter.value).reason
+            except msgspec.DecodeError:  # a count, never a failure
+                reason = "unknown"
+            reasons[reason] = reasons.get(reason, 0) + 1
+        if reasons:
+            for reason, n in reasons.items():
+                metrics.DEAD_LETTERS.labels(self.flow, reason).inc(n)
+            if "late" in reasons:
+                late.inc(reasons["late"])
+            reasons.clear()
+        if self.state.hwm is not None:
+            watermark.set(self.state.hwm / 1000)
+
     def on_item(self, value: RawBatch) -> tuple[list[Ingested], bool]:
         self._check_resume(value)
         self._where = (value.topic, value.partition)
@@ -402,7 +443,10 @@ class IngestLogic(StatefulLogic[RawBatch, Ingested, PartitionClock]):
         cols = self._clock(cols, dead)
         if self.dedupe and len(cols.events):
             cols = self._dedupe(cols, dead)
-        return [Ingested(self._shard(cols, dead), dead)], StatefulLogic.RETAIN
+        parts = self._shard(cols, dead)
+        admitted = len(cols.events) - self._reasons.get("internal", 0)
+        self._count(len(value.values), decoded.dead, admitted)
+        return [Ingested(parts, dead)], StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Ingested], bool]:
         st = self.state
@@ -420,6 +464,7 @@ class IngestLogic(StatefulLogic[RawBatch, Ingested, PartitionClock]):
         if self.dedupe and len(cols.events):
             cols = self._dedupe(cols, dead)
         parts = self._shard(cols, dead) if out else []
+        self._count(0, [], len(cols.events) - self._reasons.get("internal", 0) if out else 0)
         return [Ingested(parts, dead)], StatefulLogic.RETAIN
 
     def snapshot(self) -> PartitionClock | None:

@@ -29,6 +29,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from streams import metrics
 from streams.errors import KafkaError as StreamsKafkaError
 from streams.errors import LogMismatchError
 
@@ -157,6 +158,13 @@ PROBE_TIMEOUT_S = 5.0
 the partition's end (Tansu answers a fetch beyond the end with nothing, not OFFSET_OUT_OF_RANGE)."""
 RECHECK_IDLE_S = 10.0
 """A reader that got nothing (no message, no end of partition) this long checks its log again."""
+METER_EVERY_S = 1.0
+"""How often a partition reader updates its position, log end and lag gauges (at most)."""
+
+
+def group_id(job: str) -> str:
+    """The consumer group a deployed job commits its offsets to (`streamrec-<job>`)."""
+    return f"streamrec-{job}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +299,12 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, LogMark]):
     Resumed, it first checks the mark (`verify_mark`); later it checks again after the client
     reported a lost broker, on an out-of-range offset, and after `RECHECK_IDLE_S` with nothing
     read, so it never reads a recreated log from an old offset nor waits beyond its end.
+
+    It reports its position, the log end offset and the lag (`streams.metrics`, at most once
+    per `METER_EVERY_S`, from the watermarks the client caches from its fetches: no request).
+    With `commit`, each snapshot (the end of an epoch) also commits the mark's offset to the
+    consumer group of `config["group.id"]`, asynchronously, so standard lag tools see the job's
+    progress; the job never reads those offsets back (its recovery store has them).
     """
 
     def __init__(
@@ -303,17 +317,30 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, LogMark]):
         batch: int,
         tail: bool,
         hint: str,
+        flow: str = "unnamed",
+        commit: bool = False,
     ) -> None:
         self._config, self._hint = config, hint
         self._topic, self._partition = topic, partition
         self._batch, self._tail = batch, tail
         self._suspect = False
+        self._flow, self._commit = flow, commit
+        labels = (flow, topic, str(partition))
+        self._position = metrics.POSITION.labels(*labels)
+        self._log_end = metrics.LOG_END.labels(*labels)
+        self._lag = metrics.LAG.labels(*labels)
+        self._committed = metrics.COMMITTED.labels(*labels)
+        self._commit_errors = metrics.COMMIT_ERRORS.labels(flow)
+        self._meter_due = 0.0
+        self._last_commit: int | None = None
         if resume is None:
             self._mark = LogMark(start, topic_id(config["bootstrap.servers"], topic))
         else:
             tid = verify_mark(config, topic, partition, resume, hint)
             self._mark = LogMark(resume.offset, tid or resume.topic_id, resume.last)
-        self._consumer = Consumer({**config, "error_cb": self._on_error})
+        self._consumer = Consumer(
+            {**config, "error_cb": self._on_error, "on_commit": self._on_commit}
+        )
         self._consumer.assign([TopicPartition(topic, partition, self._mark.offset)])
         self._eof = False
         self._idle_until: datetime | None = None
@@ -323,6 +350,36 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, LogMark]):
         # A lost connection may mean a broker that comes back with other logs: check first.
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
             self._suspect = True
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        # Served by the client during consume() and close(); a failed commit is only counted:
+        # the job's own offsets are in its recovery store, the group's are for lag tools.
+        if err is not None or any(tp.error is not None for tp in partitions):
+            self._commit_errors.inc()
+            return
+        for tp in partitions:
+            if tp.partition == self._partition and tp.offset >= 0:
+                self._committed.set(tp.offset)
+
+    def _meter(self, now: bool = False) -> None:
+        """Update the position, log end and lag gauges (at most once per `METER_EVERY_S`,
+        unless `now`)."""
+        at = time.monotonic()
+        if at < self._meter_due and not now:
+            return
+        self._meter_due = at + METER_EVERY_S
+        try:
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, self._partition), cached=True
+            )
+        except KafkaException:
+            return
+        position = self._mark.offset if self._mark.offset >= 0 else low
+        if position >= 0:
+            self._position.set(position)
+        if high >= 0 and position >= 0:
+            self._log_end.set(high)
+            self._lag.set(max(high - position, 0))  # Tansu's watermark can lag the last batch
 
     def _check(self) -> bool:
         """Verify the mark; False (and check again later) if the broker does not answer.
@@ -346,6 +403,11 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, LogMark]):
         return True
 
     def next_batch(self) -> list[RawBatch]:
+        batches = self._next_batch()
+        self._meter()
+        return batches
+
+    def _next_batch(self) -> list[RawBatch]:
         if self._eof:
             raise StopIteration
         if self._suspect and not self._check():
@@ -363,6 +425,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, LogMark]):
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._eof = not self._tail
                     self._quiet_since = time.monotonic()
+                    self._meter_due = 0.0  # at the end: report it now
                     continue
                 if err.code() in (KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET):
                     self._check()  # raises if the log changed; else the error below stops it
@@ -391,7 +454,20 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, LogMark]):
         return self._idle_until
 
     def snapshot(self) -> LogMark:
-        return self._mark
+        mark = self._mark
+        self._meter(now=True)
+        metrics.snapshotted(self._flow, self._topic, self._partition)
+        if self._commit and mark.offset >= 0 and mark.offset != self._last_commit:
+            try:
+                self._consumer.commit(
+                    offsets=[TopicPartition(self._topic, self._partition, mark.offset)],
+                    asynchronous=True,
+                )
+            except KafkaException:
+                self._commit_errors.inc()
+            else:
+                self._last_commit = mark.offset
+        return mark
 
     def close(self) -> None:
         self._consumer.close()
@@ -414,6 +490,9 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, LogMark]):
             was when reached (False, the bounded `--until-end` mode).
         batch: most messages per item.
         reset_hint: the command that starts the job over, named by a `LogMismatchError`.
+        job: the deployed job reading (`stats`, ...): labels its metrics (`streams.metrics`),
+            and each snapshot commits the partitions' offsets to its consumer group,
+            `streamrec-<job>` (`group_id`). None: metrics labelled `unnamed`, nothing committed.
     """
 
     def __init__(
@@ -424,8 +503,10 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, LogMark]):
         batch: int = 5_000,
         starting_offset: int = OFFSET_BEGINNING,
         reset_hint: str = RESET_HINT,
+        job: str | None = None,
     ) -> None:
         self._bootstrap, self._topic, self._tail = bootstrap, topic, tail
+        self._job = job
         self._batch, self._start = batch, starting_offset
         self.reset_hint = reset_hint
         """The command that starts the job over (also named by the steps after the source)."""
@@ -439,7 +520,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, LogMark]):
         del step_id  # the partition name alone identifies the state
         config = {
             "bootstrap.servers": self._bootstrap,
-            "group.id": "streamrec-bytewax",
+            "group.id": group_id(self._job) if self._job else "streamrec-bytewax",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "auto.offset.reset": OUT_OF_RANGE,
@@ -454,4 +535,6 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, LogMark]):
             self._batch,
             self._tail,
             self.reset_hint,
+            flow=self._job or "unnamed",
+            commit=self._job is not None,
         )

@@ -13,6 +13,10 @@ are written aside, then renamed) and Redis's replies collected, before the epoch
 offsets with it - is committed. After a crash, the rows of the epochs after the last commit are
 emitted again: the online store gets the same aggregates again, the offline log may hold a row
 twice (identical values and event time, harmless to point-in-time joins), and nothing is lost.
+
+Each write is measured (`streams.metrics`, flow `stats`, sink `online`, store `redis`): entities
+written (`streamrec_job_sink_items_total`), the write's wall time - reading the previous batch's
+replies and pipelining this one - (`streamrec_job_sink_write_seconds`) and its time.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from features.client import mark_key
 from features.offline_log import offline_rows, write_offline_parts
 from features.online_writer import OnlineWriter
 from features.schema import FeatureConfig, derive
+from streams import metrics
 from streams.pacing import PACER
 from streams.retry import TRANSIENT, with_retry
 from streams.stats import LogRows, StatsFlush
@@ -38,9 +43,18 @@ _OFFLINE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
 """Writes full offline parts off the worker thread (pyarrow releases the GIL while writing)."""
 
 
+SINK = "online"
+"""The `sink` label of the online store's writes."""
+
+
 class _Partition(StatefulSinkPartition[StatsFlush, None]):
     def __init__(
-        self, redis_url: str, project: str, config: FeatureConfig, offline: Path | None
+        self,
+        redis_url: str,
+        project: str,
+        config: FeatureConfig,
+        offline: Path | None,
+        flow: str = "stats",
     ) -> None:
         self._redis = redis.Redis.from_url(redis_url)
         self._writer = OnlineWriter(self._redis, project)
@@ -52,6 +66,9 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         self._writing: list[Future] = []
         self._unacked: list[StatsFlush] = []
         """Flushes sent whose replies are not read yet (sent again if Redis failed them)."""
+        self._flow = flow
+        self._rows = metrics.SINK_ITEMS.labels(flow, SINK)
+        self._seconds = metrics.WRITE_SECONDS.labels(flow, SINK, "redis")
 
     def write_batch(self, items: list[StatsFlush]) -> None:
         start = time.perf_counter()
@@ -67,7 +84,11 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         except TRANSIENT:
             lost, self._unacked = self._unacked + list(items), []
             with_retry(lambda: self._write_now(lost), "stats sink")
-        PACER.record(time.perf_counter() - start)
+        took = time.perf_counter() - start
+        PACER.record(took)
+        self._seconds.observe(took)
+        self._rows.inc(sum(len(flush.ids) for flush in items))
+        metrics.flushed(self._flow, SINK)
 
     def _send(self, items: list[StatsFlush]) -> None:
         """Pipeline the rows of `items` and the mark (replies read at the next batch)."""
@@ -127,7 +148,8 @@ return 1
 class FeastOnlineSink(FixedPartitionedSink[StatsFlush, None]):
     """Writes stats flushes to Feast's online store (and, optionally, the offline log).
 
-    Items are `(shard key, StatsFlush)`; the partitions are the stats shards.
+    Items are `(shard key, StatsFlush)`; the partitions are the stats shards; `flow` labels
+    the write metrics.
     """
 
     def __init__(
@@ -137,8 +159,9 @@ class FeastOnlineSink(FixedPartitionedSink[StatsFlush, None]):
         shards: int,
         config: FeatureConfig | None = None,
         offline: Path | None = None,
+        flow: str = "stats",
     ) -> None:
-        self._args = (redis_url, project, config or FeatureConfig(), offline)
+        self._args = (redis_url, project, config or FeatureConfig(), offline, flow)
         self._parts = sorted(f"{kind}{i}" for kind in "un" for i in range(shards))
 
     def list_parts(self) -> list[str]:
