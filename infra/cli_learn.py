@@ -24,6 +24,130 @@ from learners.errors import LearnersError
 learn_app = typer.Typer(help="Train the ranker and the retriever; publish snapshots.")
 
 REPORT_EVERY_S = 30.0
+LEARNER_FLOW = "learn-online"
+"""The `flow` label of the online learner's metrics."""
+MetricsPortOpt = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        max=65_535,
+        help="Serve Prometheus metrics at http://<metrics.host>:PORT/metrics; 0: none.",
+    ),
+]
+
+
+def _learner_collector(learner, bootstrap: str, topic: str):
+    """A collector of the online learner's progress, read at scrape time (nothing is counted on
+    the training path): samples, steps, bad messages, publications, and per partition of
+    `topic` its position, the log end offset and the lag.
+
+    The log end is the high watermark of a fetch at the learner's position (one small fetch per
+    partition and scrape, at most 1 s): Tansu answers ListOffsets with the base offset of the
+    last record batch plus one, not the log end (measured: 4 records in one batch -> 1), while
+    its fetch responses carry the right watermark.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector
+
+    from streams.kafka_io import make_consumer, partitions_of
+
+    watcher = make_consumer(bootstrap, **{"max.partition.fetch.bytes": 65_536})
+    parts = partitions_of(bootstrap, topic)
+
+    def log_ends(offsets: dict[int, int]) -> dict[int, int]:
+        """partition -> high watermark of a fetch at the learner's position."""
+        watcher.assign([TopicPartition(topic, p, offsets.get(p, OFFSET_BEGINNING)) for p in parts])
+        heard: set[int] = set()
+        deadline = time.monotonic() + 1.0
+        while len(heard) < len(parts) and time.monotonic() < deadline:
+            heard |= {m.partition() for m in watcher.consume(100, 0.1)}
+        ends = {}
+        for p in heard:
+            try:
+                _, high = watcher.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                ends[p] = high
+        return ends
+
+    class LearnerCollector(Collector):
+        def collect(self):
+            r, flow = learner.report, LEARNER_FLOW
+            for name, doc, v in (
+                ("streamrec_learner_samples", "Samples trained on", r.samples),
+                ("streamrec_learner_steps", "Training steps", r.batches),
+                ("streamrec_learner_bad_messages", "Undecodable messages (to the DLQ)",
+                 r.bad_messages),
+            ):  # fmt: skip
+                family = CounterMetricFamily(name, doc, labels=["flow"])
+                family.add_metric([flow], v)
+                yield family
+            published = CounterMetricFamily(
+                "streamrec_learner_published", "Snapshots published", labels=["flow", "kind"]
+            )
+            published.add_metric([flow, "delta"], r.deltas)
+            published.add_metric([flow, "full"], r.fulls)
+            yield published
+            last = GaugeMetricFamily(
+                "streamrec_learner_last_publish_timestamp_seconds",
+                "Unix time of the last snapshot this learner published",
+                labels=["flow"],
+            )
+            if r.published:
+                last.add_metric([flow], max(m.created_at_ms for m in r.published) / 1000)
+            yield last
+            offsets = dict(learner.offsets)  # a copy is atomic; the learner runs meanwhile
+            labels = ["flow", "topic", "partition"]
+            position = GaugeMetricFamily(
+                "streamrec_job_consumer_position", "Next offset the reader takes", labels=labels
+            )
+            end = GaugeMetricFamily(
+                "streamrec_job_log_end_offset", "The partition's log end offset", labels=labels
+            )
+            lag = GaugeMetricFamily(
+                "streamrec_job_consumer_lag", "Log end offset minus position", labels=labels
+            )
+            for p, high in sorted(log_ends(offsets).items()):
+                where = [flow, topic, str(p)]
+                at = offsets.get(p, 0)
+                position.add_metric(where, at)
+                end.add_metric(where, high)
+                lag.add_metric(where, max(high - at, 0))
+            yield from (position, end, lag)
+
+        def describe(self):
+            return iter(())
+
+    return LearnerCollector(), watcher
+
+
+def _serve_learner_metrics(settings: Settings, port: int, learner, bootstrap: str):
+    """Serve the learner's metrics at `port` (None when 0); returns a function that stops it.
+
+    Raises:
+        ConfigError: the port cannot be bound.
+    """
+    if not port:
+        return lambda: None
+    from prometheus_client import CollectorRegistry
+
+    from infra.jobs import serve_metrics
+
+    collector, watcher = _learner_collector(
+        learner, bootstrap, settings.kafka.topics.training_samples
+    )
+    registry = CollectorRegistry()  # the learner's own series only (no empty job series)
+    registry.register(collector)
+    server = serve_metrics(settings.metrics.host, port, registry)
+    console.print(f"metrics at http://{settings.metrics.host}:{server.port}/metrics")
+
+    def stop() -> None:
+        server.shutdown()
+        watcher.close()
+
+    return stop
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -82,7 +206,9 @@ def learn_full(
 
 
 @learn_app.command("online")
-def learn_online(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> None:
+def learn_online(
+    until_end: UntilEndOpt = False, metrics_port: MetricsPortOpt = 0, config: ConfigOpt = None
+) -> None:
     """ID embeddings only (dense frozen) from training-samples; deltas every delta_every_s."""
     settings = settings_from(config)
     where = services(settings, redis=False)  # before the slow imports: a stopped broker fails fast
@@ -111,6 +237,7 @@ def learn_online(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> No
         )
         dlq.produce(topics.dlq, value=encode_dead_letter(record))
 
+    stop_metrics = lambda: None  # noqa: E731 - replaced once the learner exists
     try:
         learner = OnlineLearner.from_latest(
             learn,
@@ -123,6 +250,7 @@ def learn_online(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> No
             f"online learner from ranker {learner.bases['ranker']} / retriever "
             f"{learner.bases['retriever']}, offsets {learner.offsets or 'from the beginning'}"
         )
+        stop_metrics = _serve_learner_metrics(settings, metrics_port, learner, where.bootstrap)
         messages = kafka_messages(
             where.bootstrap,
             topics.training_samples,
@@ -148,6 +276,7 @@ def learn_online(until_end: UntilEndOpt = False, config: ConfigOpt = None) -> No
     except LearnersError as exc:
         raise _fail(exc) from None
     finally:
+        stop_metrics()
         dlq.flush(10)
     r = learner.report
     console.print(

@@ -412,8 +412,9 @@ def metrics_port(base: int, process_id: int | None) -> int:
     return base + (process_id or 0) if base else 0
 
 
-def serve_metrics(host: str, port: int):
-    """Start this process's metrics endpoint (`streams.metrics.serve`).
+def serve_metrics(host: str, port: int, registry=None):
+    """Start this process's metrics endpoint (`streams.metrics.serve`) for `registry` (default:
+    the jobs' registry).
 
     Raises:
         ConfigError: the port cannot be bound (in use by another job or process).
@@ -421,7 +422,7 @@ def serve_metrics(host: str, port: int):
     from streams import metrics
 
     try:
-        return metrics.serve(port, host)
+        return metrics.serve(port, host, registry or metrics.REGISTRY)
     except OSError as exc:
         raise ConfigError(
             f"cannot serve the job's metrics at {host}:{port}: {exc.strerror or exc}; choose "

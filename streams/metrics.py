@@ -181,13 +181,16 @@ class MetricsServer:
         self._thread.join(5)
 
 
-def serve(port: int, host: str = "127.0.0.1") -> MetricsServer:
-    """Serve `REGISTRY` at `http://host:port/metrics` from a daemon thread.
+def serve(
+    port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY
+) -> MetricsServer:
+    """Serve `registry` (default: the jobs' `REGISTRY`) at `http://host:port/metrics` from a
+    daemon thread.
 
     Raises:
         OSError: the port cannot be bound (in use, or not allowed).
     """
-    server, thread = start_http_server(port, addr=host, registry=REGISTRY)
+    server, thread = start_http_server(port, addr=host, registry=registry)
     return MetricsServer(server, thread)
 
 
