@@ -13,7 +13,7 @@ import torch
 
 from learners.errors import SampleInputError
 from learners.inputs import Columns, F
-from learners.models import ITEM_TABLE, RankerModelState, RetrieverModelState
+from learners.models import ITEM_TABLE, RankerModelState, RetrieverModelState, from_json_array
 from learners.snapshots import Snapshot
 
 
@@ -156,6 +156,7 @@ class Retriever(_Published):
             items.weights if items is not None else np.zeros((0, state.config.out_dim), np.float32)
         )
         self._item_index = {n: j for j, n in enumerate(self._item_ids)}
+        self._clicks: dict[str, float] | None = None
 
     @property
     def dim(self) -> int:
@@ -204,6 +205,15 @@ class Retriever(_Published):
         unknown = ("", "", 0, 0)
         rows = [side.get(n, unknown) for n in note_ids]
         return [r[0] for r in rows], [r[1] for r in rows]
+
+    def note_clicks(self) -> dict[str, float]:
+        """Clicked samples per note the retriever counted up to its full snapshot (the negative
+        sampler's counts, within the TTL; notes new since the full are absent): a popularity
+        that changes with each full, not with deltas."""
+        if self._clicks is None:
+            raw = from_json_array(self._snap.dense.get("side.clicks")) or {}
+            self._clicks = {n: float(c) for n, c in raw.items()}
+        return self._clicks
 
     def durations(self, note_ids: list[str]) -> np.ndarray:
         """(n,) durations in ms the notes' impressions carried (0 where unknown)."""

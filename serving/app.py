@@ -31,9 +31,12 @@ class Item(BaseModel):
     score: float
     """Fused ranking score."""
     retrieval_score: float
-    """Cosine similarity of user and note vectors."""
+    """The channel's score: cosine of user and note vectors for "two_tower", category share
+    over in-category popularity rank for "context"."""
     scores: dict[str, float]
     """Calibrated per-task probabilities and expected `watch_ms`."""
+    channel: str = "two_tower"
+    """The retrieval channel that proposed the note ("two_tower" or "context")."""
 
 
 class RecommendResponse(BaseModel):

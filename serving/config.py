@@ -32,6 +32,37 @@ class FusionConfig(BaseModel):
     so the probability is divided by the note's completion prior (from its window counts)."""
 
 
+class ContextConfig(BaseModel):
+    """The "popular in context" retrieval channel (`serving.channels.ContextChannel`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Ask the channel at all (off: the two-tower channel alone, as before)."""
+    candidates: int = Field(default=100, ge=0)
+    """Unseen candidates of the channel among the `rank_k` the ranker scores (the two-tower
+    channel fills the rest)."""
+    share: float = Field(default=1.0, ge=0, le=1)
+    """Share of the `n` returned notes reserved for the channel's candidates (its best by the
+    fused score) when the user has interacted with something; a user without any interaction
+    gets no reservation (the channel's global popular notes compete in the ranking)."""
+    history: int = Field(default=20, ge=0, le=200)
+    """Last clicked notes of the user read (`FeatureClient.history`; the joiner keeps
+    `samples.history_len`, 20)."""
+    click_weight: float = Field(default=3.0, ge=0)
+    """What one clicked note counts for its category, against 1 for a note shown."""
+    probe_per_category: int = Field(default=200, ge=1)
+    """Most clicked notes of each category tested in the exposure filter (in the request's
+    one filter call) to count the notes the user was shown per category; also the channel's
+    candidates (those not shown)."""
+    background: float = Field(default=0.5, ge=0, le=1)
+    """Share of a user's interactions assumed to follow global popularity rather than their
+    interests: that much of their total, spread by the categories' click shares, is
+    subtracted from their counts before the categories are weighed."""
+    sharpen: float = Field(default=4.0, gt=0)
+    """Categories share the channel's candidates in proportion to evidence ** sharpen."""
+
+
 class ServingConfig(BaseModel):
     """Retrieval, ranking and API settings."""
 
@@ -64,3 +95,5 @@ class ServingConfig(BaseModel):
     """Snapshot directory check interval (announcements on Kafka wake it earlier)."""
     fusion: FusionConfig = FusionConfig()
     """Score fusion."""
+    context: ContextConfig = ContextConfig()
+    """The "popular in context" retrieval channel beside the two-tower one."""

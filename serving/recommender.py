@@ -2,9 +2,12 @@
 
 Per request: the user's window counts (one Redis round trip), the user's last clicked notes
 when a model reads them (one more; `FeatureClient.history`, the history the sample joiner puts
-in the training samples), the user tower's vector from the freshest user embedding,
-`retrieve_k` notes from the index, ONE exposure-filter call over them, the first `rank_k`
-unseen notes' counts (one round trip), calibrated MMoE predictions, and a fused score.
+in the training samples), the channels' candidates (`serving.channels`: `retrieve_k` notes of
+the two-tower index; the context channel's popular notes of the user's categories, which reads
+the history if the models did not and probes the exposure filter), ONE exposure-filter call
+over all of them, the unseen candidates merged by quota up to `rank_k`, their counts (one
+round trip), calibrated MMoE predictions, a fused score, and the top n with a share of the
+slots reserved for the context channel (`blend`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from features.client import FeatureClient
 from features.errors import ExposureError
 from features.exposure import ExposureFilter
 from features.samples import STAT_FEATURES
+from serving.channels import Candidates, ContextChannel, Request, TwoTowerChannel, merge
 from serving.config import FusionConfig, ServingConfig
 from serving.errors import DependencyError
 from serving.watcher import SnapshotWatcher
@@ -31,7 +35,10 @@ class Scored:
     note_id: str
     score: float
     retrieval_score: float
+    """The channel's score: cosine for "two_tower", category share / rank for "context"."""
     scores: dict[str, float]
+    channel: str = "two_tower"
+    """The retrieval channel that proposed the note."""
 
 
 @dataclass
@@ -42,8 +49,11 @@ class Recommendation:
     items: list[Scored]
     versions: dict[str, int]
     retrieved: int
+    """Candidates of the two-tower channel (`retrieve_k` when the index holds that many)."""
     unseen: int
+    """Of them, the ones the user was not shown."""
     ranked: int
+    """Candidates of all channels the ranker scored (at most `rank_k`)."""
     exposure_filtered: bool = True
     """False when the exposure filters did not exist yet (nothing could be filtered)."""
     features_degraded: bool = False
@@ -96,6 +106,8 @@ class Recommender:
             exposure,
             config,
         )
+        self.two_tower = TwoTowerChannel()
+        self.context = ContextChannel(config.context) if config.context.enabled else None
 
     def counts(self, view: str, ids: list[str]) -> tuple[np.ndarray, bool]:
         """(n, F) raw window counts in `STAT_FEATURES` order (0 where nothing is stored), and
@@ -124,31 +136,47 @@ class Recommender:
         user_counts, degraded = self.counts("user_stats", [user_id])
         user_stats = user_counts[0]  # (F,)
         length = max(view.ranker.history_len, view.retriever.history_len)
-        history, history_degraded = self.history(user_id, length)
-        query = view.retriever.user_vector(user_id, user_stats, history)  # (d,)
+        wanted = max(length, self.context.config.history if self.context is not None else 0)
+        # Counts unreadable: Redis is failing, do not spend another timeout on the history.
+        history, history_degraded = self.history(user_id, wanted) if not degraded else ([], True)
+        request = Request(user_id, user_stats, history[:length], view)
         t.append(time.perf_counter())
-        ids, sims = view.index.search(query, self.config.retrieve_k)
+        two_tower = self.two_tower.candidates(request, self.config.retrieve_k)
+        probe = self.context.probe(view) if self.context is not None else []
         t.append(time.perf_counter())
+        union = list(dict.fromkeys([*two_tower.ids, *probe]))
         filtered = True
         try:
-            seen = self.exposure.seen(user_id, ids) if ids else []
+            seen = self.exposure.seen(user_id, union) if union else []
         except ExposureError:  # no filters yet (the exposure job has not written): none seen
-            seen, filtered = [False] * len(ids), False
+            seen, filtered = [False] * len(union), False
         except (redis.RedisError, OSError) as exc:  # cannot tell what was shown: refuse
             raise DependencyError(f"exposure filters unavailable (Redis: {exc})") from exc
-        keep = [j for j, s in enumerate(seen) if not s]
+        shown = frozenset(i for i, s in zip(union, seen, strict=True) if s)
+        lists = [Candidates(two_tower.channel, *_drop(two_tower, shown), two_tower.personal)]
+        context_k = min(self.config.context.candidates, self.config.rank_k)
+        personal = False
+        if self.context is not None and context_k:
+            ctx = self.context.candidates(
+                Request(user_id, user_stats, history, view, shown), context_k
+            )
+            personal = ctx.personal
+            lists.insert(0, ctx)  # its quota first, the two-tower channel fills up to rank_k
+        quotas = [context_k] * (len(lists) - 1) + [
+            self.config.rank_k - context_k * (len(lists) - 1)
+        ]
+        cand, cand_channels, cand_sims = merge(lists, quotas)
         t.append(time.perf_counter())
-        cand = [ids[j] for j in keep[: self.config.rank_k]]
-        cand_sims = sims[keep[: self.config.rank_k]]
         note_stats, notes_degraded = self.counts("note_stats", cand)  # (m, F)
         t.append(time.perf_counter())
         authors, cats = view.retriever.side_info(cand)
         preds = view.ranker.score(
             user_id, cand, authors, cats, user_stats, note_stats,
-            durations=view.retriever.durations(cand), history=history,
+            durations=view.retriever.durations(cand), history=request.history,
         )  # fmt: skip
         fused = fuse(preds, self.config.fusion)
-        order = np.argsort(-fused, kind="stable")[:n]
+        reserved = round(self.config.context.share * n) if personal else 0
+        order = blend(fused, cand_channels, ContextChannel.name, reserved, n)
         t.append(time.perf_counter())
         items = [
             Scored(
@@ -156,6 +184,7 @@ class Recommender:
                 float(fused[j]),
                 float(cand_sims[j]),
                 {task: float(p[j]) for task, p in preds.items()},
+                cand_channels[j],
             )
             for j in order.tolist()
         ]
@@ -166,11 +195,31 @@ class Recommender:
             user_id,
             items,
             view.versions,
-            len(ids),
-            len(keep),
+            len(two_tower.ids),
+            len(lists[-1].ids),
             len(cand),
             exposure_filtered=filtered,
             features_degraded=degraded or notes_degraded or history_degraded,
-            history=len(history),
+            history=len(request.history),
             timings_ms=timings,
         )
+
+
+def _drop(cand: Candidates, shown: set[str]) -> tuple[list[str], np.ndarray]:
+    """(ids, scores) of a channel's candidates without the `shown` notes."""
+    keep = [j for j, i in enumerate(cand.ids) if i not in shown]
+    return [cand.ids[j] for j in keep], cand.scores[keep]
+
+
+def blend(
+    fused: np.ndarray, channels: list[str], channel: str, reserved: int, n: int
+) -> np.ndarray:
+    """Indices of the top `n` by `fused` of which at least `reserved` (as far as it has them)
+    come from `channel`: its best by `fused`, the other slots the best of the rest; the
+    chosen ones in fused order."""
+    order = np.argsort(-fused, kind="stable")
+    mine = [j for j in order.tolist() if channels[j] == channel][:reserved]
+    chosen = set(mine)
+    rest = [j for j in order.tolist() if j not in chosen][: max(0, n - len(mine))]
+    picked = np.array(mine + rest, dtype=np.int64)
+    return picked[np.argsort(-fused[picked], kind="stable")][:n]

@@ -14,6 +14,7 @@ from features.history import HistoryWriter
 from features.samples import STAT_FEATURES
 from infra.config import load_settings
 from infra.service import service_for
+from serving.config import ContextConfig
 from tests.learners.helpers import publish_trained
 
 LENGTH = 5
@@ -30,6 +31,8 @@ def test_recommend_passes_the_stored_history_to_both_models(
             "snapshots": base.snapshots.model_copy(update={"root": tmp_path / "snapshots"}),
             "exposure": ExposureConfig(namespace=ns),
             "feast_project": f"p{ns}",
+            # The two-tower channel alone: every item's retrieval score is the user tower's.
+            "serving": base.serving.model_copy(update={"context": ContextConfig(enabled=False)}),
         }
     )
     service = service_for(settings, redis_url)

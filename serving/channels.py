@@ -1,0 +1,215 @@
+"""Retrieval channels: each turns a user into candidate notes with scores, best first.
+
+A `Channel` answers `candidates(request, k)`; the recommender asks every channel of its funnel,
+drops what the user has seen, and merges the channels' unseen candidates by quota with
+de-duplication (`merge`). Two channels exist:
+
+- `TwoTowerChannel`: the notes of highest cosine with the user tower's vector (faiss index).
+- `ContextChannel` ("popular in context"): the most clicked notes of the categories the user
+  has interacted with so far - the categories of their last clicked notes
+  (`FeatureClient.history`) and of the popular notes they were shown (probed in the exposure
+  filter's answer for the `probe`: the most clicked notes of every category) - and the globally
+  most clicked notes for a user with no interaction at all. It needs no trained row: it places
+  a user after one impression, which the user tower cannot (a user's row trains only on their
+  clicks). Its candidates are notes of the probe the user has not been shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from learners.inference import Retriever
+from serving.config import ContextConfig
+from serving.watcher import ModelView
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a channel may read about the request's user (read once by the recommender)."""
+
+    user_id: str
+    user_stats: np.ndarray
+    """(F,) window counts in `STAT_FEATURES` order."""
+    history: list[str]
+    """The user's last clicked notes, newest first, as far as the models read them."""
+    view: ModelView
+    """The models and index of this request."""
+    shown: frozenset[str] = frozenset()
+    """The notes among the channels' `probe` the user was shown (the exposure filter's answer;
+    empty for a channel asked before the filter was read)."""
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One channel's answer: note ids best first, with the channel's scores (higher better)."""
+
+    channel: str
+    ids: list[str]
+    scores: np.ndarray
+    personal: bool = True
+    """False when the channel had nothing personal to go on (its answer is everyone's)."""
+
+
+class Channel(Protocol):
+    """A retrieval channel of the funnel."""
+
+    name: str
+
+    def probe(self, view: ModelView) -> list[str]:
+        """Notes whose exposure to the user the channel reads (`Request.shown`), checked in the
+        request's one exposure-filter call."""
+        ...
+
+    def candidates(self, request: Request, k: int) -> Candidates:
+        """At most `k` candidate notes for the request's user, best first."""
+        ...
+
+
+class TwoTowerChannel:
+    """The notes of highest cosine with the user tower's vector."""
+
+    name = "two_tower"
+
+    def probe(self, view: ModelView) -> list[str]:  # noqa: ARG002 - the protocol's signature
+        """None: the index's candidates are filtered after the one exposure call."""
+        return []
+
+    def candidates(self, request: Request, k: int) -> Candidates:
+        view = request.view
+        query = view.retriever.user_vector(request.user_id, request.user_stats, request.history)
+        ids, sims = view.index.search(query, k)
+        return Candidates(self.name, ids, np.asarray(sims, dtype=np.float64))
+
+
+class CategoryPopularity:
+    """The notes of each category by clicks, from one retriever snapshot (built once per view)."""
+
+    def __init__(self, retriever: Retriever, indexed: set[str] | None = None) -> None:
+        clicks = retriever.note_clicks()
+        notes = [n for n in clicks if indexed is None or n in indexed]
+        _, cats = retriever.side_info(notes)
+        order = sorted(range(len(notes)), key=lambda j: (-clicks[notes[j]], notes[j]))
+        self.by_category: dict[str, list[str]] = {}
+        for j in order:
+            if cats[j]:
+                self.by_category.setdefault(cats[j], []).append(notes[j])
+        self.overall = [notes[j] for j in order]
+        self.clicks = clicks
+        total = sum(clicks[n] for n in notes) or 1.0
+        self.share = {
+            c: sum(clicks[n] for n in ns) / total for c, ns in self.by_category.items()
+        }  # each category's share of all clicks: what a user without interests would show
+
+
+class ContextChannel:
+    """Popular notes of the categories a user interacted with (global ones without any)."""
+
+    name = "context"
+
+    def __init__(self, config: ContextConfig) -> None:
+        self.config = config
+        self._cache: tuple[Retriever, CategoryPopularity, list[str]] | None = None
+
+    def popularity(self, view: ModelView) -> CategoryPopularity:
+        """The per-category popularity of the view's retriever (computed once per version)."""
+        return self._cached(view)[1]
+
+    def probe(self, view: ModelView) -> list[str]:
+        """The `probe_per_category` most clicked notes of each category: the notes whose
+        exposure counts the user's impressions per category, and the channel's candidates."""
+        return self._cached(view)[2]
+
+    def _cached(self, view: ModelView) -> tuple[Retriever, CategoryPopularity, list[str]]:
+        cached = self._cache
+        if cached is None or cached[0] is not view.retriever:
+            indexed = set(view.retriever.item_vectors()[0])
+            popular = CategoryPopularity(view.retriever, indexed)
+            top = self.config.probe_per_category
+            probe = [n for ns in popular.by_category.values() for n in ns[:top]]
+            cached = (view.retriever, popular, probe)
+            self._cache = cached
+        return cached
+
+    def interests(self, request: Request, popular: CategoryPopularity) -> dict[str, float]:
+        """Category -> the user's evidence for it beyond what popularity explains (> 0 only).
+
+        A clicked note counts `click_weight`, a shown one 1 (of the `probe_per_category` most
+        clicked notes of each category, tested in the exposure filter); from each category's
+        count the share of the user's total that the category's click share predicts for a
+        user without interests (times `background`) is subtracted.
+        """
+        cfg = self.config
+        counts: dict[str, float] = {}
+        _, cats = request.view.retriever.side_info(request.history[: cfg.history])
+        for c in cats:
+            if c:
+                counts[c] = counts.get(c, 0.0) + cfg.click_weight
+        shown = [n for n in self.probe(request.view) if n in request.shown]
+        _, cats = request.view.retriever.side_info(shown)
+        for c in cats:
+            if c:
+                counts[c] = counts.get(c, 0.0) + 1.0
+        total = sum(counts.values())
+        out = {c: v - cfg.background * total * popular.share.get(c, 0.0) for c, v in counts.items()}
+        return {c: v for c, v in out.items() if v > 0}
+
+    def candidates(self, request: Request, k: int) -> Candidates:
+        popular = self.popularity(request.view)
+        interests = self.interests(request, popular)
+        if not interests:
+            probed = set(self.probe(request.view))
+            ids = [n for n in popular.overall if n in probed and n not in request.shown][:k]
+            scores = np.array([popular.clicks[n] for n in ids], dtype=np.float64)
+            return Candidates(self.name, ids, scores, personal=False)
+        weight = {c: v**self.config.sharpen for c, v in interests.items()}
+        total = sum(weight.values())
+        share = {c: w / total for c, w in weight.items()}
+        # Each category gets slots in proportion to its share; within a category the most
+        # clicked first. Interleaved so that any prefix keeps the proportions.
+        # Only notes whose exposure was read (the probe): none the user has seen.
+        top = self.config.probe_per_category
+        pools = {
+            c: [n for n in popular.by_category.get(c, [])[:top] if n not in request.shown]
+            for c in share
+        }
+        taken = {c: 0 for c in share}
+        ids: list[str] = []
+        scores: list[float] = []
+        while len(ids) < k:
+            open_ = [c for c in share if taken[c] < len(pools[c])]
+            if not open_:
+                break
+            c = min(open_, key=lambda c: ((taken[c] + 1) / share[c], c))
+            ids.append(pools[c][taken[c]])
+            scores.append(share[c] / (1.0 + taken[c]))
+            taken[c] += 1
+        return Candidates(self.name, ids, np.array(scores, dtype=np.float64))
+
+
+def merge(lists: list[Candidates], quotas: list[int]) -> tuple[list[str], list[str], np.ndarray]:
+    """The channels' candidates merged by quota: up to `quotas[i]` new notes from channel i,
+    in the order of `lists`, each note once (kept by the first channel that gives it).
+
+    Returns:
+        (note ids, the channel of each, the channel's score of each).
+    """
+    ids: list[str] = []
+    channels: list[str] = []
+    scores: list[float] = []
+    taken: set[str] = set()
+    for cand, quota in zip(lists, quotas, strict=True):
+        added = 0
+        for note, score in zip(cand.ids, cand.scores.tolist(), strict=True):
+            if added >= quota:
+                break
+            if note in taken:
+                continue
+            taken.add(note)
+            ids.append(note)
+            channels.append(cand.channel)
+            scores.append(score)
+            added += 1
+    return ids, channels, np.array(scores, dtype=np.float64)

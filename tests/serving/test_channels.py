@@ -1,0 +1,88 @@
+"""Retrieval channels: the quota merge, the slot reservation, and the context channel in
+/recommend (a user placed by what they were shown and clicked, before any trained row)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import redis
+from fastapi.testclient import TestClient
+
+from features.exposure import ExposureConfig, ExposureWriter
+from features.history import HistoryWriter
+from infra.config import load_settings
+from infra.service import service_for
+from serving.channels import Candidates, merge
+from serving.config import ContextConfig
+from serving.recommender import blend
+from tests.learners.helpers import publish_trained
+
+
+def test_merge_takes_each_channel_quota_in_order_without_duplicates() -> None:
+    a = Candidates("a", ["n1", "n2", "n3", "n4"], np.array([4.0, 3.0, 2.0, 1.0]))
+    b = Candidates("b", ["n2", "n5", "n1", "n6", "n7"], np.array([0.9, 0.8, 0.7, 0.6, 0.5]))
+    ids, channels, scores = merge([a, b], [2, 3])
+    assert ids == ["n1", "n2", "n5", "n6", "n7"]  # b's n2 and n1 are a's: b takes 3 new ones
+    assert channels == ["a", "a", "b", "b", "b"]
+    np.testing.assert_allclose(scores, [4.0, 3.0, 0.8, 0.6, 0.5])
+    assert merge([a, b], [0, 1])[0] == ["n2"]
+
+
+def test_blend_reserves_slots_for_a_channel_and_keeps_the_fused_order() -> None:
+    fused = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.3])
+    channels = ["t", "t", "t", "c", "c", "c"]
+    assert blend(fused, channels, "c", 0, 3).tolist() == [0, 1, 2]  # no reservation: by score
+    assert blend(fused, channels, "c", 2, 3).tolist() == [0, 5, 4]  # c's best two, in order
+    assert blend(fused, channels, "c", 5, 4).tolist() == [0, 5, 4, 3]  # c has only three
+
+
+def test_context_channel_places_a_user_by_what_they_were_shown_and_clicked(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    publish_trained(tmp_path / "snapshots")
+    ns = f"t{uuid.uuid4().hex[:6]}"
+    base = load_settings(env={})
+    settings = load_settings(env={"REDIS_URL": redis_url}).model_copy(
+        update={
+            "snapshots": base.snapshots.model_copy(update={"root": tmp_path / "snapshots"}),
+            "exposure": ExposureConfig(namespace=ns),
+            "feast_project": f"p{ns}",
+        }
+    )
+    service = service_for(settings, redis_url)
+    service.watcher.refresh()
+    client = TestClient(service.app)
+    view = service.watcher.current()
+    popular = service.recommender.context.popularity(view)
+
+    def recommend(user: str) -> list[dict]:
+        r = client.get("/recommend", params={"user_id": user, "n": 20})
+        assert r.status_code == 200, r.text
+        return r.json()["items"]
+
+    cold = recommend("stranger")  # nothing known: no reservation, the ranker decides
+    assert len(cold) == 20
+    target = sorted(popular.by_category)[3]
+    shown = popular.by_category[target][:4]
+    ExposureWriter(redis_client, settings.exposure).add_batch(["stranger"] * 4, shown, [10**12] * 4)
+    HistoryWriter(redis_client, settings.feast_project).write(["stranger"], [shown[:1]], [1_000])
+    placed = recommend("stranger")
+    assert len(placed) == 20 and not {i["note_id"] for i in placed} & set(shown)
+    context = [i for i in placed if i["channel"] == "context"]
+    assert len(context) == 20  # share 1: every slot is the channel's
+    _, cats = view.retriever.side_info([i["note_id"] for i in context])
+    assert set(cats) == {target}  # the only category with evidence
+    scores = [i["score"] for i in placed]
+    assert scores == sorted(scores, reverse=True)
+
+    off = settings.model_copy(
+        update={
+            "serving": settings.serving.model_copy(update={"context": ContextConfig(enabled=False)})
+        }
+    )
+    plain = service_for(off, redis_url)
+    plain.watcher.refresh()
+    items = TestClient(plain.app).get("/recommend", params={"user_id": "stranger"}).json()["items"]
+    assert items and all(i["channel"] == "two_tower" for i in items)
