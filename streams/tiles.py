@@ -20,11 +20,14 @@ from features.windows import (
     COMPLETION_FRACTION,
     EXPECTED,
     METRICS,
+    TYPE_METRIC,
     WATCH,
     WINDOWS,
     Window,
     expected_completion_milli,
 )
+
+PLAY = TYPE_METRIC["play"]
 
 
 def ring_sizes(windows: tuple[Window, ...] = WINDOWS) -> dict[int, int]:
@@ -41,11 +44,12 @@ def event_metrics(kinds: np.ndarray, watch: np.ndarray, duration: np.ndarray) ->
     Args:
         kinds: metric index of each event's type (`TYPE_METRIC`), shape (n,).
         watch: watch_ms of plays, 0 for other events, shape (n,).
-        duration: duration_ms of plays, 0 where unknown or not a play, shape (n,).
+        duration: duration_ms of each event where known (only plays' count), shape (n,).
     """
     out = np.zeros((len(kinds), len(METRICS)), dtype=np.int64)  # (n, M)
     out[np.arange(len(kinds)), kinds] = 1
     out[:, WATCH] = watch
+    duration = np.where(kinds == PLAY, duration, 0)  # impressions carry the item's duration too
     out[:, COMPLETION] = (duration > 0) & (watch >= COMPLETION_FRACTION * duration)
     out[:, EXPECTED] = expected_completion_milli(duration)
     return out

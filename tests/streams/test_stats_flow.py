@@ -241,3 +241,26 @@ def test_offline_log_rows_follow_each_change() -> None:
     ]
     assert log.impressions_30d.tolist() == [1, 1, 1, 1, 0, 1]
     assert log.impressions_1h.tolist() == [1, 0, 0, 0, 0, 1]
+
+
+def test_impressions_carrying_the_items_duration_count_no_expected_completion() -> None:
+    """KuaiRand impressions carry the video's duration (for the ranker); only plays may count
+    towards completions and expected completions, as in `streams.reference`."""
+    events = []
+    for i in range(40):
+        t = DAY + i * MINUTE
+        note = f"n{i % 4}"
+        events.append(Event(f"i{i}", t, f"u{i % 5}", note, "impression", duration_ms=20_000))
+        if i % 3 == 0:
+            watch = 18_000 if i % 2 else 4_000
+            events.append(
+                Event(f"p{i}", t + 1, f"u{i % 5}", note, "play", watch_ms=watch, duration_ms=20_000)
+            )
+    flushes, dead = run(events, StatsConfig(shards=2))
+    assert dead == []
+    frame = events_frame(events)
+    for view, key in (("user_stats", "user_id"), ("note_stats", "note_id")):
+        got, as_of = final_state(flushes, view)
+        want = reference_counts(frame, key, as_of)
+        pd.testing.assert_frame_equal(got[want.columns].loc[want.index], want, check_names=False)
+        assert 0 < want["expected_completions_milli_1d"].sum() < 14 * 1_000
