@@ -32,7 +32,9 @@ from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 """The registry of this process's job metrics (not prometheus_client's global one, which other
-libraries may fill or switch to multiprocess mode)."""
+libraries fill). Importing Feast's metrics module switches prometheus_client to multiprocess
+mode (values kept in mmap files of a temporary directory); the series here read their values
+the same way in either mode, and each process serves only its own."""
 
 WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 """Buckets of the write latency histogram (seconds): a pipelined Redis write takes 1-50 ms."""
