@@ -72,6 +72,6 @@ def test_learn_online_serves_its_progress_and_lag(
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             check_metrics(r.read())
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGTERM)  # SIGINT is ignored under a background shell
         out = job_output(proc, timeout=60)
     assert f"metrics at http://127.0.0.1:{port}/metrics" in out, out

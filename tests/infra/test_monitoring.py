@@ -208,7 +208,7 @@ def test_each_process_of_a_job_serves_its_metrics_and_commits_its_offsets(
             what="the lag to be 0 once everything is read",
         )
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGTERM)  # SIGINT is ignored under a background shell
         out = job_output(proc, timeout=60)
     assert f"metrics at http://127.0.0.1:{base}/metrics" in out, out
     assert f"metrics at http://127.0.0.1:{base + 1}/metrics" in out, out
