@@ -98,14 +98,14 @@ def _partitions(path: Path) -> list[Path]:
 
 def _complete(path: Path) -> bool:
     """Every partition file the store's count names is there (and lists itself)."""
-    counts = set()
-    for part in _partitions(path):
+    parts, counts = _partitions(path), set()
+    for part in parts:
         try:
             with _connect(part, read_only=True) as db:
                 counts |= {c for (c,) in db.execute("SELECT part_count FROM parts")}
         except sqlite3.Error:
             return False
-    return len(counts) == 1 and len(_partitions(path)) == counts.pop()
+    return len(counts) == 1 and len(parts) == counts.pop()
 
 
 def resume_epoch(path: Path) -> int:
@@ -116,7 +116,7 @@ def resume_epoch(path: Path) -> int:
     of them. 1 for a store no execution has started on.
     """
     exs, fronts = [], []
-    for part in sorted(path.glob("part-*.sqlite3")):
+    for part in _partitions(path):
         with _connect(part, read_only=True) as db:
             exs += db.execute("SELECT ex_num, worker_count, resume_epoch FROM exs").fetchall()
             fronts += db.execute(
@@ -145,7 +145,7 @@ def discard_unfinished(path: Path) -> int:
     """
     epoch = resume_epoch(path)
     dropped = 0
-    for part in sorted(path.glob("part-*.sqlite3")):
+    for part in _partitions(path):
         with _connect(part) as db, db:
             dropped += db.execute("DELETE FROM snaps WHERE snap_epoch >= ?", (epoch,)).rowcount
     if dropped:

@@ -61,7 +61,7 @@ def _sparse(array: np.ndarray) -> np.ndarray | tuple[tuple[int, ...], np.ndarray
     flat = array.reshape(-1)
     at = np.flatnonzero(flat)
     if 3 * len(at) >= 2 * len(flat):
-        return array.copy()
+        return array  # pickled as its own rows; deepcopy copies it once
     return array.shape, at.astype(np.int32 if len(flat) < 2**31 else np.int64), flat[at]
 
 
