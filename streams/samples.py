@@ -185,9 +185,9 @@ def point_in_time(store: TileStore, events: list[Event], ids: list[str]) -> np.n
     out = np.zeros((int(imp.sum()), len(STAT_FEATURES)), dtype=np.int64)
     span = ts // STEP_MS
     bounds = np.flatnonzero(np.r_[True, span[1:] != span[:-1], True])
-    done = 0
+    done, emptied = 0, []
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        store.advance(int(ts[lo]))
+        emptied.append(store.advance(int(ts[lo])))
         rows = store.rows_for(ids[lo:hi])
         sel = np.flatnonzero(imp[lo:hi])
         if len(sel):
@@ -204,6 +204,7 @@ def point_in_time(store: TileStore, events: list[Event], ids: list[str]) -> np.n
             out[done : done + len(sel)] = base + np.tile(prefix, len(WINDOWS))
             done += len(sel)
         store.add(rows, ts[lo:hi], metrics[lo:hi])
+    store.release(np.concatenate(emptied))  # entities whose windows all emptied (docs/stats.md)
     return out
 
 

@@ -130,8 +130,8 @@ class ShardState:
     """The offline log's tiles, as of the log clock `log.clock` (<= the watermark)."""
     marks: dict[int, int] = field(default_factory=dict)
     """Input partition -> its high-water mark."""
-    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
-    """Events not yet in the log: (log rows, event times, metrics) chunks."""
+    pending: list[tuple[list[str], np.ndarray, np.ndarray]] = field(default_factory=list)
+    """Events not yet in the log: (entity ids, event times, metrics) chunks."""
     created_ms: int = 0
     log_late: int = 0
     """Events that reached the shard after the log clock had passed them (logged late)."""
@@ -161,6 +161,12 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
             state.dirty = set()
         if state.log is None:
             state.log = TileStore(state.store.windows)
+        if state.pending and isinstance(state.pending[0][0], np.ndarray):
+            # A snapshot from before the log released entities held log rows, not ids.
+            ids = state.log.ids
+            state.pending = [
+                ([ids[r] for r in rows.tolist()], ts, m) for rows, ts, m in state.pending
+            ]
         self.interval_s = flush_interval_ms / 1000
         self.next_flush: datetime | None = None
         self.lateness = lateness_ms
@@ -180,7 +186,7 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
             rows = st.store.rows_for(value.ids)
             st.store.add(rows, value.ts, value.metrics)
             st.dirty.update(rows.tolist())
-            st.pending.append((st.log.rows_for(value.ids), value.ts, value.metrics))
+            st.pending.append((value.ids, value.ts, value.metrics))
         now = datetime.now(UTC)
         if self.next_flush is None:
             self.next_flush = now + timedelta(seconds=self.interval_s)
@@ -209,11 +215,14 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
         if target is None:
             return None
         if st.pending:
-            rows, ts, metrics = (np.concatenate(x) for x in zip(*st.pending, strict=True))
+            keys = np.array([k for chunk in st.pending for k in chunk[0]], dtype=object)
+            ts, metrics = (np.concatenate(x) for x in list(zip(*st.pending, strict=True))[1:])
+            rows = log.rows_for(keys.tolist())
         elif log.clock is None or target <= log.clock:
             return None
         else:  # no event, but time passed: tiles may leave windows
             rows, ts = np.empty(0, np.int64), np.empty(0, np.int64)
+            keys = np.empty(0, dtype=object)
             metrics = np.empty((0, len(METRICS)), np.int64)
         parts = []
         clock = log.clock
@@ -225,13 +234,13 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
             log.add(rows[late], ts[late], metrics[late])
             hit = np.unique(rows[late])
             parts.append((hit, np.full(len(hit), clock + 1, np.int64), log.window_counts(hit)))
-            rows, ts, metrics = rows[~late], ts[~late], metrics[~late]
+            rows, ts, metrics, keys = rows[~late], ts[~late], metrics[~late], keys[~late]
             target = max(target, clock + 1)
         if clock is not None and target <= clock:
-            st.pending = [(rows, ts, metrics)] if len(ts) else []
+            st.pending = [(keys.tolist(), ts, metrics)] if len(ts) else []
             return None
         ready = ts <= target
-        st.pending = [] if ready.all() else [(rows[~ready], ts[~ready], metrics[~ready])]
+        st.pending = [] if ready.all() else [(keys[~ready].tolist(), ts[~ready], metrics[~ready])]
         if ready.any() or clock is not None:
             parts.append(log.history(rows[ready], ts[ready], metrics[ready], target))
         if not parts:
@@ -247,7 +256,9 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
         if not len(r):
             return None
         st.created_ms = max(int(time.time() * 1000), st.created_ms + 1)
-        return LogRows([log.ids[i] for i in r.tolist()], t, counts, st.created_ms)
+        rows = LogRows([log.ids[i] for i in r.tolist()], t, counts, st.created_ms)
+        log.release(r)  # entities whose last row is all zeros: nothing of them is kept
+        return rows
 
     def _flush(self, final: bool = False) -> list[StatsFlush]:
         st = self.state
@@ -263,6 +274,7 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
         st.dirty.clear()
         counts = st.store.window_counts(rows)
         ids = [st.store.ids[r] for r in rows.tolist()]
+        st.store.release(rows)  # written as all zeros now: drop them (docs/stats.md, "State")
         return [StatsFlush(st.view, ids, counts, st.store.clock, log)]
 
     def _check_store(self) -> None:
@@ -287,7 +299,7 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
                 len(st.store),
                 st.view,
             )
-            st.dirty.update(range(len(st.store)))
+            st.dirty.update(st.store.live_rows().tolist())
         st.generation = token
 
     def on_notify(self) -> tuple[list[StatsFlush], bool]:
