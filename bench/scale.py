@@ -294,6 +294,41 @@ def child(path: Path, events: int, redis_url: str, sample: int) -> dict:
     }
 
 
+def joiner_keys(n: int = 20_000) -> dict[str, float]:
+    """Bytes per key of the sample joiner's state, by tracemalloc over its own user-shard logic:
+    n open impressions (n users, attribution windows open: each with its `Pending`, join keys,
+    de-duplication entries and its user's point-in-time tile row), then a click of each
+    (attached, plus the user's click history)."""
+    import tracemalloc
+
+    from streams.config import SamplesConfig
+    from streams.samples import Part, UserLogic, UserState
+
+    cfg = SamplesConfig()
+    shown = [
+        Event(f"i{i}", START_MS + i, f"u{i}", f"n{i}", "impression", position=0) for i in range(n)
+    ]
+    clicks = [Event(f"c{i}", START_MS + n + i, f"u{i}", f"n{i}", "click") for i in range(n)]
+    logic = UserLogic(UserState(), cfg, partitions=[0], recoverable=False)
+    gc.collect()
+    tracemalloc.start()
+    hwm = START_MS + n + cfg.allowed_lateness_ms + 1
+    logic.on_item(Part("u0", 0, hwm, shown))
+    gc.collect()
+    opened = tracemalloc.get_traced_memory()[0]
+    logic.on_item(Part("u0", 0, hwm + n, clicks))
+    gc.collect()
+    clicked = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    store = logic.state.core.store
+    parts = store.nbytes()
+    return {
+        "open impression (all its state)": opened / n,
+        "  of which its user's point-in-time tiles": sum(parts.values()) / len(store),
+        "click attached + user history (20 max)": (clicked - opened) / n,
+    }
+
+
 def _projection(rows: list[dict], memory_gb: float) -> list[dict]:
     """Processes and memory for the target entity counts, from the largest two worlds' slope."""
     a, b = sorted(rows, key=lambda r: r["entities"])[-2:]
@@ -477,6 +512,13 @@ def main(
     p = _projection(rows, process_gb)[0]
     console.print(f"slope {p['slope']:,.0f} B/entity, fixed {p['fixed'] / 2**20:,.0f} MB/process")
     console.print(f"plot: {_plot(rows, out)}")
+    keys = Table(title="sample joiner: bytes per key (tracemalloc, 20k keys)")
+    keys.add_column("state")
+    keys.add_column("bytes", justify="right")
+    for name, size in joiner_keys().items():
+        keys.add_row(name, f"{size:,.0f}")
+    console.print(keys)
+    console.print("exposure job: no keyed state (Bloom bits live in Redis); 0 B per key in the job")
 
 
 if __name__ == "__main__":
