@@ -108,7 +108,7 @@ def test_memory_follows_activity_not_the_entities_ever_seen() -> None:
         store.advance(int(ts[-1]) + 31 * DAY)
         store.release(store.live_rows())
         assert len(store) == 0 and not any(store.tiles.values())
-    assert per_entity[8_000] <= 1.05 * per_entity[1_000] < 1_200  # per entity, not capacity
+    assert max(per_entity.values()) < 1_200  # sums grow by 1.25x: at most a quarter unused
 
 
 def test_large_sums_stay_exact_in_int64_tiles() -> None:
