@@ -56,6 +56,9 @@ class RecommendResponse(BaseModel):
     history: int = 0
     """Clicked notes of the user the models read (0: none stored, or no model reads them)."""
     timings_ms: dict[str, float]
+    arms: dict[str, str] = {}
+    """The user's experiment arms (experiment -> arm) applied to this answer: log them with its
+    impressions (`arms` of the event, docs/experiments.md)."""
 
 
 class FeaturesResponse(BaseModel):
@@ -234,6 +237,7 @@ def create_app(
             features_degraded=rec.features_degraded,
             history=rec.history,
             timings_ms=rec.timings_ms,
+            arms=rec.arms,
         )
 
     @app.get("/features/{entity}/{entity_id}", response_model=FeaturesResponse)
