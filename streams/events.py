@@ -108,7 +108,7 @@ def _classify(message: str) -> tuple[str, str | None]:
         return ("unknown_type" if field == "type" else "bad_value"), field
     if message.startswith("Expected `") and ("` >=" in message or "` <=" in message):
         return "bad_value", field
-    if "length" in message:
+    if "length" in message or "matching regex" in message:
         return "bad_value", field
     return "wrong_type", field
 
