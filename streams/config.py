@@ -101,3 +101,6 @@ class ExperimentFlowConfig(BaseModel):
     the partition's high-water mark passed its end by this much."""
     flush_interval_s: float = Field(default=10.0, gt=0)
     """Least wall-clock interval between two writes of a partition's changed cells."""
+    inherit_arms: bool = True
+    """An event without arms counts for the arms of its user's last event with arms (False:
+    only events that carry arms count, e.g. when other traffic shares the topic)."""

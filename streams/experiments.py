@@ -5,7 +5,8 @@ events' arms -> counters per (experiment, arm, UTC day, user): impressions, clic
 watch time, completions -> the experiment log (`features.experiment_log`, parquet parts the
 report reads). An event counts for the arms it carries (`Event.arms`, schema version 2); an event
 without arms counts for the arms its user's last event with arms carried (actions are often
-logged without them), and is counted as unattributed when the user has none yet.
+logged without them; `inherit_arms: false` counts only events that carry arms), and is counted
+as unattributed when the user has none yet.
 
 A cell is written when it changed and the partition flushes (every `flush_interval_s` of wall
 time, and at the end of a bounded run), and once more when its day closes (the partition's
@@ -127,13 +128,14 @@ class ArmLogic(StatefulLogic[ArmEvents, ArmRows, ArmState]):
     def on_item(self, value: ArmEvents) -> tuple[list[ArmRows], bool]:
         st = self.state
         cells, dirty, known = st.cells, st.dirty, st.user_arms
+        inherit = self.config.inherit_arms
         tally: Tally = Tally()
         lost = 0
         for i, user in enumerate(value.users):
             arms = value.arms[i]
             if arms is not None:
                 known[user] = arms
-            else:
+            elif inherit:
                 arms = known.get(user)
             kind = value.types[i]
             slot = _SLOT.get(kind)

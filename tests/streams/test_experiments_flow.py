@@ -132,17 +132,21 @@ def test_actions_count_for_the_arms_of_the_users_last_impression(tmp_path: Path)
     later = Event("i2", t + 10, "u1", "n2", "impression", arms={"fusion": "b"}, v=2)
     stray = Event("c0", t + 1, "u2", "n1", "click")  # no arms known for u2
     clicks = [Event(f"c{i}", t + 20 + i, "u1", "n2", "click") for i in range(3)]
-    flow = build_flow(
-        TestingSource(raw_batches([shown, stray, later, *clicks], partitions=1)),
-        ExperimentLogSink(tmp_path),
-        TestingSink([]),
-        recoverable=False,
-    )
-    run_main(flow)
-    got = read_experiment_log(tmp_path).set_index("arm")
-    assert got.loc["a", "impressions"] == 1 and got.loc["a", "clicks"] == 0
-    assert got.loc["b", "impressions"] == 1 and got.loc["b", "clicks"] == 3
-    assert set(got.user_id) == {"u1"}
+    for inherit in (True, False):
+        out = tmp_path / str(inherit)
+        flow = build_flow(
+            TestingSource(raw_batches([shown, stray, later, *clicks], partitions=1)),
+            ExperimentLogSink(out),
+            TestingSink([]),
+            ExperimentFlowConfig(inherit_arms=inherit),
+            recoverable=False,
+        )
+        run_main(flow)
+        got = read_experiment_log(out).set_index("arm")
+        assert got.loc["a", "impressions"] == 1 and got.loc["a", "clicks"] == 0
+        assert got.loc["b", "impressions"] == 1
+        assert got.loc["b", "clicks"] == (3 if inherit else 0)
+        assert set(got.user_id) == {"u1"}
 
 
 def test_stats_exposure_and_joiner_flows_accept_events_with_arms(events) -> None:
