@@ -119,6 +119,12 @@ class Metrics:
         self.refused = Counter(
             "streamrec_overload_refused", "Requests refused beyond max_in_flight", registry=r
         )
+        self.arms = Counter(
+            "streamrec_experiment_answers",
+            "/recommend answers by experiment arm (docs/experiments.md)",
+            ["experiment", "arm"],
+            registry=r,
+        )
 
     def declare(self, endpoints: list[str]) -> None:
         """Export every endpoint's series from the start (at 0), so that rates work at once.
@@ -226,6 +232,8 @@ def create_app(
             raise HTTPException(503, str(exc)) from None
         except DependencyError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        for experiment, arm in rec.arms.items():
+            metrics.arms.labels(experiment, arm).inc()
         return RecommendResponse(
             user_id=rec.user_id,
             items=[Item(**item.__dict__) for item in rec.items],

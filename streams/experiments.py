@@ -1,12 +1,12 @@
 """The experiments job: per experiment x arm x day x user counts from `interactions`.
 
-Dataflow: Kafka batches -> the ingest step (decode, clock, DLQ, lateness) -> per partition, the
-events' arms -> counters per (experiment, arm, UTC day, user): impressions, clicks, likes, plays,
-watch time, completions -> the experiment log (`features.experiment_log`, parquet parts the
-report reads). An event counts for the arms it carries (`Event.arms`, schema version 2); an event
-without arms counts for the arms its user's last event with arms carried (actions are often
-logged without them; `inherit_arms: false` counts only events that carry arms), and is counted
-as unattributed when the user has none yet.
+Dataflow: Kafka batches -> the ingest step (decode, clock, DLQ, lateness, duplicate event ids)
+-> per partition, the events' arms -> counters per (experiment, arm, UTC day, user):
+impressions, clicks, likes, plays, watch time, completions -> the experiment log
+(`features.experiment_log`, parquet parts the report reads). An event counts for the arms it
+carries (`Event.arms`, schema version 2); an event without arms counts for the arms its user's
+last event with arms carried (actions are often logged without them; `inherit_arms: false`
+counts only events that carry arms), and is counted as unattributed when the user has none yet.
 
 A cell is written when it changed and the partition flushes (every `flush_interval_s` of wall
 time, and at the end of a bounded run), and once more when its day closes (the partition's
@@ -233,6 +233,7 @@ def build_flow(
         limits=limits,
         lateness_ms=config.allowed_lateness_ms,
         shard=arm_events_of,
+        dedupe=True,
         recoverable=recoverable,
     )
     counted = op.stateful(

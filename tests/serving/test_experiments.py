@@ -155,6 +155,11 @@ def test_recommend_applies_and_returns_the_users_arms(tmp_path: Path, redis_url:
             weights["click"] = 10.0
         top = body["items"][0]
         assert top["score"] >= weights["click"] * top["scores"]["click"] - 1e-9
+    series = client.get("/metrics").text
+    for arm in ("clicky", "control"):
+        n = sum(b["arms"].get("fusion") == arm for b in bodies.values())
+        want = f'streamrec_experiment_answers_total{{arm="{arm}",experiment="fusion"}} {n:.1f}'
+        assert want in series
     arms_seen = {b["arms"].get("fusion") for b in bodies.values()}
     assert {"clicky", "control"} <= arms_seen
     clicky_scores = [b["items"][0]["score"] for b in bodies.values() if b["arms"].get("fusion")]
