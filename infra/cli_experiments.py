@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -108,7 +109,7 @@ def report_cmd(
             lo, hi = e.interval()
             cmp = rep.comparisons[metric].get(arm)
             lift = ci = p = "-"
-            if cmp is not None:
+            if cmp is not None and math.isfinite(cmp.lift):
                 lift = f"{cmp.lift:+.2%}"
                 ci = f"[{cmp.lift_low:+.2%}, {cmp.lift_high:+.2%}]"
                 p = f"{cmp.p_value:.3g}"
@@ -207,8 +208,6 @@ def plan(
 def _measured(
     settings: Settings, experiments: Path | None, name: str, metric: str
 ) -> tuple[float, float]:
-    import math
-
     from features.experiment_log import read_experiment_log
     from features.experiments import read_experiments
     from streams.experiment_stats import METRICS, estimate, user_totals

@@ -5,8 +5,9 @@ prediction alone, half by the configured multi-task fusion). Every answer of the
 background client is shown to its user: `Responder` logs its notes as impressions carrying the
 answer's arms and draws the user's clicks and plays from the synthetic world's own model
 (`streams.sources.synthetic`: affinity of the user's interests to the note's category, the
-note's quality, the position). The experiments job counts only events with arms (the synthetic
-stream shares the topic), and the demo ends with `streamrec experiments report demo-fusion`.
+note's quality, the position; likes as the world's). The experiments job counts only events with
+arms (the synthetic stream shares the topic), and the demo ends with `streamrec experiments
+report demo-fusion`.
 """
 
 from __future__ import annotations
@@ -108,20 +109,25 @@ class Responder:
                     Event(f"{request}:{pos}:p", t + 2, type="play", watch_ms=watch,
                           duration_ms=duration, **common)
                 )  # fmt: skip
+                engage = 1.0 / (1.0 + np.exp(-(affinity + src.note_quality[j] - 1.5)))
+                if self.rng.random() < 0.6 * engage:  # as the world's likes
+                    events.append(Event(f"{request}:{pos}:l", t + 3, type="like", **common))
         for e in events:
             self.producer.produce(self.topic, encode_event(e), e.user_id.encode())
         self.producer.poll(0)
 
 
-def report(jobs, conf: list[str], run, timeout: float) -> str:
+def report(responder: Responder, jobs, conf: list[str], run, timeout: float) -> str:
     """Wait for the experiments job to log the experiment, then run its report; its output.
 
     Args:
+        responder: what showed the answers (its last events are flushed first).
         jobs: the demo's `ProcessGroup` (the experiments job runs in it).
         conf: the `--config` arguments of the run.
         run: the run's settings.
         timeout: longest wait for the log.
     """
+    responder.producer.flush(30)
     deadline = time.monotonic() + timeout
     log = run.paths.experiment_log
     while read_experiment_log(log, EXPERIMENT).arm.nunique() < 2:

@@ -252,7 +252,7 @@ def _run(config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, repor
     _live(config, state, run, stream, producer, client, jobs, report, responder)
     report.latencies_ms, report.errors = client.latencies_ms, client.errors
     quality(client, report, run.paths.sample_log)
-    report.experiment_report = experiment.report(jobs, conf, run, config.step_timeout_s)
+    report.experiment_report = experiment.report(responder, jobs, conf, run, config.step_timeout_s)
 
 
 def _live(
