@@ -16,7 +16,7 @@ from features.experiments import assign, parse_experiments
 from features.windows import COMPLETION_FRACTION, DAY
 from streams.config import ExperimentFlowConfig, StatsConfig
 from streams.errors import EventError
-from streams.events import Event, decode_event, encode_event
+from streams.events import Event, decode_dead_letter, decode_event, encode_event
 from streams.experiments import ExperimentLogSink, build_flow
 from streams.exposure import build_flow as build_exposure_flow
 from streams.sources.synthetic import SyntheticConfig
@@ -130,14 +130,14 @@ def test_actions_count_for_the_arms_of_the_users_last_impression(tmp_path: Path)
     t = 1_767_225_600_000
     shown = Event("i1", t, "u1", "n1", "impression", arms={"fusion": "a"}, v=2)
     later = Event("i2", t + 10, "u1", "n2", "impression", arms={"fusion": "b"}, v=2)
-    stray = Event("c0", t + 1, "u2", "n1", "click")  # no arms known for u2
+    stray = Event("s0", t + 1, "u2", "n1", "click")  # no arms known for u2
     clicks = [Event(f"c{i}", t + 20 + i, "u1", "n2", "click") for i in range(3)]
     for inherit in (True, False):
-        out = tmp_path / str(inherit)
-        flow = build_flow(
-            TestingSource(raw_batches([shown, stray, later, *clicks], partitions=1)),
+        out, dead = tmp_path / str(inherit), []
+        flow = build_flow(  # clicks[0] twice: the second is a duplicate
+            TestingSource(raw_batches([shown, stray, later, *clicks, clicks[0]], partitions=1)),
             ExperimentLogSink(out),
-            TestingSink([]),
+            TestingSink(dead),
             ExperimentFlowConfig(inherit_arms=inherit),
             recoverable=False,
         )
@@ -147,6 +147,7 @@ def test_actions_count_for_the_arms_of_the_users_last_impression(tmp_path: Path)
         assert got.loc["b", "impressions"] == 1
         assert got.loc["b", "clicks"] == (3 if inherit else 0)
         assert set(got.user_id) == {"u1"}
+        assert [decode_dead_letter(m.value).reason for m in dead] == ["duplicate"]
 
 
 def test_stats_exposure_and_joiner_flows_accept_events_with_arms(events) -> None:
