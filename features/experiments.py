@@ -162,7 +162,7 @@ class LayerSpec(_Frozen):
     _check_range = field_validator("holdback", mode="before")(_range)
 
     @property
-    def salt_(self) -> str:
+    def hash_salt(self) -> str:
         """The salt in use."""
         return self.salt if self.salt is not None else self.name
 
@@ -199,7 +199,7 @@ class ExperimentsConfig(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> ExperimentsConfig:
         layers = [layer.name for layer in self.layers]
-        salts = [layer.salt_ for layer in self.layers]
+        salts = [layer.hash_salt for layer in self.layers]
         if len(set(layers)) < len(layers):
             raise ValueError(f"layer names repeat: {layers}")
         if len(set(salts)) < len(salts):
@@ -288,7 +288,7 @@ def assign(config: ExperimentsConfig, user_id: str) -> dict[str, str]:
     where the user is in no experiment and the layer has no holdback)."""
     arms: dict[str, str] = {}
     for layer in config.layers:
-        b = bucket_of(user_id, layer.salt_, config.buckets)
+        b = bucket_of(user_id, layer.hash_salt, config.buckets)
         if layer.holdback is not None and layer.holdback[0] <= b < layer.holdback[1]:
             arms[layer.holdback_name] = HOLDBACK_ARM
             continue

@@ -151,7 +151,7 @@ class Recommender:
         routed = self.router.route(user_id) if self.router is not None else None
         config = routed.config if routed is not None else self.config
         context = self._context_for(config.context) if routed is not None else self.context
-        view = self.watcher.pinned(routed.pins) if routed else self.watcher.current()
+        view = self.watcher.pinned(routed.pins) if routed is not None else self.watcher.current()
         user_counts, degraded = self.counts("user_stats", [user_id])
         user_stats = user_counts[0]  # (F,)
         length = max(view.ranker.history_len, view.retriever.history_len)
