@@ -381,35 +381,10 @@ def _plot(rows: list[dict], out: Path) -> Path:
     return path
 
 
-def main(
-    events: int = 1_200_000,
-    worlds: str = "50000,500000,2000000",
-    reps: int = 1,
-    span_hours: float = 6.0,
-    redis_sample: int = 32,
-    process_gb: float = 16.0,
-    out: Path = OUT,
-    child_file: str = "",
-) -> None:
-    """Run the stats job over growing worlds; print memory, snapshot, Redis and events/s.
-
-    Args:
-        events: events per world (the same in every world).
-        worlds: entities per world, comma-separated.
-        reps: runs per world (medians; the worlds interleaved).
-        span_hours: event-time span of the events.
-        redis_sample: write 1 entity in this many to Redis.
-        process_gb: memory of one process, for the projection.
-        out: directory of the PNG plot.
-        child_file: (internal) run one world's events from this file and print its figures.
-    """
-    base = urlparse(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    redis_url = base._replace(path=f"/{BENCH_DB}").geturl()
-    if child_file:
-        figures = child(Path(child_file), events, redis_url, redis_sample)
-        print(json.dumps(figures))
-        return
-    sizes = [int(w) for w in worlds.split(",")]
+def _run_worlds(
+    sizes: list[int], events: int, reps: int, span_hours: float, sample: int, parallel: bool
+) -> dict[int, list[dict]]:
+    """Write each world's events once; run the job on each `reps` times; the child figures."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     results: dict[int, list[dict]] = {s: [] for s in sizes}
     try:
@@ -424,31 +399,75 @@ def main(
                 progress.advance(task)
             task = progress.add_task("stats job per world", total=len(sizes) * reps)
             for _ in range(reps):
-                for size in sizes:
-                    done = subprocess.run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "bench.scale",
-                            "--events",
-                            str(events),
-                            "--redis-sample",
-                            str(redis_sample),
-                            "--child-file",
-                            str(files[size]),
-                        ],
-                        capture_output=True,
-                        text=True,
-                        timeout=3_600,
-                    )
-                    if done.returncode != 0:
-                        raise RuntimeError(f"world {size}: {done.stderr[-3000:]}")
-                    results[size].append(json.loads(done.stdout.strip().splitlines()[-1]))
-                    progress.advance(task)
+                groups = [sizes] if parallel else [[size] for size in sizes]
+                for group in groups:
+                    jobs = {
+                        size: subprocess.Popen(
+                            [
+                                *(sys.executable, "-m", "bench.scale", "--events", str(events)),
+                                *("--redis-sample", str(sample), "--child-file", str(files[size])),
+                            ],
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            text=True,
+                        )
+                        for size in group
+                    }
+                    for size, job in jobs.items():
+                        stdout, stderr = job.communicate(timeout=7_200)
+                        if job.returncode != 0:
+                            raise RuntimeError(f"world {size}: {stderr[-3000:]}")
+                        results[size].append(json.loads(stdout.strip().splitlines()[-1]))
+                        progress.advance(task)
     finally:
         for f in tmp.glob("*"):
             f.unlink()
         tmp.rmdir()
+    return results
+
+
+def main(
+    events: int = 1_200_000,
+    worlds: str = "50000,500000,2000000",
+    reps: int = 1,
+    span_hours: float = 6.0,
+    redis_sample: int = 32,
+    process_gb: float = 16.0,
+    out: Path = OUT,
+    parallel: bool = False,
+    load: str = "",
+    child_file: str = "",
+) -> None:
+    """Run the stats job over growing worlds; print memory, snapshot, Redis and events/s.
+
+    Args:
+        events: events per world (the same in every world).
+        worlds: entities per world, comma-separated.
+        reps: runs per world (medians; the worlds interleaved).
+        span_hours: event-time span of the events.
+        redis_sample: write 1 entity in this many to Redis.
+        process_gb: memory of one process, for the projection.
+        out: directory of the PNG plot and of scale.json (the runs' figures).
+        parallel: run the worlds of a repetition at the same time (on a loaded machine each
+            then gets its share of the cores; events per CPU-second and peak RSS are per
+            process either way, events/s of wall time are not comparable to a lone run's).
+        load: print and plot the figures of an earlier run's scale.json instead of running.
+        child_file: (internal) run one world's events from this file and print its figures.
+    """
+    base = urlparse(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    redis_url = base._replace(path=f"/{BENCH_DB}").geturl()
+    if child_file:
+        figures = child(Path(child_file), events, redis_url, redis_sample)
+        print(json.dumps(figures))
+        return
+    sizes = [int(w) for w in worlds.split(",")]
+    if load:
+        results = {int(k): v for k, v in json.loads(Path(load).read_text()).items()}
+        sizes = sorted(results)
+    else:
+        results = _run_worlds(sizes, events, reps, span_hours, redis_sample, parallel)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scale.json").write_text(json.dumps(results))
     rows = []
     for size in sizes:
         runs = results[size]
