@@ -493,7 +493,8 @@ def say(line: str) -> None:
 
 
 def start_line(job: str, where: str, ctx: JobContext, run: RunConfig) -> str:
-    """What a job says when it starts: topic, broker, bound, processes, recovery store."""
+    """What a job says when it starts: topic, broker, bound, processes, recovery store, and the
+    addresses of its cluster's processes (if it has several)."""
     s = ctx.settings
     bound = "until its end" if ctx.until_end else "unbounded (Ctrl-C stops it)"
     recovery = (
@@ -501,7 +502,8 @@ def start_line(job: str, where: str, ctx: JobContext, run: RunConfig) -> str:
         if run.recovery_dir is not None
         else "no recovery store"
     )
+    cluster = f"; cluster {' '.join(run.addresses)}" if run.addresses else ""
     return (
         f"{job} ({where}): reading {s.kafka.topics.interactions} on {ctx.where.bootstrap} "
-        f"{bound}; dead letters to {s.kafka.topics.dlq}; {recovery}"
+        f"{bound}; dead letters to {s.kafka.topics.dlq}; {recovery}{cluster}"
     )
