@@ -177,7 +177,7 @@ def learn_full(
 
     settings = settings_from(config)
     learn = settings.learn
-    directory = log_dir or settings.paths.sample_log
+    directory = log_dir or settings.samples.log_url or settings.paths.sample_log
     announcer = (
         _announcer(settings, services(settings, redis=False).bootstrap) if announce else None
     )

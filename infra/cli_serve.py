@@ -26,7 +26,7 @@ def serve(
     service = service_for(settings, where.redis_url)
     service.watcher.refresh()
     service.watcher.start(where.bootstrap, settings.kafka.topics.embedding_snapshots)
-    console.print(f"serving on http://{host}:{port} (snapshots {settings.snapshots.root})")
+    console.print(f"serving on http://{host}:{port} (snapshots {settings.snapshots.location})")
     try:
         uvicorn.run(service.app, host=host, port=port, log_level="warning")
     finally:

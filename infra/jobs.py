@@ -243,7 +243,7 @@ def _build_exposure(ctx: JobContext) -> BuiltJob:
 class _JoinTotals:
     """Sums the joiner's reports; prints them every `REPORT_EVERY_S` and at the end."""
 
-    def __init__(self, where: str, log_dir: Path) -> None:
+    def __init__(self, where: str, log_dir: Path | str) -> None:
         self.counts: Counter = Counter()
         self.where, self.log_dir = where, log_dir
         self._last = time.monotonic()
@@ -276,11 +276,11 @@ def _build_samples(ctx: JobContext) -> BuiltJob:
 
     s, topics = ctx.settings, ctx.settings.kafka.topics
     cfg = s.samples
+    log_dir = cfg.log_url or s.paths.sample_log
     totals = _JoinTotals(
-        "all partitions" if ctx.process_id is None else f"process {ctx.process_id}",
-        s.paths.sample_log,
+        "all partitions" if ctx.process_id is None else f"process {ctx.process_id}", log_dir
     )
-    log = SampleLogSink(s.paths.sample_log, cfg.log_rows_per_part, cfg.log_part_interval_s)
+    log = SampleLogSink(log_dir, cfg.log_rows_per_part, cfg.log_part_interval_s)
     history = None
     if cfg.history_len:
         history = HistorySink(ctx.where.redis_url, s.feast_project)

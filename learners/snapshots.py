@@ -943,6 +943,25 @@ class SnapshotWriter:
             logger.info("pruned %s versions of %s older than %d", len(doomed), self.model, oldest)
 
 
+def list_models(root: Path | str) -> list[str]:
+    """The names of the models with a directory under the snapshot root (a path or a URL)."""
+    fs, base = _filesystem(root)
+    if fs is None:
+        path = Path(base)
+        if not path.is_dir():
+            return []
+        return sorted(
+            p.name for p in path.iterdir() if p.is_dir() and _MODEL_NAME.fullmatch(p.name)
+        )
+    fs.invalidate_cache(base)
+    try:
+        entries = fs.ls(base, detail=True)
+    except FileNotFoundError:
+        return []
+    names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+    return sorted(n for n in names if _MODEL_NAME.fullmatch(n))
+
+
 def publish_failed(model: str, root: Path | str, exc: OSError) -> SnapshotPublishError:
     """The error to raise when writing a version of `model` under `root` failed."""
     return SnapshotPublishError(
@@ -1042,4 +1061,5 @@ __all__ = [
     "decode_announcement",
     "encode_manifest",
     "kafka_announcer",
+    "list_models",
 ]

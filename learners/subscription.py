@@ -161,7 +161,7 @@ class SnapshotSubscriber(_Closing):
         self,
         bootstrap: str,
         topic: str,
-        root: Path,
+        root: Path | str,
         model: str,
         current: Snapshot | None = None,
         from_beginning: bool = False,
@@ -243,7 +243,7 @@ class SnapshotSubscriber(_Closing):
 def follow_snapshots(
     bootstrap: str,
     topic: str,
-    root: Path,
+    root: Path | str,
     model: str,
     current: Snapshot | None = None,
     stop: threading.Event | None = None,

@@ -78,7 +78,7 @@ class SnapshotWatcher:
     """Keeps the newest consistent `ModelView` of the ranker and retriever snapshots."""
 
     def __init__(
-        self, root: Path, ranker_model: str, retriever_model: str, config: ServingConfig
+        self, root: Path | str, ranker_model: str, retriever_model: str, config: ServingConfig
     ) -> None:
         self._readers = {
             "ranker": SnapshotReader(root, ranker_model),

@@ -76,6 +76,10 @@ class SamplesConfig(BaseModel):
     """A parquet part file is written once this many samples are buffered."""
     log_part_interval_s: float = Field(default=60.0, gt=0)
     """... or once the oldest buffered sample waited this long (checked as samples arrive)."""
+    log_url: str | None = None
+    """fsspec URL of the parquet sample log every host can reach (`s3://bucket/prefix`;
+    credentials and endpoint from the standard AWS environment); None: the local
+    `<data_dir>/training-samples`."""
 
 
 class MetricsConfig(BaseModel):

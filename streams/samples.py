@@ -606,11 +606,14 @@ LogState = tuple[str, int, list[Sample]]
 
 
 class _LogPartition(StatefulSinkPartition[SampleBatch, LogState]):
-    def __init__(self, directory: Path, rows: int, interval_s: float, resume: LogState | None):
+    def __init__(
+        self, directory: Path | str, rows: int, interval_s: float, resume: LogState | None
+    ) -> None:
         self._dir, self._rows, self._interval_s = directory, rows, interval_s
         self._token, self._seq, self._buffer = resume or (uuid.uuid4().hex[:8], 0, [])
         self._since = time.monotonic()
-        directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(directory, Path):
+            directory.mkdir(parents=True, exist_ok=True)
 
     def write_batch(self, items: list[SampleBatch]) -> None:
         if not self._buffer:
@@ -642,8 +645,11 @@ class SampleLogSink(FixedPartitionedSink[SampleBatch, LogState]):
     two parts, so readers de-duplicate by `sample_id` (`read_sample_log` does).
     """
 
-    def __init__(self, directory: Path, rows: int = 20_000, interval_s: float = 60.0) -> None:
-        self._dir, self._rows, self._interval_s = Path(directory), rows, interval_s
+    def __init__(self, directory: Path | str, rows: int = 20_000, interval_s: float = 60.0) -> None:
+        text = str(directory)
+        url = "://" in text and not text.startswith("file://")  # an object store (fsspec URL)
+        self._dir = text if url else Path(text.removeprefix("file://"))
+        self._rows, self._interval_s = rows, interval_s
 
     def list_parts(self) -> list[str]:
         return ["log"]
