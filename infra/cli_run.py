@@ -87,15 +87,19 @@ def _command(spec: JobSpec):
         config: ConfigOpt = None,
     ) -> None:
         settings = settings_from(config)
+        reset_by = process_id  # who applies --reset: the launcher, or process 0 of hosts
+        if settings.cluster.hosts and addresses is None:  # before anything is contacted
+            process_id, addresses, processes = _host_process(
+                spec.name, settings, process_id, processes
+            )
+            if reset is not None:
+                _reset_on_first_host(process_id)
+                reset_by = None
         services(settings, redis=spec.name not in KAFKA_ONLY)
         if recovery and recovery_dir is None:
             recovery_dir = settings.paths.recovery(spec.name)
         if reset is not None:
-            _reset(reset, recovery_dir, process_id)
-        if settings.cluster.hosts and addresses is None:
-            process_id, addresses, processes = _host_process(
-                spec.name, settings, process_id, processes
-            )
+            _reset(reset, recovery_dir, reset_by)
         if processes > 1 and process_id is None:
             argv = cluster_argv(
                 spec.name, until_end, recovery_dir, snapshot_interval, config, metrics_port
@@ -148,6 +152,15 @@ def _host_process(
             "configured each host runs one process; omit --processes"
         )
     return process_id, ";".join(settings.cluster.addresses(job)), len(hosts)
+
+
+def _reset_on_first_host(process_id: int) -> None:
+    """`--reset` of a multi-host job: applied by process 0 (every host stopped first)."""
+    if process_id != 0:
+        raise typer.BadParameter(
+            "--reset of a multi-host job is applied on the host of process 0, with the job "
+            'stopped on every host (docs/operations.md, "Jobs across hosts")'
+        )
 
 
 def _reset(reset: str, recovery_dir: Path | None, process_id: int | None) -> None:

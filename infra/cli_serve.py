@@ -25,7 +25,9 @@ def serve(
     torch.set_num_threads(1)  # small per-request batches; extra threads only spin here
     service = service_for(settings, where.redis_url)
     service.watcher.refresh()
-    service.watcher.start(where.bootstrap, settings.kafka.topics.embedding_snapshots)
+    service.watcher.start(
+        settings.kafka.connect(where.bootstrap), settings.kafka.topics.embedding_snapshots
+    )
     console.print(f"serving on http://{host}:{port} (snapshots {settings.snapshots.location})")
     try:
         uvicorn.run(service.app, host=host, port=port, log_level="warning")

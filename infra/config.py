@@ -16,7 +16,14 @@ from infra.errors import ConfigError
 from learners.config import LearnConfig
 from learners.snapshots import SnapshotConfig
 from serving.config import ServingConfig
-from streams.config import EventLimits, MetricsConfig, SamplesConfig, StatsConfig
+from streams.config import (
+    EventLimits,
+    KafkaConnection,
+    KafkaSecurity,
+    MetricsConfig,
+    SamplesConfig,
+    StatsConfig,
+)
 
 
 class _Frozen(BaseModel):
@@ -49,6 +56,13 @@ class KafkaConfig(_Frozen):
     """host:port of a broker to use; None means the local stack starts (or has started) one."""
     topics: TopicsConfig = TopicsConfig()
     """Topic names and partition counts."""
+    security: KafkaSecurity = KafkaSecurity()
+    """SASL / TLS settings every Kafka client uses (producers, consumers, admin clients, the
+    Bytewax connectors, kcat); the password comes from a file or `$KAFKA_SASL_PASSWORD`."""
+
+    def connect(self, bootstrap: str) -> KafkaConnection:
+        """The broker at `bootstrap` with these security settings: what clients are given."""
+        return KafkaConnection(bootstrap, self.security)
 
 
 JOB_PORTS = {"validate": 2101, "stats": 2102, "exposure": 2103, "samples": 2104}
@@ -169,7 +183,8 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
     Args:
         path: YAML file; defaults to `$STREAMREC_CONFIG` if set, else built-in defaults.
         env: environment to read (`KAFKA_BOOTSTRAP`, `REDIS_URL`, `STREAMREC_DATA_DIR`,
-            `STREAMREC_CLUSTER_HOSTS`, `STREAMREC_PROCESS_ID`).
+            `STREAMREC_CLUSTER_HOSTS`, `STREAMREC_PROCESS_ID`, `KAFKA_SASL_PASSWORD`,
+            `KAFKA_SSL_KEY_PASSWORD`).
 
     Returns:
         The validated settings; environment values override the file.
@@ -186,6 +201,7 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
         data.setdefault("kafka", {})["bootstrap"] = env["KAFKA_BOOTSTRAP"]
     if env.get("REDIS_URL"):
         data.setdefault("redis", {})["url"] = env["REDIS_URL"]
+    _kafka_secrets(data, env)
     if env.get("STREAMREC_CLUSTER_HOSTS"):
         hosts = [h.strip() for h in env["STREAMREC_CLUSTER_HOSTS"].split(",") if h.strip()]
         data.setdefault("cluster", {})["hosts"] = hosts
@@ -197,3 +213,30 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings{f' in {path}' if path else ''}: {exc}") from exc
+
+
+def _kafka_secrets(data: dict, env: dict[str, str]) -> None:
+    """Put the Kafka secrets into `data`: the SASL password from `$KAFKA_SASL_PASSWORD`, else
+    from `kafka.security.password_file`; the TLS key's password from `$KAFKA_SSL_KEY_PASSWORD`.
+
+    Raises:
+        ConfigError: the password file cannot be read.
+    """
+    security = data.get("kafka", {}).get("security")
+    if not isinstance(security, dict) and not env.get("KAFKA_SASL_PASSWORD"):
+        return
+    security = data.setdefault("kafka", {}).setdefault("security", {})
+    if env.get("KAFKA_SASL_PASSWORD"):
+        security["password"] = env["KAFKA_SASL_PASSWORD"]
+    elif security.get("password_file") and "password" not in security:
+        path = Path(security["password_file"])
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the Kafka SASL password file {path} (kafka.security."
+                f"password_file): {exc.strerror or exc}; make it readable by this user"
+            ) from exc
+        security["password"] = lines[0] if lines else ""
+    if env.get("KAFKA_SSL_KEY_PASSWORD"):
+        security["key_password"] = env["KAFKA_SSL_KEY_PASSWORD"]

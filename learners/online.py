@@ -44,6 +44,7 @@ from learners.snapshots import (
     publish_failed,
 )
 from learners.training import RankerState, RetrieverState, applied_offsets, check_priors
+from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 FLOW = "learn-online"
@@ -342,7 +343,7 @@ class OnlineLearner:
 
 
 def kafka_messages(
-    bootstrap: str,
+    bootstrap: Broker,
     topic: str,
     offsets: dict[int, int],
     until_end: bool,

@@ -55,6 +55,7 @@ from learners.errors import (
     SnapshotPublishError,
     SnapshotRootNotWritableError,
 )
+from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def _check_kind(manifest: Manifest) -> None:
 
 
 def kafka_announcer(
-    bootstrap: str, topic: str, timeout_s: float = 10.0
+    bootstrap: Broker, topic: str, timeout_s: float = 10.0
 ) -> Callable[[Manifest], None]:
     """Return an `announce` callback producing each manifest (JSON, key = model) to `topic`.
 
