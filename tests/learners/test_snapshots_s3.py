@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from infra.cli import app
-from learners.errors import SnapshotCorruptError
+from learners.errors import SnapshotConflictError, SnapshotCorruptError
 from learners.snapshots import (
     MANIFEST,
     TABLES,
@@ -109,3 +109,15 @@ def test_snapshots_list_reads_a_url(s3_url: str) -> None:
     result = CliRunner().invoke(app, ["snapshots", "list", "--root", s3_url])
     assert result.exit_code == 0, result.output
     assert MODEL in result.output
+
+
+def test_a_second_writer_of_the_same_version_is_refused(s3_url: str) -> None:
+    """No lock on an object store: a writer about to put a version that another writer has
+    published meanwhile stops instead of overwriting it."""
+    rng = np.random.default_rng(8)
+    writer, _, _ = _publish(s3_url, rng)
+    before = SnapshotReader(s3_url, MODEL).latest(strict=True)
+    with pytest.raises(SnapshotConflictError, match="one learner per model"):
+        writer._put(3, {TABLES: b"other"}, b"{}")  # version 3 exists: the race's loser
+    after = SnapshotReader(s3_url, MODEL).latest(strict=True)
+    assert after.manifest == before.manifest
