@@ -17,13 +17,13 @@ import os
 from pathlib import Path
 from typing import Final
 
-import fsspec
 import msgspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.errors import SampleLogError
+from features.paths import object_store
 from features.schema import COUNTS
 from features.windows import WINDOWS
 
@@ -127,22 +127,13 @@ def samples_table(samples: list[Sample]) -> pa.Table:
     )
 
 
-def _object_store(directory: Path | str) -> tuple[fsspec.AbstractFileSystem | None, str]:
-    """(file system, path) of a log at an fsspec URL; (None, path) for a local directory."""
-    text = str(directory)
-    if "://" not in text or text.startswith("file://"):
-        return None, text.removeprefix("file://")
-    fs, path = fsspec.core.url_to_fs(text)
-    return fs, path.rstrip("/")
-
-
 def write_sample_part(directory: Path | str, name: str, samples: list[Sample]) -> None:
     """Write `samples` as the part file `name` of the log: aside, fsynced, then renamed in.
 
     A reader sees a part whole or not at all; writing the same name again replaces it. At an
     object-store URL (`s3://...`) the part is one object, put whole (no rename needed).
     """
-    fs, path = _object_store(directory)
+    fs, path = object_store(directory)
     if fs is not None:
         with fs.open(f"{path}/{name}", "wb") as out:
             pq.write_table(samples_table(samples), out)
@@ -184,7 +175,7 @@ def read_sample_log(directory: Path | str) -> pa.Table:
     Args:
         directory: the log's directory, or its fsspec URL (`s3://bucket/prefix`).
     """
-    fs, path = _object_store(directory)
+    fs, path = object_store(directory)
     if fs is None:
         parts = sorted(Path(path).glob("part-*.parquet"))
         tables = [_conform(pq.read_table(p), p) for p in parts]

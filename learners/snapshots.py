@@ -38,7 +38,6 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fsspec
 import msgspec
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +45,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from features.paths import object_store
 from learners.errors import (
     SnapshotAnnounceError,
     SnapshotConflictError,
@@ -299,15 +299,6 @@ class _Scan:
         )
 
 
-def _filesystem(root: Path | str) -> tuple[fsspec.AbstractFileSystem | None, str]:
-    """(object-store file system, path in it) of a root URL; (None, path) for a local root."""
-    text = str(root)
-    if "://" not in text or text.startswith("file://"):
-        return None, text.removeprefix("file://")
-    fs, path = fsspec.core.url_to_fs(text)
-    return fs, path.rstrip("/")
-
-
 class _Store:
     """Reads the model directory; manifests of published versions are immutable, so cached.
 
@@ -317,7 +308,7 @@ class _Store:
     def __init__(self, root: Path | str, model: str) -> None:
         _check_model_name(model)
         self.model = model
-        self.fs, base = _filesystem(root)
+        self.fs, base = object_store(root)
         self.url = str(root)
         self.dir: Path = Path(base) / model
         self._manifests: dict[int, Manifest] = {}
@@ -946,7 +937,7 @@ class SnapshotWriter:
 
 def list_models(root: Path | str) -> list[str]:
     """The names of the models with a directory under the snapshot root (a path or a URL)."""
-    fs, base = _filesystem(root)
+    fs, base = object_store(root)
     if fs is None:
         path = Path(base)
         if not path.is_dir():
@@ -1001,7 +992,7 @@ def check_writable(root: Path | str, models: Iterable[str] = ()) -> None:
     Raises:
         SnapshotRootNotWritableError: naming the directory, the reason and what to do.
     """
-    fs, base = _filesystem(root)
+    fs, base = object_store(root)
     if fs is not None:
         probe = f"{base}/{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
         try:

@@ -48,6 +48,7 @@ from bytewax.outputs import (
 
 from features.client import mark_key
 from features.history import HISTORY_JOB, HistoryWriter
+from features.paths import object_store
 from features.samples import (
     LABELS,
     STAT_FEATURES,
@@ -646,9 +647,8 @@ class SampleLogSink(FixedPartitionedSink[SampleBatch, LogState]):
     """
 
     def __init__(self, directory: Path | str, rows: int = 20_000, interval_s: float = 60.0) -> None:
-        text = str(directory)
-        url = "://" in text and not text.startswith("file://")  # an object store (fsspec URL)
-        self._dir = text if url else Path(text.removeprefix("file://"))
+        fs, path = object_store(directory)  # a local directory, or an object store's URL
+        self._dir = Path(path) if fs is None else str(directory)
         self._rows, self._interval_s = rows, interval_s
 
     def list_parts(self) -> list[str]:
