@@ -27,6 +27,7 @@ _EXPORTS = {
     "mark_key": "features.client",
     "DataPaths": "features.paths",
     "default_data_dir": "features.paths",
+    "object_store": "features.paths",
     "FeatureConfig": "features.schema",
     "ENTITY_KEY": "features.schema",
     "VIEWS": "features.schema",

@@ -31,6 +31,7 @@ from infra.cli_options import ConfigOpt, print_counts, progress_bar, services, s
 from infra.cli_run import run_app
 from infra.cli_serve import serve
 from infra.cli_snapshots import snapshots_app
+from streams.config import Broker
 
 app = typer.Typer(help="streamrec: streaming features and online learning.", no_args_is_help=True)
 infra_app = typer.Typer(help="The local stack: Kafka-protocol broker and Redis.")
@@ -108,7 +109,7 @@ def infra_down(config: ConfigOpt = None) -> None:
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing'}")
 
 
-def _replay(source, settings, bootstrap: str, rate: float | None, topic: str | None) -> None:
+def _replay(source, settings, bootstrap: Broker, rate: float | None, topic: str | None) -> None:
     from streams.replay import replay
 
     topic = topic or settings.kafka.topics.interactions
@@ -146,7 +147,7 @@ def replay_synthetic(
 
     source = SyntheticSource(SyntheticConfig(seed=seed, users=users, notes=notes), limit=limit)
     settings = settings_from(config)
-    bootstrap = services(settings, redis=False).bootstrap
+    bootstrap = settings.kafka.connect(services(settings, redis=False).bootstrap)
     truth = truth_dir or settings.data_dir / "truth" / f"synthetic-{seed}"
     source.write_truth(truth)
     console.print(f"ground truth: {truth}")
@@ -181,7 +182,7 @@ def _file_replay(where: str, default: Path, path_help: str, summary: str):
         import importlib
 
         settings = settings_from(config)
-        bootstrap = services(settings, redis=False).bootstrap
+        bootstrap = settings.kafka.connect(services(settings, redis=False).bootstrap)
         module, _, name = where.partition(":")
         source = getattr(importlib.import_module(module), name)(path, limit=limit)
         _replay(source, settings, bootstrap, rate, topic)
@@ -204,11 +205,13 @@ def topics_summary(topic: TopicOpt = None, config: ConfigOpt = None) -> None:
     settings = settings_from(config)
     where = services(settings, redis=False)
     topic = topic or settings.kafka.topics.interactions
-    summary = summarize_events(where.bootstrap, topic)
+    summary = summarize_events(settings.kafka.connect(where.bootstrap), topic)
     print_counts(f"{topic}: events by type", summary.by_type)
     if summary.invalid:
         print_counts(f"{topic}: invalid messages by reason", summary.invalid)
-    dead = summarize_dead_letters(where.bootstrap, settings.kafka.topics.dlq)
+    dead = summarize_dead_letters(
+        settings.kafka.connect(where.bootstrap), settings.kafka.topics.dlq
+    )
     print_counts(
         f"{settings.kafka.topics.dlq}: dead letters by reason",
         Counter({f"{r} ({f})" if f else r: n for (r, f), n in dead.items()}),

@@ -25,8 +25,10 @@ def serve(
     torch.set_num_threads(1)  # small per-request batches; extra threads only spin here
     service = service_for(settings, where.redis_url)
     service.watcher.refresh()
-    service.watcher.start(where.bootstrap, settings.kafka.topics.embedding_snapshots)
-    console.print(f"serving on http://{host}:{port} (snapshots {settings.snapshots.root})")
+    service.watcher.start(
+        settings.kafka.connect(where.bootstrap), settings.kafka.topics.embedding_snapshots
+    )
+    console.print(f"serving on http://{host}:{port} (snapshots {settings.snapshots.location})")
     try:
         uvicorn.run(service.app, host=host, port=port, log_level="warning")
     finally:

@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from infra.config import Settings
 from infra.errors import StackError
 from infra.processes import free_port, pid_runs, spawn, stop_pid
+from streams.config import Broker, connection
 
 STATE_FILE = "stack.json"
 
@@ -75,10 +76,10 @@ def _write_state(settings: Settings, state: StackState) -> None:
     os.replace(tmp, path)
 
 
-def kafka_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+def kafka_answers(bootstrap: Broker, timeout: float = 2.0) -> bool:
     """Return True if a Kafka-protocol broker answers a metadata request at `bootstrap`."""
     try:
-        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout)
+        AdminClient(connection(bootstrap).librdkafka(log_level=0)).list_topics(timeout=timeout)
     except KafkaException:
         return False
     return True
@@ -181,9 +182,9 @@ def _start_redis(settings: Settings) -> Service:
     return Service(address=url, pid=pid, log=str(log))
 
 
-def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+def ensure_topics(bootstrap: Broker, names: list[str], partitions: int) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(connection(bootstrap).librdkafka())
     existing = set(admin.list_topics(timeout=10).topics)
     missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
     if not missing:
@@ -200,7 +201,7 @@ def up(settings: Settings) -> StackState:
     """Find or start the broker and Redis, create the topics and record the state."""
     previous = read_state(settings)
     if settings.kafka.bootstrap:
-        if not kafka_answers(settings.kafka.bootstrap, 5.0):
+        if not kafka_answers(settings.kafka.connect(settings.kafka.bootstrap), 5.0):
             raise StackError(
                 f"no Kafka broker answers at KAFKA_BOOTSTRAP={settings.kafka.bootstrap}; "
                 "start it or unset KAFKA_BOOTSTRAP to use a local Tansu"
@@ -230,7 +231,7 @@ def up(settings: Settings) -> StackState:
         redis_service = _start_redis(settings)
 
     topics = settings.kafka.topics
-    ensure_topics(kafka.address, topics.all_names(), topics.partitions)
+    ensure_topics(settings.kafka.connect(kafka.address), topics.all_names(), topics.partitions)
     state = StackState(kafka=kafka, redis=redis_service, topics=tuple(topics.all_names()))
     _write_state(settings, state)
     return state
@@ -251,10 +252,10 @@ class ServiceStatus:
     """Why it is down (the client's error)."""
 
 
-def _probe_kafka(bootstrap: str, timeout: float) -> str:
+def _probe_kafka(bootstrap: Broker, timeout: float) -> str:
     """ "" if the broker at `bootstrap` answers a metadata request within `timeout`, else why."""
     try:
-        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout)
+        AdminClient(connection(bootstrap).librdkafka(log_level=0)).list_topics(timeout=timeout)
     except KafkaException as exc:
         error = exc.args[0] if exc.args else exc
         return error.str() if hasattr(error, "str") else str(error)
@@ -294,7 +295,13 @@ def status(settings: Settings, timeout: float = 2.0) -> list[ServiceStatus]:
 
     found: list[tuple[str, str, str, Callable[[str, float], str]]] = []
     for name, configured, variable, service, probe in (
-        ("kafka", settings.kafka.bootstrap, "KAFKA_BOOTSTRAP", state and state.kafka, _probe_kafka),
+        (
+            "kafka",
+            settings.kafka.bootstrap,
+            "KAFKA_BOOTSTRAP",
+            state and state.kafka,
+            lambda address, timeout: _probe_kafka(settings.kafka.connect(address), timeout),
+        ),
         ("redis", settings.redis.url, "REDIS_URL", state and state.redis, _probe_redis),
     ):
         address = configured or (service.address if service else None)

@@ -42,6 +42,7 @@ _EXPORTS = {
     "kafka_announcer": "learners.snapshots",
     "decode_announcement": "learners.snapshots",
     "check_writable": "learners.snapshots",
+    "list_models": "learners.snapshots",
     "Announcements": "learners.subscription",
     "SnapshotSubscriber": "learners.subscription",
     "follow_snapshots": "learners.subscription",

@@ -44,6 +44,7 @@ from learners.snapshots import (
     publish_failed,
 )
 from learners.training import RankerState, RetrieverState, applied_offsets, check_priors
+from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 FLOW = "learn-online"
@@ -155,7 +156,7 @@ class OnlineLearner:
             NoFullSnapshotError: a model has no snapshot yet (run `streamrec learn full`).
         """
         names = {"ranker": config.ranker_model, "retriever": config.retriever_model}
-        check_writable(snapshots.root, names.values())
+        check_writable(snapshots.location, names.values())
         skipped: list[LearnersError] = []
 
         def fell_back(exc: LearnersError) -> None:
@@ -164,7 +165,7 @@ class OnlineLearner:
 
         try:
             snaps = {
-                k: SnapshotReader(snapshots.root, n, on_fallback=fell_back).latest()
+                k: SnapshotReader(snapshots.location, n, on_fallback=fell_back).latest()
                 for k, n in names.items()
             }
         except SnapshotNotFoundError as exc:
@@ -178,7 +179,10 @@ class OnlineLearner:
         learner = cls(
             RankerState.from_snapshot(snaps["ranker"]),
             RetrieverState.from_snapshot(snaps["retriever"]),
-            {k: SnapshotWriter(snapshots.root, n, snapshots, announce) for k, n in names.items()},
+            {
+                k: SnapshotWriter(snapshots.location, n, snapshots, announce)
+                for k, n in names.items()
+            },
             config,
             snapshots,
             offsets,
@@ -276,7 +280,9 @@ class OnlineLearner:
                 out += self._adopt_newer_full(name)
                 continue
             except OSError as exc:
-                raise publish_failed(self.writers[name].model, self.snapshots.root, exc) from exc
+                raise publish_failed(
+                    self.writers[name].model, self.snapshots.location, exc
+                ) from exc
             state.store.clear_changed()
             out.append(manifest)
             self.report.deltas += 1
@@ -296,7 +302,9 @@ class OnlineLearner:
                     tables, dense, state.hwm_ms, self._meta(name, state)
                 )
             except OSError as exc:
-                raise publish_failed(self.writers[name].model, self.snapshots.root, exc) from exc
+                raise publish_failed(
+                    self.writers[name].model, self.snapshots.location, exc
+                ) from exc
             state.store.clear_changed()
             self.bases[name] = manifest.version
             out.append(manifest)
@@ -307,7 +315,7 @@ class OnlineLearner:
     def _adopt_newer_full(self, name: str) -> list[Manifest]:
         """A full training published a newer full: continue from it (its dense parameters)."""
         writer = self.writers[name]
-        snap = SnapshotReader(self.snapshots.root, writer.model).latest()
+        snap = SnapshotReader(self.snapshots.location, writer.model).latest()
         cls = RankerState if name == "ranker" else RetrieverState
         state = cls.from_snapshot(snap)
         state.freeze_dense()
@@ -338,7 +346,7 @@ class OnlineLearner:
 
 
 def kafka_messages(
-    bootstrap: str,
+    bootstrap: Broker,
     topic: str,
     offsets: dict[int, int],
     until_end: bool,

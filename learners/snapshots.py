@@ -14,6 +14,13 @@ exclusive lock on `<root>/<model>/.lock` for a publish, so numbers stay strictly
 restarts and concurrent writers; leftover temp directories of killed writers are removed by the
 next publish. Deltas hold only changed rows; a delta chains on the version before it (its
 `parent_version`) and applies to the latest full (its `base_version`).
+
+The root may also be an fsspec URL of an object store (`s3://bucket/prefix`,
+`SnapshotConfig.url`), which every replica on every host can read. An object store has no
+rename: a version's files are written in place and its manifest last, and readers list a
+version only once its manifest is there (an object appears whole; S3 reads after writes are
+consistent), so a version still appears whole or not at all. It has no lock either: one writer
+per model (the learner) publishes there. Pruning deletes a version's manifest first.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from features.paths import object_store
 from learners.errors import (
     SnapshotAnnounceError,
     SnapshotConflictError,
@@ -47,6 +55,7 @@ from learners.errors import (
     SnapshotPublishError,
     SnapshotRootNotWritableError,
 )
+from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +82,21 @@ class SnapshotConfig(BaseModel):
     root: Path
     """Snapshot root directory: `<root>/<model>/<version>/` (the settings default it to
     `<data_dir>/snapshots`)."""
+    url: str | None = None
+    """fsspec URL of a snapshot store every host can reach, used instead of `root`
+    (`s3://bucket/prefix`; credentials and endpoint from the standard AWS environment:
+    `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`). None: `root`."""
     keep_full: int = Field(default=3, ge=1)
     """Full snapshots kept per model; older fulls and their deltas are pruned on a full publish."""
     full_every_s: float = Field(default=3600.0, gt=0)
     """Seconds between full snapshots published by the online learner."""
     delta_every_s: float = Field(default=10.0, gt=0)
     """Seconds between delta snapshots (changed rows only) published by the online learner."""
+
+    @property
+    def location(self) -> str:
+        """Where the snapshots are: `url`, else `root` (what readers and writers take)."""
+        return self.url or str(self.root)
 
 
 @dataclass(frozen=True)
@@ -164,7 +182,7 @@ def _check_kind(manifest: Manifest) -> None:
 
 
 def kafka_announcer(
-    bootstrap: str, topic: str, timeout_s: float = 10.0
+    bootstrap: Broker, topic: str, timeout_s: float = 10.0
 ) -> Callable[[Manifest], None]:
     """Return an `announce` callback producing each manifest (JSON, key = model) to `topic`.
 
@@ -282,34 +300,82 @@ class _Scan:
 
 
 class _Store:
-    """Reads the model directory; manifests of published versions are immutable, so cached."""
+    """Reads the model directory; manifests of published versions are immutable, so cached.
 
-    def __init__(self, root: Path, model: str) -> None:
+    A local root is a directory (`self.fs` None); a URL root an object store (`self.fs`).
+    """
+
+    def __init__(self, root: Path | str, model: str) -> None:
         _check_model_name(model)
         self.model = model
-        self.dir = Path(root) / model
+        self.fs, base = object_store(root)
+        self.url = str(root)
+        self.dir: Path = Path(base) / model
         self._manifests: dict[int, Manifest] = {}
+
+    @property
+    def where(self) -> str:
+        """The model directory as the user named it (path or URL)."""
+        return str(self.dir) if self.fs is None else f"{self.url.rstrip('/')}/{self.model}"
 
     def version_dir(self, version: int) -> Path:
         return self.dir / _version_dir_name(version)
+
+    def _listing(self) -> dict[int, dict[str, int]]:
+        """Version -> {file name: size} of every version directory there now."""
+        if self.fs is not None:
+            self.fs.invalidate_cache(str(self.dir))
+            try:
+                found = self.fs.find(str(self.dir), detail=True)
+            except FileNotFoundError:
+                return {}
+            listing: dict[int, dict[str, int]] = {}
+            prefix = f"{str(self.dir).strip('/')}/"
+            for path, info in found.items():
+                parts = path.strip("/").removeprefix(prefix).split("/")
+                if len(parts) == 2 and parts[0].isdigit():
+                    listing.setdefault(int(parts[0]), {})[parts[1]] = int(info["size"])
+            # no rename on an object store: a version is there once its manifest is
+            return {v: files for v, files in listing.items() if MANIFEST in files}
+        try:
+            entries = [e for e in os.scandir(self.dir) if e.name.isdigit() and e.is_dir()]
+        except FileNotFoundError:
+            return {}
+        listing = {}
+        for entry in entries:
+            try:
+                listing[int(entry.name)] = {
+                    f.name: f.stat().st_size for f in os.scandir(entry.path) if f.is_file()
+                }
+            except FileNotFoundError:
+                continue  # pruned while we looked
+        return listing
+
+    def read_file(self, version: int, name: str) -> bytes:
+        """The bytes of one file of a version (FileNotFoundError if it is not there)."""
+        path = self.version_dir(version) / name
+        if self.fs is not None:
+            return self.fs.cat_file(str(path))
+        return path.read_bytes()
+
+    def version_exists(self, version: int) -> bool:
+        """Whether the version is still there (not pruned)."""
+        if self.fs is not None:
+            return self.fs.exists(str(self.version_dir(version) / MANIFEST))
+        return self.version_dir(version).exists()
 
     def corrupt(self, version: int, file: str | None, detail: str) -> SnapshotCorruptError:
         return SnapshotCorruptError(self.model, version, file, detail, _FIX)
 
     def scan(self) -> _Scan:
         scan = _Scan()
-        try:
-            entries = [e for e in os.scandir(self.dir) if e.name.isdigit() and e.is_dir()]
-        except FileNotFoundError:
-            return scan
-        present = set()
-        for entry in entries:
-            version = int(entry.name)
-            present.add(version)
+        listing = self._listing()
+        present = set(listing)
+        for version, files in listing.items():
             try:
-                scan.valid[version] = self._check_complete(version)
+                scan.valid[version] = self._check_complete(version, files)
             except SnapshotCorruptError as exc:
-                if self.version_dir(version).exists():  # else pruned while we looked
+                if self.version_exists(version):  # else pruned while we looked
                     scan.broken[version] = exc
         for gone in set(self._manifests) - present:
             del self._manifests[gone]
@@ -322,14 +388,12 @@ class _Store:
                 )
         return scan
 
-    def _check_complete(self, version: int) -> Manifest:
+    def _check_complete(self, version: int, files: dict[str, int]) -> Manifest:
         manifest = self._manifests.get(version) or self._read_manifest(version)
-        vdir = self.version_dir(version)
         for name in manifest.files:
-            try:
-                size = (vdir / name).stat().st_size
-            except FileNotFoundError:
-                raise self.corrupt(version, name, "is missing") from None
+            size = files.get(name)
+            if size is None:
+                raise self.corrupt(version, name, "is missing")
             if name in manifest.sizes and size != manifest.sizes[name]:
                 raise self.corrupt(
                     version, name, f"is {size} bytes, the manifest says {manifest.sizes[name]}"
@@ -338,9 +402,8 @@ class _Store:
         return manifest
 
     def _read_manifest(self, version: int) -> Manifest:
-        path = self.version_dir(version) / MANIFEST
         try:
-            raw = path.read_bytes()
+            raw = self.read_file(version, MANIFEST)
         except FileNotFoundError:
             raise self.corrupt(
                 version, MANIFEST, "is missing (partial or damaged version)"
@@ -360,11 +423,10 @@ class _Store:
 
     def read_verified(self, manifest: Manifest, name: str) -> bytes:
         """Return the bytes of one file of a version after checking its sha256."""
-        vdir = self.version_dir(manifest.version)
         try:
-            data = (vdir / name).read_bytes()
+            data = self.read_file(manifest.version, name)
         except FileNotFoundError:
-            if not vdir.exists():
+            if not self.version_exists(manifest.version):
                 raise SnapshotNotFoundError(
                     f"snapshot {self.model!r} version {manifest.version} was pruned while being "
                     "read: read the latest version again"
@@ -442,7 +504,7 @@ class SnapshotReader:
     """Lists, verifies and loads the published versions of one model.
 
     Args:
-        root: the snapshot root (`SnapshotConfig.root`).
+        root: the snapshot root (`SnapshotConfig.location`: a directory or an fsspec URL).
         model: the model's name (its directory under `root`).
         on_fallback: called with the error of every version `latest()` had to skip; the default
             logs a warning. Serving passes its own hook to count or alert.
@@ -450,7 +512,7 @@ class SnapshotReader:
 
     def __init__(
         self,
-        root: Path,
+        root: Path | str,
         model: str,
         on_fallback: Callable[[SnapshotCorruptError], None] | None = None,
     ) -> None:
@@ -487,7 +549,7 @@ class SnapshotReader:
         if version not in scan.valid:
             have = sorted(scan.valid)
             raise SnapshotNotFoundError(
-                f"snapshot {self.model!r} has no version {version} under {self._store.dir} "
+                f"snapshot {self.model!r} has no version {version} under {self._store.where} "
                 f"(it has {_ranges(have) if have else 'none'}); `streamrec snapshots list` "
                 "shows what there is"
             )
@@ -526,7 +588,7 @@ class SnapshotReader:
         newest = scan.newest
         if newest is None:
             raise SnapshotNotFoundError(
-                f"no snapshot of model {self.model!r} under {self._store.dir}: publish one "
+                f"no snapshot of model {self.model!r} under {self._store.where}: publish one "
                 "first (`streamrec learn full`)"
             )
         if strict:
@@ -660,7 +722,7 @@ class SnapshotWriter:
     """Publishes full and delta snapshots of one model, atomically, and prunes old ones.
 
     Args:
-        root: the snapshot root (normally `config.root`).
+        root: the snapshot root (normally `config.location`: a directory or an fsspec URL).
         model: the model's name (its directory under `root`).
         config: retention (`keep_full`) and publishing intervals.
         announce: called with the manifest of every published version (e.g. `kafka_announcer`).
@@ -668,7 +730,7 @@ class SnapshotWriter:
 
     def __init__(
         self,
-        root: Path,
+        root: Path | str,
         model: str,
         config: SnapshotConfig,
         announce: Callable[[Manifest], None] | None = None,
@@ -727,7 +789,7 @@ class SnapshotWriter:
             fulls = scan.fulls()
             if not fulls:
                 raise SnapshotError(
-                    f"model {self.model!r} has no full snapshot under {self._store.dir}: "
+                    f"model {self.model!r} has no full snapshot under {self._store.where}: "
                     "publish_full first (deltas apply to a full)"
                 )
             base = fulls[0]
@@ -767,7 +829,13 @@ class SnapshotWriter:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the model's writer lock; remove what killed writers left behind."""
+        """Hold the model's writer lock; remove what killed writers left behind.
+
+        An object store has no lock: one writer per model publishes there.
+        """
+        if self._store.fs is not None:
+            yield
+            return
         self._store.dir.mkdir(parents=True, exist_ok=True)
         with open(self._store.dir / LOCK, "a+b") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
@@ -808,6 +876,9 @@ class SnapshotWriter:
             manifest_json = msgspec.json.format(encode_manifest(manifest), indent=2)
         except (TypeError, msgspec.EncodeError) as exc:
             raise SnapshotError(f"meta must be JSON-able (str keys, plain values): {exc}") from exc
+        if self._store.fs is not None:
+            self._put(version, files, manifest_json)
+            return manifest
         temp = self._store.dir / f"{TEMP_PREFIX}{_version_dir_name(version)}-{uuid.uuid4().hex}"
         temp.mkdir()
         try:
@@ -822,6 +893,23 @@ class SnapshotWriter:
         _fsync_dir(self._store.dir)
         return manifest
 
+    def _put(self, version: int, files: dict[str, bytes], manifest_json: bytes) -> None:
+        """Write a version to an object store: its files, then its manifest (what publishes it).
+
+        Raises:
+            SnapshotConflictError: another writer published this version meanwhile.
+        """
+        fs, vdir = self._store.fs, self._store.version_dir(version)
+        assert fs is not None
+        if fs.exists(str(vdir / MANIFEST)):
+            raise SnapshotConflictError(
+                f"model {self.model!r} version {version} was published by another writer under "
+                f"{self._store.where}: run one learner per model on an object store"
+            )
+        for name, data in files.items():
+            fs.pipe_file(str(vdir / name), data)
+        fs.pipe_file(str(vdir / MANIFEST), manifest_json)
+
     def _prune(self, newest_full: int) -> None:
         """Remove versions older than the oldest of the `keep_full` newest fulls."""
         scan = self._store.scan()
@@ -833,15 +921,40 @@ class SnapshotWriter:
         # deltas, never a delta without its full; each is renamed first so that readers see
         # it vanish whole
         for version in sorted(doomed, reverse=True):
+            if self._store.fs is not None:  # the manifest first: the version vanishes whole
+                vdir = str(self._store.version_dir(version))
+                with suppress(FileNotFoundError):
+                    self._store.fs.rm_file(f"{vdir}/{MANIFEST}")
+                self._store.fs.rm(vdir, recursive=True)
+                continue
             trash = self._store.dir / f"{TRASH_PREFIX}{_version_dir_name(version)}"
             os.rename(self._store.version_dir(version), trash)
             shutil.rmtree(trash)
-        if doomed:
+        if doomed and self._store.fs is None:
             _fsync_dir(self._store.dir)
             logger.info("pruned %s versions of %s older than %d", len(doomed), self.model, oldest)
 
 
-def publish_failed(model: str, root: Path, exc: OSError) -> SnapshotPublishError:
+def list_models(root: Path | str) -> list[str]:
+    """The names of the models with a directory under the snapshot root (a path or a URL)."""
+    fs, base = object_store(root)
+    if fs is None:
+        path = Path(base)
+        if not path.is_dir():
+            return []
+        return sorted(
+            p.name for p in path.iterdir() if p.is_dir() and _MODEL_NAME.fullmatch(p.name)
+        )
+    fs.invalidate_cache(base)
+    try:
+        entries = fs.ls(base, detail=True)
+    except FileNotFoundError:
+        return []
+    names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+    return sorted(n for n in names if _MODEL_NAME.fullmatch(n))
+
+
+def publish_failed(model: str, root: Path | str, exc: OSError) -> SnapshotPublishError:
     """The error to raise when writing a version of `model` under `root` failed."""
     return SnapshotPublishError(
         f"publishing a version of {model!r} under {root} failed ({exc.strerror or exc}); "
@@ -864,7 +977,7 @@ def _not_writable(directory: Path, why: str) -> SnapshotRootNotWritableError:
     )
 
 
-def check_writable(root: Path, models: Iterable[str] = ()) -> None:
+def check_writable(root: Path | str, models: Iterable[str] = ()) -> None:
     """Fail fast unless a learner could publish under `root` (call it before training).
 
     Creates `root` if missing, as a publish would, then in `root` and in every existing
@@ -873,10 +986,22 @@ def check_writable(root: Path, models: Iterable[str] = ()) -> None:
     model in `models` (a full is written before older ones are pruned). Probe files are
     `.tmp-probe-*`: readers ignore them and a writer's next publish removes a leftover.
 
+    On an object store (a URL root) it writes and deletes one probe object under the root (an
+    object store reports no free space).
+
     Raises:
         SnapshotRootNotWritableError: naming the directory, the reason and what to do.
     """
-    root = Path(root)
+    fs, base = object_store(root)
+    if fs is not None:
+        probe = f"{base}/{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
+        try:
+            fs.pipe_file(probe, bytes(4096))
+            fs.rm_file(probe)
+        except OSError as exc:
+            raise _not_writable(Path(base), exc.strerror or str(exc)) from exc
+        return
+    root = Path(base)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -928,4 +1053,5 @@ __all__ = [
     "decode_announcement",
     "encode_manifest",
     "kafka_announcer",
+    "list_models",
 ]

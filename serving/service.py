@@ -29,7 +29,7 @@ class Service:
 def build_service(
     redis_url: str,
     project: str,
-    snapshot_root: Path,
+    snapshot_root: Path | str,
     models: tuple[str, str],
     config: ServingConfig,
     exposure_namespace: str,
@@ -39,7 +39,7 @@ def build_service(
     Args:
         redis_url: the Redis holding the online features and the exposure filters.
         project: the Feast project the stats job writes.
-        snapshot_root: root directory of the snapshots.
+        snapshot_root: root directory (or fsspec URL) of the snapshots.
         models: (ranker, retriever) model names of the snapshots.
         config: retrieval, ranking and API settings.
         exposure_namespace: key namespace of the exposure filters.
