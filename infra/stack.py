@@ -18,7 +18,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.config import Settings
-from infra.errors import StackError
+from infra.errors import BrokerUnreachableError, RedisUnreachableError, StackError
 from infra.processes import free_port, pid_runs, spawn, stop_pid
 
 STATE_FILE = "stack.json"
@@ -183,7 +183,7 @@ def _start_redis(settings: Settings) -> Service:
 
 def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 4})
     existing = set(admin.list_topics(timeout=10).topics)
     missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
     if not missing:
@@ -197,13 +197,19 @@ def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
 
 
 def up(settings: Settings) -> StackState:
-    """Find or start the broker and Redis, create the topics and record the state."""
+    """Find or start the broker and Redis, create the topics and record the state.
+
+    Raises:
+        BrokerUnreachableError, RedisUnreachableError: the broker or Redis the settings name
+            does not answer (one-line messages that say what to do).
+    """
     previous = read_state(settings)
     if settings.kafka.bootstrap:
         if not kafka_answers(settings.kafka.bootstrap, 5.0):
-            raise StackError(
-                f"no Kafka broker answers at KAFKA_BOOTSTRAP={settings.kafka.bootstrap}; "
-                "start it or unset KAFKA_BOOTSTRAP to use a local Tansu"
+            raise BrokerUnreachableError(
+                f"no Kafka broker answers at KAFKA_BOOTSTRAP={settings.kafka.bootstrap} within "
+                "5 s: start it, or unset KAFKA_BOOTSTRAP (and `kafka.bootstrap`) to use a local "
+                "Tansu"
             )
         kafka = Service(address=settings.kafka.bootstrap)
     elif (
@@ -215,7 +221,10 @@ def up(settings: Settings) -> StackState:
 
     if settings.redis.url:
         if not redis_answers(settings.redis.url):
-            raise StackError(f"no Redis answers at REDIS_URL={settings.redis.url}")
+            raise RedisUnreachableError(
+                f"no Redis answers at REDIS_URL={settings.redis.url}: start it, or unset "
+                "REDIS_URL (and `redis.url`) to use or start a local one"
+            )
         redis_service = Service(address=settings.redis.url)
     elif (
         previous

@@ -14,7 +14,12 @@ from confluent_kafka.admin import AdminClient
 
 from infra import stack
 from infra.config import load_settings
-from infra.errors import ConfigError, StackError
+from infra.errors import (
+    BrokerUnreachableError,
+    ConfigError,
+    RedisUnreachableError,
+    StackError,
+)
 
 
 def test_up_twice_then_down(tmp_path: Path, redis_url: str) -> None:
@@ -75,7 +80,19 @@ def test_unreachable_broker_is_a_one_line_error(tmp_path: Path) -> None:
     settings = load_settings(
         env={"STREAMREC_DATA_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": "127.0.0.1:1"}
     )
-    with pytest.raises(StackError, match=r"KAFKA_BOOTSTRAP=127\.0\.0\.1:1"):
+    with pytest.raises(BrokerUnreachableError, match=r"KAFKA_BOOTSTRAP=127\.0\.0\.1:1"):
+        stack.up(settings)
+
+
+def test_unreachable_redis_is_a_one_line_error(tmp_path: Path, bootstrap: str) -> None:
+    settings = load_settings(
+        env={
+            "STREAMREC_DATA_DIR": str(tmp_path),
+            "KAFKA_BOOTSTRAP": bootstrap,
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+        }
+    )
+    with pytest.raises(RedisUnreachableError, match=r"REDIS_URL=redis://127\.0\.0\.1:1/0.*unset"):
         stack.up(settings)
 
 
@@ -89,6 +106,14 @@ def test_bad_config_file_names_the_field(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("kafka:\n  topics:\n    partitions: 0\n")
     with pytest.raises(ConfigError, match="partitions"):
+        load_settings(path, env={})
+
+
+@pytest.mark.parametrize("text", ["- kafka\n- redis\n", "just a string\n", "42\n"])
+def test_config_file_that_is_not_a_mapping_is_a_clear_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"not a mapping: write keys as in infra/config\.py"):
         load_settings(path, env={})
 
 
