@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -128,3 +131,40 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 5  # no stack known (docs/operations.md, exit codes)
     assert "streamrec infra up" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_up_with_monitoring_starts_prometheus_with_the_rules(
+    tmp_path: Path, bootstrap: str, redis_url: str
+) -> None:
+    settings = load_settings(
+        env={
+            "STREAMREC_DATA_DIR": str(tmp_path),
+            "KAFKA_BOOTSTRAP": bootstrap,
+            "REDIS_URL": redis_url,
+        }
+    )
+    settings = settings.model_copy(
+        update={"metrics": settings.metrics.model_copy(update={"port": 9_400})}
+    )
+    state = stack.up(settings, monitoring=True)
+    try:
+        assert state.prometheus is not None and state.prometheus.pid is not None
+        assert stack.up(settings, monitoring=True).prometheus == state.prometheus  # idempotent
+        base = f"http://{state.prometheus.address}/api/v1"
+        rules = json.loads(urllib.request.urlopen(f"{base}/rules", timeout=10).read())
+        names = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
+        assert "StreamrecConsumerLagGrowing" in names and "streamrec:job_events_in:rate1m" in names
+        scraped: set[str] = set()
+        deadline = time.monotonic() + 30
+        while len(scraped) < 5 and time.monotonic() < deadline:  # discovery runs after ready
+            targets = json.loads(urllib.request.urlopen(f"{base}/targets", timeout=10).read())
+            scraped = {t["scrapeUrl"] for t in targets["data"]["activeTargets"]}
+        assert f"http://127.0.0.1:{stack.SERVE_PORT}/metrics" in scraped
+        assert (
+            "http://127.0.0.1:9400/metrics" in scraped
+            and "http://127.0.0.1:9403/metrics" in scraped
+        )
+    finally:
+        stopped = stack.down(settings)
+    assert stopped == ["prometheus"]  # the broker and Redis were only found
+    assert not stack.prometheus_ready(state.prometheus.address)
