@@ -70,15 +70,30 @@ def _global_options(
 
 
 @infra_app.command("up")
-def infra_up(config: ConfigOpt = None) -> None:
+def infra_up(
+    config: ConfigOpt = None,
+    monitoring: Annotated[
+        bool,
+        typer.Option(
+            "--monitoring",
+            help="Also start Prometheus (if installed) with the alerting rules, scraping the "
+            "API and the jobs (docs/operations.md).",
+        ),
+    ] = False,
+) -> None:
     """Start (or find) the broker and Redis and create the topics; idempotent."""
     settings = settings_from(config)
     # a configured service must answer (exit 3 / 4, like every command); others are started
     services(settings, kafka=bool(settings.kafka.bootstrap), redis=bool(settings.redis.url))
-    state = stack.up(settings)
+    state = stack.up(settings, monitoring=monitoring)
     console.print(f"kafka  {state.bootstrap}" + (" (started)" if state.kafka.pid else ""))
     console.print(f"redis  {state.redis_url}" + (" (started)" if state.redis.pid else ""))
     console.print(f"topics {', '.join(state.topics)}")
+    if state.prometheus is not None:
+        console.print(
+            f"prometheus http://{state.prometheus.address} (rules {stack.RULES}; config "
+            f"{settings.paths.stack / 'prometheus' / 'prometheus.yml'})"
+        )
 
 
 @infra_app.command("status")

@@ -192,6 +192,9 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
 
     Returns:
         The validated settings; environment values override the file.
+
+    Raises:
+        ConfigError: the file cannot be read, is not a mapping, or holds invalid settings.
     """
     env = dict(os.environ) if env is None else env
     path = path or (Path(env["STREAMREC_CONFIG"]) if env.get("STREAMREC_CONFIG") else None)
@@ -201,6 +204,11 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"the settings file {path} holds a YAML {type(data).__name__}, not a mapping: "
+                "write keys as in infra/config.py (e.g. `kafka: {bootstrap: host:port}`)"
+            )
     if env.get("KAFKA_BOOTSTRAP"):
         data.setdefault("kafka", {})["bootstrap"] = env["KAFKA_BOOTSTRAP"]
     if env.get("REDIS_URL"):

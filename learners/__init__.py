@@ -33,6 +33,7 @@ from features.lazy import lazy_exports
 
 _EXPORTS = {
     # snapshots (numpy, safetensors; no torch)
+    "Exports": "learners.snapshots",
     "Manifest": "learners.snapshots",
     "Snapshot": "learners.snapshots",
     "SnapshotConfig": "learners.snapshots",

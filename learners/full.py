@@ -18,6 +18,7 @@ import torch
 
 from features.schema import FeatureConfig
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
+from learners.export import snapshot_exports
 from learners.inputs import Columns
 from learners.snapshots import (
     Manifest,
@@ -169,7 +170,9 @@ def run_full(
         meta = state.meta({"offsets": offsets, "full_training_samples": len(cols)})
         writer = SnapshotWriter(snapshots.location, name, snapshots, announce)
         try:
-            report.published.append(writer.publish_full(tables, dense, state.hwm_ms, meta))
+            report.published.append(
+                writer.publish_full(tables, dense, state.hwm_ms, meta, snapshot_exports(state))
+            )
         except OSError as exc:
             raise publish_failed(name, snapshots.location, exc) from exc
     return report

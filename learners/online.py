@@ -32,6 +32,7 @@ from features.samples import SampleBatch, decode_batch
 from features.schema import FeatureConfig
 from learners.config import LearnConfig
 from learners.errors import LearnersError
+from learners.export import snapshot_exports
 from learners.inputs import Columns
 from learners.snapshots import (
     Manifest,
@@ -299,7 +300,7 @@ class OnlineLearner:
             tables, dense = state.full_state()
             try:
                 manifest = self.writers[name].publish_full(
-                    tables, dense, state.hwm_ms, self._meta(name, state)
+                    tables, dense, state.hwm_ms, self._meta(name, state), snapshot_exports(state)
                 )
             except OSError as exc:
                 raise publish_failed(

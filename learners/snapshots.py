@@ -6,7 +6,10 @@ Layout, one directory per model and version (see docs/snapshots.md):
         tables.safetensors   embedding tables, one tensor per table: (rows, dim) float32
         ids.json             row ids per table, aligned with the tensor rows (the ID maps)
         dense.safetensors    dense parameters (full snapshots only)
-        manifest.json        `Manifest`, with the sha256 and size of every other file
+        train_state.safetensors  optimiser and training-only state (full snapshots only)
+        *.onnx, ...          exported graphs (`Exports`, full snapshots only)
+        manifest.json        `Manifest`, with the sha256 and size of every other file and
+                             the dtype, shape and meaning of every tensor
 
 A version is written into `<root>/<model>/.tmp-*` beside it, every file and the directory are
 fsynced, and the directory is renamed into place: it appears whole or not at all. Writers take an
@@ -26,6 +29,7 @@ per model (the learner) publishes there. Pruning deletes a version's manifest fi
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import hashlib
 import logging
 import os
@@ -59,11 +63,16 @@ from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: training state in its own file, extra files (ONNX) and the tensor schema; 1 is read too."""
 MANIFEST = "manifest.json"
 TABLES = "tables.safetensors"
 IDS = "ids.json"
 DENSE = "dense.safetensors"
+TRAIN_STATE = "train_state.safetensors"
+TRAIN_STATE_PREFIXES = ("accum.", "last_seen.", "freq.")
+"""Dense arrays named so are training state, not model: stored in `TRAIN_STATE` (a snapshot of
+format 1 kept them in `DENSE`; readers merge both into `Snapshot.dense` either way)."""
 TEMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 LOCK = ".lock"
@@ -137,6 +146,22 @@ class Manifest:
     """File name -> size in bytes (a cheap check for truncation when listing)."""
     format_version: int = FORMAT_VERSION
     """Layout version of this manifest."""
+    tensors: dict[str, dict[str, dict]] = field(default_factory=dict)
+    """File -> tensor name -> {"dtype", "shape", "doc"}: every tensor of the version."""
+    schema: dict = field(default_factory=dict)
+    """What a consumer needs to use the tensors and graphs (architecture, ONNX inputs and
+    outputs, row 0, bucketing): the `Exports.schema` of the full (deltas repeat their base's)."""
+
+
+@dataclass(frozen=True)
+class Exports:
+    """What a full snapshot carries for consumers beyond its tables and dense parameters."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    """Extra files of the version by name (e.g. ONNX graphs), verified like the others."""
+    schema: dict = field(default_factory=dict)
+    """JSON-able description for the manifest's `schema`; its `tensor_docs` (tensor name or
+    fnmatch pattern -> meaning) documents the tensors in `Manifest.tensors`."""
 
 
 @dataclass(frozen=True)
@@ -686,6 +711,8 @@ class SnapshotReader:
         if start is None:
             tables = self._store.read_tables(chain[0])
             dense = self._store.read_tensors(chain[0], DENSE)
+            if TRAIN_STATE in chain[0].files:
+                dense = {**dense, **self._store.read_tensors(chain[0], TRAIN_STATE)}
             used, applied, metas = chain[0], [chain[0].version], []
         else:
             tables, dense = start.tables, start.dense
@@ -750,21 +777,43 @@ class SnapshotWriter:
         dense: dict[str, np.ndarray],
         hwm_ms: int,
         meta: dict,
+        exports: Exports | None = None,
     ) -> Manifest:
         """Publish every row of every table plus the dense parameters as a new full version.
 
-        Older fulls beyond `config.keep_full`, and their deltas, are pruned afterwards.
+        Dense arrays named `TRAIN_STATE_PREFIXES` go to `train_state.safetensors`, the rest to
+        `dense.safetensors`. Older fulls beyond `config.keep_full`, and their deltas, are pruned
+        afterwards.
+
+        Args:
+            exports: extra files (ONNX graphs) and the schema documenting the version.
         """
         _check_tables(tables, {})
+        exports = exports or Exports()
+        reserved = {TABLES, IDS, DENSE, TRAIN_STATE, MANIFEST}
+        if bad := sorted(set(exports.files) & reserved | {n for n in exports.files if "/" in n}):
+            raise SnapshotError(f"export file names {bad} are reserved or not plain file names")
+        model = {k: v for k, v in dense.items() if not k.startswith(TRAIN_STATE_PREFIXES)}
+        train = {k: v for k, v in dense.items() if k.startswith(TRAIN_STATE_PREFIXES)}
+        arrays = {
+            TABLES: {n: t.weights for n, t in tables.items()},
+            DENSE: _arrays(model),
+            **({TRAIN_STATE: _arrays(train)} if train else {}),
+        }
         with self._locked():
             scan = self._store.scan()
             version = (scan.newest or 0) + 1
             files = {
-                TABLES: st_save({n: t.weights for n, t in tables.items()}),
+                TABLES: st_save(arrays[TABLES]),
                 IDS: _encode_ids(tables),
-                DENSE: _save_dense(dense),
+                DENSE: _save_dense(arrays[DENSE]),
+                **({TRAIN_STATE: _save_dense(train)} if train else {}),
+                **exports.files,
             }
-            manifest = self._publish(version, "full", None, None, tables, files, hwm_ms, meta)
+            manifest = self._publish(
+                version, "full", None, None, tables, files, hwm_ms, meta,
+                _describe(arrays, exports.schema), exports.schema,
+            )  # fmt: skip
             self._prune(version)
         self._announced(manifest)
         return manifest
@@ -806,10 +855,8 @@ class SnapshotWriter:
                     scan.broken[scan.newest],
                 )
             version = (scan.newest or 0) + 1
-            files = {
-                TABLES: st_save({n: t.weights for n, t in tables.items()}),
-                IDS: _encode_ids(tables),
-            }
+            weights = {n: t.weights for n, t in tables.items()}
+            files = {TABLES: st_save(weights), IDS: _encode_ids(tables)}
             manifest = self._publish(
                 version,
                 "delta",
@@ -819,6 +866,8 @@ class SnapshotWriter:
                 files,
                 hwm_ms,
                 base.meta if meta is None else meta,
+                _describe({TABLES: weights}, base.schema),
+                base.schema,
             )
         self._announced(manifest)
         return manifest
@@ -857,6 +906,8 @@ class SnapshotWriter:
         files: dict[str, bytes],
         hwm_ms: int,
         meta: dict,
+        tensors: dict[str, dict[str, dict]],
+        schema: dict,
     ) -> Manifest:
         manifest = Manifest(
             model=self.model,
@@ -871,6 +922,8 @@ class SnapshotWriter:
             parent_version=parent if kind == "delta" else None,
             dims={n: int(t.weights.shape[1]) for n, t in tables.items()},
             sizes={name: len(data) for name, data in files.items()},
+            tensors=tensors,
+            schema=schema,
         )
         try:
             manifest_json = msgspec.json.format(encode_manifest(manifest), indent=2)
@@ -1035,6 +1088,29 @@ def check_writable(root: Path | str, models: Iterable[str] = ()) -> None:
         )
 
 
+def _arrays(dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Dense arrays as numpy (what `_save_dense` writes), for describing them."""
+    return {name: np.asarray(a) for name, a in dense.items()}
+
+
+def _describe(arrays: dict[str, dict[str, np.ndarray]], schema: dict) -> dict[str, dict[str, dict]]:
+    """File -> tensor -> dtype, shape and the meaning `schema["tensor_docs"]` gives it."""
+    docs: dict[str, str] = schema.get("tensor_docs", {})
+
+    def doc(name: str) -> str:
+        if name in docs:
+            return docs[name]
+        return next((d for p, d in docs.items() if fnmatch.fnmatchcase(name, p)), "")
+
+    return {
+        file: {
+            name: {"dtype": str(a.dtype), "shape": list(a.shape), "doc": doc(name)}
+            for name, a in tensors.items()
+        }
+        for file, tensors in arrays.items()
+    }
+
+
 def _save_dense(dense: dict[str, np.ndarray]) -> bytes:
     try:
         return st_save({name: np.ascontiguousarray(a) for name, a in dense.items()})
@@ -1043,6 +1119,7 @@ def _save_dense(dense: dict[str, np.ndarray]) -> bytes:
 
 
 __all__ = [
+    "Exports",
     "Manifest",
     "Snapshot",
     "SnapshotConfig",

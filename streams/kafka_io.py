@@ -38,6 +38,10 @@ DURABLE = {"acks": "all", "enable.idempotence": True}
 """Every producer's delivery guarantee: acknowledged by all in-sync replicas, no duplicate or
 reordered batch on a retry. Also the `add_config` of Bytewax's `KafkaSink` (DLQ, samples)."""
 
+QUIET = {"log_level": 4}
+"""librdkafka logs warnings and errors only (syslog level 4): its informational lines (e.g.
+`BGQUEUE ... Purging 1 unserved events` when a client closes) say nothing an operator acts on."""
+
 PRODUCER_DEFAULTS = {
     "linger.ms": 20,
     "batch.num.messages": 10_000,
@@ -45,9 +49,10 @@ PRODUCER_DEFAULTS = {
     "queue.buffering.max.kbytes": 1_048_576,
     "partitioner": "murmur2_random",
     **DURABLE,
+    **QUIET,
 }
 
-SINK_CONFIG = {k: str(v).lower() for k, v in DURABLE.items()}
+SINK_CONFIG = {k: str(v).lower() for k, v in {**DURABLE, **QUIET}.items()}
 """`DURABLE` as the string map `bytewax.connectors.kafka.KafkaSink(add_config=...)` takes."""
 
 OUT_OF_RANGE = "error"
@@ -88,6 +93,7 @@ def make_consumer(bootstrap: Broker, **overrides: object) -> Consumer:
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         "auto.offset.reset": OUT_OF_RANGE,
+        **QUIET,
         **overrides,
     }
     return Consumer(conf)
@@ -217,7 +223,7 @@ def topic_id(bootstrap: Broker | dict, topic: str, timeout: float = 10.0) -> str
         LogMismatchError: the topic does not exist.
         StreamsKafkaError: the broker did not answer.
     """
-    admin = AdminClient(client_config(bootstrap))
+    admin = AdminClient(client_config(bootstrap, **QUIET))
     where = _where(bootstrap)
     future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
     try:
@@ -550,6 +556,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, LogMark]):
             "enable.partition.eof": True,
             "auto.offset.reset": OUT_OF_RANGE,
             "fetch.wait.max.ms": 10,
+            **QUIET,
         }
         return _BatchPartition(
             config,
