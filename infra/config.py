@@ -65,6 +65,11 @@ class StackConfig(_Frozen):
     """The Redis probed when no URL is configured."""
     startup_timeout_s: float = Field(default=30.0, gt=0)
     """How long to wait for a started service to answer."""
+    redis_cluster: bool = False
+    """Start a local Redis Cluster (`cluster_masters` masters, no replicas) instead of a single
+    Redis when no Redis URL is set (`streamrec infra up --redis-cluster`)."""
+    cluster_masters: int = Field(default=3, ge=1, le=16)
+    """Masters of the local Redis Cluster."""
 
 
 class Settings(_Frozen):

@@ -1,13 +1,19 @@
-"""Session fixtures: the real local stack (Tansu broker + Redis) shared by the whole suite."""
+"""Session fixtures: the real local stack (Tansu broker + Redis) shared by the whole suite.
+
+`REDIS_CLUSTER=1` runs the suite's Redis on a local 3-master Redis Cluster the session starts
+(`redis_url` then names it); the Redis-facing tests of `tests/features` run on both anyway
+(`tests/features/conftest.py`)."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from features.redis_conn import Client, connect
 from infra import stack
 from infra.config import Settings, load_settings
 
@@ -45,9 +51,21 @@ def bootstrap(local_stack: stack.StackState) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url(local_stack: stack.StackState) -> str:
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.RedisCluster]:
+    """A local Redis Cluster of 3 masters for this session (started once, stopped at the end)."""
+    cluster = stack.start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(local_stack: stack.StackState, request: pytest.FixtureRequest) -> str:
     """URL of the test Redis database: a DB this session claims (so two test sessions on one
-    machine never flush each other's data), flushed before and after the session."""
+    machine never flush each other's data), flushed before and after the session; with
+    `REDIS_CLUSTER=1`, the session's own Redis Cluster."""
+    if os.environ.get("REDIS_CLUSTER", "") not in ("", "0"):
+        yield request.getfixturevalue("redis_cluster").url
+        return
     base = local_stack.redis_url.rsplit("/", 1)[0]
     token = uuid.uuid4().hex
     for db in TEST_REDIS_DBS:
@@ -65,9 +83,9 @@ def redis_url(local_stack: stack.StackState) -> str:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A client on the test database."""
-    client = redis.Redis.from_url(redis_url)
+def redis_client(redis_url: str) -> Iterator[Client]:
+    """A client on the test database (a `RedisCluster` on a cluster URL)."""
+    client = connect(redis_url)
     yield client
     client.close()
 
