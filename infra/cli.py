@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import TextColumn
 from rich.table import Table
 
+from features.redis_conn import redact
 from features.windows import WINDOWS
 from infra import stack
 from infra.cli_errors import (
@@ -74,7 +75,7 @@ def infra_up(config: ConfigOpt = None) -> None:
     services(settings, kafka=bool(settings.kafka.bootstrap), redis=bool(settings.redis.url))
     state = stack.up(settings)
     console.print(f"kafka  {state.bootstrap}" + (" (started)" if state.kafka.pid else ""))
-    console.print(f"redis  {state.redis_url}" + (" (started)" if state.redis.pid else ""))
+    console.print(f"redis  {redact(state.redis_url)}" + (" (started)" if state.redis.pid else ""))
     console.print(f"topics {', '.join(state.topics)}")
 
 
@@ -90,7 +91,8 @@ def infra_status(config: ConfigOpt = None) -> None:
     for service in report:
         state = f"up ({service.latency_ms:,.0f} ms)" if service.up else f"DOWN: {service.detail}"
         console.print(
-            f"{service.name:6} {service.address}  {state}  ({service.origin})", soft_wrap=True
+            f"{service.name:6} {redact(service.address)}  {state}  ({service.origin})",
+            soft_wrap=True,
         )
     down = {s.name for s in report if not s.up}
     if "kafka" in down:

@@ -18,7 +18,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from features.errors import FeaturesError
-from features.redis_conn import connect
+from features.redis_conn import connect, redact
 from infra.config import Settings
 from infra.errors import StackError
 from infra.processes import free_port, pid_runs, spawn, stop_pid
@@ -335,7 +335,7 @@ def up(settings: Settings, redis_cluster: bool | None = None) -> StackState:
 
     if settings.redis.url:
         if not redis_answers(settings.redis.url):
-            raise StackError(f"no Redis answers at REDIS_URL={settings.redis.url}")
+            raise StackError(f"no Redis answers at REDIS_URL={redact(settings.redis.url)}")
         redis_service = Service(address=settings.redis.url)
     elif cluster:
         nodes = previous.redis_nodes if previous else ()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 from fastapi import FastAPI
 
 from features.client import FeatureClient
 from features.exposure import ExposureFilter
+from features.redis_conn import connect
 from serving.app import create_app
 from serving.config import ServingConfig
 from serving.recommender import Recommender
@@ -44,7 +44,7 @@ def build_service(
         exposure_namespace: key namespace of the exposure filters.
     """
     # Every Redis call is bounded: a hung Redis costs a request `redis_timeout_s` per call.
-    client = redis.Redis.from_url(
+    client = connect(
         redis_url,
         socket_timeout=config.redis_timeout_s,
         socket_connect_timeout=config.redis_timeout_s,
