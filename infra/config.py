@@ -18,6 +18,9 @@ from learners.snapshots import SnapshotConfig
 from serving.config import ServingConfig
 from streams.config import EventLimits, MetricsConfig, SamplesConfig, StatsConfig
 
+API_TOKEN_FILE_ENV = "STREAMREC_API_TOKEN_FILE"
+"""Environment variable naming the API token file (`serving.api_token_file`)."""
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
@@ -134,7 +137,8 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
 
     Args:
         path: YAML file; defaults to `$STREAMREC_CONFIG` if set, else built-in defaults.
-        env: environment to read (`KAFKA_BOOTSTRAP`, `REDIS_URL`, `STREAMREC_DATA_DIR`).
+        env: environment to read (`KAFKA_BOOTSTRAP`, `REDIS_URL`, `STREAMREC_DATA_DIR`,
+            `STREAMREC_API_TOKEN_FILE`).
 
     Returns:
         The validated settings; environment values override the file.
@@ -151,6 +155,8 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
         data.setdefault("kafka", {})["bootstrap"] = env["KAFKA_BOOTSTRAP"]
     if env.get("REDIS_URL"):
         data.setdefault("redis", {})["url"] = env["REDIS_URL"]
+    if env.get(API_TOKEN_FILE_ENV):
+        data.setdefault("serving", {})["api_token_file"] = env[API_TOKEN_FILE_ENV]
     if env.get(DATA_DIR_ENV) or "data_dir" not in data:
         data["data_dir"] = default_data_dir(env)
     try:

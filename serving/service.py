@@ -32,6 +32,7 @@ def build_service(
     models: tuple[str, str],
     config: ServingConfig,
     exposure_namespace: str,
+    api_token: str | None = None,
 ) -> Service:
     """The service over the stores at `redis_url` and the snapshots under `snapshot_root`.
 
@@ -42,6 +43,7 @@ def build_service(
         models: (ranker, retriever) model names of the snapshots.
         config: retrieval, ranking and API settings.
         exposure_namespace: key namespace of the exposure filters.
+        api_token: the bearer token every request but the probes must carry; None: open.
     """
     # Every Redis call is bounded: a hung Redis costs a request `redis_timeout_s` per call.
     client = connect(
@@ -57,5 +59,5 @@ def build_service(
         ExposureFilter(client, exposure_namespace),
         config,
     )
-    app = create_app(recommender, config.max_n, config.default_n, config.max_in_flight)
+    app = create_app(recommender, config.max_n, config.default_n, config.max_in_flight, api_token)
     return Service(app, watcher, recommender)

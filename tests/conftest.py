@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 
@@ -16,6 +17,8 @@ import redis
 from features.redis_conn import Client, connect
 from infra import stack
 from infra.config import Settings, load_settings
+from tests import secured_redis as secured_redis_server
+from tests.secured_redis import SecuredRedis
 
 TEST_REDIS_DBS = range(3, 12)
 """Databases a test session may use; each session claims one no other running session holds
@@ -31,8 +34,6 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if k in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
 
 
@@ -56,6 +57,14 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.Re
     cluster = stack.start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredRedis]:
+    """A redis-server with `requirepass`, an ACL user and mutual TLS (`tests/secured_redis.py`)."""
+    urls, proc = secured_redis_server.start(tmp_path_factory.mktemp("secured-redis"))
+    yield urls
+    secured_redis_server.stop([proc], signal.SIGTERM)
 
 
 @pytest.fixture(scope="session")
