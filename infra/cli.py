@@ -68,14 +68,27 @@ def _global_options(
 
 
 @infra_app.command("up")
-def infra_up(config: ConfigOpt = None) -> None:
+def infra_up(
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--redis-cluster",
+            help="Start a local Redis Cluster (stack.cluster_masters masters, default 3) instead "
+            "of a single Redis when REDIS_URL is unset; its URL ends in ?cluster=true.",
+        ),
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
     """Start (or find) the broker and Redis and create the topics; idempotent."""
     settings = settings_from(config)
     # a configured service must answer (exit 3 / 4, like every command); others are started
     services(settings, kafka=bool(settings.kafka.bootstrap), redis=bool(settings.redis.url))
-    state = stack.up(settings)
+    state = stack.up(settings, redis_cluster=redis_cluster or None)
     console.print(f"kafka  {state.bootstrap}" + (" (started)" if state.kafka.pid else ""))
-    console.print(f"redis  {redact(state.redis_url)}" + (" (started)" if state.redis.pid else ""))
+    started = state.redis.pid or state.redis_nodes
+    console.print(f"redis  {redact(state.redis_url)}" + (" (started)" if started else ""))
+    for node in state.redis_nodes:
+        console.print(f"       cluster node {node.address} (pid {node.pid})")
     console.print(f"topics {', '.join(state.topics)}")
 
 
