@@ -58,7 +58,9 @@ class RedisConfig(_Frozen):
     """Where Redis is."""
 
     url: str | None = None
-    """redis:// URL to use; None means 127.0.0.1:6379 if it answers, else a started one."""
+    """redis:// URL to use; None means 127.0.0.1:6379 if it answers, else a started one. It may
+    carry an ACL user and password, `rediss://` with `ssl_ca_certs=` / `ssl_certfile=` /
+    `ssl_keyfile=`, and `?cluster=true` for a Redis Cluster (`features.redis_conn`)."""
 
 
 class StackConfig(_Frozen):
