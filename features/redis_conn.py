@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlparse, urlunparse
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from features.errors import FeaturesError
 
@@ -84,13 +85,19 @@ def redact(url: str) -> str:
 def connect(url: str, **kwargs: object) -> Client:
     """A redis-py client of `url`: `redis.Redis`, or `RedisCluster` for `?cluster=true`.
 
+    Raises:
+        redis.ConnectionError: no node of a cluster answers (a cluster client connects at once).
+
     Args:
         kwargs: more client arguments (`socket_timeout=2`, ...); URL options win.
     """
     base, cluster = split_url(url)
-    if cluster:
+    if not cluster:
+        return redis.Redis.from_url(base, **kwargs)
+    try:  # a cluster client asks a node for the slot map at once
         return RedisCluster.from_url(base, **kwargs)
-    return redis.Redis.from_url(base, **kwargs)
+    except RedisClusterException as exc:  # not a RedisError: callers catch those
+        raise redis.ConnectionError(f"Redis Cluster at {redact(url)}: {exc}") from exc
 
 
 def is_cluster(client: object) -> bool:
