@@ -16,7 +16,13 @@ from infra.errors import ConfigError
 from learners.config import LearnConfig
 from learners.snapshots import SnapshotConfig
 from serving.config import ServingConfig
-from streams.config import EventLimits, MetricsConfig, SamplesConfig, StatsConfig
+from streams.config import (
+    EventLimits,
+    ExperimentFlowConfig,
+    MetricsConfig,
+    SamplesConfig,
+    StatsConfig,
+)
 
 API_TOKEN_FILE_ENV = "STREAMREC_API_TOKEN_FILE"
 """Environment variable naming the API token file (`serving.api_token_file`)."""
@@ -101,6 +107,9 @@ class Settings(_Frozen):
     """The exposure job and the filters it keeps."""
     samples: SamplesConfig = SamplesConfig()
     """The sample joiner."""
+    experiments: ExperimentFlowConfig = ExperimentFlowConfig()
+    """The experiments job (per-arm counts for `streamrec experiments report`); the
+    experiments themselves are `serving.experiments` (a YAML file)."""
     metrics: MetricsConfig = MetricsConfig()
     """The stream jobs' Prometheus endpoints (off unless a port is set)."""
     snapshots: SnapshotConfig

@@ -57,6 +57,9 @@ class RecommendResponse(BaseModel):
     history: int = 0
     """Clicked notes of the user the models read (0: none stored, or no model reads them)."""
     timings_ms: dict[str, float]
+    arms: dict[str, str] = {}
+    """The user's experiment arms (experiment -> arm) applied to this answer: log them with its
+    impressions (`arms` of the event, docs/experiments.md)."""
 
 
 class FeaturesResponse(BaseModel):
@@ -116,6 +119,12 @@ class Metrics:
         )
         self.refused = Counter(
             "streamrec_overload_refused", "Requests refused beyond max_in_flight", registry=r
+        )
+        self.arms = Counter(
+            "streamrec_experiment_answers",
+            "/recommend answers by experiment arm (docs/experiments.md)",
+            ["experiment", "arm"],
+            registry=r,
         )
 
     def declare(self, endpoints: list[str]) -> None:
@@ -229,6 +238,8 @@ def create_app(
             raise HTTPException(503, str(exc)) from None
         except DependencyError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        for experiment, arm in rec.arms.items():
+            metrics.arms.labels(experiment, arm).inc()
         return RecommendResponse(
             user_id=rec.user_id,
             items=[Item(**item.__dict__) for item in rec.items],
@@ -240,6 +251,7 @@ def create_app(
             features_degraded=rec.features_degraded,
             history=rec.history,
             timings_ms=rec.timings_ms,
+            arms=rec.arms,
         )
 
     @app.get("/features/{entity}/{entity_id}", response_model=FeaturesResponse)

@@ -89,3 +89,18 @@ class MetricsConfig(BaseModel):
     jobs that run at the same time on one host each need their own range."""
     host: str = "127.0.0.1"
     """Address the endpoints listen on (`0.0.0.0` for a Prometheus on another host)."""
+
+
+class ExperimentFlowConfig(BaseModel):
+    """Settings of the experiments job (`streamrec run experiments`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    allowed_lateness_ms: int = Field(default=3_600_000, ge=0)
+    """Out-of-orderness tolerated: an older event is `late`; a day closes (its cells final) once
+    the partition's high-water mark passed its end by this much."""
+    flush_interval_s: float = Field(default=10.0, gt=0)
+    """Least wall-clock interval between two writes of a partition's changed cells."""
+    inherit_arms: bool = True
+    """An event without arms counts for the arms of its user's last event with arms (False:
+    only events that carry arms count, e.g. when other traffic shares the topic)."""
