@@ -112,6 +112,7 @@ class OnlineLearner:
         for m in (ranker, retriever):
             m.freeze_dense()
             m.set_embedding_lr(config.online_emb_lr)
+        ranker.track_offsets(config.calibration_window)
         self.writers = writers
         self.config = config
         self.snapshots = snapshots
@@ -311,6 +312,8 @@ class OnlineLearner:
         state = cls.from_snapshot(snap)
         state.freeze_dense()
         state.set_embedding_lr(self.config.online_emb_lr)
+        if isinstance(state, RankerState):
+            state.track_offsets(self.config.calibration_window)
         setattr(self, name, state)
         self.bases[name] = snap.versions[0]
         logger.info("%s: continuing from the newer full version %s", name, snap.versions[0])
