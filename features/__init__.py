@@ -10,6 +10,8 @@
   log (`read_sample_log`).
 - Click history (view `user_history`, each user's last clicked notes, newest first): the sample
   joiner writes it with `HistoryWriter`, `FeatureClient.history` reads it.
+- Retrieval indexes (ItemCF / Swing neighbour lists, authors' newest notes, fresh notes):
+  the co-click job writes them, the serving channels read them (`NeighbourStore`).
 - Paths: `DataPaths(data_dir)` derives every file location from one data directory.
 
 Names are loaded on first use, so `import features` stays cheap for the streaming jobs.
@@ -48,6 +50,7 @@ _EXPORTS = {
     "FeaturesError": "features.errors",
     "HISTORY_VIEW": "features.history",
     "HistoryWriter": "features.history",
+    "NeighbourStore": "features.neighbours",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

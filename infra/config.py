@@ -16,7 +16,7 @@ from infra.errors import ConfigError
 from learners.config import LearnConfig
 from learners.snapshots import SnapshotConfig
 from serving.config import ServingConfig
-from streams.config import EventLimits, MetricsConfig, SamplesConfig, StatsConfig
+from streams.config import CoClickConfig, EventLimits, MetricsConfig, SamplesConfig, StatsConfig
 
 
 class _Frozen(BaseModel):
@@ -91,6 +91,8 @@ class Settings(_Frozen):
     """The exposure job and the filters it keeps."""
     samples: SamplesConfig = SamplesConfig()
     """The sample joiner."""
+    coclick: CoClickConfig = CoClickConfig()
+    """The co-click job (`streamrec run itemcf`): ItemCF, Swing, author and fresh indexes."""
     metrics: MetricsConfig = MetricsConfig()
     """The stream jobs' Prometheus endpoints (off unless a port is set)."""
     snapshots: SnapshotConfig

@@ -8,11 +8,12 @@ filter -> shard) and takes its I/O as arguments, so it runs the same on Kafka an
 
     run_main(build_stats_flow(TestingSource(raw_batches), sink, dlq, StatsConfig()))
 
-Deployed, the flows run as `streamrec run validate | stats | exposure | samples` (`infra.jobs`).
+Deployed, the flows run as `streamrec run validate | stats | exposure | samples | itemcf` (`infra.jobs`).
 Events: `Event`, `decode_event`, `encode_event`, dead letters `DeadLetter`. Replays:
 `replay(source, bootstrap, topic)` with `SyntheticSource`, `MovieLensSource`,
 `KuaiRandSource`, `ListSource`. The plain-pandas oracle of the stats job is
-`streams.reference.expected_features`. Every error raised here is a `StreamsError`.
+`streams.reference.expected_features`; of the co-click job (ItemCF, Swing)
+`streams.cf_reference.expected_neighbours`. Every error raised here is a `StreamsError`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ _EXPORTS = {
     "MovieLensSource": "streams.sources.movielens",
     "KuaiRandSource": "streams.sources.kuairand",
     "expected_features": "streams.reference",
+    "expected_neighbours": "streams.cf_reference",
+    "CoClickConfig": "streams.config",
+    "build_itemcf_flow": "streams.itemcf:build_flow",
     "StreamsError": "streams.errors",
     "EventError": "streams.errors",
     "build_validate_flow": "streams.validate:build_flow",

@@ -1,0 +1,415 @@
+"""The co-click job: ItemCF and Swing neighbours of every note, kept current from the clicks.
+
+Formulas (seeds 002 Part 2, 1.1-1.2; DESIGN.md "The funnel"). `I(u)` is the set of user u's
+last `user_window` distinct clicked notes, `U(i)` the users with note i in that set:
+
+- ItemCF with the user-activity penalty (ItemCF-IUF): a user who clicks everything says little
+  about any pair, so each co-clicking user counts 1 / log(1 + |I(u)|)::
+
+      itemcf(i, j) = sum_{u in U(i) & U(j)} 1 / log(1 + |I(u)|)  /  sqrt(|U(i)| |U(j)|)
+
+- Swing: two items are similar when *unrelated* users both clicked them - every pair of users
+  {u, v} who both clicked i and j adds less the more notes they share (a small circle of users
+  who click the same things counts little)::
+
+      swing(i, j) = sum_{{u, v} in U(i) & U(j), u != v} 1 / (alpha + |I(u) & I(v)|)
+
+Dataflow: Kafka batches -> the ingest step (dead letters, duplicates dropped) -> one `Part` per
+batch (its clicks and what the fresh and author indexes need) -> one stateful step holding the
+click graph (a global key: similarities need every user) -> `Refresh` updates -> the Redis sink
+(`features.neighbours.NeighbourStore`). A click marks the notes whose lists it changes:
+for both kinds the user's notes (their pair weights changed) and the clicked (and any evicted)
+note; for ItemCF also every note co-clicked with those two (their `|U|` changed). At most every
+`refresh_s` seconds of wall clock, and at the end of a bounded input, the marked notes' lists
+are recomputed exactly from the graph (sparse products) and written. So after the end of the
+input the stored lists equal `streams.cf_reference.expected_neighbours` of the same events
+(tests/streams/test_itemcf.py).
+
+Beside the lists the step keeps, from every event, each note's first-seen time, the fresh notes
+(first seen within `fresh_ms`, fewer than `trust_impressions` impressions) and each author's
+newest notes: the fresh and author channels' indexes.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import bytewax.operators as op
+import numpy as np
+import redis
+import scipy.sparse as sp
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulLogic
+from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
+
+from features.neighbours import FreshNote, NeighbourStore
+from features.windows import TYPE_METRIC
+from streams.config import DEFAULT_LIMITS, CoClickConfig, EventLimits
+from streams.ingest import Columns, ingest_flow
+from streams.kafka_io import RawBatch
+from streams.retry import with_retry
+
+FLOW = "itemcf"
+DEFAULT_COCLICK = CoClickConfig()
+CLICK = TYPE_METRIC["click"]
+IMPRESSION = TYPE_METRIC["impression"]
+DIGITS = 9
+"""Scores are rounded to this many decimals (ties then break by note id, the same in the job
+and in the oracle, whatever the order of the floating-point sums)."""
+
+Row = tuple[list[str], list[float]]
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """What the co-click step needs of one batch."""
+
+    clicks: list[tuple[str, str]]
+    """(user, note) of the batch's clicks, in arrival order."""
+    seen: list[tuple[str, int, bool, str, str]]
+    """(note, ts, is impression, author, category) of every event, in arrival order."""
+    hwm: int
+
+
+def part_of(cols: Columns, hwm: int | None) -> list[tuple[str, Part]]:
+    """The batch's clicks and sightings as one part of the global key."""
+    if not len(cols.ts) or hwm is None:
+        return []
+    clicks = [(cols.users[i], cols.notes[i]) for i in np.flatnonzero(cols.kind == CLICK).tolist()]
+    shown = (cols.kind == IMPRESSION).tolist()
+    seen = [
+        (e.note_id, e.ts, s, e.author_id or "", e.category or "")
+        for e, s in zip(cols.events, shown, strict=True)
+    ]
+    return [("all", Part(clicks, seen, hwm))]
+
+
+def top_k(ids: list[str], scores: np.ndarray, k: int) -> Row:
+    """The `k` best (rounded score desc, then note id) of `ids`, scores > 0 only."""
+    rounded = np.round(scores, DIGITS)
+    keep = np.flatnonzero(rounded > 0)
+    order = sorted(keep.tolist(), key=lambda j: (-rounded[j], ids[j]))[:k]
+    return [ids[j] for j in order], [float(rounded[j]) for j in order]
+
+
+@dataclass
+class ClickGraph:
+    """The click graph the similarities are computed from, and the notes to recompute."""
+
+    window: int
+    user_notes: dict[str, dict[str, None]] = field(default_factory=dict)
+    """user -> their kept notes, least recently clicked first (at most `window`)."""
+    note_users: dict[str, set[str]] = field(default_factory=dict)
+    """note -> users keeping it (empty sets removed)."""
+    dirty: set[str] = field(default_factory=set)
+    """Notes whose lists of both kinds changed."""
+    renormed: set[str] = field(default_factory=set)
+    """Notes whose clicker count changed: their co-clicked notes' ItemCF lists changed."""
+
+    def click(self, user: str, note: str) -> None:
+        """Add one click (a note already kept only moves to the user's most recent)."""
+        notes = self.user_notes.setdefault(user, {})
+        if note in notes:
+            del notes[note]
+            notes[note] = None
+            return
+        self.dirty.update(notes)
+        self.dirty.add(note)
+        self.renormed.add(note)
+        notes[note] = None
+        self.note_users.setdefault(note, set()).add(user)
+        if len(notes) > self.window:
+            evicted = next(iter(notes))
+            del notes[evicted]
+            users = self.note_users[evicted]
+            users.discard(user)
+            if not users:
+                del self.note_users[evicted]
+            self.renormed.add(evicted)
+
+    def matrix(self) -> tuple[list[str], dict[str, int], sp.csr_matrix]:
+        """(note ids, note -> column, (users, notes) 0/1 CSR of the kept clicks)."""
+        notes = list(self.note_users)
+        col = {n: j for j, n in enumerate(notes)}
+        rows, cols = [], []
+        for i, kept in enumerate(self.user_notes.values()):
+            rows.extend([i] * len(kept))
+            cols.extend(col[n] for n in kept)
+        data = np.ones(len(rows), dtype=np.float64)
+        r = sp.csr_matrix((data, (rows, cols)), shape=(len(self.user_notes), len(notes)))
+        return notes, col, r
+
+    def take_dirty(self, r: sp.csr_matrix, col: dict[str, int]) -> tuple[set[str], set[str]]:
+        """(notes whose Swing lists changed, notes whose ItemCF lists changed); clears both."""
+        swing = set(self.dirty)
+        cf = set(self.dirty)
+        renormed = [col[n] for n in self.renormed if n in col]
+        if renormed:
+            users = np.asarray(r[:, renormed].sum(axis=1)).ravel() > 0
+            near = np.asarray(r[users].sum(axis=0)).ravel() > 0
+            notes = list(col)
+            cf.update(notes[j] for j in np.flatnonzero(near).tolist())
+        cf.update(self.renormed)  # an evicted note without users loses its list
+        self.dirty, self.renormed = set(), set()
+        return swing, cf
+
+
+def itemcf_rows(
+    notes: list[str], col: dict[str, int], r: sp.csr_matrix, which: Iterable[str], k: int
+) -> dict[str, Row]:
+    """ItemCF top-`k` lists of the notes `which` (module docstring's formula)."""
+    out: dict[str, Row] = {}
+    which = list(which)
+    present = [n for n in which if n in col]
+    out.update({n: ([], []) for n in which if n not in col})
+    if not present:
+        return out
+    idx = np.array([col[n] for n in present])
+    activity = np.asarray(r.sum(axis=1)).ravel()  # (users,)
+    weight = 1.0 / np.log1p(np.maximum(activity, 1.0))
+    clickers = np.asarray(r.sum(axis=0)).ravel()  # (notes,)
+    co = (r[:, idx].T @ sp.diags(weight) @ r).tocsr()  # (D, notes) weighted co-clicks
+    for d, n in enumerate(present):
+        lo, hi = co.indptr[d], co.indptr[d + 1]
+        cols, values = co.indices[lo:hi], co.data[lo:hi]
+        mask = cols != idx[d]
+        cols, values = cols[mask], values[mask]
+        sims = values / np.sqrt(clickers[idx[d]] * clickers[cols])
+        out[n] = top_k([notes[j] for j in cols.tolist()], sims, k)
+    return out
+
+
+def swing_rows(
+    notes: list[str],
+    col: dict[str, int],
+    r: sp.csr_matrix,
+    which: Iterable[str],
+    k: int,
+    alpha: float,
+) -> dict[str, Row]:
+    """Swing top-`k` lists of the notes `which` (module docstring's formula)."""
+    out: dict[str, Row] = {}
+    rc = r.tocsc()
+    for n in which:
+        if n not in col:
+            out[n] = ([], [])
+            continue
+        j = col[n]
+        users = rc.indices[rc.indptr[j] : rc.indptr[j + 1]]
+        if len(users) < 2:
+            out[n] = ([], [])
+            continue
+        rv = r[users]  # (V, notes)
+        overlap = (rv @ rv.T).toarray()  # (V, V) notes both kept
+        pair = 1.0 / (alpha + overlap)
+        np.fill_diagonal(pair, 0.0)
+        # sum over unordered pairs {u, v} of pair[u, v] r[u, j'] r[v, j'], per note j'
+        sims = 0.5 * np.asarray(rv.multiply(pair @ rv).sum(axis=0)).ravel()  # (notes,)
+        sims[j] = 0.0
+        nz = np.flatnonzero(sims > 0)
+        out[n] = top_k([notes[x] for x in nz.tolist()], sims[nz], k)
+    return out
+
+
+@dataclass
+class CoClickState:
+    """Recoverable state of the co-click step."""
+
+    graph: ClickGraph
+    first_seen: dict[str, int] = field(default_factory=dict)
+    """note -> event time it was first seen (every note ever seen)."""
+    fresh: dict[str, list] = field(default_factory=dict)
+    """Fresh note -> [first seen, impressions, category, author]."""
+    authors: dict[str, dict[str, int]] = field(default_factory=dict)
+    """author -> their newest notes -> first seen (at most `per_author`)."""
+    hwm: int | None = None
+    fresh_changed: set[str] = field(default_factory=set)
+    stale: set[str] = field(default_factory=set)
+    authors_changed: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """What one recomputation writes."""
+
+    rows: dict[str, dict[str, Row]]
+    """kind -> note -> its new list ([] deletes it)."""
+    authors: dict[str, dict[str, int]]
+    fresh: list[FreshNote]
+    stale: list[str]
+    hwm: int | None
+    seconds: float = 0.0
+    """Wall-clock time the recomputation took."""
+
+
+class CoClickLogic(StatefulLogic[Part, Refresh, CoClickState]):
+    """The co-click step (module docstring)."""
+
+    def __init__(self, state: CoClickState, config: CoClickConfig, recoverable: bool) -> None:
+        self.state, self.config, self.recoverable = state, config, recoverable
+        self._due: datetime | None = None
+
+    def apply(self, part: Part) -> None:
+        """Add a batch to the state."""
+        st = self.state
+        for user, note in part.clicks:
+            st.graph.click(user, note)
+        for note, ts, shown, author, cat in part.seen:
+            first = st.first_seen.get(note)
+            if first is None:
+                st.fresh[note] = [ts, 0, cat, author]
+                st.fresh_changed.add(note)
+            if first is None or ts < first:  # partitions interleave: the earliest time wins
+                st.first_seen[note] = ts
+                if note in st.fresh:
+                    st.fresh[note][0] = ts
+                    st.fresh_changed.add(note)
+                if author:
+                    self._author_note(author, note, ts)
+            info = st.fresh.get(note)
+            if info is not None:
+                if shown:
+                    info[1] += 1
+                    st.fresh_changed.add(note)
+                if not info[2] and cat:
+                    info[2] = cat
+        st.hwm = part.hwm if st.hwm is None else max(st.hwm, part.hwm)
+
+    def _author_note(self, author: str, note: str, ts: int) -> None:
+        st = self.state
+        kept = st.authors.setdefault(author, {})
+        kept[note] = ts
+        st.authors_changed.setdefault(author, {})[note] = ts
+        if len(kept) > self.config.per_author:
+            del kept[min(kept, key=lambda n: (kept[n], n))]
+
+    def refresh(self) -> Refresh:
+        """Recompute the marked notes' lists; the fresh and author changes since the last."""
+        start = time.perf_counter()
+        st, cfg = self.state, self.config
+        rows: dict[str, dict[str, Row]] = {}
+        if st.graph.dirty or st.graph.renormed:
+            notes, col, r = st.graph.matrix()
+            swing, cf = st.graph.take_dirty(r, col)
+            rows["itemcf"] = itemcf_rows(notes, col, r, sorted(cf), cfg.top_k)
+            if cfg.swing:
+                rows["swing"] = swing_rows(notes, col, r, sorted(swing), cfg.top_k, cfg.alpha)
+        horizon = (st.hwm or 0) - cfg.fresh_ms
+        for note, info in list(st.fresh.items()):
+            if info[1] >= cfg.trust_impressions or info[0] < horizon:
+                del st.fresh[note]
+                st.stale.add(note)
+        fresh = [
+            FreshNote(n, st.fresh[n][0], st.fresh[n][2], st.fresh[n][3], st.fresh[n][1])
+            for n in sorted(st.fresh_changed)
+            if n in st.fresh
+        ]
+        authors, stale = st.authors_changed, sorted(st.stale)
+        st.fresh_changed, st.stale, st.authors_changed = set(), set(), {}
+        return Refresh(rows, authors, fresh, stale, st.hwm, time.perf_counter() - start)
+
+    def _pending(self) -> bool:
+        st = self.state
+        return bool(
+            st.graph.dirty
+            or st.graph.renormed
+            or st.fresh_changed
+            or st.stale
+            or st.authors_changed
+        )
+
+    def on_item(self, value: Part) -> tuple[list[Refresh], bool]:
+        self.apply(value)
+        now = datetime.now(UTC)
+        if self._due is None:
+            self._due = now + timedelta(seconds=self.config.refresh_s)
+        if now >= self._due:
+            return self.on_notify()
+        return [], StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[Refresh], bool]:
+        self._due = None
+        return ([self.refresh()] if self._pending() else []), StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Refresh], bool]:
+        return self.on_notify()
+
+    def notify_at(self) -> datetime | None:
+        return self._due if self._pending() else None
+
+    def snapshot(self) -> CoClickState | None:
+        return copy.deepcopy(self.state) if self.recoverable else None
+
+
+def build_flow(
+    source: Source[RawBatch],
+    sink: Sink[Refresh],
+    dlq: DynamicSink,
+    config: CoClickConfig = DEFAULT_COCLICK,
+    limits: EventLimits = DEFAULT_LIMITS,
+    recoverable: bool = True,
+) -> Dataflow:
+    """Build the co-click dataflow.
+
+    Args:
+        source: raw Kafka batches (`KafkaBatchSource` or a `TestingSource` of `RawBatch`).
+        sink: receives `Refresh` updates (a `NeighbourSink` in production).
+        dlq: receives dead letters (undecodable, duplicate, ...).
+        config: job settings.
+        limits: event decoding limits.
+        recoverable: snapshot the state each epoch (off only when running without recovery).
+    """
+    flow, parts = ingest_flow(
+        FLOW, source, dlq, limits=limits, lateness_ms=None, shard=part_of, dedupe=True,
+        recoverable=recoverable,
+    )  # fmt: skip
+    refreshed = op.stateful(
+        "coclick",
+        parts,
+        lambda resume: CoClickLogic(
+            resume or CoClickState(ClickGraph(config.user_window)), config, recoverable
+        ),
+    )
+    op.output("neighbours", op.key_rm("refreshes", refreshed), sink)
+    return flow
+
+
+class _NeighbourPartition(StatelessSinkPartition[Refresh]):
+    def __init__(self, redis_url: str, project: str, per_author: int) -> None:
+        self._redis = redis.Redis.from_url(redis_url)
+        self._store = NeighbourStore(self._redis, project)
+        self._per_author = per_author
+
+    def write_batch(self, items: list[Refresh]) -> None:
+        for item in items:  # whole lists and set members: writing one again is harmless
+            with_retry(
+                lambda item=item: self._store.write(
+                    item.rows, item.authors, self._per_author, item.fresh, item.stale, item.hwm
+                ),
+                "neighbour sink",
+            )
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+class NeighbourSink(DynamicSink[Refresh]):
+    """Writes each `Refresh` into Redis (`features.neighbours.NeighbourStore`).
+
+    Args:
+        redis_url: the Redis of the online store.
+        project: the Feast project (the keys' prefix).
+        per_author: newest notes kept per author.
+    """
+
+    def __init__(self, redis_url: str, project: str, per_author: int) -> None:
+        self._args = (redis_url, project, per_author)
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _NeighbourPartition:
+        del step_id, worker_index, worker_count
+        return _NeighbourPartition(*self._args)
