@@ -21,8 +21,19 @@ import redis
 from features.client import FeatureClient
 from features.errors import ExposureError
 from features.exposure import ExposureFilter
+from features.neighbours import NeighbourStore
 from features.samples import STAT_FEATURES
-from serving.channels import Candidates, ContextChannel, Request, TwoTowerChannel, merge
+from serving.channels import (
+    AuthorChannel,
+    Candidates,
+    Channel,
+    ContextChannel,
+    FreshChannel,
+    NeighbourChannel,
+    Request,
+    TwoTowerChannel,
+    merge_found,
+)
 from serving.config import FusionConfig, ServingConfig
 from serving.errors import DependencyError
 from serving.watcher import SnapshotWatcher
@@ -39,6 +50,8 @@ class Scored:
     scores: dict[str, float]
     channel: str = "two_tower"
     """The retrieval channel that proposed the note."""
+    channels: list[str] = field(default_factory=list)
+    """Every retrieval channel whose candidates held the note (`channel` first)."""
 
 
 @dataclass
@@ -62,6 +75,9 @@ class Recommendation:
     history: int = 0
     """Clicked notes of the user the models were given (0: none stored, or no model reads it)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    candidates: dict[str, int] = field(default_factory=dict)
+    """Merged candidates per retrieval channel that found them (a note found by two counts
+    for both)."""
 
 
 def fuse(preds: dict[str, np.ndarray], config: FusionConfig) -> np.ndarray:
@@ -108,6 +124,16 @@ class Recommender:
         )
         self.two_tower = TwoTowerChannel()
         self.context = ContextChannel(config.context) if config.context.enabled else None
+        store = NeighbourStore(features.client, features.project)
+        cc = config.channels
+        made: list[tuple[Channel, int]] = [
+            (FreshChannel(store, cc), cc.fresh),
+            (NeighbourChannel("itemcf", store, cc), cc.itemcf),
+            (NeighbourChannel("swing", store, cc), cc.swing),
+            (AuthorChannel(store, cc), cc.author),
+        ]
+        self.channels = [(c, q) for c, q in made if q > 0]
+        """The co-click job's channels that are on, with their quotas (fresh first)."""
 
     def counts(self, view: str, ids: list[str]) -> tuple[np.ndarray, bool]:
         """(n, F) raw window counts in `STAT_FEATURES` order (0 where nothing is stored), and
@@ -136,15 +162,20 @@ class Recommender:
         user_counts, degraded = self.counts("user_stats", [user_id])
         user_stats = user_counts[0]  # (F,)
         length = max(view.ranker.history_len, view.retriever.history_len)
-        wanted = max(length, self.context.config.history if self.context is not None else 0)
+        wanted = max(
+            length,
+            self.context.config.history if self.context is not None else 0,
+            self.config.channels.history if self.channels else 0,
+        )
         # Counts unreadable: Redis is failing, do not spend another timeout on the history.
         history, history_degraded = self.history(user_id, wanted) if not degraded else ([], True)
         request = Request(user_id, user_stats, history[:length], view)
         t.append(time.perf_counter())
         two_tower = self.two_tower.candidates(request, self.config.retrieve_k)
         probe = self.context.probe(view) if self.context is not None else []
+        found, channels_degraded = self.ask_channels(Request(user_id, user_stats, history, view))
         t.append(time.perf_counter())
-        union = list(dict.fromkeys([*two_tower.ids, *probe]))
+        union = list(dict.fromkeys([*two_tower.ids, *probe, *(i for c, _ in found for i in c.ids)]))
         filtered = True
         try:
             seen = self.exposure.seen(user_id, union) if union else []
@@ -153,19 +184,31 @@ class Recommender:
         except (redis.RedisError, OSError) as exc:  # cannot tell what was shown: refuse
             raise DependencyError(f"exposure filters unavailable (Redis: {exc})") from exc
         shown = frozenset(i for i, s in zip(union, seen, strict=True) if s)
-        lists = [Candidates(two_tower.channel, *_drop(two_tower, shown), two_tower.personal)]
+        unseen_two_tower = Candidates(
+            two_tower.channel, *_drop(two_tower, shown), two_tower.personal
+        )
+        lists: list[Candidates] = []
+        quotas: list[int | None] = []
         context_k = min(self.config.context.candidates, self.config.rank_k)
         personal = False
+        fresh_personal = False
+        for cand, quota in found:  # fresh first: its quota is guaranteed
+            lists.append(Candidates(cand.channel, *_drop(cand, shown), cand.personal))
+            quotas.append(quota)
+            if cand.channel == FreshChannel.name:
+                fresh_personal = bool(cand.ids)
         if self.context is not None and context_k:
             ctx = self.context.candidates(
                 Request(user_id, user_stats, history, view, shown), context_k
             )
             personal = ctx.personal
-            lists.insert(0, ctx)  # its quota first, the two-tower channel fills up to rank_k
-        quotas = [context_k] * (len(lists) - 1) + [
-            self.config.rank_k - context_k * (len(lists) - 1)
-        ]
-        cand, cand_channels, cand_sims = merge(lists, quotas)
+            at = 1 if found and found[0][0].channel == FreshChannel.name else 0
+            lists.insert(at, ctx)
+            quotas.insert(at, context_k)
+        lists.append(unseen_two_tower)  # the two-tower channel fills up to rank_k
+        quotas.append(None)
+        merged = merge_found(lists, quotas, self.config.rank_k)
+        cand, cand_channels, cand_sims = merged.ids, merged.channel, merged.scores
         t.append(time.perf_counter())
         note_stats, notes_degraded = self.counts("note_stats", cand)  # (m, F)
         t.append(time.perf_counter())
@@ -175,8 +218,11 @@ class Recommender:
             durations=view.retriever.durations(cand), history=request.history,
         )  # fmt: skip
         fused = fuse(preds, self.config.fusion)
-        reserved = round(self.config.context.share * n) if personal else 0
-        order = blend(fused, cand_channels, ContextChannel.name, reserved, n)
+        reserved = {
+            FreshChannel.name: round(self.config.channels.fresh_share * n) if fresh_personal else 0,
+            ContextChannel.name: round(self.config.context.share * n) if personal else 0,
+        }
+        order = blend_found(fused, merged.channels, reserved, n)
         t.append(time.perf_counter())
         items = [
             Scored(
@@ -185,6 +231,7 @@ class Recommender:
                 float(cand_sims[j]),
                 {task: float(p[j]) for task, p in preds.items()},
                 cand_channels[j],
+                merged.channels[j],
             )
             for j in order.tolist()
         ]
@@ -196,13 +243,27 @@ class Recommender:
             items,
             view.versions,
             len(two_tower.ids),
-            len(lists[-1].ids),
+            len(unseen_two_tower.ids),
             len(cand),
             exposure_filtered=filtered,
-            features_degraded=degraded or notes_degraded or history_degraded,
+            features_degraded=degraded or notes_degraded or history_degraded or channels_degraded,
             history=len(request.history),
             timings_ms=timings,
+            candidates=_count_found(merged.channels),
         )
+
+    def ask_channels(self, request: Request) -> tuple[list[tuple[Candidates, int]], bool]:
+        """Each co-click channel's candidates (its quota times `overfetch`) with its quota, and
+        whether some channel could not read its index (Redis failing: it gives none)."""
+        found: list[tuple[Candidates, int]] = []
+        degraded = False
+        over = self.config.channels.overfetch
+        for channel, quota in self.channels:
+            try:
+                found.append((channel.candidates(request, int(quota * over)), quota))
+            except (redis.RedisError, OSError):
+                degraded = True
+        return found, degraded
 
 
 def _drop(cand: Candidates, shown: set[str]) -> tuple[list[str], np.ndarray]:
@@ -222,4 +283,33 @@ def blend(
     chosen = set(mine)
     rest = [j for j in order.tolist() if j not in chosen][: max(0, n - len(mine))]
     picked = np.array(mine + rest, dtype=np.int64)
+    return picked[np.argsort(-fused[picked], kind="stable")][:n]
+
+
+def _count_found(channels: list[list[str]]) -> dict[str, int]:
+    """Candidates per channel that found them."""
+    out: dict[str, int] = {}
+    for by in channels:
+        for c in by:
+            out[c] = out.get(c, 0) + 1
+    return out
+
+
+def blend_found(
+    fused: np.ndarray, found: list[list[str]], reserved: dict[str, int], n: int
+) -> np.ndarray:
+    """Indices of the top `n` by `fused` of which at least `reserved[c]` (as far as it has
+    them) were found by channel c - reservations taken in the order of `reserved`, each its
+    channel's best by `fused` not taken yet; the other slots the best of the rest; the chosen
+    ones in fused order."""
+    order = np.argsort(-fused, kind="stable").tolist()
+    chosen: list[int] = []
+    taken: set[int] = set()
+    for channel, count in reserved.items():
+        mine = [j for j in order if channel in found[j] and j not in taken]
+        mine = mine[: max(0, min(count, n - len(chosen)))]
+        chosen += mine
+        taken.update(mine)
+    chosen += [j for j in order if j not in taken][: max(0, n - len(chosen))]
+    picked = np.array(chosen, dtype=np.int64)
     return picked[np.argsort(-fused[picked], kind="stable")][:n]
