@@ -15,6 +15,7 @@ from rich.table import Table
 
 from features.windows import WINDOWS
 from infra import stack
+from infra.cli_candidates import candidates
 from infra.cli_errors import (
     DEBUG_ENV,
     EXIT_KAFKA,
@@ -43,6 +44,7 @@ app.add_typer(snapshots_app, name="snapshots")
 app.add_typer(learn_app, name="learn")
 app.add_typer(exposure_app, name="exposure")
 app.command("serve")(serve)
+app.command("candidates")(candidates)
 
 console = Console()
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

@@ -252,6 +252,31 @@ class Recommender:
             candidates=_count_found(merged.channels),
         )
 
+    def candidates_by_channel(self, user_id: str, k: int) -> tuple[list[Candidates], set[str]]:
+        """Every channel's candidates for `user_id` (at most `k` each, before the exposure
+        filter and the merge; `streamrec candidates`), and which of them the user was shown."""
+        view = self.watcher.current()
+        user_counts, _ = self.counts("user_stats", [user_id])
+        length = max(view.ranker.history_len, view.retriever.history_len)
+        wanted = max(length, self.config.context.history, self.config.channels.history)
+        history, _ = self.history(user_id, wanted)
+        request = Request(user_id, user_counts[0], history, view)
+        lists = [
+            self.two_tower.candidates(Request(user_id, user_counts[0], history[:length], view), k)
+        ]
+        lists += [c.candidates(request, k) for c, _ in self.channels]
+        probe = self.context.probe(view) if self.context is not None else []
+        union = list(dict.fromkeys([*probe, *(n for c in lists for n in c.ids)]))
+        try:
+            seen = self.exposure.seen(user_id, union) if union else []
+        except ExposureError:
+            seen = [False] * len(union)
+        shown = {n for n, s in zip(union, seen, strict=True) if s}
+        if self.context is not None:
+            ctx = Request(user_id, user_counts[0], history, view, frozenset(shown))
+            lists.append(self.context.candidates(ctx, k))
+        return lists, shown
+
     def ask_channels(self, request: Request) -> tuple[list[tuple[Candidates, int]], bool]:
         """Each co-click channel's candidates (its quota times `overfetch`) with its quota, and
         whether some channel could not read its index (Redis failing: it gives none)."""

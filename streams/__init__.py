@@ -8,7 +8,8 @@ filter -> shard) and takes its I/O as arguments, so it runs the same on Kafka an
 
     run_main(build_stats_flow(TestingSource(raw_batches), sink, dlq, StatsConfig()))
 
-Deployed, the flows run as `streamrec run validate | stats | exposure | samples | itemcf` (`infra.jobs`).
+Deployed, the flows run as `streamrec run validate | stats | exposure | samples | itemcf`
+(`infra.jobs`).
 Events: `Event`, `decode_event`, `encode_event`, dead letters `DeadLetter`. Replays:
 `replay(source, bootstrap, topic)` with `SyntheticSource`, `MovieLensSource`,
 `KuaiRandSource`, `ListSource`. The plain-pandas oracle of the stats job is
