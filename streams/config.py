@@ -106,6 +106,9 @@ class CoClickConfig(BaseModel):
     """Swing's overlap penalty: a pair of users adds 1 / (alpha + |notes both clicked|)."""
     swing: bool = True
     """Compute Swing besides ItemCF."""
+    swing_users: int = Field(default=100, ge=2)
+    """Swing sums over the pairs of a note's this many most recent clickers (its cost grows
+    with their square)."""
     refresh_s: float = Field(default=1.0, ge=0)
     """Least wall-clock interval between two recomputations of the changed notes' neighbour
     lists (the clicks in between coalesce; the end of a bounded input recomputes at once)."""

@@ -69,8 +69,8 @@ Row = tuple[list[str], list[float]]
 class Part:
     """What the co-click step needs of one batch."""
 
-    clicks: list[tuple[str, str]]
-    """(user, note) of the batch's clicks, in arrival order."""
+    clicks: list[tuple[str, str, int]]
+    """(user, note, ts) of the batch's clicks, in arrival order."""
     seen: list[tuple[str, int, bool, str, str]]
     """(note, ts, is impression, author, category) of every event, in arrival order."""
     hwm: int
@@ -80,7 +80,8 @@ def part_of(cols: Columns, hwm: int | None) -> list[tuple[str, Part]]:
     """The batch's clicks and sightings as one part of the global key."""
     if not len(cols.ts) or hwm is None:
         return []
-    clicks = [(cols.users[i], cols.notes[i]) for i in np.flatnonzero(cols.kind == CLICK).tolist()]
+    at = np.flatnonzero(cols.kind == CLICK).tolist()
+    clicks = [(cols.users[i], cols.notes[i], int(cols.ts[i])) for i in at]
     shown = (cols.kind == IMPRESSION).tolist()
     seen = [
         (e.note_id, e.ts, s, e.author_id or "", e.category or "")
@@ -91,9 +92,13 @@ def part_of(cols: Columns, hwm: int | None) -> list[tuple[str, Part]]:
 
 def top_k(ids: list[str], scores: np.ndarray, k: int) -> Row:
     """The `k` best (rounded score desc, then note id) of `ids`, scores > 0 only."""
-    rounded = np.round(scores, DIGITS)
+    rounded = np.round(np.asarray(scores, dtype=np.float64), DIGITS)
     keep = np.flatnonzero(rounded > 0)
-    order = sorted(keep.tolist(), key=lambda j: (-rounded[j], ids[j]))[:k]
+    if len(keep) > k:  # the k-th best value; every note tied with it stays for the tie-break
+        kth = np.partition(rounded[keep], len(keep) - k)[len(keep) - k]
+        keep = keep[rounded[keep] >= kth]
+    names = np.array([ids[j] for j in keep.tolist()], dtype=object)
+    order = keep[np.lexsort((names, -rounded[keep]))][:k].tolist()
     return [ids[j] for j in order], [float(rounded[j]) for j in order]
 
 
@@ -104,30 +109,39 @@ class ClickGraph:
     window: int
     user_notes: dict[str, dict[str, None]] = field(default_factory=dict)
     """user -> their kept notes, least recently clicked first (at most `window`)."""
-    note_users: dict[str, set[str]] = field(default_factory=dict)
-    """note -> users keeping it (empty sets removed)."""
+    note_users: dict[str, dict[str, int]] = field(default_factory=dict)
+    """note -> users keeping it -> time of their latest click on it (empty ones removed)."""
+    user_index: dict[str, int] = field(default_factory=dict)
+    """user -> their row in `matrix` (the order users were first seen)."""
     dirty: set[str] = field(default_factory=set)
     """Notes whose lists of both kinds changed."""
     renormed: set[str] = field(default_factory=set)
     """Notes whose clicker count changed: their co-clicked notes' ItemCF lists changed."""
 
-    def click(self, user: str, note: str) -> None:
+    def click(self, user: str, note: str, ts: int) -> None:
         """Add one click (a note already kept only moves to the user's most recent)."""
-        notes = self.user_notes.setdefault(user, {})
+        notes = self.user_notes.get(user)
+        if notes is None:
+            notes = self.user_notes[user] = {}
+            self.user_index[user] = len(self.user_index)
         if note in notes:
             del notes[note]
             notes[note] = None
+            users = self.note_users[note]
+            if ts > users[user]:
+                users[user] = ts
+                self.dirty.add(note)  # its most recent users may change (Swing reads them)
             return
         self.dirty.update(notes)
         self.dirty.add(note)
         self.renormed.add(note)
         notes[note] = None
-        self.note_users.setdefault(note, set()).add(user)
+        self.note_users.setdefault(note, {})[user] = ts
         if len(notes) > self.window:
             evicted = next(iter(notes))
             del notes[evicted]
             users = self.note_users[evicted]
-            users.discard(user)
+            del users[user]
             if not users:
                 del self.note_users[evicted]
             self.renormed.add(evicted)
@@ -143,6 +157,13 @@ class ClickGraph:
         data = np.ones(len(rows), dtype=np.float64)
         r = sp.csr_matrix((data, (rows, cols)), shape=(len(self.user_notes), len(notes)))
         return notes, col, r
+
+    def recent_users(self, note: str, n: int) -> np.ndarray:
+        """Row indices (in `matrix` order) of the `n` users who clicked `note` last (by event
+        time, then user id: the same whatever order partitions arrive in)."""
+        clicked = self.note_users.get(note, {})
+        users = sorted(clicked, key=lambda u: (clicked[u], u))[-n:]
+        return np.array([self.user_index[u] for u in users], dtype=np.int64)
 
     def take_dirty(self, r: sp.csr_matrix, col: dict[str, int]) -> tuple[set[str], set[str]]:
         """(notes whose Swing lists changed, notes whose ItemCF lists changed); clears both."""
@@ -185,34 +206,35 @@ def itemcf_rows(
 
 
 def swing_rows(
+    graph: ClickGraph,
     notes: list[str],
     col: dict[str, int],
     r: sp.csr_matrix,
     which: Iterable[str],
     k: int,
     alpha: float,
+    users_per_note: int,
 ) -> dict[str, Row]:
-    """Swing top-`k` lists of the notes `which` (module docstring's formula)."""
+    """Swing top-`k` lists of the notes `which` (module docstring's formula), the pairs of
+    each note's `users_per_note` most recent clickers."""
     out: dict[str, Row] = {}
-    rc = r.tocsc()
     for n in which:
-        if n not in col:
-            out[n] = ([], [])
-            continue
-        j = col[n]
-        users = rc.indices[rc.indptr[j] : rc.indptr[j + 1]]
+        users = graph.recent_users(n, users_per_note) if n in col else np.zeros(0, np.int64)
         if len(users) < 2:
             out[n] = ([], [])
             continue
-        rv = r[users]  # (V, notes)
-        overlap = (rv @ rv.T).toarray()  # (V, V) notes both kept
-        pair = 1.0 / (alpha + overlap)
+        starts, lens = r.indptr[users], np.diff(r.indptr)[users]
+        at = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+        local, inverse = np.unique(r.indices[at], return_inverse=True)
+        rv = np.zeros((len(users), len(local)))  # (V, notes of V) the users' kept notes
+        rv[np.repeat(np.arange(len(users)), lens), inverse] = 1.0
+        pair = 1.0 / (alpha + rv @ rv.T)  # (V, V) 1 / (alpha + notes both kept)
         np.fill_diagonal(pair, 0.0)
         # sum over unordered pairs {u, v} of pair[u, v] r[u, j'] r[v, j'], per note j'
-        sims = 0.5 * np.asarray(rv.multiply(pair @ rv).sum(axis=0)).ravel()  # (notes,)
-        sims[j] = 0.0
+        sims = 0.5 * ((pair @ rv) * rv).sum(axis=0)  # (notes of V,)
+        sims[local == col[n]] = 0.0
         nz = np.flatnonzero(sims > 0)
-        out[n] = top_k([notes[x] for x in nz.tolist()], sims[nz], k)
+        out[n] = top_k([notes[x] for x in local[nz].tolist()], sims[nz], k)
     return out
 
 
@@ -257,8 +279,8 @@ class CoClickLogic(StatefulLogic[Part, Refresh, CoClickState]):
     def apply(self, part: Part) -> None:
         """Add a batch to the state."""
         st = self.state
-        for user, note in part.clicks:
-            st.graph.click(user, note)
+        for user, note, ts in part.clicks:
+            st.graph.click(user, note, ts)
         for note, ts, shown, author, cat in part.seen:
             first = st.first_seen.get(note)
             if first is None:
@@ -298,7 +320,9 @@ class CoClickLogic(StatefulLogic[Part, Refresh, CoClickState]):
             swing, cf = st.graph.take_dirty(r, col)
             rows["itemcf"] = itemcf_rows(notes, col, r, sorted(cf), cfg.top_k)
             if cfg.swing:
-                rows["swing"] = swing_rows(notes, col, r, sorted(swing), cfg.top_k, cfg.alpha)
+                rows["swing"] = swing_rows(
+                    st.graph, notes, col, r, sorted(swing), cfg.top_k, cfg.alpha, cfg.swing_users
+                )
         horizon = (st.hwm or 0) - cfg.fresh_ms
         for note, info in list(st.fresh.items()):
             if info[1] >= cfg.trust_impressions or info[0] < horizon:

@@ -19,7 +19,7 @@ from tests.streams.helpers import events_fixture, raw_batches
 
 WORLD = SyntheticConfig(users=60, notes=80, categories=4, authors=10, seed=3)
 events = events_fixture(WORLD, 12_000)
-CONFIG = CoClickConfig(top_k=10, user_window=8, alpha=1.0, refresh_s=0.0)
+CONFIG = CoClickConfig(top_k=10, user_window=8, alpha=1.0, refresh_s=0.0, swing_users=6)
 
 
 def _stored(refreshes: list[Refresh]) -> dict[str, dict[str, tuple[list[str], list[float]]]]:
@@ -43,7 +43,9 @@ def test_flow_equals_oracle_after_every_batch_coalesced(events: list[Event]) -> 
                    CONFIG, recoverable=False)
     )  # fmt: skip
     assert len(out) > 5
-    expected = expected_neighbours(events, CONFIG.user_window, CONFIG.top_k, CONFIG.alpha)
+    expected = expected_neighbours(
+        events, CONFIG.user_window, CONFIG.top_k, CONFIG.alpha, CONFIG.swing_users
+    )
     got = _stored(out)
     for kind in ("itemcf", "swing"):
         assert expected[kind], kind
@@ -107,7 +109,9 @@ def test_sink_stores_the_lists_in_redis(
                    NeighbourSink(redis_url, project, CONFIG.per_author), TestingSink([]),
                    CONFIG, recoverable=False)
     )  # fmt: skip
-    expected = expected_neighbours(events, CONFIG.user_window, CONFIG.top_k, CONFIG.alpha)
+    expected = expected_neighbours(
+        events, CONFIG.user_window, CONFIG.top_k, CONFIG.alpha, CONFIG.swing_users
+    )
     store = NeighbourStore(redis_client, project)
     for kind in ("itemcf", "swing"):
         notes = sorted(expected[kind])
