@@ -111,7 +111,8 @@ class CoClickConfig(BaseModel):
     with their square)."""
     refresh_s: float = Field(default=1.0, ge=0)
     """Least wall-clock interval between two recomputations of the changed notes' neighbour
-    lists (the clicks in between coalesce; the end of a bounded input recomputes at once)."""
+    lists (the clicks in between coalesce; the end of a bounded input recomputes at once); it
+    grows to twice the last recomputation's time when that is longer (the input keeps up)."""
     fresh_ms: int = Field(default=86_400_000, gt=0)
     """A note first seen less than this (event time) before the job's high-water mark is fresh
     (until `trust_impressions`)."""

@@ -90,16 +90,16 @@ def part_of(cols: Columns, hwm: int | None) -> list[tuple[str, Part]]:
     return [("all", Part(clicks, seen, hwm))]
 
 
-def top_k(ids: list[str], scores: np.ndarray, k: int) -> Row:
+def top_k(ids: list[str] | np.ndarray, scores: np.ndarray, k: int) -> Row:
     """The `k` best (rounded score desc, then note id) of `ids`, scores > 0 only."""
     rounded = np.round(np.asarray(scores, dtype=np.float64), DIGITS)
     keep = np.flatnonzero(rounded > 0)
     if len(keep) > k:  # the k-th best value; every note tied with it stays for the tie-break
         kth = np.partition(rounded[keep], len(keep) - k)[len(keep) - k]
         keep = keep[rounded[keep] >= kth]
-    names = np.array([ids[j] for j in keep.tolist()], dtype=object)
-    order = keep[np.lexsort((names, -rounded[keep]))][:k].tolist()
-    return [ids[j] for j in order], [float(rounded[j]) for j in order]
+    names = np.asarray(ids, dtype=object)[keep]
+    order = np.lexsort((names, -rounded[keep]))[:k]
+    return names[order].tolist(), rounded[keep][order].tolist()
 
 
 @dataclass
@@ -191,6 +191,7 @@ def itemcf_rows(
     if not present:
         return out
     idx = np.array([col[n] for n in present])
+    names = np.array(notes, dtype=object)
     activity = np.asarray(r.sum(axis=1)).ravel()  # (users,)
     weight = 1.0 / np.log1p(np.maximum(activity, 1.0))
     clickers = np.asarray(r.sum(axis=0)).ravel()  # (notes,)
@@ -201,7 +202,7 @@ def itemcf_rows(
         mask = cols != idx[d]
         cols, values = cols[mask], values[mask]
         sims = values / np.sqrt(clickers[idx[d]] * clickers[cols])
-        out[n] = top_k([notes[j] for j in cols.tolist()], sims, k)
+        out[n] = top_k(names[cols], sims, k)
     return out
 
 
@@ -214,27 +215,49 @@ def swing_rows(
     k: int,
     alpha: float,
     users_per_note: int,
+    chunk: int = 64,
 ) -> dict[str, Row]:
     """Swing top-`k` lists of the notes `which` (module docstring's formula), the pairs of
-    each note's `users_per_note` most recent clickers."""
+    each note's `users_per_note` most recent clickers; `chunk` notes per sparse product."""
     out: dict[str, Row] = {}
+    todo: list[tuple[str, np.ndarray]] = []
     for n in which:
         users = graph.recent_users(n, users_per_note) if n in col else np.zeros(0, np.int64)
         if len(users) < 2:
             out[n] = ([], [])
-            continue
-        starts, lens = r.indptr[users], np.diff(r.indptr)[users]
-        at = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-        local, inverse = np.unique(r.indices[at], return_inverse=True)
-        rv = np.zeros((len(users), len(local)))  # (V, notes of V) the users' kept notes
-        rv[np.repeat(np.arange(len(users)), lens), inverse] = 1.0
-        pair = 1.0 / (alpha + rv @ rv.T)  # (V, V) 1 / (alpha + notes both kept)
-        np.fill_diagonal(pair, 0.0)
-        # sum over unordered pairs {u, v} of pair[u, v] r[u, j'] r[v, j'], per note j'
-        sims = 0.5 * ((pair @ rv) * rv).sum(axis=0)  # (notes of V,)
-        sims[local == col[n]] = 0.0
-        nz = np.flatnonzero(sims > 0)
-        out[n] = top_k([notes[x] for x in local[nz].tolist()], sims[nz], k)
+        else:
+            todo.append((n, users))
+    if not todo:
+        return out
+    overlap = (r @ r.T).tocsr()  # (users, users) notes both kept
+    names = np.array(notes, dtype=object)
+    for lo in range(0, len(todo), chunk):
+        part = todo[lo : lo + chunk]
+        sizes = np.array([len(u) for _, u in part])
+        base = np.cumsum(sizes) - sizes
+        members = np.concatenate([u for _, u in part])  # (M,) the blocks' users, stacked
+        left, right = [], []
+        for b, m in enumerate(sizes.tolist()):  # every ordered pair u != v within a block
+            ii, jj = np.divmod(np.arange(m * m), m)
+            keep = ii != jj
+            left.append(base[b] + ii[keep])
+            right.append(base[b] + jj[keep])
+        pi, pj = np.concatenate(left), np.concatenate(right)
+        shared = np.asarray(overlap[members[pi], members[pj]]).ravel()
+        rows = len(members)
+        pair = sp.csr_matrix((1.0 / (alpha + shared), (pi, pj)), shape=(rows, rows))
+        stacked = r[members]  # (M, notes)
+        # [(b, u), j'] = r[u, j'] sum_v pair[u, v] r[v, j']; summed over u per block, halved:
+        # each unordered pair {u, v} of block b once, for every note j' both kept
+        weighted = stacked.multiply(pair @ stacked)
+        block = np.repeat(np.arange(len(part)), sizes)
+        sums = sp.csr_matrix((np.ones(rows), (block, np.arange(rows))), shape=(len(part), rows))
+        sims = (sums @ weighted).tocsr()
+        for b, (n, _) in enumerate(part):
+            at = slice(sims.indptr[b], sims.indptr[b + 1])
+            cols, values = sims.indices[at], 0.5 * sims.data[at]
+            mask = cols != col[n]
+            out[n] = top_k(names[cols[mask]], values[mask], k)
     return out
 
 
@@ -275,6 +298,8 @@ class CoClickLogic(StatefulLogic[Part, Refresh, CoClickState]):
     def __init__(self, state: CoClickState, config: CoClickConfig, recoverable: bool) -> None:
         self.state, self.config, self.recoverable = state, config, recoverable
         self._due: datetime | None = None
+        self._last_s = 0.0
+        """Wall-clock seconds the last recomputation took."""
 
     def apply(self, part: Part) -> None:
         """Add a batch to the state."""
@@ -351,14 +376,20 @@ class CoClickLogic(StatefulLogic[Part, Refresh, CoClickState]):
         self.apply(value)
         now = datetime.now(UTC)
         if self._due is None:
-            self._due = now + timedelta(seconds=self.config.refresh_s)
+            # a recomputation slower than half the interval stretches it: at most a third of
+            # the step's time goes to recomputing, the rest keeps up with the input
+            self._due = now + timedelta(seconds=max(self.config.refresh_s, 2 * self._last_s))
         if now >= self._due:
             return self.on_notify()
         return [], StatefulLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Refresh], bool]:
         self._due = None
-        return ([self.refresh()] if self._pending() else []), StatefulLogic.RETAIN
+        if not self._pending():
+            return [], StatefulLogic.RETAIN
+        out = self.refresh()
+        self._last_s = out.seconds
+        return [out], StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Refresh], bool]:
         return self.on_notify()
