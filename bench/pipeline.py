@@ -21,8 +21,11 @@ Channels (the serving code where it exists: `serving.channels.NeighbourChannel`,
 - fresh: notes first seen within `fresh_ms` with fewer than `trust_impressions` impressions,
   the user's categories first.
 No author channel: neither data set names authors.
-Merged: `merge_found` with quotas in proportion to `SHARES` (fresh, itemcf, swing, popular;
-two-tower fills the rest), fixed a priori, not tuned on these streams.
+Merged: `merge_found` with quotas in proportion to shares of K per channel (merge order fresh,
+itemcf, swing, popular, two-tower; the last fills the rest), chosen on the warm-up alone: its
+last 20 % is replayed from the state of its first 80 % (the retriever, trained on the whole
+warm-up, is not updated there) and greedy moves of 0.1 between channels maximise the mean of
+Recall@50 and @200 - never on the scored stream.
 
 Also measured: the co-click flow's throughput in process (TestingSource of the same raw batches)
 against the ingest step alone on the same batches in the same run, and the state's size per
@@ -63,9 +66,9 @@ console = Console()
 OUT = Path(__file__).resolve().parent / "out"
 KS = (50, 200)
 HISTORY = 20
-SHARES = {"fresh": 0.05, "itemcf": 0.35, "swing": 0.2, "popular": 0.15}
-"""Share of the merged K per channel, in merge order; the two-tower channel fills the rest
-(without it, popular does)."""
+CONFIG = CoClickConfig(top_k=200)
+"""The co-click job's settings in the benchmark: 200 neighbours per note (a user's earlier
+clicks, excluded, are most of a note's 50 nearest on MovieLens)."""
 
 
 class MemoryStore:
@@ -190,9 +193,9 @@ def _unseen(cand: Candidates, done: set[str]) -> Candidates:
     return Candidates(cand.channel, [cand.ids[j] for j in keep], cand.scores[keep], cand.personal)
 
 
-def quotas(k: int, names: list[str]) -> list[int | None]:
-    """Per channel in `names` its share of `k` (`SHARES`); the last fills the rest."""
-    return [None if j == len(names) - 1 else round(SHARES[n] * k) for j, n in enumerate(names)]
+def quotas(k: int, names: list[str], shares: dict[str, float]) -> list[int | None]:
+    """Per channel in `names` its share of `k`; the last fills the rest."""
+    return [None if j == len(names) - 1 else round(shares[n] * k) for j, n in enumerate(names)]
 
 
 @dataclass
@@ -228,43 +231,28 @@ def stages(
     return hook(name, warm, rest, merged) if hook is not None else []
 
 
-def evaluate(
-    name: str,
-    cols: Columns,
-    warmup: float,
-    batch: int,
-    two_tower: bool,
-    warm_epochs: int,
-    progress: Progress,
-) -> tuple[Hits, dict[str, float], list[str]]:
-    """Prequential recall of every channel and of the merge on `cols`."""
-    from bench.calibration import warm_up
+@dataclass
+class Scored:
+    """One scored batch: each clicking user's unseen candidates per channel (at most the
+    largest K) and the clicked (user, note) pairs."""
 
-    cut = int(len(cols) * warmup)
-    warm = cols.take(np.arange(cut))
-    rest = cols.take(np.arange(cut, len(cols))).batches(batch)
-    tasks = ("click",)
-    co = CoClicks(CoClickConfig())
-    _, retrieval = choose_half_life(warm, tasks, batch, [1, 6, 24, 72, 168, 720], KS[0])
-    half_life = max(retrieval, key=retrieval.__getitem__)
-    popular = RecentPopularity(tasks, half_life * HOUR_MS)
-    history: dict[str, list[str]] = {}
-    seen: dict[str, set[str]] = {}
-    retriever = None
-    timing = {"two_tower_s": 0.0}
-    if two_tower:
-        start = time.perf_counter()
-        config = LearnConfig(batch_size=batch, seed=7)
-        _, retriever = warm_up(warm, config, RankerConfig(), RetrieverConfig(), 128, warm_epochs)
-        retriever.freeze_dense()
-        retriever.set_embedding_lr(config.online_emb_lr)
-        timing["two_tower_s"] += time.perf_counter() - start
+    lists: dict[str, list[Candidates]]
+    clicks: list[tuple[str, str]]
 
-    _learn(warm, co, popular, history, seen)  # the retriever trained on it already
-    hits = Hits()
-    names = ["fresh", "itemcf", "swing", "popular", *(["two_tower"] if two_tower else [])]
-    task = progress.add_task(f"{name} prequential", total=len(rest))
-    for b in rest:
+
+def score_batches(
+    batches: list[Columns],
+    state: tuple[CoClicks, RecentPopularity, dict[str, list[str]], dict[str, set[str]]],
+    retriever: object | None,
+    names: list[str],
+    learn_retriever: bool,
+    advance: object,
+) -> list[Scored]:
+    """Prequential: each batch scored by every channel in `names` from `state` (and the
+    retriever), then learnt."""
+    co, popular, history, seen = state
+    out = []
+    for b in batches:
         clicked = np.flatnonzero(b.labels["click"] > 0).tolist()
         first: dict[str, int] = {}
         for i in clicked:
@@ -276,34 +264,123 @@ def evaluate(
             vectors = (retriever.user_vectors(users, stats), retriever.item_vectors())
         longest = KS[-1] + max((len(seen.get(u, ())) for u in users), default=0)
         lists = channel_lists(users, history, co, popular, vectors, longest)
-        found: dict[tuple[str, int, str], set[str]] = {}
-        batch_merged: dict[str, list[str]] = {}
+        mine = {}
         for u in users:  # the user's earlier clicks excluded (a repeat click is no hit)
             done = seen.get(u, set())
-            mine = [_unseen(lists[c][u], done) for c in names]
+            unseen = [_unseen(lists[c][u], done) for c in names]
+            mine[u] = [Candidates(c.channel, c.ids[: KS[-1]], c.scores[: KS[-1]]) for c in unseen]
+        out.append(Scored(mine, [(b.user_id[i], b.note_id[i]) for i in clicked]))
+        _learn(b, co, popular, history, seen)
+        if retriever is not None and learn_retriever:
+            retriever.train_step(b, None)
+        advance()
+    return out
+
+
+def merged_recall(
+    scored: list[Scored], names: list[str], shares: dict[str, float], k: int
+) -> float:
+    """Recall@k of the quota merge with `shares` over scored batches."""
+    hits = total = 0
+    for batch in scored:
+        merged = {
+            u: set(merge_found([c.top(k) for c in cands], quotas(k, names, shares), k).ids)
+            for u, cands in batch.lists.items()
+        }
+        hits += sum(n in merged[u] for u, n in batch.clicks)
+        total += len(batch.clicks)
+    return hits / max(1, total)
+
+
+def tune_shares(scored: list[Scored], names: list[str], step: float = 0.1) -> dict[str, float]:
+    """Shares of the merged K per channel that maximise the mean of Recall@50 and @200 on
+    `scored` (the warm-up's tail): greedy moves of `step` from one channel to another."""
+    shares = dict.fromkeys(names, round(1.0 / len(names), 3))
+
+    def value(sh: dict[str, float]) -> float:
+        return float(np.mean([merged_recall(scored, names, sh, k) for k in KS]))
+
+    best = value(shares)
+    for _ in range(20):
+        moves = []
+        for a in names:
+            for b in names:
+                if a != b and shares[a] >= step - 1e-9:
+                    moved = {**shares, a: round(shares[a] - step, 3), b: round(shares[b] + step, 3)}
+                    moves.append((value(moved), moved))
+        top, moved = max(moves, key=lambda m: m[0])
+        if top <= best:
+            break
+        best, shares = top, moved
+    return shares
+
+
+def evaluate(
+    name: str,
+    cols: Columns,
+    warmup: float,
+    batch: int,
+    two_tower: bool,
+    warm_epochs: int,
+    progress: Progress,
+) -> tuple[Hits, dict[str, float], list[str], dict[str, float]]:
+    """Prequential recall of every channel and of the merge on `cols`; the merge's shares are
+    chosen on the warm-up's last 20 % (replayed from the state of its first 80 %)."""
+    from bench.calibration import warm_up
+
+    cut = int(len(cols) * warmup)
+    warm = cols.take(np.arange(cut))
+    rest = cols.take(np.arange(cut, len(cols))).batches(batch)
+    tasks = ("click",)
+    _, retrieval = choose_half_life(warm, tasks, batch, [1, 6, 24, 72, 168, 720], KS[0])
+    half_life = max(retrieval, key=retrieval.__getitem__)
+    retriever = None
+    timing: dict[str, float] = {}
+    if two_tower:
+        config = LearnConfig(batch_size=batch, seed=7)
+        _, retriever = warm_up(warm, config, RankerConfig(), RetrieverConfig(), 128, warm_epochs)
+        retriever.freeze_dense()
+        retriever.set_embedding_lr(config.online_emb_lr)
+    names = ["fresh", "itemcf", "swing", "popular", *(["two_tower"] if two_tower else [])]
+
+    def fresh_state(head: Columns) -> tuple:
+        st = (CoClicks(CONFIG), RecentPopularity(tasks, half_life * HOUR_MS), {}, {})
+        _learn(head, *st)
+        return st
+
+    head_cut = int(0.8 * len(warm))
+    tail = warm.take(np.arange(head_cut, len(warm))).batches(batch)
+    task = progress.add_task(f"{name} warm-up tail (merge shares)", total=len(tail))
+    tuned = score_batches(
+        tail, fresh_state(warm.take(np.arange(head_cut))), retriever, names, False,
+        lambda: progress.advance(task),
+    )  # fmt: skip
+    shares = tune_shares(tuned, names)
+    progress.console.print(f"{name}: merge shares chosen on the warm-up's tail: {shares}")
+    state = fresh_state(warm)
+    task = progress.add_task(f"{name} prequential", total=len(rest))
+    scored = score_batches(rest, state, retriever, names, True, lambda: progress.advance(task))
+    hits = Hits()
+    for batch_scored in scored:
+        batch_merged = {}
+        found = {}
+        for u, cands in batch_scored.lists.items():
             for k in KS:
-                top = [Candidates(c.channel, c.ids[:k], c.scores[:k]) for c in mine]
-                for c in top:
-                    found[(u, k, c.channel)] = set(c.ids)
-                merged = merge_found(top, quotas(k, names), k)
+                for c in cands:
+                    found[(u, k, c.channel)] = set(c.ids[:k])
+                merged = merge_found([c.top(k) for c in cands], quotas(k, names, shares), k)
                 found[(u, k, "merged")] = set(merged.ids)
             batch_merged[u] = merged.ids
-        for i in clicked:
-            u, target = b.user_id[i], b.note_id[i]
+        for u, target in batch_scored.clicks:
             for k in KS:
                 for c in [*names, "merged"]:
                     hits.add(c, k, target in found[(u, k, c)])
         hits.merged.append(batch_merged)
-        _learn(b, co, popular, history, seen)
-        if retriever is not None:
-            start = time.perf_counter()
-            retriever.train_step(b, None)
-            timing["two_tower_s"] += time.perf_counter() - start
-        progress.advance(task)
+    co = state[0]
     timing["coclick_refresh_s"] = co.refresh_s
     timing["bytes_per_note"] = co.bytes_per_note()
     timing["half_life_h"] = half_life
-    return hits, timing, stages(name, warm, rest, hits.merged)
+    return hits, timing, stages(name, warm, rest, hits.merged), shares
 
 
 def _learn(
@@ -354,7 +431,12 @@ def throughput(events: list, repeats: int = 3) -> dict[str, float]:
 
 
 def report(
-    name: str, cols: Columns, hits: Hits, timing: dict[str, float], names: list[str]
+    name: str,
+    cols: Columns,
+    hits: Hits,
+    timing: dict[str, float],
+    names: list[str],
+    shares: dict[str, float],
 ) -> list[str]:
     """The data set's section: the recall table and the acceptance line."""
     lines = [
@@ -363,7 +445,8 @@ def report(
         f"{len(cols):,} samples; {len(hits.values.get(('merged', KS[0]), [])):,} clicked samples "
         f"scored; recent popularity half-life {timing['half_life_h']:g} h (chosen on the "
         f"warm-up's tail); co-click recomputation {timing['coclick_refresh_s']:.1f} s in all, "
-        f"state {timing['bytes_per_note']:,.0f} bytes per note (pickled graph + lists).",
+        f"state {timing['bytes_per_note']:,.0f} bytes per note (pickled graph + lists); merge "
+        f"shares chosen on the warm-up's tail: {shares}.",
         "",
         "| channel | " + " | ".join(f"Recall@{k}" for k in KS) + " |",
         "|---" * (len(KS) + 1) + "|",
@@ -412,7 +495,8 @@ def main(
         "",
         "Prequential: each batch is scored by every channel from the warm-up and earlier batches "
         "only, then learnt. Recall@K over the clicked samples, the user's earlier clicks "
-        f"excluded. Merge quotas (share of K): {SHARES}, the last channel fills the rest.",
+        "excluded. Merge quotas: shares of K per channel chosen on the warm-up's tail, the last "
+        "channel fills the rest.",
         "",
     ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
@@ -421,10 +505,10 @@ def main(
             progress.console.print(f"{name}: joining events")
             events = _events(source)
             cols = join_events(events)
-            hits, timing, extra = evaluate(
+            hits, timing, extra, shares = evaluate(
                 name, cols, warmup, batch, two_tower, warm_epochs, progress
             )
-            lines += report(name, cols, hits, timing, names)
+            lines += report(name, cols, hits, timing, names, shares)
             rates = throughput(events, repeats)
             lines += [
                 f"- co-click flow in process: {rates['coclick']:,.0f} events/s, "

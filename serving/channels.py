@@ -60,6 +60,10 @@ class Candidates:
     personal: bool = True
     """False when the channel had nothing personal to go on (its answer is everyone's)."""
 
+    def top(self, k: int) -> Candidates:
+        """The first `k` candidates."""
+        return Candidates(self.channel, self.ids[:k], self.scores[:k], self.personal)
+
 
 class Channel(Protocol):
     """A retrieval channel of the funnel."""

@@ -273,9 +273,13 @@ class CoClickState:
     authors: dict[str, dict[str, int]] = field(default_factory=dict)
     """author -> their newest notes -> first seen (at most `per_author`)."""
     hwm: int | None = None
+    """Largest partition high-water mark seen (epoch ms)."""
     fresh_changed: set[str] = field(default_factory=set)
+    """Fresh notes to write at the next recomputation."""
     stale: set[str] = field(default_factory=set)
+    """Notes no longer fresh, to remove at the next recomputation."""
     authors_changed: dict[str, dict[str, int]] = field(default_factory=dict)
+    """author -> notes -> first seen, to add at the next recomputation."""
 
 
 @dataclass(frozen=True)
@@ -285,9 +289,13 @@ class Refresh:
     rows: dict[str, dict[str, Row]]
     """kind -> note -> its new list ([] deletes it)."""
     authors: dict[str, dict[str, int]]
+    """author -> notes new to their newest -> first seen."""
     fresh: list[FreshNote]
+    """Fresh notes whose record changed."""
     stale: list[str]
+    """Notes no longer fresh."""
     hwm: int | None
+    """The job's event-time high-water mark after this update."""
     seconds: float = 0.0
     """Wall-clock time the recomputation took."""
 
