@@ -66,9 +66,8 @@ console = Console()
 OUT = Path(__file__).resolve().parent / "out"
 KS = (50, 200)
 HISTORY = 20
-CONFIG = CoClickConfig(top_k=200)
-"""The co-click job's settings in the benchmark: 200 neighbours per note (a user's earlier
-clicks, excluded, are most of a note's 50 nearest on MovieLens)."""
+CONFIG = CoClickConfig()
+"""The co-click job's settings in the benchmark (its defaults)."""
 
 
 class MemoryStore:

@@ -97,7 +97,7 @@ class CoClickConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    top_k: int = Field(default=50, ge=1, le=1_000)
+    top_k: int = Field(default=200, ge=1, le=1_000)
     """Neighbours stored per note and kind."""
     user_window: int = Field(default=50, ge=2, le=1_000)
     """Distinct notes per user the similarities count: the user's last clicked ones (a click on
