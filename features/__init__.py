@@ -12,6 +12,9 @@
   joiner writes it with `HistoryWriter`, `FeatureClient.history` reads it.
 - Retrieval indexes (ItemCF / Swing neighbour lists, authors' newest notes, fresh notes):
   the co-click job writes them, the serving channels read them (`NeighbourStore`).
+- Experiments (A/B): `read_experiments(path)` validates the layered bucket config,
+  `assign(config, user_id)` gives a user's arms; the experiments job's per-arm counts are read
+  with `read_experiment_log`.
 - Paths: `DataPaths(data_dir)` derives every file location from one data directory.
 
 Names are loaded on first use, so `import features` stays cheap for the streaming jobs.
@@ -51,6 +54,10 @@ _EXPORTS = {
     "HISTORY_VIEW": "features.history",
     "HistoryWriter": "features.history",
     "NeighbourStore": "features.neighbours",
+    "ExperimentsConfig": "features.experiments",
+    "read_experiments": "features.experiments",
+    "assign": "features.experiments",
+    "read_experiment_log": "features.experiment_log",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,6 +6,7 @@ Layout of a data directory `D` (the `data_dir` setting, `$STREAMREC_DATA_DIR` at
     D/feast/registry-<project>.db  the Feast registry of a project
     D/feast/offline/<project>/<view>/  the offline log (parquet parts) of a feature view
     D/training-samples/            the parquet sample log
+    D/experiments/log/             the experiment log (per-arm counts, parquet parts)
     D/snapshots/<model>/<version>/ embedding snapshots
     D/recovery/<job>/              Bytewax recovery stores of the streaming jobs
 
@@ -59,6 +60,11 @@ class DataPaths:
     def sample_log(self) -> Path:
         """The parquet log of training samples."""
         return self.root / "training-samples"
+
+    @property
+    def experiment_log(self) -> Path:
+        """The experiment log (per experiment x arm x day x user counts, parquet parts)."""
+        return self.root / "experiments" / "log"
 
     @property
     def snapshots(self) -> Path:

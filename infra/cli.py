@@ -25,6 +25,7 @@ from infra.cli_errors import (
     debugging,
     fail,
 )
+from infra.cli_experiments import experiments_app
 from infra.cli_exposure import exposure_app
 from infra.cli_learn import learn_app
 from infra.cli_options import ConfigOpt, print_counts, progress_bar, services, settings_from
@@ -43,6 +44,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(snapshots_app, name="snapshots")
 app.add_typer(learn_app, name="learn")
 app.add_typer(exposure_app, name="exposure")
+app.add_typer(experiments_app, name="experiments")
 app.command("serve")(serve)
 app.command("candidates")(candidates)
 

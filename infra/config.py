@@ -16,7 +16,14 @@ from infra.errors import ConfigError
 from learners.config import LearnConfig
 from learners.snapshots import SnapshotConfig
 from serving.config import ServingConfig
-from streams.config import CoClickConfig, EventLimits, MetricsConfig, SamplesConfig, StatsConfig
+from streams.config import (
+    CoClickConfig,
+    EventLimits,
+    ExperimentFlowConfig,
+    MetricsConfig,
+    SamplesConfig,
+    StatsConfig,
+)
 
 
 class _Frozen(BaseModel):
@@ -93,6 +100,9 @@ class Settings(_Frozen):
     """The sample joiner."""
     coclick: CoClickConfig = CoClickConfig()
     """The co-click job (`streamrec run itemcf`): ItemCF, Swing, author and fresh indexes."""
+    experiments: ExperimentFlowConfig = ExperimentFlowConfig()
+    """The experiments job (per-arm counts for `streamrec experiments report`); the
+    experiments themselves are `serving.experiments` (a YAML file)."""
     metrics: MetricsConfig = MetricsConfig()
     """The stream jobs' Prometheus endpoints (off unless a port is set)."""
     snapshots: SnapshotConfig

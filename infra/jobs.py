@@ -240,6 +240,18 @@ def _build_exposure(ctx: JobContext) -> BuiltJob:
     return BuiltJob(flow)
 
 
+def _build_experiments(ctx: JobContext) -> BuiltJob:
+    from streams.experiments import ExperimentLogSink, build_flow
+    from streams.sinks import metered
+
+    s = ctx.settings
+    log = metered(ExperimentLogSink(s.paths.experiment_log), ctx.flow, "experiment-log", "parquet")
+    flow = build_flow(
+        _source(ctx), log, _dlq(ctx), s.experiments, s.events, recoverable=ctx.recoverable
+    )
+    return BuiltJob(flow, lambda: say(f"experiment log: {s.paths.experiment_log}"))
+
+
 class _JoinTotals:
     """Sums the joiner's reports; prints them every `REPORT_EVERY_S` and at the end."""
 
@@ -348,6 +360,12 @@ JOBS: dict[str, JobSpec] = {
             "ItemCF and Swing neighbours of every note from the clicks, author and fresh-note "
             "indexes, for the retrieval channels (Redis).",
             _build_itemcf,
+        ),
+        JobSpec(
+            "experiments",
+            "Per experiment x arm x day x user counts (impressions, clicks, likes, watch time, "
+            "completions) from interactions into the experiment log (parquet).",
+            _build_experiments,
         ),
     )
 }

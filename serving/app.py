@@ -59,6 +59,9 @@ class RecommendResponse(BaseModel):
     history: int = 0
     """Clicked notes of the user the models read (0: none stored, or no model reads them)."""
     timings_ms: dict[str, float]
+    arms: dict[str, str] = {}
+    """The user's experiment arms (experiment -> arm) applied to this answer: log them with its
+    impressions (`arms` of the event, docs/experiments.md)."""
 
 
 class FeaturesResponse(BaseModel):
@@ -129,6 +132,12 @@ class Metrics:
             "streamrec_channel_items",
             "Returned notes by the retrieval channel that proposed them",
             ["channel"],
+            registry=r,
+        )
+        self.arms = Counter(
+            "streamrec_experiment_answers",
+            "/recommend answers by experiment arm (docs/experiments.md)",
+            ["experiment", "arm"],
             registry=r,
         )
 
@@ -242,6 +251,8 @@ def create_app(
             metrics.channel_candidates.labels(channel).inc(count)
         for item in rec.items:
             metrics.channel_items.labels(item.channel).inc()
+        for experiment, arm in rec.arms.items():
+            metrics.arms.labels(experiment, arm).inc()
         return RecommendResponse(
             user_id=rec.user_id,
             items=[Item(**item.__dict__) for item in rec.items],
@@ -253,6 +264,7 @@ def create_app(
             features_degraded=rec.features_degraded,
             history=rec.history,
             timings_ms=rec.timings_ms,
+            arms=rec.arms,
         )
 
     @app.get("/features/{entity}/{entity_id}", response_model=FeaturesResponse)

@@ -34,8 +34,9 @@ from serving.channels import (
     TwoTowerChannel,
     merge_found,
 )
-from serving.config import FusionConfig, ServingConfig
+from serving.config import ChannelsConfig, ContextConfig, FusionConfig, ServingConfig
 from serving.errors import DependencyError
+from serving.experiments import ExperimentRouter
 from serving.watcher import SnapshotWatcher
 
 
@@ -78,6 +79,9 @@ class Recommendation:
     candidates: dict[str, int] = field(default_factory=dict)
     """Merged candidates per retrieval channel that found them (a note found by two counts
     for both)."""
+    arms: dict[str, str] = field(default_factory=dict)
+    """The user's experiment arms (experiment -> arm) that made this answer; impressions of
+    it carry them (`Event.arms`)."""
 
 
 def fuse(preds: dict[str, np.ndarray], config: FusionConfig) -> np.ndarray:
@@ -115,6 +119,7 @@ class Recommender:
         features: FeatureClient,
         exposure: ExposureFilter,
         config: ServingConfig,
+        router: ExperimentRouter | None = None,
     ) -> None:
         self.watcher, self.features, self.exposure, self.config = (
             watcher,
@@ -122,18 +127,28 @@ class Recommender:
             exposure,
             config,
         )
+        self.router = router
+        """Experiments: the user's arms and the settings they make (None: no experiments)."""
         self.two_tower = TwoTowerChannel()
         self.context = ContextChannel(config.context) if config.context.enabled else None
         store = NeighbourStore(features.client, features.project)
         cc = config.channels
-        made: list[tuple[Channel, int]] = [
-            (FreshChannel(store, cc), cc.fresh),
-            (NeighbourChannel("itemcf", store, cc), cc.itemcf),
-            (NeighbourChannel("swing", store, cc), cc.swing),
-            (AuthorChannel(store, cc), cc.author),
+        self.channels: list[Channel] = [
+            FreshChannel(store, cc),
+            NeighbourChannel("itemcf", store, cc),
+            NeighbourChannel("swing", store, cc),
+            AuthorChannel(store, cc),
         ]
-        self.channels = [(c, q) for c, q in made if q > 0]
-        """The co-click job's channels that are on, with their quotas (fresh first)."""
+        """The co-click job's channels, fresh first (each asked when its quota is > 0)."""
+        self._contexts: dict[ContextConfig, ContextChannel] = {config.context: self.context}
+
+    def _context_for(self, config: ContextConfig) -> ContextChannel | None:
+        """The context channel of an arm's settings (one per distinct settings)."""
+        if not config.enabled:
+            return None
+        if config not in self._contexts:
+            self._contexts[config] = ContextChannel(config)
+        return self._contexts[config]
 
     def counts(self, view: str, ids: list[str]) -> tuple[np.ndarray, bool]:
         """(n, F) raw window counts in `STAT_FEATURES` order (0 where nothing is stored), and
@@ -158,22 +173,27 @@ class Recommender:
     def recommend(self, user_id: str, n: int) -> Recommendation:
         """Top `n` notes for `user_id` with per-task scores."""
         t = [time.perf_counter()]
-        view = self.watcher.current()
+        routed = self.router.route(user_id) if self.router is not None else None
+        config = routed.config if routed is not None else self.config
+        context = self._context_for(config.context) if routed is not None else self.context
+        view = self.watcher.pinned(routed.pins) if routed is not None else self.watcher.current()
         user_counts, degraded = self.counts("user_stats", [user_id])
         user_stats = user_counts[0]  # (F,)
         length = max(view.ranker.history_len, view.retriever.history_len)
         wanted = max(
             length,
-            self.context.config.history if self.context is not None else 0,
-            self.config.channels.history if self.channels else 0,
+            context.config.history if context is not None else 0,
+            config.channels.history,
         )
         # Counts unreadable: Redis is failing, do not spend another timeout on the history.
         history, history_degraded = self.history(user_id, wanted) if not degraded else ([], True)
         request = Request(user_id, user_stats, history[:length], view)
         t.append(time.perf_counter())
-        two_tower = self.two_tower.candidates(request, self.config.retrieve_k)
-        probe = self.context.probe(view) if self.context is not None else []
-        found, channels_degraded = self.ask_channels(Request(user_id, user_stats, history, view))
+        two_tower = self.two_tower.candidates(request, config.retrieve_k)
+        probe = context.probe(view) if context is not None else []
+        found, channels_degraded = self.ask_channels(
+            Request(user_id, user_stats, history, view), config.channels
+        )
         t.append(time.perf_counter())
         union = list(dict.fromkeys([*two_tower.ids, *probe, *(i for c, _ in found for i in c.ids)]))
         filtered = True
@@ -189,7 +209,7 @@ class Recommender:
         )
         lists: list[Candidates] = []
         quotas: list[int | None] = []
-        context_k = min(self.config.context.candidates, self.config.rank_k)
+        context_k = min(config.context.candidates, config.rank_k)
         personal = False
         fresh_personal = False
         for cand, quota in found:  # fresh first: its quota is guaranteed
@@ -197,17 +217,15 @@ class Recommender:
             quotas.append(quota)
             if cand.channel == FreshChannel.name:
                 fresh_personal = bool(cand.ids)
-        if self.context is not None and context_k:
-            ctx = self.context.candidates(
-                Request(user_id, user_stats, history, view, shown), context_k
-            )
+        if context is not None and context_k:
+            ctx = context.candidates(Request(user_id, user_stats, history, view, shown), context_k)
             personal = ctx.personal
             at = 1 if found and found[0][0].channel == FreshChannel.name else 0
             lists.insert(at, ctx)
             quotas.insert(at, context_k)
         lists.append(unseen_two_tower)  # the two-tower channel fills up to rank_k
         quotas.append(None)
-        merged = merge_found(lists, quotas, self.config.rank_k)
+        merged = merge_found(lists, quotas, config.rank_k)
         cand, cand_channels, cand_sims = merged.ids, merged.channel, merged.scores
         t.append(time.perf_counter())
         note_stats, notes_degraded = self.counts("note_stats", cand)  # (m, F)
@@ -217,10 +235,10 @@ class Recommender:
             user_id, cand, authors, cats, user_stats, note_stats,
             durations=view.retriever.durations(cand), history=request.history,
         )  # fmt: skip
-        fused = fuse(preds, self.config.fusion)
+        fused = fuse(preds, config.fusion)
         reserved = {
-            FreshChannel.name: round(self.config.channels.fresh_share * n) if fresh_personal else 0,
-            ContextChannel.name: round(self.config.context.share * n) if personal else 0,
+            FreshChannel.name: round(config.channels.fresh_share * n) if fresh_personal else 0,
+            ContextChannel.name: round(config.context.share * n) if personal else 0,
         }
         order = blend_found(fused, merged.channels, reserved, n)
         t.append(time.perf_counter())
@@ -250,6 +268,7 @@ class Recommender:
             history=len(request.history),
             timings_ms=timings,
             candidates=_count_found(merged.channels),
+            arms=dict(routed.arms) if routed is not None else {},
         )
 
     def candidates_by_channel(self, user_id: str, k: int) -> tuple[list[Candidates], set[str]]:
@@ -264,7 +283,7 @@ class Recommender:
         lists = [
             self.two_tower.candidates(Request(user_id, user_counts[0], history[:length], view), k)
         ]
-        lists += [c.candidates(request, k) for c, _ in self.channels]
+        lists += [c.candidates(request, k) for c in self.channels]
         probe = self.context.probe(view) if self.context is not None else []
         union = list(dict.fromkeys([*probe, *(n for c in lists for n in c.ids)]))
         try:
@@ -277,13 +296,18 @@ class Recommender:
             lists.append(self.context.candidates(ctx, k))
         return lists, shown
 
-    def ask_channels(self, request: Request) -> tuple[list[tuple[Candidates, int]], bool]:
+    def ask_channels(
+        self, request: Request, quotas: ChannelsConfig
+    ) -> tuple[list[tuple[Candidates, int]], bool]:
         """Each co-click channel's candidates (its quota times `overfetch`) with its quota, and
         whether some channel could not read its index (Redis failing: it gives none)."""
         found: list[tuple[Candidates, int]] = []
         degraded = False
-        over = self.config.channels.overfetch
-        for channel, quota in self.channels:
+        over = quotas.overfetch
+        for channel in self.channels:
+            quota = getattr(quotas, channel.name)
+            if quota <= 0:
+                continue
             try:
                 found.append((channel.candidates(request, int(quota * over)), quota))
             except (redis.RedisError, OSError):

@@ -12,6 +12,7 @@ from features.client import FeatureClient
 from features.exposure import ExposureFilter
 from serving.app import create_app
 from serving.config import ServingConfig
+from serving.experiments import ExperimentRouter
 from serving.recommender import Recommender
 from serving.watcher import SnapshotWatcher
 
@@ -51,11 +52,17 @@ def build_service(
     )
     ranker, retriever = models
     watcher = SnapshotWatcher(snapshot_root, ranker, retriever, config)
+    router = (
+        ExperimentRouter(config.experiments, config, config.experiments_check_s)
+        if config.experiments is not None
+        else None
+    )
     recommender = Recommender(
         watcher,
         FeatureClient(client, project),
         ExposureFilter(client, exposure_namespace),
         config,
+        router,
     )
     app = create_app(recommender, config.max_n, config.default_n, config.max_in_flight)
     return Service(app, watcher, recommender)

@@ -8,8 +8,8 @@ filter -> shard) and takes its I/O as arguments, so it runs the same on Kafka an
 
     run_main(build_stats_flow(TestingSource(raw_batches), sink, dlq, StatsConfig()))
 
-Deployed, the flows run as `streamrec run validate | stats | exposure | samples | itemcf`
-(`infra.jobs`).
+Deployed, the flows run as `streamrec run validate | stats | exposure | samples | experiments |
+itemcf` (`infra.jobs`); `experiment_report` computes an experiment's statistics from its log.
 Events: `Event`, `decode_event`, `encode_event`, dead letters `DeadLetter`. Replays:
 `replay(source, bootstrap, topic)` with `SyntheticSource`, `MovieLensSource`,
 `KuaiRandSource`, `ListSource`. The plain-pandas oracle of the stats job is
@@ -53,6 +53,9 @@ _EXPORTS = {
     "build_stats_flow": "streams.stats:build_flow",
     "build_exposure_flow": "streams.exposure:build_flow",
     "build_samples_flow": "streams.samples:build_flow",
+    "build_experiments_flow": "streams.experiments:build_flow",
+    "ExperimentFlowConfig": "streams.config",
+    "experiment_report": "streams.experiment_stats:report",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -120,3 +120,18 @@ class CoClickConfig(BaseModel):
     """Impressions after which a note's statistics are trusted: it leaves the fresh set."""
     per_author: int = Field(default=20, ge=1)
     """Newest notes kept per author."""
+
+
+class ExperimentFlowConfig(BaseModel):
+    """Settings of the experiments job (`streamrec run experiments`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    allowed_lateness_ms: int = Field(default=3_600_000, ge=0)
+    """Out-of-orderness tolerated: an older event is `late`; a day closes (its cells final) once
+    the partition's high-water mark passed its end by this much."""
+    flush_interval_s: float = Field(default=10.0, gt=0)
+    """Least wall-clock interval between two writes of a partition's changed cells."""
+    inherit_arms: bool = True
+    """An event without arms counts for the arms of its user's last event with arms (False:
+    only events that carry arms count, e.g. when other traffic shares the topic)."""
