@@ -14,15 +14,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian tools the suite runs (command:package, `-` for a package without one); the tests
+# Debian tools the suite runs (command:package, `-` for a package without one; redis-server
+# with TLS: the secured-Redis and Redis Cluster fixtures start their own); the tests
 # fail without them, never skip.
-DEBIAN_TOOLS := systemd-analyze:systemd kcat:kcat -:python3-seccomp
+DEBIAN_TOOLS := systemd-analyze:systemd kcat:kcat -:python3-seccomp redis-server:redis-server
 
 tools:
 	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || dpkg -s $${t#*:} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
-# promtool (Debian's `prometheus` package) checks infra/monitoring/ in the suite.
+# promtool (Debian's `prometheus` package) checks infra/monitoring/ in the suite; its `prometheus`
+# runs in the `infra up --monitoring` test.
 promtool:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -33,7 +35,7 @@ promtool:
 demo: install
 	$(BIN)/streamrec demo
 
-test: install tools
+test: install tools promtool
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports

@@ -12,6 +12,8 @@
   joiner writes it with `HistoryWriter`, `FeatureClient.history` reads it.
 - Retrieval indexes (ItemCF / Swing neighbour lists, authors' newest notes, fresh notes):
   the co-click job writes them, the serving channels read them (`NeighbourStore`).
+- Redis connections: `connect(url)` makes every client of the system from one URL (password,
+  ACL user, `rediss://` and its certificates, `?cluster=true` for a Redis Cluster).
 - Experiments (A/B): `read_experiments(path)` validates the layered bucket config,
   `assign(config, user_id)` gives a user's arms; the experiments job's per-arm counts are read
   with `read_experiment_log`.
@@ -29,6 +31,7 @@ _EXPORTS = {
     "mark_key": "features.client",
     "DataPaths": "features.paths",
     "default_data_dir": "features.paths",
+    "object_store": "features.paths",
     "FeatureConfig": "features.schema",
     "ENTITY_KEY": "features.schema",
     "VIEWS": "features.schema",
@@ -54,6 +57,7 @@ _EXPORTS = {
     "HISTORY_VIEW": "features.history",
     "HistoryWriter": "features.history",
     "NeighbourStore": "features.neighbours",
+    "connect": "features.redis_conn",
     "ExperimentsConfig": "features.experiments",
     "read_experiments": "features.experiments",
     "assign": "features.experiments",

@@ -5,7 +5,7 @@ channels (`serving.channels`). Every key sits under the Feast project's prefix `
 
 - `p:nb:<kind>:<note>` (kind "itemcf" or "swing"): the note's top-K neighbours, best first, as
   msgpack `[[note ids], [scores]]`; absent when the note has none. `NeighbourStore.read` fetches
-  the lists of many notes in one MGET.
+  the lists of many notes in one pipelined round trip.
 - `p:author:<author>`: sorted set of the author's newest notes, score = the event time the note
   was first seen (epoch ms), trimmed to the writer's `per_author` newest.
 - `p:fresh`: sorted set of the notes still fresh (first seen recently, too few impressions for
@@ -131,10 +131,14 @@ class NeighbourStore:
 
     # -- reads ------------------------------------------------------------------------------
     def read(self, kind: str, note_ids: Sequence[str]) -> list[tuple[list[str], list[float]]]:
-        """Each note's neighbours (ids best first, scores), ([], []) for none; one MGET."""
+        """Each note's neighbours (ids best first, scores), ([], []) for none; one pipelined
+        round trip (GETs: a Redis Cluster routes each to its slot)."""
         if not note_ids:
             return []
-        raw = self.client.mget([self.key(kind, n) for n in note_ids])
+        pipe = self.client.pipeline(transaction=False)
+        for n in note_ids:
+            pipe.get(self.key(kind, n))
+        raw = pipe.execute()
         return [([], []) if r is None else _ROW.decode(r) for r in raw]
 
     def author_notes(self, authors: Sequence[str], n: int) -> list[list[tuple[str, int]]]:

@@ -18,6 +18,7 @@ import torch
 
 from features.schema import FeatureConfig
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
+from learners.export import snapshot_exports
 from learners.inputs import Columns
 from learners.snapshots import (
     Manifest,
@@ -69,7 +70,7 @@ def load_or_create(
     versions: dict[str, int | None] = {}
     metas: list[dict | None] = []
     try:
-        snap = SnapshotReader(snapshots.root, config.ranker_model).latest()
+        snap = SnapshotReader(snapshots.location, config.ranker_model).latest()
         r = RankerState.from_snapshot(snap)
         check_priors(r, features)
         versions["ranker"] = snap.manifest.version
@@ -82,7 +83,7 @@ def load_or_create(
         versions["ranker"] = None
         metas.append(None)
     try:
-        snap = SnapshotReader(snapshots.root, config.retriever_model).latest()
+        snap = SnapshotReader(snapshots.location, config.retriever_model).latest()
         t = RetrieverState.from_snapshot(snap)
         versions["retriever"] = snap.manifest.version
         metas.append(snap.manifest.meta)
@@ -136,7 +137,7 @@ def train_pass(
 
 
 def run_full(
-    log_dir: Path,
+    log_dir: Path | str,
     config: LearnConfig,
     snapshots: SnapshotConfig,
     announce: Callable[[Manifest], None] | None = None,
@@ -155,7 +156,7 @@ def run_full(
     """
     from features.samples import read_sample_log
 
-    check_writable(snapshots.root, (config.ranker_model, config.retriever_model))
+    check_writable(snapshots.location, (config.ranker_model, config.retriever_model))
     torch.set_num_threads(config.threads)
     cols = Columns.from_table(read_sample_log(log_dir))
     if on_start is not None:
@@ -167,9 +168,11 @@ def run_full(
         state.expire(state.hwm_ms)
         tables, dense = state.full_state()
         meta = state.meta({"offsets": offsets, "full_training_samples": len(cols)})
-        writer = SnapshotWriter(snapshots.root, name, snapshots, announce)
+        writer = SnapshotWriter(snapshots.location, name, snapshots, announce)
         try:
-            report.published.append(writer.publish_full(tables, dense, state.hwm_ms, meta))
+            report.published.append(
+                writer.publish_full(tables, dense, state.hwm_ms, meta, snapshot_exports(state))
+            )
         except OSError as exc:
-            raise publish_failed(name, snapshots.root, exc) from exc
+            raise publish_failed(name, snapshots.location, exc) from exc
     return report

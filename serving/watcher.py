@@ -26,6 +26,7 @@ from learners.subscription import Announcements
 from serving.config import ServingConfig
 from serving.errors import NotReadyError
 from serving.index import NoteIndex
+from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class SnapshotWatcher:
     """Keeps the newest consistent `ModelView` of the ranker and retriever snapshots."""
 
     def __init__(
-        self, root: Path, ranker_model: str, retriever_model: str, config: ServingConfig
+        self, root: Path | str, ranker_model: str, retriever_model: str, config: ServingConfig
     ) -> None:
         self._root = root
         self._readers = {
@@ -196,7 +197,7 @@ class SnapshotWatcher:
         """Check for new versions now (an announcement arrived)."""
         self._wake.set()
 
-    def start(self, bootstrap: str | None = None, topic: str | None = None) -> None:
+    def start(self, bootstrap: Broker | None = None, topic: str | None = None) -> None:
         """Poll in a background thread; with a broker, also follow the announcements topic."""
         self._threads = [threading.Thread(target=self._poll, daemon=True, name="snap-poll")]
         if bootstrap and topic:
@@ -224,7 +225,7 @@ class SnapshotWatcher:
             self._wake.wait(self._config.poll_interval_s)
             self._wake.clear()
 
-    def _follow(self, bootstrap: str, topic: str) -> None:
+    def _follow(self, bootstrap: Broker, topic: str) -> None:
         try:
             announcements = Announcements(bootstrap, topic)
         except Exception as exc:  # the directory poll goes on without announcements

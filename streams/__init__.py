@@ -31,6 +31,8 @@ _EXPORTS = {
     "EventLimits": "streams.config",
     "StatsConfig": "streams.config",
     "SamplesConfig": "streams.config",
+    "KafkaSecurity": "streams.config",
+    "KafkaConnection": "streams.config",
     "KafkaBatchSource": "streams.kafka_io",
     "RawBatch": "streams.kafka_io",
     "make_producer": "streams.kafka_io",

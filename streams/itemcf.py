@@ -40,7 +40,6 @@ from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
 import numpy as np
-import redis
 import scipy.sparse as sp
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
@@ -48,6 +47,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from features.neighbours import FreshNote, NeighbourStore
+from features.redis_conn import connect
 from features.windows import TYPE_METRIC
 from streams.config import DEFAULT_LIMITS, CoClickConfig, EventLimits
 from streams.ingest import Columns, ingest_flow
@@ -444,7 +444,7 @@ def build_flow(
 
 class _NeighbourPartition(StatelessSinkPartition[Refresh]):
     def __init__(self, redis_url: str, project: str, per_author: int) -> None:
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = connect(redis_url)
         self._store = NeighbourStore(self._redis, project)
         self._per_author = per_author
 

@@ -1,15 +1,25 @@
-"""Session fixtures: the real local stack (Tansu broker + Redis) shared by the whole suite."""
+"""Session fixtures: the real local stack (Tansu broker + Redis) shared by the whole suite.
+
+`REDIS_CLUSTER=1` runs the suite's Redis on a local 3-master Redis Cluster the session starts
+(`redis_url` then names it); the Redis-facing tests of `tests/features` run on both anyway
+(`tests/features/conftest.py`)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from features.redis_conn import Client, connect
 from infra import stack
 from infra.config import Settings, load_settings
+from tests import secured_redis as secured_redis_server
+from tests.secured_redis import SecuredRedis
 
 TEST_REDIS_DBS = range(3, 12)
 """Databases a test session may use; each session claims one no other running session holds
@@ -25,8 +35,6 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if k in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
 
 
@@ -45,9 +53,29 @@ def bootstrap(local_stack: stack.StackState) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url(local_stack: stack.StackState) -> str:
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.RedisCluster]:
+    """A local Redis Cluster of 3 masters for this session (started once, stopped at the end)."""
+    cluster = stack.start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredRedis]:
+    """A redis-server with `requirepass`, an ACL user and mutual TLS (`tests/secured_redis.py`)."""
+    urls, proc = secured_redis_server.start(tmp_path_factory.mktemp("secured-redis"))
+    yield urls
+    secured_redis_server.stop([proc], signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def redis_url(local_stack: stack.StackState, request: pytest.FixtureRequest) -> str:
     """URL of the test Redis database: a DB this session claims (so two test sessions on one
-    machine never flush each other's data), flushed before and after the session."""
+    machine never flush each other's data), flushed before and after the session; with
+    `REDIS_CLUSTER=1`, the session's own Redis Cluster."""
+    if os.environ.get("REDIS_CLUSTER", "") not in ("", "0"):
+        yield request.getfixturevalue("redis_cluster").url
+        return
     base = local_stack.redis_url.rsplit("/", 1)[0]
     token = uuid.uuid4().hex
     for db in TEST_REDIS_DBS:
@@ -65,9 +93,9 @@ def redis_url(local_stack: stack.StackState) -> str:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A client on the test database."""
-    client = redis.Redis.from_url(redis_url)
+def redis_client(redis_url: str) -> Iterator[Client]:
+    """A client on the test database (a `RedisCluster` on a cluster URL)."""
+    client = connect(redis_url)
     yield client
     client.close()
 
@@ -76,3 +104,37 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 def topic_name() -> str:
     """A fresh topic-name prefix, so tests never share data on the broker."""
     return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3-API server (moto's, in a thread) for the session; its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    from infra.processes import free_port
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`s3://<new bucket>/store` on the local S3 server; the AWS environment points at it."""
+    import fsspec
+
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"b{uuid.uuid4().hex[:12]}"
+    fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
+    return f"s3://{bucket}/store"

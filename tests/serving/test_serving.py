@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from features.client import mark_key
 from features.exposure import ExposureConfig, ExposureWriter
 from features.online_writer import OnlineWriter
+from features.redis_conn import connect
 from features.schema import FeatureConfig, derive
 from features.windows import METRICS, WINDOWS
 from infra.config import load_settings
@@ -86,7 +86,7 @@ def test_exposed_notes_are_never_returned_and_every_task_is_scored(service, redi
     watcher.refresh()
     tasks = {*watcher.current().ranker.tasks, "watch_ms"}
     client = TestClient(app)
-    writer = ExposureWriter(redis.Redis.from_url(redis_url), settings.exposure)
+    writer = ExposureWriter(connect(redis_url), settings.exposure)
     exposed: set[str] = set()
     for round_ in range(6):
         body = client.get("/recommend", params={"user_id": "u7", "n": 25}).json()
@@ -125,7 +125,7 @@ def test_api_recommends_filters_exposures_and_explains_bad_input(service, redis_
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
 
-    writer = ExposureWriter(redis.Redis.from_url(redis_url), settings.exposure)
+    writer = ExposureWriter(connect(redis_url), settings.exposure)
     shown = [i["note_id"] for i in body["items"][:3]]
     writer.add_batch(["u1"] * 3, shown, [10**12] * 3)
     again = client.get("/recommend", params={"user_id": "u1", "n": 10}).json()
@@ -171,7 +171,7 @@ def test_api_recommends_filters_exposures_and_explains_bad_input(service, redis_
 def test_features_endpoint_and_freshness_metric(service, redis_url) -> None:
     app, _, settings = service
     client = TestClient(app)
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     counts = {w.name: np.full((1, len(METRICS)), 4, np.int64) for w in WINDOWS}
     cols = derive("note_stats", counts, FeatureConfig())
     OnlineWriter(r, settings.feast_project).write("note_stats", ["n-x"], cols, 1_700_000_000_000)
@@ -187,3 +187,30 @@ def test_features_endpoint_and_freshness_metric(service, redis_url) -> None:
         if x.startswith("streamrec_feature_freshness_seconds ")
     )
     assert 2.5 < float(line.split()[1]) < 60
+
+
+def test_a_replica_reading_the_store_url_answers_recommend_identically(
+    service, redis_url: str, s3_url: str
+) -> None:
+    """A second service whose settings name only the object store (`snapshots.url`, its own
+    root an empty directory) answers `/recommend` as the first, for several users."""
+    import fsspec
+
+    app, watcher, settings = service
+    root = settings.snapshots.root
+    fsspec.filesystem("s3").put(f"{root}/", s3_url.removeprefix("s3://"), recursive=True)
+    empty = root.parent / "replica-has-no-copy"
+    empty.mkdir()
+    remote = settings.model_copy(
+        update={"snapshots": settings.snapshots.model_copy(update={"root": empty, "url": s3_url})}
+    )
+    replica = service_for(remote, redis_url)
+    watcher.refresh()
+    replica.watcher.refresh()
+    first, second = TestClient(app), TestClient(replica.app)
+    for user in ("u1", "u7", "u42", "never-seen"):
+        want = first.get("/recommend", params={"user_id": user, "n": 20}).json()
+        got = second.get("/recommend", params={"user_id": user, "n": 20}).json()
+        assert [i["note_id"] for i in got["items"]] == [i["note_id"] for i in want["items"]]
+        assert [i["scores"] for i in got["items"]] == [i["scores"] for i in want["items"]]
+    assert not any(empty.iterdir())
