@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
-import redis
 
 from features.client import mark_key
 from features.errors import FeaturesError
+from features.redis_conn import Client, is_cluster
 
 KINDS = ("itemcf", "swing")
 """The neighbour lists a note can have."""
@@ -65,7 +65,7 @@ class NeighbourStore:
         project: the Feast project (`Settings.feast_project`), the keys' prefix.
     """
 
-    def __init__(self, client: redis.Redis, project: str) -> None:
+    def __init__(self, client: Client, project: str) -> None:
         self.client, self.project = client, project
 
     # -- keys -------------------------------------------------------------------------------
@@ -125,9 +125,14 @@ class NeighbourStore:
         if stale:
             pipe.zrem(self.fresh_key, *stale)
             pipe.hdel(f"{self.fresh_key}:info", *stale)
-        if hwm_ms is not None:
+        if hwm_ms is None:
+            pipe.execute()
+        elif is_cluster(self.client):  # nodes apply their parts in parallel: the mark after all
+            pipe.execute()
+            self.client.eval(_MAX_SCRIPT, 1, mark_key(self.project, JOB), int(hwm_ms))
+        else:
             pipe.eval(_MAX_SCRIPT, 1, mark_key(self.project, JOB), int(hwm_ms))
-        pipe.execute()
+            pipe.execute()
 
     # -- reads ------------------------------------------------------------------------------
     def read(self, kind: str, note_ids: Sequence[str]) -> list[tuple[list[str], list[float]]]:
