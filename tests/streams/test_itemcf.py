@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from features.neighbours import NeighbourStore
+from infra.config import Settings
 from streams.cf_reference import expected_neighbours
 from streams.config import CoClickConfig
 from streams.events import Event
 from streams.itemcf import NeighbourSink, Refresh, build_flow
 from streams.sources.synthetic import SyntheticConfig
-from tests.streams.helpers import events_fixture, raw_batches
+from tests.streams.helpers import cli_env, events_fixture, raw_batches, replayed_topic, run_to_end
 
 WORLD = SyntheticConfig(users=60, notes=80, categories=4, authors=10, seed=3)
 events = events_fixture(WORLD, 12_000)
@@ -136,3 +138,29 @@ def test_sink_stores_the_lists_in_redis(
         n for n, c in shown.items() if c < CONFIG.trust_impressions
     }
     assert all(f.impressions == shown[f.note_id] for f in fresh)
+
+
+def test_the_job_on_kafka_stores_the_oracles_lists(
+    events: list[Event],
+    bootstrap: str,
+    settings: Settings,
+    redis_url: str,
+    redis_client: redis.Redis,
+    topic_name: str,
+    tmp_path: Path,
+) -> None:
+    """`streamrec run itemcf --until-end` over a real topic: the stored lists are the oracle's."""
+    config, project = replayed_topic(bootstrap, topic_name, tmp_path, events)
+    run_to_end(["run", "itemcf", "--config", str(config)], cli_env(settings.data_dir, redis_url))
+    defaults = CoClickConfig()
+    expected = expected_neighbours(
+        events, defaults.user_window, defaults.top_k, defaults.alpha, defaults.swing_users
+    )
+    store = NeighbourStore(redis_client, project)
+    for kind in ("itemcf", "swing"):
+        notes = sorted(expected[kind])
+        got = dict(zip(notes, store.read(kind, notes), strict=True))
+        assert {n: ids for n, (ids, _) in got.items()} == {
+            n: ids for n, (ids, _) in expected[kind].items()
+        }
+    assert store.as_of() == max(e.ts for e in events)
