@@ -10,6 +10,8 @@
   log (`read_sample_log`).
 - Click history (view `user_history`, each user's last clicked notes, newest first): the sample
   joiner writes it with `HistoryWriter`, `FeatureClient.history` reads it.
+- Retrieval indexes (ItemCF / Swing neighbour lists, authors' newest notes, fresh notes):
+  the co-click job writes them, the serving channels read them (`NeighbourStore`).
 - Redis connections: `connect(url)` makes every client of the system from one URL (password,
   ACL user, `rediss://` and its certificates, `?cluster=true` for a Redis Cluster).
 - Experiments (A/B): `read_experiments(path)` validates the layered bucket config,
@@ -54,6 +56,7 @@ _EXPORTS = {
     "FeaturesError": "features.errors",
     "HISTORY_VIEW": "features.history",
     "HistoryWriter": "features.history",
+    "NeighbourStore": "features.neighbours",
     "connect": "features.redis_conn",
     "ExperimentsConfig": "features.experiments",
     "read_experiments": "features.experiments",

@@ -16,6 +16,7 @@ from rich.table import Table
 from features.redis_conn import redact
 from features.windows import WINDOWS
 from infra import stack
+from infra.cli_candidates import candidates
 from infra.cli_errors import (
     DEBUG_ENV,
     EXIT_KAFKA,
@@ -47,6 +48,7 @@ app.add_typer(learn_app, name="learn")
 app.add_typer(exposure_app, name="exposure")
 app.add_typer(experiments_app, name="experiments")
 app.command("serve")(serve)
+app.command("candidates")(candidates)
 
 console = Console()
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"

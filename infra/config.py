@@ -17,6 +17,7 @@ from learners.config import LearnConfig
 from learners.snapshots import SnapshotConfig
 from serving.config import ServingConfig
 from streams.config import (
+    CoClickConfig,
     EventLimits,
     ExperimentFlowConfig,
     KafkaConnection,
@@ -155,6 +156,8 @@ class Settings(_Frozen):
     """The exposure job and the filters it keeps."""
     samples: SamplesConfig = SamplesConfig()
     """The sample joiner."""
+    coclick: CoClickConfig = CoClickConfig()
+    """The co-click job (`streamrec run itemcf`): ItemCF, Swing, author and fresh indexes."""
     experiments: ExperimentFlowConfig = ExperimentFlowConfig()
     """The experiments job (per-arm counts for `streamrec experiments report`); the
     experiments themselves are `serving.experiments` (a YAML file)."""

@@ -321,6 +321,23 @@ def _build_samples(ctx: JobContext) -> BuiltJob:
     return BuiltJob(flow, totals.print)
 
 
+def _build_itemcf(ctx: JobContext) -> BuiltJob:
+    from streams.itemcf import NeighbourSink, build_flow
+    from streams.sinks import metered
+
+    s = ctx.settings
+    sink = NeighbourSink(ctx.where.redis_url, s.feast_project, s.coclick.per_author)
+    flow = build_flow(
+        _source(ctx),
+        metered(sink, ctx.flow, "neighbours", "redis"),
+        _dlq(ctx),
+        s.coclick,
+        limits=s.events,
+        recoverable=ctx.recoverable,
+    )
+    return BuiltJob(flow)
+
+
 JOBS: dict[str, JobSpec] = {
     spec.name: spec
     for spec in (
@@ -346,6 +363,12 @@ JOBS: dict[str, JobSpec] = {
             "parquet; users' click histories into Feast (Redis).",
             _build_samples,
             prepare=_apply_features,
+        ),
+        JobSpec(
+            "itemcf",
+            "ItemCF and Swing neighbours of every note from the clicks, author and fresh-note "
+            "indexes, for the retrieval channels (Redis).",
+            _build_itemcf,
         ),
         JobSpec(
             "experiments",

@@ -37,7 +37,10 @@ class Item(BaseModel):
     scores: dict[str, float]
     """Calibrated per-task probabilities and expected `watch_ms`."""
     channel: str = "two_tower"
-    """The retrieval channel that proposed the note ("two_tower" or "context")."""
+    """The retrieval channel that proposed the note ("two_tower", "context", "fresh",
+    "itemcf", "swing" or "author")."""
+    channels: list[str] = []
+    """Every retrieval channel whose candidates held the note (`channel` first)."""
 
 
 class RecommendResponse(BaseModel):
@@ -119,6 +122,18 @@ class Metrics:
         )
         self.refused = Counter(
             "streamrec_overload_refused", "Requests refused beyond max_in_flight", registry=r
+        )
+        self.channel_candidates = Counter(
+            "streamrec_channel_candidates",
+            "Merged candidates found by each retrieval channel",
+            ["channel"],
+            registry=r,
+        )
+        self.channel_items = Counter(
+            "streamrec_channel_items",
+            "Returned notes by the retrieval channel that proposed them",
+            ["channel"],
+            registry=r,
         )
         self.arms = Counter(
             "streamrec_experiment_answers",
@@ -238,6 +253,10 @@ def create_app(
             raise HTTPException(503, str(exc)) from None
         except DependencyError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        for channel, count in rec.candidates.items():
+            metrics.channel_candidates.labels(channel).inc(count)
+        for item in rec.items:
+            metrics.channel_items.labels(item.channel).inc()
         for experiment, arm in rec.arms.items():
             metrics.arms.labels(experiment, arm).inc()
         return RecommendResponse(

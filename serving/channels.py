@@ -2,7 +2,8 @@
 
 A `Channel` answers `candidates(request, k)`; the recommender asks every channel of its funnel,
 drops what the user has seen, and merges the channels' unseen candidates by quota with
-de-duplication (`merge`). Two channels exist:
+de-duplication (`merge`, or `merge_found`, which also remembers every channel that found each
+note). The channels:
 
 - `TwoTowerChannel`: the notes of highest cosine with the user tower's vector (faiss index).
 - `ContextChannel` ("popular in context"): the most clicked notes of the categories the user
@@ -11,7 +12,13 @@ de-duplication (`merge`). Two channels exist:
   filter's answer for the `probe`: the most clicked notes of every category) - and the globally
   most clicked notes for a user with no interaction at all. It needs no trained row: it places
   a user after one impression, which the user tower cannot (a user's row trains only on their
-  clicks). Its candidates are notes of the probe the user has not been shown.
+  clicks). Its candidates are notes of the probe the user has not been shown. It is also the
+  cold start of a new user: popular notes of their first categories.
+- `NeighbourChannel` "itemcf" / "swing": the neighbours (`features.neighbours`, kept by the
+  co-click job) of the user's last clicked notes, a note scored by its summed similarity to them.
+- `AuthorChannel`: the newest notes of the authors of the user's last clicked notes.
+- `FreshChannel`: notes still in their cold start (first seen recently, few impressions), those
+  of the user's categories first; the recommender reserves them a share of the returned slots.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from typing import Protocol
 
 import numpy as np
 
+from features.neighbours import NeighbourStore
 from learners.inference import Retriever
-from serving.config import ContextConfig
+from serving.config import ChannelsConfig, ContextConfig
 from serving.watcher import ModelView
 
 
@@ -51,6 +59,10 @@ class Candidates:
     scores: np.ndarray
     personal: bool = True
     """False when the channel had nothing personal to go on (its answer is everyone's)."""
+
+    def top(self, k: int) -> Candidates:
+        """The first `k` candidates."""
+        return Candidates(self.channel, self.ids[:k], self.scores[:k], self.personal)
 
 
 class Channel(Protocol):
@@ -213,3 +225,125 @@ def merge(lists: list[Candidates], quotas: list[int]) -> tuple[list[str], list[s
             scores.append(score)
             added += 1
     return ids, channels, np.array(scores, dtype=np.float64)
+
+
+class NeighbourChannel:
+    """Notes similar to the user's last clicked ones: sum of their ItemCF or Swing similarity."""
+
+    def __init__(self, kind: str, store: NeighbourStore, config: ChannelsConfig) -> None:
+        self.name, self.store, self.config = kind, store, config
+
+    def probe(self, view: ModelView) -> list[str]:  # noqa: ARG002 - the protocol's signature
+        """None: its candidates are filtered in the request's one exposure call."""
+        return []
+
+    def candidates(self, request: Request, k: int) -> Candidates:
+        mine = request.history[: self.config.history]
+        score: dict[str, float] = {}
+        for ids, sims in self.store.read(self.name, mine):
+            for note, sim in zip(ids, sims, strict=True):
+                score[note] = score.get(note, 0.0) + sim
+        clicked = set(mine)
+        best = sorted((n for n in score if n not in clicked), key=lambda n: (-score[n], n))[:k]
+        return Candidates(self.name, best, np.array([score[n] for n in best], dtype=np.float64))
+
+
+class AuthorChannel:
+    """The newest notes of the authors of the user's last clicked notes."""
+
+    name = "author"
+
+    def __init__(self, store: NeighbourStore, config: ChannelsConfig) -> None:
+        self.store, self.config = store, config
+
+    def probe(self, view: ModelView) -> list[str]:  # noqa: ARG002 - the protocol's signature
+        """None: its candidates are filtered in the request's one exposure call."""
+        return []
+
+    def candidates(self, request: Request, k: int) -> Candidates:
+        mine = request.history[: self.config.history]
+        authors, _ = request.view.retriever.side_info(mine)
+        weight: dict[str, float] = {}
+        for a in authors:
+            if a:
+                weight[a] = weight.get(a, 0.0) + 1.0
+        order = sorted(weight, key=lambda a: (-weight[a], a))
+        clicked = set(mine)
+        score: dict[str, float] = {}
+        for a, notes in zip(
+            order, self.store.author_notes(order, self.config.per_author), strict=True
+        ):
+            for rank, (note, _) in enumerate(notes):
+                if note not in clicked:
+                    score[note] = max(score.get(note, 0.0), weight[a] / (1.0 + rank))
+        best = sorted(score, key=lambda n: (-score[n], n))[:k]
+        return Candidates(self.name, best, np.array([score[n] for n in best], dtype=np.float64))
+
+
+class FreshChannel:
+    """Notes in their cold start: those of the user's categories first, then the least shown."""
+
+    name = "fresh"
+
+    def __init__(self, store: NeighbourStore, config: ChannelsConfig) -> None:
+        self.store, self.config = store, config
+
+    def probe(self, view: ModelView) -> list[str]:  # noqa: ARG002 - the protocol's signature
+        """None: its candidates are filtered in the request's one exposure call."""
+        return []
+
+    def candidates(self, request: Request, k: int) -> Candidates:
+        fresh = self.store.fresh(self.config.fresh_pool)
+        _, cats = request.view.retriever.side_info(request.history[: self.config.history])
+        mine = {c for c in cats if c}
+        # in the user's categories: 1 + ...; within a tier the least shown first
+        scores = [(f.category in mine) + 1.0 / (1.0 + f.impressions) for f in fresh]
+        order = sorted(range(len(fresh)), key=lambda j: (-scores[j], -fresh[j].first_seen_ms))[:k]
+        return Candidates(
+            self.name,
+            [fresh[j].note_id for j in order],
+            np.array([scores[j] for j in order], dtype=np.float64),
+            personal=bool(mine),
+        )
+
+
+@dataclass(frozen=True)
+class Merged:
+    """The channels' candidates merged: each note once, with every channel that found it."""
+
+    ids: list[str]
+    channel: list[str]
+    """The channel each note was taken from (the first in merge order that had it)."""
+    channels: list[list[str]]
+    """Every channel whose candidates held the note, in merge order."""
+    scores: np.ndarray
+    """The taking channel's score of each note."""
+
+
+def merge_found(lists: list[Candidates], quotas: list[int | None], total: int) -> Merged:
+    """The channels' candidates merged in the order of `lists`: up to `quotas[i]` new notes
+    from channel i (None: as many as bring the merged notes to `total`), at most `total` in
+    all; each note once, remembering each channel whose candidates held it."""
+    ids: list[str] = []
+    channel: list[str] = []
+    scores: list[float] = []
+    taken: set[str] = set()
+    for cand, quota in zip(lists, quotas, strict=True):
+        room = total - len(ids) if quota is None else min(quota, total - len(ids))
+        for note, score in zip(cand.ids, cand.scores.tolist(), strict=True):
+            if room <= 0:
+                break
+            if note in taken:
+                continue
+            taken.add(note)
+            ids.append(note)
+            channel.append(cand.channel)
+            scores.append(score)
+            room -= 1
+    found: dict[str, list[str]] = {n: [] for n in ids}
+    for cand in lists:
+        for note in dict.fromkeys(cand.ids):
+            by = found.get(note)
+            if by is not None and cand.channel not in by:
+                by.append(cand.channel)
+    return Merged(ids, channel, [found[n] for n in ids], np.array(scores, dtype=np.float64))

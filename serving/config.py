@@ -64,6 +64,36 @@ class ContextConfig(BaseModel):
     """Categories share the channel's candidates in proportion to evidence ** sharpen."""
 
 
+class ChannelsConfig(BaseModel):
+    """The channels fed by the co-click job (`streamrec run itemcf`; `serving.channels`):
+    ItemCF, Swing, author and fresh notes. Each gives at most its quota of unseen candidates to
+    the `rank_k` the ranker scores, in the order fresh, (context,) itemcf, swing, author; the
+    two-tower channel fills the rest. A note several channels found is taken once and remembers
+    them all (`channels` of each item in /recommend)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    itemcf: int = Field(default=60, ge=0)
+    """Quota of the ItemCF channel (0: off)."""
+    swing: int = Field(default=40, ge=0)
+    """Quota of the Swing channel (0: off)."""
+    author: int = Field(default=20, ge=0)
+    """Quota of the author channel (0: off)."""
+    fresh: int = Field(default=20, ge=0)
+    """Quota of the fresh-note channel (0: off)."""
+    history: int = Field(default=20, ge=1, le=200)
+    """Last clicked notes of the user whose neighbours and authors are read."""
+    per_author: int = Field(default=5, ge=1)
+    """Newest notes taken per author the user clicked."""
+    fresh_pool: int = Field(default=500, ge=1)
+    """Newest fresh notes read per request (those of the user's categories first)."""
+    fresh_share: float = Field(default=0.1, ge=0, le=1)
+    """Share of the `n` returned notes reserved for fresh notes (their best by the fused
+    score): a new note gets impressions before its statistics can earn them."""
+    overfetch: float = Field(default=2.0, ge=1)
+    """Each channel is asked for its quota times this (the exposure filter drops some)."""
+
+
 class ServingConfig(BaseModel):
     """Retrieval, ranking and API settings."""
 
@@ -102,6 +132,8 @@ class ServingConfig(BaseModel):
     """Score fusion."""
     context: ContextConfig = ContextConfig()
     """The "popular in context" retrieval channel beside the two-tower one."""
+    channels: ChannelsConfig = ChannelsConfig()
+    """The ItemCF, Swing, author and fresh-note channels and their quotas."""
     experiments: Path | None = None
     """The experiments YAML (docs/experiments.md): users' arms change these settings and the
     models; None: no experiments. Edits are picked up without a restart."""

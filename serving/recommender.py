@@ -21,9 +21,20 @@ import redis
 from features.client import FeatureClient
 from features.errors import ExposureError
 from features.exposure import ExposureFilter
+from features.neighbours import NeighbourStore
 from features.samples import STAT_FEATURES
-from serving.channels import Candidates, ContextChannel, Request, TwoTowerChannel, merge
-from serving.config import ContextConfig, FusionConfig, ServingConfig
+from serving.channels import (
+    AuthorChannel,
+    Candidates,
+    Channel,
+    ContextChannel,
+    FreshChannel,
+    NeighbourChannel,
+    Request,
+    TwoTowerChannel,
+    merge_found,
+)
+from serving.config import ChannelsConfig, ContextConfig, FusionConfig, ServingConfig
 from serving.errors import DependencyError
 from serving.experiments import ExperimentRouter
 from serving.watcher import SnapshotWatcher
@@ -40,6 +51,8 @@ class Scored:
     scores: dict[str, float]
     channel: str = "two_tower"
     """The retrieval channel that proposed the note."""
+    channels: list[str] = field(default_factory=list)
+    """Every retrieval channel whose candidates held the note (`channel` first)."""
 
 
 @dataclass
@@ -63,6 +76,9 @@ class Recommendation:
     history: int = 0
     """Clicked notes of the user the models were given (0: none stored, or no model reads it)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    candidates: dict[str, int] = field(default_factory=dict)
+    """Merged candidates per retrieval channel that found them (a note found by two counts
+    for both)."""
     arms: dict[str, str] = field(default_factory=dict)
     """The user's experiment arms (experiment -> arm) that made this answer; impressions of
     it carry them (`Event.arms`)."""
@@ -115,6 +131,15 @@ class Recommender:
         """Experiments: the user's arms and the settings they make (None: no experiments)."""
         self.two_tower = TwoTowerChannel()
         self.context = ContextChannel(config.context) if config.context.enabled else None
+        store = NeighbourStore(features.client, features.project)
+        cc = config.channels
+        self.channels: list[Channel] = [
+            FreshChannel(store, cc),
+            NeighbourChannel("itemcf", store, cc),
+            NeighbourChannel("swing", store, cc),
+            AuthorChannel(store, cc),
+        ]
+        """The co-click job's channels, fresh first (each asked when its quota is > 0)."""
         self._contexts: dict[ContextConfig, ContextChannel] = {config.context: self.context}
 
     def _context_for(self, config: ContextConfig) -> ContextChannel | None:
@@ -155,15 +180,22 @@ class Recommender:
         user_counts, degraded = self.counts("user_stats", [user_id])
         user_stats = user_counts[0]  # (F,)
         length = max(view.ranker.history_len, view.retriever.history_len)
-        wanted = max(length, context.config.history if context is not None else 0)
+        wanted = max(
+            length,
+            context.config.history if context is not None else 0,
+            config.channels.history,
+        )
         # Counts unreadable: Redis is failing, do not spend another timeout on the history.
         history, history_degraded = self.history(user_id, wanted) if not degraded else ([], True)
         request = Request(user_id, user_stats, history[:length], view)
         t.append(time.perf_counter())
         two_tower = self.two_tower.candidates(request, config.retrieve_k)
         probe = context.probe(view) if context is not None else []
+        found, channels_degraded = self.ask_channels(
+            Request(user_id, user_stats, history, view), config.channels
+        )
         t.append(time.perf_counter())
-        union = list(dict.fromkeys([*two_tower.ids, *probe]))
+        union = list(dict.fromkeys([*two_tower.ids, *probe, *(i for c, _ in found for i in c.ids)]))
         filtered = True
         try:
             seen = self.exposure.seen(user_id, union) if union else []
@@ -172,15 +204,29 @@ class Recommender:
         except (redis.RedisError, OSError) as exc:  # cannot tell what was shown: refuse
             raise DependencyError(f"exposure filters unavailable (Redis: {exc})") from exc
         shown = frozenset(i for i, s in zip(union, seen, strict=True) if s)
-        lists = [Candidates(two_tower.channel, *_drop(two_tower, shown), two_tower.personal)]
+        unseen_two_tower = Candidates(
+            two_tower.channel, *_drop(two_tower, shown), two_tower.personal
+        )
+        lists: list[Candidates] = []
+        quotas: list[int | None] = []
         context_k = min(config.context.candidates, config.rank_k)
         personal = False
+        fresh_personal = False
+        for cand, quota in found:  # fresh first: its quota is guaranteed
+            lists.append(Candidates(cand.channel, *_drop(cand, shown), cand.personal))
+            quotas.append(quota)
+            if cand.channel == FreshChannel.name:
+                fresh_personal = bool(cand.ids)
         if context is not None and context_k:
             ctx = context.candidates(Request(user_id, user_stats, history, view, shown), context_k)
             personal = ctx.personal
-            lists.insert(0, ctx)  # its quota first, the two-tower channel fills up to rank_k
-        quotas = [context_k] * (len(lists) - 1) + [config.rank_k - context_k * (len(lists) - 1)]
-        cand, cand_channels, cand_sims = merge(lists, quotas)
+            at = 1 if found and found[0][0].channel == FreshChannel.name else 0
+            lists.insert(at, ctx)
+            quotas.insert(at, context_k)
+        lists.append(unseen_two_tower)  # the two-tower channel fills up to rank_k
+        quotas.append(None)
+        merged = merge_found(lists, quotas, config.rank_k)
+        cand, cand_channels, cand_sims = merged.ids, merged.channel, merged.scores
         t.append(time.perf_counter())
         note_stats, notes_degraded = self.counts("note_stats", cand)  # (m, F)
         t.append(time.perf_counter())
@@ -190,8 +236,11 @@ class Recommender:
             durations=view.retriever.durations(cand), history=request.history,
         )  # fmt: skip
         fused = fuse(preds, config.fusion)
-        reserved = round(config.context.share * n) if personal else 0
-        order = blend(fused, cand_channels, ContextChannel.name, reserved, n)
+        reserved = {
+            FreshChannel.name: round(config.channels.fresh_share * n) if fresh_personal else 0,
+            ContextChannel.name: round(config.context.share * n) if personal else 0,
+        }
+        order = blend_found(fused, merged.channels, reserved, n)
         t.append(time.perf_counter())
         items = [
             Scored(
@@ -200,6 +249,7 @@ class Recommender:
                 float(cand_sims[j]),
                 {task: float(p[j]) for task, p in preds.items()},
                 cand_channels[j],
+                merged.channels[j],
             )
             for j in order.tolist()
         ]
@@ -211,14 +261,58 @@ class Recommender:
             items,
             view.versions,
             len(two_tower.ids),
-            len(lists[-1].ids),
+            len(unseen_two_tower.ids),
             len(cand),
             exposure_filtered=filtered,
-            features_degraded=degraded or notes_degraded or history_degraded,
+            features_degraded=degraded or notes_degraded or history_degraded or channels_degraded,
             history=len(request.history),
             timings_ms=timings,
+            candidates=_count_found(merged.channels),
             arms=dict(routed.arms) if routed is not None else {},
         )
+
+    def candidates_by_channel(self, user_id: str, k: int) -> tuple[list[Candidates], set[str]]:
+        """Every channel's candidates for `user_id` (at most `k` each, before the exposure
+        filter and the merge; `streamrec candidates`), and which of them the user was shown."""
+        view = self.watcher.current()
+        user_counts, _ = self.counts("user_stats", [user_id])
+        length = max(view.ranker.history_len, view.retriever.history_len)
+        wanted = max(length, self.config.context.history, self.config.channels.history)
+        history, _ = self.history(user_id, wanted)
+        request = Request(user_id, user_counts[0], history, view)
+        lists = [
+            self.two_tower.candidates(Request(user_id, user_counts[0], history[:length], view), k)
+        ]
+        lists += [c.candidates(request, k) for c in self.channels]
+        probe = self.context.probe(view) if self.context is not None else []
+        union = list(dict.fromkeys([*probe, *(n for c in lists for n in c.ids)]))
+        try:
+            seen = self.exposure.seen(user_id, union) if union else []
+        except ExposureError:
+            seen = [False] * len(union)
+        shown = {n for n, s in zip(union, seen, strict=True) if s}
+        if self.context is not None:
+            ctx = Request(user_id, user_counts[0], history, view, frozenset(shown))
+            lists.append(self.context.candidates(ctx, k))
+        return lists, shown
+
+    def ask_channels(
+        self, request: Request, quotas: ChannelsConfig
+    ) -> tuple[list[tuple[Candidates, int]], bool]:
+        """Each co-click channel's candidates (its quota times `overfetch`) with its quota, and
+        whether some channel could not read its index (Redis failing: it gives none)."""
+        found: list[tuple[Candidates, int]] = []
+        degraded = False
+        over = quotas.overfetch
+        for channel in self.channels:
+            quota = getattr(quotas, channel.name)
+            if quota <= 0:
+                continue
+            try:
+                found.append((channel.candidates(request, int(quota * over)), quota))
+            except (redis.RedisError, OSError):
+                degraded = True
+        return found, degraded
 
 
 def _drop(cand: Candidates, shown: set[str]) -> tuple[list[str], np.ndarray]:
@@ -238,4 +332,33 @@ def blend(
     chosen = set(mine)
     rest = [j for j in order.tolist() if j not in chosen][: max(0, n - len(mine))]
     picked = np.array(mine + rest, dtype=np.int64)
+    return picked[np.argsort(-fused[picked], kind="stable")][:n]
+
+
+def _count_found(channels: list[list[str]]) -> dict[str, int]:
+    """Candidates per channel that found them."""
+    out: dict[str, int] = {}
+    for by in channels:
+        for c in by:
+            out[c] = out.get(c, 0) + 1
+    return out
+
+
+def blend_found(
+    fused: np.ndarray, found: list[list[str]], reserved: dict[str, int], n: int
+) -> np.ndarray:
+    """Indices of the top `n` by `fused` of which at least `reserved[c]` (as far as it has
+    them) were found by channel c - reservations taken in the order of `reserved`, each its
+    channel's best by `fused` not taken yet; the other slots the best of the rest; the chosen
+    ones in fused order."""
+    order = np.argsort(-fused, kind="stable").tolist()
+    chosen: list[int] = []
+    taken: set[int] = set()
+    for channel, count in reserved.items():
+        mine = [j for j in order if channel in found[j] and j not in taken]
+        mine = mine[: max(0, min(count, n - len(chosen)))]
+        chosen += mine
+        taken.update(mine)
+    chosen += [j for j in order if j not in taken][: max(0, n - len(chosen))]
+    picked = np.array(chosen, dtype=np.int64)
     return picked[np.argsort(-fused[picked], kind="stable")][:n]

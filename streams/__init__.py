@@ -8,12 +8,13 @@ filter -> shard) and takes its I/O as arguments, so it runs the same on Kafka an
 
     run_main(build_stats_flow(TestingSource(raw_batches), sink, dlq, StatsConfig()))
 
-Deployed, the flows run as `streamrec run validate | stats | exposure | samples | experiments`
-(`infra.jobs`); `experiment_report` computes an experiment's statistics from its log.
+Deployed, the flows run as `streamrec run validate | stats | exposure | samples | experiments |
+itemcf` (`infra.jobs`); `experiment_report` computes an experiment's statistics from its log.
 Events: `Event`, `decode_event`, `encode_event`, dead letters `DeadLetter`. Replays:
 `replay(source, bootstrap, topic)` with `SyntheticSource`, `MovieLensSource`,
 `KuaiRandSource`, `ListSource`. The plain-pandas oracle of the stats job is
-`streams.reference.expected_features`. Every error raised here is a `StreamsError`.
+`streams.reference.expected_features`; of the co-click job (ItemCF, Swing)
+`streams.cf_reference.expected_neighbours`. Every error raised here is a `StreamsError`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ _EXPORTS = {
     "MovieLensSource": "streams.sources.movielens",
     "KuaiRandSource": "streams.sources.kuairand",
     "expected_features": "streams.reference",
+    "expected_neighbours": "streams.cf_reference",
+    "CoClickConfig": "streams.config",
+    "build_itemcf_flow": "streams.itemcf:build_flow",
     "StreamsError": "streams.errors",
     "EventError": "streams.errors",
     "build_validate_flow": "streams.validate:build_flow",

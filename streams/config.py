@@ -99,6 +99,37 @@ class MetricsConfig(BaseModel):
     """Address the endpoints listen on (`0.0.0.0` for a Prometheus on another host)."""
 
 
+class CoClickConfig(BaseModel):
+    """Settings of the co-click job (`streamrec run itemcf`): ItemCF and Swing neighbours,
+    author and fresh-note indexes for the retrieval channels (`streams.itemcf`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    top_k: int = Field(default=200, ge=1, le=1_000)
+    """Neighbours stored per note and kind."""
+    user_window: int = Field(default=50, ge=2, le=1_000)
+    """Distinct notes per user the similarities count: the user's last clicked ones (a click on
+    a note already kept only refreshes its recency)."""
+    alpha: float = Field(default=1.0, gt=0)
+    """Swing's overlap penalty: a pair of users adds 1 / (alpha + |notes both clicked|)."""
+    swing: bool = True
+    """Compute Swing besides ItemCF."""
+    swing_users: int = Field(default=100, ge=2)
+    """Swing sums over the pairs of a note's this many most recent clickers (its cost grows
+    with their square)."""
+    refresh_s: float = Field(default=1.0, ge=0)
+    """Least wall-clock interval between two recomputations of the changed notes' neighbour
+    lists (the clicks in between coalesce; the end of a bounded input recomputes at once); it
+    grows to twice the last recomputation's time when that is longer (the input keeps up)."""
+    fresh_ms: int = Field(default=86_400_000, gt=0)
+    """A note first seen less than this (event time) before the job's high-water mark is fresh
+    (until `trust_impressions`)."""
+    trust_impressions: int = Field(default=100, ge=1)
+    """Impressions after which a note's statistics are trusted: it leaves the fresh set."""
+    per_author: int = Field(default=20, ge=1)
+    """Newest notes kept per author."""
+
+
 class ExperimentFlowConfig(BaseModel):
     """Settings of the experiments job (`streamrec run experiments`)."""
 

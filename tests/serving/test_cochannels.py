@@ -1,0 +1,164 @@
+"""The co-click job's channels (ItemCF, Swing, author, fresh), the found-by merge and the
+reservations of returned slots."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from features.exposure import ExposureConfig
+from features.history import HistoryWriter
+from features.neighbours import FreshNote, NeighbourStore
+from infra.config import load_settings
+from infra.service import service_for
+from serving.channels import (
+    AuthorChannel,
+    Candidates,
+    FreshChannel,
+    NeighbourChannel,
+    Request,
+    merge_found,
+)
+from serving.config import ChannelsConfig
+from serving.recommender import blend_found
+from tests.learners.helpers import publish_trained
+
+SIDE = {"h1": ("a1", "c1"), "h2": ("a2", "c2"), "h3": ("a1", "c1")}
+
+
+class _Retriever:
+    def side_info(self, notes: list[str]) -> tuple[list[str], list[str]]:
+        rows = [SIDE.get(n, ("", "")) for n in notes]
+        return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def _request(history: list[str]) -> Request:
+    view = SimpleNamespace(retriever=_Retriever())
+    return Request("u", np.zeros(3), history, view)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> Iterator[NeighbourStore]:
+    """A store under a fresh prefix, its keys deleted afterwards."""
+    project = f"test-ch-{uuid.uuid4().hex[:8]}"
+    yield NeighbourStore(redis_client, project)
+    keys = list(redis_client.scan_iter(match=f"{project}:*", count=1_000))
+    if keys:
+        redis_client.delete(*keys)
+
+
+def test_neighbour_channel_sums_similarity_over_the_last_clicks(store: NeighbourStore) -> None:
+    store.write(
+        {
+            "itemcf": {
+                "h1": (["x", "y", "h2"], [0.5, 0.4, 0.9]),
+                "h2": (["y", "z"], [0.3, 0.1]),
+                "h3": (["w"], [5.0]),
+            }
+        }
+    )
+    channel = NeighbourChannel("itemcf", store, ChannelsConfig(history=2))
+    got = channel.candidates(_request(["h1", "h2", "h3"]), 3)  # h3 is beyond the history
+    assert got.ids == ["y", "x", "z"]  # y: 0.4 + 0.3; the clicked h2 is left out
+    np.testing.assert_allclose(got.scores, [0.7, 0.5, 0.1])
+    assert (
+        NeighbourChannel("swing", store, ChannelsConfig()).candidates(_request(["h1"]), 5).ids == []
+    )
+
+
+def test_author_channel_takes_the_newest_notes_of_clicked_authors(store: NeighbourStore) -> None:
+    store.write(
+        {},
+        authors={"a1": {"p": 1, "q": 3, "h1": 4}, "a2": {"r": 2}, "a9": {"s": 9}},
+        per_author=10,
+    )
+    got = AuthorChannel(store, ChannelsConfig(per_author=2)).candidates(
+        _request(["h1", "h2", "h3"]), 10
+    )
+    # a1 (two clicks) before a2; its two newest are h1 (clicked: left out) and q
+    assert got.ids == ["q", "r"]
+    np.testing.assert_allclose(got.scores, [2.0 / 2, 1.0])
+
+
+def test_fresh_channel_puts_the_users_categories_first(store: NeighbourStore) -> None:
+    store.write(
+        {},
+        fresh=[
+            FreshNote("f1", 10, "c9", "", 0),
+            FreshNote("f2", 20, "c1", "", 5),
+            FreshNote("f3", 30, "c9", "", 1),
+        ],
+    )
+    channel = FreshChannel(store, ChannelsConfig())
+    got = channel.candidates(_request(["h1"]), 10)
+    assert got.ids == ["f2", "f1", "f3"] and got.personal
+    cold = channel.candidates(_request([]), 10)
+    assert cold.ids == ["f1", "f3", "f2"] and not cold.personal  # the least shown first
+
+
+def test_merge_found_fills_with_the_last_channel_and_remembers_every_finder() -> None:
+    a = Candidates("a", ["n1", "n2", "n3"], np.array([3.0, 2.0, 1.0]))
+    b = Candidates("b", ["n2", "n4", "n5"], np.array([0.9, 0.8, 0.7]))
+    t = Candidates("t", ["n3", "n6", "n1", "n7"], np.array([0.5, 0.4, 0.3, 0.2]))
+    m = merge_found([a, b, t], [2, 1, None], 5)
+    assert m.ids == ["n1", "n2", "n4", "n3", "n6"]
+    assert m.channel == ["a", "a", "b", "t", "t"]
+    assert m.channels == [["a", "t"], ["a", "b"], ["b"], ["a", "t"], ["t"]]
+    np.testing.assert_allclose(m.scores, [3.0, 2.0, 0.8, 0.5, 0.4])
+    short = merge_found([a, b, t], [0, 0, None], 3)  # the filler takes what the others left
+    assert short.ids == ["n3", "n6", "n1"]
+
+
+def test_blend_found_reserves_slots_in_order() -> None:
+    fused = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.3])
+    found = [["t"], ["t"], ["t", "c"], ["f"], ["c"], ["c"]]
+    assert blend_found(fused, found, {}, 3).tolist() == [0, 1, 2]
+    assert blend_found(fused, found, {"f": 1, "c": 1}, 3).tolist() == [0, 2, 3]
+    assert blend_found(fused, found, {"f": 1, "c": 3}, 3).tolist() == [2, 5, 3]
+
+
+def test_recommend_reports_the_channels_that_found_each_item(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """ItemCF neighbours of the user's clicks reach /recommend with their channels; a fresh
+    note gets its reserved slot; the counters per channel count them."""
+    publish_trained(tmp_path / "snapshots")
+    ns = f"t{uuid.uuid4().hex[:6]}"
+    base = load_settings(env={})
+    settings = load_settings(env={"REDIS_URL": redis_url}).model_copy(
+        update={
+            "snapshots": base.snapshots.model_copy(update={"root": tmp_path / "snapshots"}),
+            "exposure": ExposureConfig(namespace=ns),
+            "feast_project": f"p{ns}",
+        }
+    )
+    service = service_for(settings, redis_url)
+    service.watcher.refresh()
+    view = service.watcher.current()
+    notes, _ = view.retriever.item_vectors()
+    clicked, similar, fresh = notes[:2], notes[2:12], notes[12]
+    HistoryWriter(redis_client, settings.feast_project).write(["cf-user"], [clicked], [1_000])
+    store = NeighbourStore(redis_client, settings.feast_project)
+    sims = [1.0 - 0.05 * j for j in range(len(similar))]
+    store.write(
+        {"itemcf": {clicked[0]: (similar, sims)}},
+        fresh=[FreshNote(fresh, 1_000, "", "", 0)],
+    )
+    client = TestClient(service.app)
+    r = client.get("/recommend", params={"user_id": "cf-user", "n": 20})
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    by_itemcf = [i for i in items if "itemcf" in i["channels"]]
+    assert by_itemcf and all(i["note_id"] in similar for i in by_itemcf)
+    assert all(i["channels"][0] == i["channel"] for i in items)
+    assert fresh in {i["note_id"] for i in items}  # fresh_share 0.1 of 20: two slots reserved
+    metrics = client.get("/metrics").text
+    assert 'streamrec_channel_candidates_total{channel="itemcf"}' in metrics
+    assert 'streamrec_channel_items_total{channel="fresh"} 1.0' in metrics
