@@ -28,7 +28,13 @@ from learners.snapshots import (
     check_writable,
     publish_failed,
 )
-from learners.training import RankerState, RetrieverState, applied_offsets, check_priors
+from learners.training import (
+    PreRankerState,
+    RankerState,
+    RetrieverState,
+    applied_offsets,
+    check_priors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -173,3 +179,28 @@ def run_full(
         except OSError as exc:
             raise publish_failed(name, snapshots.root, exc) from exc
     return report
+
+
+def prerank_pass(
+    preranker: PreRankerState,
+    cols: Columns,
+    config: LearnConfig,
+    teacher: RankerState | None = None,
+    shuffle: bool = True,
+) -> float:
+    """One pass of the pre-ranker over `cols` (shuffled with `config.seed`), every parameter;
+    with a `teacher` (the trained ranker) it also learns the ranker's predictions
+    (`PreRankerConfig.distill`); then fits its logit offsets (`PreRankerState.recalibrate`).
+    Returns the mean loss over the last tenth of the pass."""
+    order = np.arange(len(cols))
+    if shuffle:
+        np.random.default_rng(config.seed).shuffle(order)
+    cols = cols.take(order)
+    opt = torch.optim.Adam(preranker.dense_parameters(), lr=config.dense_lr)
+    preranker.unfreeze()
+    preranker.set_id_dropout(config.id_dropout, config.seed)
+    batches = cols.batches(config.batch_size)
+    tail = max(1, len(batches) // 10)
+    losses = [preranker.train_step(b, opt, teacher).loss for b in batches][-tail:]
+    preranker.recalibrate(cols)
+    return float(np.mean(losses)) if losses else float("nan")

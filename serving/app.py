@@ -37,6 +37,16 @@ class Item(BaseModel):
     """Calibrated per-task probabilities and expected `watch_ms`."""
     channel: str = "two_tower"
     """The retrieval channel that proposed the note ("two_tower" or "context")."""
+    channels: list[str] = []
+    """Every retrieval channel that found the note."""
+    prerank_score: float | None = None
+    """The three-tower pre-ranker's fused score (None: no pre-ranker served the request)."""
+    prerank_position: int | None = None
+    """0-based place by the pre-ranker's score among the merged candidates."""
+    fused_position: int = 0
+    """0-based place by `score` among the candidates the ranker scored."""
+    rerank_position: int = 0
+    """0-based place in this answer, after re-ranking (MMR and window rules)."""
 
 
 class RecommendResponse(BaseModel):
@@ -56,6 +66,9 @@ class RecommendResponse(BaseModel):
     history: int = 0
     """Clicked notes of the user the models read (0: none stored, or no model reads them)."""
     timings_ms: dict[str, float]
+    stages: dict[str, int] = {}
+    """Stage -> candidates it received ("merged", "prerank" - 0 when skipped -, "rank",
+    "rerank" - the pool -, "returned")."""
 
 
 class FeaturesResponse(BaseModel):
@@ -116,6 +129,26 @@ class Metrics:
         self.refused = Counter(
             "streamrec_overload_refused", "Requests refused beyond max_in_flight", registry=r
         )
+        self.stage_candidates = Counter(
+            "streamrec_stage_candidates",
+            "Candidates each funnel stage received (merged, prerank, rank, rerank, returned)",
+            ["stage"],
+            registry=r,
+        )
+        self.stage_seconds = Counter(
+            "streamrec_stage_seconds",
+            "Seconds spent in each funnel stage (with _total: rate / request rate = mean)",
+            ["stage"],
+            registry=r,
+        )
+
+    def observe_stages(self, candidates: dict[str, int], timings_ms: dict[str, float]) -> None:
+        """Count one answered request's candidates and time per stage."""
+        for stage, count in candidates.items():
+            self.stage_candidates.labels(stage).inc(count)
+        for stage, ms in timings_ms.items():
+            if stage != "total":
+                self.stage_seconds.labels(stage).inc(ms / 1000.0)
 
     def declare(self, endpoints: list[str]) -> None:
         """Export every endpoint's series from the start (at 0), so that rates work at once.
@@ -223,6 +256,7 @@ def create_app(
             raise HTTPException(503, str(exc)) from None
         except DependencyError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        metrics.observe_stages(rec.stages, rec.timings_ms)
         return RecommendResponse(
             user_id=rec.user_id,
             items=[Item(**item.__dict__) for item in rec.items],
@@ -234,6 +268,7 @@ def create_app(
             features_degraded=rec.features_degraded,
             history=rec.history,
             timings_ms=rec.timings_ms,
+            stages=rec.stages,
         )
 
     @app.get("/features/{entity}/{entity_id}", response_model=FeaturesResponse)

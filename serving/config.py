@@ -63,6 +63,41 @@ class ContextConfig(BaseModel):
     """Categories share the channel's candidates in proportion to evidence ** sharpen."""
 
 
+class PrerankConfig(BaseModel):
+    """The pre-ranking stage: the three-tower pre-ranker (`learners.preranker`) cuts the merged
+    candidates down to the ranker's `ServingConfig.rank_k`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Pre-rank when a pre-ranker snapshot is published (without one, or off, the merged
+    candidates are cut to `rank_k` in merge order, as before)."""
+    model: str = "preranker"
+    """Snapshot model name of the pre-ranker."""
+    candidates: int = Field(default=2_000, ge=1, le=20_000)
+    """Merged unseen candidates handed to the pre-ranker (the ranker gets its best `rank_k`)."""
+
+
+class RerankConfig(BaseModel):
+    """The re-ranking stage (`serving.rerank`): MMR over item vectors plus window rules."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Re-rank the fused list (off: the top n by fused score, as before)."""
+    diversity: float = Field(default=0.3, ge=0, le=1)
+    """MMR weight of dissimilarity: each slot takes max (1 - diversity) x relevance -
+    diversity x (highest cosine to a note already placed); 0 keeps the fused order."""
+    pool: int = Field(default=100, ge=1)
+    """Best fused candidates the re-ranker chooses the `n` returned notes from."""
+    window: int = Field(default=5, ge=1)
+    """Length of the sliding window of the spreading rules."""
+    max_per_category: int = Field(default=2, ge=0)
+    """Most notes of one category in any `window` consecutive slots (0: no rule)."""
+    max_per_author: int = Field(default=1, ge=0)
+    """Most notes of one author in any `window` consecutive slots (0: no rule)."""
+
+
 class ServingConfig(BaseModel):
     """Retrieval, ranking and API settings."""
 
@@ -97,3 +132,7 @@ class ServingConfig(BaseModel):
     """Score fusion."""
     context: ContextConfig = ContextConfig()
     """The "popular in context" retrieval channel beside the two-tower one."""
+    prerank: PrerankConfig = PrerankConfig()
+    """The pre-ranking stage between the merged candidates and the ranker."""
+    rerank: RerankConfig = RerankConfig()
+    """The re-ranking stage after the fusion."""

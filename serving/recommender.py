@@ -1,13 +1,16 @@
-"""One recommendation: retrieve, drop what the user has seen, rank, fuse, top n.
+"""One recommendation: retrieve, drop what the user has seen, pre-rank, rank, fuse, re-rank.
 
 Per request: the user's window counts (one Redis round trip), the user's last clicked notes
 when a model reads them (one more; `FeatureClient.history`, the history the sample joiner puts
 in the training samples), the channels' candidates (`serving.channels`: `retrieve_k` notes of
 the two-tower index; the context channel's popular notes of the user's categories, which reads
 the history if the models did not and probes the exposure filter), ONE exposure-filter call
-over all of them, the unseen candidates merged by quota up to `rank_k`, their counts (one
-round trip), calibrated MMoE predictions, a fused score, and the top n with a share of the
-slots reserved for the context channel (`blend`).
+over all of them, the unseen candidates merged by quota up to `prerank.candidates` (`rank_k`
+without a pre-ranker), their counts (one round trip), the three-tower pre-ranker's fused score
+cutting them to `rank_k` (`learners.preranker`; the context channel keeps its quota), calibrated
+MMoE predictions, a fused score, the best `rerank.pool` with a share of the slots reserved for
+the context channel (`blend`), and n of them chosen and ordered by MMR with the window rules
+(`serving.rerank`). Each returned note carries every stage's score (docs/funnel.md).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from features.samples import STAT_FEATURES
 from serving.channels import Candidates, ContextChannel, Request, TwoTowerChannel, merge
 from serving.config import FusionConfig, ServingConfig
 from serving.errors import DependencyError
+from serving.rerank import rerank
 from serving.watcher import SnapshotWatcher
 
 
@@ -39,6 +43,16 @@ class Scored:
     scores: dict[str, float]
     channel: str = "two_tower"
     """The retrieval channel that proposed the note."""
+    channels: list[str] = field(default_factory=list)
+    """Every retrieval channel that found the note (the first is `channel`)."""
+    prerank_score: float | None = None
+    """The pre-ranker's fused score (None: no pre-ranker served this request)."""
+    prerank_position: int | None = None
+    """0-based place by the pre-ranker's score among the merged candidates (None: no pre-ranker)."""
+    fused_position: int = 0
+    """0-based place by the fused score among the ranked candidates."""
+    rerank_position: int = 0
+    """0-based place in the answer (after re-ranking)."""
 
 
 @dataclass
@@ -62,6 +76,9 @@ class Recommendation:
     history: int = 0
     """Clicked notes of the user the models were given (0: none stored, or no model reads it)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, int] = field(default_factory=dict)
+    """Stage -> candidates it received: "merged", "prerank" (0 when skipped), "rank",
+    "rerank" (the pool), "returned"."""
 
 
 def fuse(preds: dict[str, np.ndarray], config: FusionConfig) -> np.ndarray:
@@ -154,7 +171,10 @@ class Recommender:
             raise DependencyError(f"exposure filters unavailable (Redis: {exc})") from exc
         shown = frozenset(i for i, s in zip(union, seen, strict=True) if s)
         lists = [Candidates(two_tower.channel, *_drop(two_tower, shown), two_tower.personal)]
-        context_k = min(self.config.context.candidates, self.config.rank_k)
+        rank_k = self.config.rank_k
+        preranker = view.preranker if self.config.prerank.enabled else None
+        merged_k = max(self.config.prerank.candidates, rank_k) if preranker is not None else rank_k
+        context_k = min(self.config.context.candidates, rank_k)
         personal = False
         if self.context is not None and context_k:
             ctx = self.context.candidates(
@@ -162,21 +182,53 @@ class Recommender:
             )
             personal = ctx.personal
             lists.insert(0, ctx)  # its quota first, the two-tower channel fills up to rank_k
-        quotas = [context_k] * (len(lists) - 1) + [
-            self.config.rank_k - context_k * (len(lists) - 1)
-        ]
+        quotas = [context_k] * (len(lists) - 1) + [merged_k - context_k * (len(lists) - 1)]
         cand, cand_channels, cand_sims = merge(lists, quotas)
+        merged = len(cand)
         t.append(time.perf_counter())
         note_stats, notes_degraded = self.counts("note_stats", cand)  # (m, F)
         t.append(time.perf_counter())
         authors, cats = view.retriever.side_info(cand)
+        durations = view.retriever.durations(cand)
+        pre_fused, pre_place = None, None
+        if preranker is not None and len(cand) > rank_k:
+            pre = preranker.score(
+                user_id, cand, authors, cats, user_stats, note_stats, durations=durations
+            )
+            pre_all = fuse(pre, self.config.fusion)
+            place = np.empty(len(cand), dtype=np.int64)
+            place[np.argsort(-pre_all, kind="stable")] = np.arange(len(cand))
+            kept = blend(pre_all, cand_channels, ContextChannel.name, context_k, rank_k)
+            keep = kept.tolist()
+            cand = [cand[j] for j in keep]
+            cand_channels = [cand_channels[j] for j in keep]
+            authors, cats = [authors[j] for j in keep], [cats[j] for j in keep]
+            cand_sims, note_stats, durations = cand_sims[kept], note_stats[kept], durations[kept]
+            pre_fused, pre_place = pre_all[kept], place[kept]
+        t.append(time.perf_counter())
         preds = view.ranker.score(
             user_id, cand, authors, cats, user_stats, note_stats,
-            durations=view.retriever.durations(cand), history=request.history,
+            durations=durations, history=request.history,
         )  # fmt: skip
         fused = fuse(preds, self.config.fusion)
-        reserved = round(self.config.context.share * n) if personal else 0
-        order = blend(fused, cand_channels, ContextChannel.name, reserved, n)
+        t.append(time.perf_counter())
+        rr = self.config.rerank
+        pool_n = max(n, rr.pool) if rr.enabled else n
+        reserved = round(self.config.context.share * pool_n) if personal else 0
+        pool = blend(fused, cand_channels, ContextChannel.name, reserved, pool_n)
+        order = pool[:n]
+        if rr.enabled and len(pool):
+            found, vecs = view.retriever.item_vectors([cand[j] for j in pool.tolist()])
+            row = dict(zip(found, vecs, strict=True))
+            zero = np.zeros(view.retriever.dim, dtype=np.float32)
+            vectors = np.stack([row.get(cand[j], zero) for j in pool.tolist()])
+            picked = rerank(
+                fused[pool], vectors, [cats[j] for j in pool.tolist()],
+                [authors[j] for j in pool.tolist()], n, rr,
+            )  # fmt: skip
+            order = pool[picked.order]
+        fused_place = np.empty(len(cand), dtype=np.int64)
+        fused_place[np.argsort(-fused, kind="stable")] = np.arange(len(cand))
         t.append(time.perf_counter())
         items = [
             Scored(
@@ -185,10 +237,15 @@ class Recommender:
                 float(cand_sims[j]),
                 {task: float(p[j]) for task, p in preds.items()},
                 cand_channels[j],
+                channels=[cand_channels[j]],
+                prerank_score=None if pre_fused is None else float(pre_fused[j]),
+                prerank_position=None if pre_place is None else int(pre_place[j]),
+                fused_position=int(fused_place[j]),
+                rerank_position=pos,
             )
-            for j in order.tolist()
+            for pos, j in enumerate(order.tolist())
         ]
-        steps = ("user", "retrieve", "exposure", "features", "rank")
+        steps = ("user", "retrieve", "exposure", "features", "prerank", "rank", "rerank")
         timings = {s: (b - a) * 1000 for s, a, b in zip(steps, t[:-1], t[1:], strict=True)}
         timings["total"] = (t[-1] - t[0]) * 1000
         return Recommendation(
@@ -202,6 +259,13 @@ class Recommender:
             features_degraded=degraded or notes_degraded or history_degraded,
             history=len(request.history),
             timings_ms=timings,
+            stages={
+                "merged": merged,
+                "prerank": merged if pre_fused is not None else 0,
+                "rank": len(cand),
+                "rerank": len(pool) if rr.enabled else 0,
+                "returned": len(items),
+            },
         )
 
 

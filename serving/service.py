@@ -50,7 +50,8 @@ def build_service(
         socket_connect_timeout=config.redis_timeout_s,
     )
     ranker, retriever = models
-    watcher = SnapshotWatcher(snapshot_root, ranker, retriever, config)
+    preranker = config.prerank.model if config.prerank.enabled else None
+    watcher = SnapshotWatcher(snapshot_root, ranker, retriever, config, preranker)
     recommender = Recommender(
         watcher,
         FeatureClient(client, project),
