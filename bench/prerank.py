@@ -1,7 +1,8 @@
 """Pre-ranking and re-ranking on real data, prequential: what the funnel's two stages keep and cost.
 
     .venv/bin/python -m bench.prerank [--warmup 0.3] [--batch 1024] [--candidates 2000]
-        [--keep 200] [--users 30] [--distill 0,1] [--diversity 0.3] [--limit N]
+        [--keep 200] [--users 30] [--distill 0,1] [--diversity 0,0.3,0.6,0.9] [--limit N]
+        [--only movielens|kuairand]
 
 Data and protocol as `bench.quality` (MovieLens-100K and the KuaiRand subset through the real
 sample joiner; warm-up = first 30 %, full training 3 passes in batches of 128; then batches of
@@ -21,10 +22,10 @@ info. On them:
 - NDCG@20 of the funnel (pre-rank to `--keep`, rank, fuse) vs ranker-only (rank every
   candidate): relevance = the notes the user clicks in the batch (binary; ideal DCG over all of
   them, retrieved or not).
-- re-ranking (`serving.rerank`, the shipped `RerankConfig` unless `--diversity`): the funnel's
-  top 20 vs the re-ranked 20 chosen from its best `pool`: intra-list diversity (mean pairwise
-  1 - cosine of the retriever's item vectors), distinct categories (MovieLens: genre; KuaiRand
-  has none) and NDCG@20.
+- re-ranking (`serving.rerank`, the shipped `RerankConfig` at each `--diversity`; 0 = the
+  window rules alone): the funnel's top 20 vs the re-ranked 20 chosen from its best `pool`:
+  intra-list diversity (mean pairwise 1 - cosine of the retriever's item vectors), distinct
+  categories (MovieLens: genre; KuaiRand has none) and NDCG@20.
 Scoring time per request of ranker (all candidates) and pre-ranker (item tower cached) is
 printed too (noisy on the shared machine: compare the ratio).
 """
@@ -189,7 +190,7 @@ def measure(
     req: Request,
     keep: int,
     retriever: RetrieverState,
-    rerank_config: RerankConfig,
+    rerank_configs: tuple[RerankConfig, ...],
     summary: Summary,
 ) -> None:
     """Add one request's keep rates, NDCGs and re-ranking figures to `summary`."""
@@ -211,7 +212,7 @@ def measure(
         if funnel_order is None:
             funnel_order = order
     assert funnel_order is not None
-    pool = funnel_order[: rerank_config.pool]
+    pool = funnel_order[: max(r.pool for r in rerank_configs)]
     notes = [req.candidates[j] for j in pool.tolist()]
     found, vecs = retriever.item_vectors(notes)
     row = {n: v for n, v in zip(found, vecs, strict=True)}
@@ -219,11 +220,18 @@ def measure(
     v = np.stack([row.get(n, np.zeros(dim, np.float32)) for n in notes])
     cats = [retriever.side.get(n, ("", ""))[1] for n in notes]
     authors = [retriever.side.get(n, ("", ""))[0] for n in notes]
-    plain = np.arange(min(NDCG_AT, len(pool)))
-    t0 = time.perf_counter()
-    chosen = rerank(req.ranker[pool], v, cats, authors, NDCG_AT, rerank_config).order
-    summary.add("rerank ms", (time.perf_counter() - t0) * 1000)
-    for label, idx in (("fused", plain), ("reranked", chosen)):
+    lists = [("fused", np.arange(min(NDCG_AT, len(pool))))]
+    for config in rerank_configs:
+        t0 = time.perf_counter()
+        k = config.pool
+        lists.append(
+            (
+                rerank_label(config),
+                rerank(req.ranker[pool[:k]], v[:k], cats[:k], authors[:k], NDCG_AT, config).order,
+            )
+        )
+        summary.add("rerank ms", (time.perf_counter() - t0) * 1000)
+    for label, idx in lists:
         summary.add(f"ild {label}", intra_list_diversity(v[idx]))
         summary.add(f"categories {label}", category_coverage([cats[j] for j in idx.tolist()]))
         summary.add(f"ndcg {label}", ndcg([notes[j] for j in idx.tolist()], req.relevant))
@@ -241,7 +249,7 @@ class Settings:
     keep: int = 200
     users: int = 30
     distill: tuple[float, ...] = (0.0, 1.0)
-    rerank: RerankConfig = field(default_factory=RerankConfig)
+    rerank: tuple[RerankConfig, ...] = (RerankConfig(),)
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
 
@@ -256,6 +264,11 @@ def _published_copy(states: dict[str, object], root: Path) -> dict[str, object]:
         loaded.freeze_dense()
         out[name] = loaded
     return out
+
+
+def rerank_label(config: RerankConfig) -> str:
+    """Name of a re-ranking setting in the report."""
+    return f"re-ranked, diversity {config.diversity:g}"
 
 
 def variant(d: float) -> str:
@@ -334,22 +347,22 @@ def report(name: str, summary: Summary, settings: Settings) -> list[str]:
         f"| (ranker on every candidate) | 1.000 | {summary.mean('ndcg ranker-only'):.4f} | "
         f"{summary.median('rank ms'):.1f} |"
     )
-    r = s.rerank
+    r = s.rerank[0]
     lines += [
         "",
-        f"Re-ranking (MMR diversity {r.diversity}, pool {r.pool}, at most {r.max_per_category} "
-        f"per category / {r.max_per_author} per author in {r.window}), top {NDCG_AT}:",
+        f"Re-ranking (MMR, pool {r.pool}, at most {r.max_per_category} per category / "
+        f"{r.max_per_author} per author in {r.window}), top {NDCG_AT} of the funnel:",
         "",
         "| list | intra-list diversity | categories | NDCG@20 |",
         "|---|---|---|---|",
     ]
-    for label in ("fused", "reranked"):
+    for label in ("fused", *(rerank_label(c) for c in s.rerank)):
         lines.append(
             f"| {label} | {summary.mean(f'ild {label}'):.4f} | "
             f"{summary.mean(f'categories {label}'):.2f} | {summary.mean(f'ndcg {label}'):.4f} |"
         )
     lines.append("")
-    lines.append(f"re-rank time per request (median): {summary.median('rerank ms'):.2f} ms")
+    lines.append(f"re-rank time per list (median): {summary.median('rerank ms'):.2f} ms")
     lines.append("")
     return lines
 
@@ -363,7 +376,9 @@ def main(
     keep: int = typer.Option(200, help="Candidates the pre-ranker hands to the ranker."),
     users: int = typer.Option(30, help="Requests per scored batch (users with a click)."),
     distill: str = typer.Option("0,1", help="Pre-ranker distillation weights to compare."),
-    diversity: float = typer.Option(RerankConfig().diversity, help="MMR diversity weight."),
+    diversity: str = typer.Option(
+        f"0,{RerankConfig().diversity:g},0.6,0.9", help="MMR diversity weights to compare."
+    ),
     limit: int | None = typer.Option(None, help="Cap on source rows (quick runs)."),
     only: str | None = typer.Option(None, help="Run one data set: movielens or kuairand."),
 ) -> None:
@@ -376,7 +391,7 @@ def main(
     settings = Settings(
         warmup, batch, warm_batch, warm_epochs, candidates, keep, users,
         tuple(float(d) for d in distill.split(",")),
-        RerankConfig(diversity=diversity),
+        tuple(RerankConfig(diversity=float(d)) for d in diversity.split(",")),
     )  # fmt: skip
     sets = {
         "movielens": (
@@ -403,8 +418,9 @@ def main(
             lines += section
     out = Path(__file__).resolve().parent / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prerank.md").write_text("\n".join(lines) + "\n")
-    console.print(f"report: {out / 'prerank.md'}")
+    path = out / f"prerank{'_' + only if only else ''}.md"
+    path.write_text("\n".join(lines) + "\n")
+    console.print(f"report: {path}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 from features.schema import FeatureConfig
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
 from learners.inputs import Columns
+from learners.preranker import PreRankerConfig
 from learners.snapshots import (
     Manifest,
     SnapshotConfig,
@@ -161,7 +162,9 @@ def run_full(
     """
     from features.samples import read_sample_log
 
-    check_writable(snapshots.root, (config.ranker_model, config.retriever_model))
+    pre_name = config.preranker_model
+    models = (config.ranker_model, config.retriever_model, *([pre_name] if pre_name else []))
+    check_writable(snapshots.root, models)
     torch.set_num_threads(config.threads)
     cols = Columns.from_table(read_sample_log(log_dir))
     if on_start is not None:
@@ -169,7 +172,15 @@ def run_full(
     ranker, retriever, versions, offsets = load_or_create(config, snapshots, features=features)
     report = train_pass(ranker, retriever, cols, config, on_progress=on_progress)
     report.warm_start = versions
-    for name, state in ((config.ranker_model, ranker), (config.retriever_model, retriever)):
+    states: list[tuple[str, RankerState | RetrieverState | PreRankerState]] = [
+        (config.ranker_model, ranker),
+        (config.retriever_model, retriever),
+    ]
+    if pre_name:
+        pre, report.warm_start["preranker"] = load_or_create_preranker(config, snapshots, ranker)
+        prerank_pass(pre, cols, config, teacher=ranker)
+        states.append((pre_name, pre))
+    for name, state in states:
         state.expire(state.hwm_ms)
         tables, dense = state.full_state()
         meta = state.meta({"offsets": offsets, "full_training_samples": len(cols)})
@@ -204,3 +215,16 @@ def prerank_pass(
     losses = [preranker.train_step(b, opt, teacher).loss for b in batches][-tail:]
     preranker.recalibrate(cols)
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def load_or_create_preranker(
+    config: LearnConfig, snapshots: SnapshotConfig, ranker: RankerState
+) -> tuple[PreRankerState, int | None]:
+    """The latest published pre-ranker (or a fresh one with the ranker's priors) and its
+    version (None = fresh)."""
+    try:
+        snap = SnapshotReader(snapshots.root, config.preranker_model).latest()
+    except SnapshotNotFoundError:
+        hyper = PreRankerConfig(priors=ranker.config.priors)
+        return PreRankerState.create(hyper, config.embedding(16), seed=config.seed), None
+    return PreRankerState.from_snapshot(snap), snap.manifest.version

@@ -13,10 +13,11 @@ from learners.config import RankerConfig, RetrieverConfig
 from learners.errors import ModelConfigError
 from learners.full import prerank_pass, train_pass
 from learners.inference import Ranker
+from learners.online import OnlineLearner
 from learners.preranker import PreRanker, PreRankerConfig, teacher_probabilities
 from learners.snapshots import SnapshotConfig, SnapshotReader, SnapshotWriter
 from learners.training import PreRankerState, RankerState, RetrieverState
-from tests.learners.helpers import CONFIG, synthetic
+from tests.learners.helpers import CONFIG, Clock, messages, publish_trained, synthetic
 
 SMALL = dict(user_hidden=(16, 8), item_hidden=(16, 8), cross_hidden=(8,), head_hidden=(8,))
 
@@ -105,3 +106,30 @@ def test_snapshot_round_trip_and_serving_scores(tmp_path: Path) -> None:
         np.testing.assert_allclose(got[t], want[t], rtol=1e-5)
     empty = served.score("u1", [], [], [], cols.user_stats[0], cols.note_stats[:0])
     assert empty["click"].size == 0
+
+
+def test_online_learner_updates_and_publishes_the_preranker(tmp_path: Path) -> None:
+    snapshots = publish_trained(tmp_path, preranker=True)
+    clock = Clock()
+    learner = OnlineLearner.from_latest(CONFIG, snapshots, clock=clock)
+    assert learner.names == ("ranker", "retriever", "preranker")
+    dense = [p.clone() for p in learner.preranker.dense_parameters()]
+    full = PreRanker.from_snapshot(SnapshotReader(tmp_path, "preranker").latest())
+    for m in messages(seed=21, n=1_000, users=300):
+        learner.add(m)
+    clock.now = 11.0
+    published = learner.tick()
+    assert [(m.model, m.kind) for m in published] == [
+        ("ranker", "delta"), ("retriever", "delta"), ("preranker", "delta"),
+    ]  # fmt: skip
+    for a, b in zip(dense, learner.preranker.dense_parameters(), strict=True):
+        assert torch.equal(a, b)  # online: ID rows only
+    served = PreRanker.from_snapshot(SnapshotReader(tmp_path, "preranker").latest())
+    cols, _ = synthetic(50, seed=22, users=300)
+    args = ("u5", cols.note_id[:20], cols.author_id[:20], cols.category[:20], cols.user_stats[0],
+            cols.note_stats[:20])  # fmt: skip
+    got = served.score(*args)
+    want = learner.preranker.predict(Ranker.columns(*args))
+    for t in want:
+        np.testing.assert_allclose(got[t], want[t], rtol=1e-6)
+    assert not np.allclose(full.score(*args)["click"], got["click"])  # the delta moved it
