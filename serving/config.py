@@ -83,8 +83,12 @@ class RerankConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    enabled: bool = True
-    """Re-rank the fused list (off: the top n by fused score, as before)."""
+    enabled: bool = False
+    """Re-rank the fused list (off: the top n by fused score, as before). Off by default: the
+    window rules and MMR pick from the best `pool` and so replace notes the context channel's
+    reserved share (`context.share`, 1.0: every slot when the user has evidence, often of one
+    category) put in the answer - the two policies conflict; turn it on with a `context.share`
+    below 1 or category rules that allow it (docs/funnel.md)."""
     diversity: float = Field(default=0.3, ge=0, le=1)
     """MMR weight of dissimilarity: each slot takes max (1 - diversity) x relevance -
     diversity x (highest cosine to a note already placed); 0 keeps the fused order."""

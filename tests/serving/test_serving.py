@@ -76,6 +76,10 @@ def service(tmp_path: Path, redis_url: str):
             "feast_project": f"p{ns}",
         }
     )
+    rerank = settings.serving.rerank.model_copy(update={"enabled": True})  # the whole funnel
+    settings = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"rerank": rerank})}
+    )
     service = service_for(settings, redis_url)
     app, watcher = service.app, service.watcher
     return app, watcher, settings
