@@ -357,15 +357,20 @@ class PreRankerModelState(_ModelState):
         """Per-task probabilities (calibrated for down-sampling) and "watch_ms" of one user's
         candidates: the user tower once (row 0), the item tower from its cache, the cross tower
         and the upper layers per candidate."""
-        m = self.model
+        m, c = self.model, self.config
         was = m.training
         m.eval()
         n = len(cols)
-        x = m.inputs(cols, observe=False)
-        u = m.user_tower(x.user_rows[:1], x.user_stats[:1], x.user_rates[:1])  # (1, d_u)
+        user = cols.take(np.zeros(1, dtype=np.int64))  # the user's inputs, once
+        u_rows = torch.from_numpy(self.store["user"].rows(user.user_id))  # (1,)
+        u_rates = rate_tensor(user.user_stats, c.rate_prior_strength, c.priors)  # (1, R)
+        u = m.user_tower(u_rows, stat_tensor(user.user_stats, c.stat_buckets), u_rates)  # (1, d_u)
         i = self.item_vectors(cols)  # (n, d_i)
-        c = m.cross_tower(x.note_stats, x.note_rates, x.user_rates)  # (n, d_c)
-        logits = m.head(u.expand(n, -1), i, c)
+        note_rates = rate_tensor(cols.note_stats, c.rate_prior_strength, c.priors)  # (n, R)
+        x = m.cross_tower(
+            stat_tensor(cols.note_stats, c.stat_buckets), note_rates, u_rates.expand(n, -1)
+        )  # (n, d_c)
+        logits = m.head(u.expand(n, -1), i, x)
         m.train(was)
         return self.outputs(logits, calibrated)
 
