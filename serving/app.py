@@ -21,7 +21,7 @@ from features.client import VIEW_OF, FeatureClient
 from features.errors import ExposureError
 from features.schema import feature_types
 from serving.errors import DependencyError, NotReadyError
-from serving.recommender import Recommender
+from serving.recommender import STAGES, STEPS, Recommender
 
 
 class Item(BaseModel):
@@ -161,6 +161,10 @@ class Metrics:
             self.latency.labels(endpoint)
             for status in ("200", "404", "422", "503"):
                 self.requests.labels(endpoint, status)
+        for stage in STAGES:
+            self.stage_candidates.labels(stage)
+        for step in STEPS:
+            self.stage_seconds.labels(step)
 
 
 class _Observe:

@@ -32,6 +32,12 @@ from serving.rerank import rerank
 from serving.watcher import SnapshotWatcher
 
 
+STAGES = ("merged", "prerank", "rank", "rerank", "returned")
+"""Funnel stages whose candidates `Recommendation.stages` counts."""
+STEPS = ("user", "retrieve", "exposure", "features", "prerank", "rank", "rerank")
+"""Timed steps of a request (`Recommendation.timings_ms`, plus "total")."""
+
+
 @dataclass(frozen=True)
 class Scored:
     """One recommended note."""
@@ -245,8 +251,7 @@ class Recommender:
             )
             for pos, j in enumerate(order.tolist())
         ]
-        steps = ("user", "retrieve", "exposure", "features", "prerank", "rank", "rerank")
-        timings = {s: (b - a) * 1000 for s, a, b in zip(steps, t[:-1], t[1:], strict=True)}
+        timings = {s: (b - a) * 1000 for s, a, b in zip(STEPS, t[:-1], t[1:], strict=True)}
         timings["total"] = (t[-1] - t[0]) * 1000
         return Recommendation(
             user_id,
