@@ -31,7 +31,6 @@ from serving.errors import DependencyError
 from serving.rerank import rerank
 from serving.watcher import SnapshotWatcher
 
-
 STAGES = ("merged", "prerank", "rank", "rerank", "returned")
 """Funnel stages whose candidates `Recommendation.stages` counts."""
 STEPS = ("user", "retrieve", "exposure", "features", "prerank", "rank", "rerank")
