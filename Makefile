@@ -22,7 +22,8 @@ tools:
 	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || dpkg -s $${t#*:} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
-# promtool (Debian's `prometheus` package) checks infra/monitoring/ in the suite.
+# promtool (Debian's `prometheus` package) checks infra/monitoring/ in the suite; its `prometheus`
+# runs in the `infra up --monitoring` test.
 promtool:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
@@ -33,7 +34,7 @@ promtool:
 demo: install
 	$(BIN)/streamrec demo
 
-test: install tools
+test: install tools promtool
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports

@@ -77,13 +77,15 @@ def calibration(
     """Per task, mean predicted / observed rate in each fifth of `rest` (NaN: no positive).
 
     The ranker is trained as `bench.quality.prequential` trains it, on down-sampled data; it
-    scores each batch whole (calibrated), then learns from its down-sampled part (ID rows only).
+    scores each batch whole (calibrated), then learns from its down-sampled part (ID rows only,
+    the logit offsets refit on its predictions before learning, as `OnlineLearner` does).
     """
     ranker, _ = warm_up(
         downsample(warm, a), config, ranker_config, RetrieverConfig(), warm_batch, warm_epochs
     )
     ranker.freeze_dense()
     ranker.set_embedding_lr(config.online_emb_lr)
+    ranker.track_offsets(config.calibration_window)
     predicted = {t: [] for t in tasks}
     observed = {t: [] for t in tasks}
     job = progress.add_task(f"{name} calibration at a = {a:g}", total=len(rest))

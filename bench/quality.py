@@ -237,6 +237,7 @@ def prequential(
         frozen, online = _clone_via_snapshot(ranker, retriever, Path(tmp))
     for state in online:  # as `OnlineLearner` does
         state.set_embedding_lr(config.online_emb_lr)
+    online[0].track_offsets(config.calibration_window)
     seen: dict[str, set] = {}
     add_clicks(seen, warm)
     task = progress.add_task(f"{name} prequential (models)", total=len(rest))
@@ -516,6 +517,7 @@ class Settings:
     resamples: int
     keep_rate: float
     id_dropout: float
+    calibration_window: int
     ranker: RankerConfig
     retriever: RetrieverConfig
 
@@ -532,6 +534,7 @@ def evaluate(
         emb_lr=s.emb_lr,
         online_emb_lr=s.online_lr,
         id_dropout=s.id_dropout,
+        calibration_window=s.calibration_window,
     )
     prequential(
         warm, rest, replay, config, progress, name, s.warm_batch, s.warm_epochs, s.ranker,
@@ -584,6 +587,10 @@ def main(
         help="Negative keep rate of the calibration check (the joiner's default).",
     ),
     id_dropout: float = typer.Option(LearnConfig().id_dropout, help="ID dropout of full training."),
+    calibration_window: int = typer.Option(
+        LearnConfig().calibration_window,
+        help="Online: samples the logit offsets are refit on (0: full training's offsets).",
+    ),
     ranker_history: int = typer.Option(
         RankerConfig().history, help="History length the ranker attends to (0: off)."
     ),
@@ -620,6 +627,7 @@ def main(
         resamples,
         keep_rate,
         id_dropout,
+        calibration_window,
         RankerConfig(history=ranker_history, duration_buckets=duration_buckets),
         RetrieverConfig(history=retriever_history),
     )

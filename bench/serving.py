@@ -11,11 +11,20 @@ Run: `.venv/bin/python -m bench.serving [--notes 5000] [--requests 400]`.
    ASGI app in process (FastAPI TestClient: routing, validation and JSON included, no socket),
    retrieve_k 1,000, pre-ranked to rank_k 200. Peer, same run: Feast's `get_online_features`
    for the same 200 notes' counts.
-Writes bench/out/serving_latency.png.
+3. With `--concurrency 1,8,32` (and `--workers 1,2`): `streamrec serve --workers W` run alone
+   as its own process on the same models and stores, loaded by C concurrent keep-alive clients
+   (asyncio + httpx, this process) for `--seconds` each: throughput, p50 / p99 latency and the
+   503s of the admission bound; the ratio of each to one worker at one client, same run.
+Writes bench/out/serving_latency.png (and serving_scaling.png with --concurrency).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -25,6 +34,7 @@ import faiss
 import numpy as np
 import redis
 import typer
+import yaml
 from fastapi.testclient import TestClient
 from rich.console import Console
 from rich.progress import track
@@ -154,11 +164,18 @@ def main(
     sizes: str = typer.Option("10000,100000,1000000", help="Index catalogue sizes."),
     datasets: str = typer.Option("uniform,clustered", help="Vector sets of the index table."),
     http_requests: int = typer.Option(300, help="/recommend calls over HTTP (0: skip)."),
+    concurrency: str = typer.Option(
+        "", help="Concurrent clients against `streamrec serve`, e.g. 1,8,32 (empty: skip)."
+    ),
+    workers: str = typer.Option("1,2", help="`streamrec serve --workers` values to measure."),
+    seconds: float = typer.Option(10.0, help="Load duration per (workers, clients) point."),
+    rounds: int = typer.Option(2, help="Interleaved rounds of the scaling points (medians)."),
 ) -> None:
     """Print the index table, /recommend latency and the Feast peer."""
     OUT.mkdir(exist_ok=True)
-    console.rule("index type (d=32, k=1,000; recall@100 vs exact IndexFlatIP)")
-    index_table([int(s) for s in sizes.split(",")], datasets.split(","))
+    if sizes:
+        console.rule("index type (d=32, k=1,000; recall@100 vs exact IndexFlatIP)")
+        index_table([int(s) for s in sizes.split(",")], datasets.split(","))
     with bench_stack() as state, tempfile.TemporaryDirectory() as tmp:
         base = state.redis_url.rsplit("/", 1)[0]
         url = f"{base}/11"
@@ -199,6 +216,29 @@ def main(
                 "serving": ServingConfig(retrieve_k=1_000, rank_k=200),
             }
         )
+        if concurrency:
+            config = Path(tmp) / "serve.yaml"
+            config.write_text(
+                yaml.safe_dump(
+                    {
+                        "feast_project": project,
+                        "snapshots": {"root": tmp},
+                        "exposure": {"namespace": ns},
+                        "serving": {"retrieve_k": 1_000, "rank_k": 200},
+                        "redis": {"url": url},
+                        "kafka": {"bootstrap": state.bootstrap},
+                    }
+                )
+            )
+            scaling(
+                config,
+                Path(tmp),
+                user_ids,
+                [int(c) for c in concurrency.split(",")],
+                [int(w) for w in workers.split(",")],
+                seconds,
+                rounds,
+            )
         service = service_for(settings, url)
         app, watcher = service.app, service.watcher
         watcher.refresh()
@@ -286,6 +326,188 @@ def _over_http(app, user_ids: list[str], requests: int) -> None:
         f"/recommend over HTTP p50 {percentile(latencies, 50):.1f} ms  p99 "
         f"{percentile(latencies, 99):.1f} ms  {rps:,.0f} requests/s (one client, serial)"
     )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(config: Path, data_dir: Path, workers: int) -> tuple[subprocess.Popen, str]:
+    """`streamrec serve --workers` as its own process; returns it and its base URL once every
+    worker answers /healthz (each worker loads the snapshots itself)."""
+    import httpx
+
+    port = _free_port()
+    env = {**os.environ, "STREAMREC_DATA_DIR": str(data_dir)}
+    for name in ("STREAMREC_CONFIG", "KAFKA_BOOTSTRAP", "REDIS_URL"):
+        env.pop(name, None)
+    cmd = [sys.executable, "-m", "infra.cli", "serve", "--port", str(port)]
+    cmd += ["--workers", str(workers), "--config", str(config)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline, ready = time.monotonic() + 180, 0
+    with httpx.Client(base_url=base, timeout=5) as http:
+        while ready < 4 * workers:  # consecutive answers: every worker is likely up
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _stop_server(proc)
+                raise RuntimeError(f"`streamrec serve --workers {workers}` did not come up")
+            try:
+                ok = http.get("/healthz").status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            ready = ready + 1 if ok else 0
+            time.sleep(0.25)
+    return proc, base
+
+
+def _stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+async def _load(base: str, users: list[str], clients: int, seconds: float) -> dict:
+    """`clients` keep-alive clients calling /recommend back to back for `seconds`."""
+    import httpx
+
+    latencies: list[float] = []
+    refused = errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
+        for u in users[:clients]:  # warm-up: one connection per client
+            await http.get("/recommend", params={"user_id": u, "n": 20})
+        stop = time.perf_counter() + seconds
+
+        async def client(k: int) -> None:
+            nonlocal refused, errors
+            i = k
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                try:
+                    r = await http.get(
+                        "/recommend", params={"user_id": users[i % len(users)], "n": 20}
+                    )
+                except httpx.HTTPError:  # a dropped connection: counted, the client goes on
+                    errors += 1
+                    i += clients
+                    continue
+                ms = (time.perf_counter() - t0) * 1000
+                if r.status_code == 200:
+                    latencies.append(ms)
+                elif r.status_code == 503:
+                    refused += 1
+                else:
+                    errors += 1
+                i += clients
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        elapsed = time.perf_counter() - t0
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": percentile(latencies, 50) if latencies else float("nan"),
+        "p99": percentile(latencies, 99) if latencies else float("nan"),
+        "refused": refused,
+        "errors": errors,
+        "ok": len(latencies),
+    }
+
+
+def scaling(
+    config: Path,
+    data_dir: Path,
+    users: list[str],
+    clients: list[int],
+    workers: list[int],
+    seconds: float,
+    rounds: int = 2,
+) -> list[dict]:
+    """Throughput and latency of `streamrec serve --workers W` at each client count.
+
+    Every server runs for the whole measurement (idle while another is loaded) and the points
+    are taken interleaved, `rounds` times: (W1, C1), (W2, C1), (W1, C2), ... so that a change
+    of the machine's load hits every configuration alike; the medians over the rounds are kept.
+    """
+    console.rule(
+        f"streamrec serve --workers {workers} x clients {clients}, {seconds:g} s each, "
+        f"{rounds} rounds interleaved"
+    )
+    servers = {}
+    try:
+        for w in workers:
+            servers[w] = _start_server(config, data_dir, w)
+        raw: dict[tuple[int, int], list[dict]] = {}
+        for k in range(rounds):
+            for c in clients:
+                for w in workers:
+                    r = asyncio.run(_load(servers[w][1], users, c, seconds))
+                    raw.setdefault((w, c), []).append(r)
+                    console.print(
+                        f"round {k + 1} workers {w} clients {c:3}: {r['rps']:7.1f} requests/s  "
+                        f"p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  503s {r['refused']:5}  "
+                        f"errors {r['errors']}"
+                    )
+    finally:
+        for proc, _ in servers.values():
+            _stop_server(proc)
+    rows = []
+    for (w, c), runs in raw.items():
+        rows.append(
+            {
+                "workers": w,
+                "clients": c,
+                **{f: median([r[f] for r in runs]) for f in ("rps", "p50", "p99")},
+                "refused": sum(r["refused"] for r in runs),
+                "errors": sum(r["errors"] for r in runs),
+                "ok": sum(r["ok"] for r in runs),
+            }
+        )
+    peer = next(r for r in rows if r["workers"] == workers[0] and r["clients"] == clients[0])
+    console.rule(f"medians of {rounds} rounds")
+    for r in sorted(rows, key=lambda r: (r["workers"], r["clients"])):
+        console.print(
+            f"workers {r['workers']} clients {r['clients']:3}: {r['rps']:7.1f} requests/s "
+            f"({r['rps'] / peer['rps']:.2f}x {peer['workers']} worker(s) at {peer['clients']} "
+            f"client(s))  p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  503s {r['refused']} "
+            f"of {r['refused'] + r['ok'] + r['errors']}"
+        )
+    for c in clients:
+        by = {r["workers"]: r for r in rows if r["clients"] == c}
+        if len(workers) > 1:
+            console.print(
+                f"clients {c:3}: {workers[-1]} workers / {workers[0]} = "
+                f"{by[workers[-1]]['rps'] / by[workers[0]]['rps']:.2f}x throughput"
+            )
+    _plot_scaling(rows)
+    return rows
+
+
+def _plot_scaling(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for w in sorted({r["workers"] for r in rows}):
+        mine = sorted((r for r in rows if r["workers"] == w), key=lambda r: r["clients"])
+        xs = [r["clients"] for r in mine]
+        left.plot(xs, [r["rps"] for r in mine], marker="o", label=f"{w} worker(s)")
+        right.plot(xs, [r["p99"] for r in mine], marker="o", label=f"{w} worker(s)")
+    left.set(xscale="log", xlabel="concurrent clients", ylabel="requests/s")
+    right.set(xscale="log", xlabel="concurrent clients", ylabel="p99 latency (ms)")
+    left.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "serving_scaling.png", dpi=110)
+    plt.close(fig)
 
 
 def _plot(latencies: list[float]) -> None:

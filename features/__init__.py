@@ -10,6 +10,9 @@
   log (`read_sample_log`).
 - Click history (view `user_history`, each user's last clicked notes, newest first): the sample
   joiner writes it with `HistoryWriter`, `FeatureClient.history` reads it.
+- Experiments (A/B): `read_experiments(path)` validates the layered bucket config,
+  `assign(config, user_id)` gives a user's arms; the experiments job's per-arm counts are read
+  with `read_experiment_log`.
 - Paths: `DataPaths(data_dir)` derives every file location from one data directory.
 
 Names are loaded on first use, so `import features` stays cheap for the streaming jobs.
@@ -24,6 +27,7 @@ _EXPORTS = {
     "mark_key": "features.client",
     "DataPaths": "features.paths",
     "default_data_dir": "features.paths",
+    "object_store": "features.paths",
     "FeatureConfig": "features.schema",
     "ENTITY_KEY": "features.schema",
     "VIEWS": "features.schema",
@@ -48,6 +52,10 @@ _EXPORTS = {
     "FeaturesError": "features.errors",
     "HISTORY_VIEW": "features.history",
     "HistoryWriter": "features.history",
+    "ExperimentsConfig": "features.experiments",
+    "read_experiments": "features.experiments",
+    "assign": "features.experiments",
+    "read_experiment_log": "features.experiment_log",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

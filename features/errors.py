@@ -15,3 +15,8 @@ class ExposureError(FeaturesError):
 
 class SampleLogError(FeaturesError):
     """A part of the sample log cannot be read as samples."""
+
+
+class ExperimentConfigError(FeaturesError):
+    """The experiments configuration is invalid or names something it does not define; the
+    message says what and where."""

@@ -6,6 +6,7 @@ Layout of a data directory `D` (the `data_dir` setting, `$STREAMREC_DATA_DIR` at
     D/feast/registry-<project>.db  the Feast registry of a project
     D/feast/offline/<project>/<view>/  the offline log (parquet parts) of a feature view
     D/training-samples/            the parquet sample log
+    D/experiments/log/             the experiment log (per-arm counts, parquet parts)
     D/snapshots/<model>/<version>/ embedding snapshots
     D/recovery/<job>/              Bytewax recovery stores of the streaming jobs
 
@@ -18,8 +19,28 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 DATA_DIR_ENV = "STREAMREC_DATA_DIR"
+
+
+def object_store(location: Path | str) -> tuple[AbstractFileSystem | None, str]:
+    """(file system, path in it) of a store at an fsspec URL (`s3://bucket/prefix`); (None, the
+    path) for a local directory (a plain path or a `file://` URL).
+
+    The snapshot store and the sample log take either; an object store gets its credentials and
+    endpoint from the standard environment of its library (AWS_* for s3://).
+    """
+    text = str(location)
+    if "://" not in text or text.startswith("file://"):
+        return None, text.removeprefix("file://")
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(text)
+    return fs, path.rstrip("/")
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -59,6 +80,11 @@ class DataPaths:
     def sample_log(self) -> Path:
         """The parquet log of training samples."""
         return self.root / "training-samples"
+
+    @property
+    def experiment_log(self) -> Path:
+        """The experiment log (per experiment x arm x day x user counts, parquet parts)."""
+        return self.root / "experiments" / "log"
 
     @property
     def snapshots(self) -> Path:

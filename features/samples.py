@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.errors import SampleLogError
+from features.paths import object_store
 from features.schema import COUNTS
 from features.windows import WINDOWS
 
@@ -126,11 +127,18 @@ def samples_table(samples: list[Sample]) -> pa.Table:
     )
 
 
-def write_sample_part(directory: Path, name: str, samples: list[Sample]) -> None:
+def write_sample_part(directory: Path | str, name: str, samples: list[Sample]) -> None:
     """Write `samples` as the part file `name` of the log: aside, fsynced, then renamed in.
 
-    A reader sees a part whole or not at all; writing the same name again replaces it.
+    A reader sees a part whole or not at all; writing the same name again replaces it. At an
+    object-store URL (`s3://...`) the part is one object, put whole (no rename needed).
     """
+    fs, path = object_store(directory)
+    if fs is not None:
+        with fs.open(f"{path}/{name}", "wb") as out:
+            pq.write_table(samples_table(samples), out)
+        return
+    directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     aside = directory / f".{name}.tmp"
     pq.write_table(samples_table(samples), aside)
@@ -143,7 +151,7 @@ _ADDED: Final = {"item_duration_ms": 0, "history": []}
 """Columns added to the log after its first version, with the value older parts imply."""
 
 
-def _conform(table: pa.Table, part: Path) -> pa.Table:
+def _conform(table: pa.Table, part: Path | str) -> pa.Table:
     """A part in `LOG_SCHEMA`: the columns added since it was written get their defaults."""
     if table.schema.names == LOG_SCHEMA.names:
         return table
@@ -161,12 +169,23 @@ def _conform(table: pa.Table, part: Path) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=LOG_SCHEMA)
 
 
-def read_sample_log(directory: Path) -> pa.Table:
-    """Read the parquet log, one row per sample id (the log is at-least-once; see the docs)."""
-    parts = sorted(Path(directory).glob("part-*.parquet"))
-    if not parts:
+def read_sample_log(directory: Path | str) -> pa.Table:
+    """Read the parquet log, one row per sample id (the log is at-least-once; see the docs).
+
+    Args:
+        directory: the log's directory, or its fsspec URL (`s3://bucket/prefix`).
+    """
+    fs, path = object_store(directory)
+    if fs is None:
+        parts = sorted(Path(path).glob("part-*.parquet"))
+        tables = [_conform(pq.read_table(p), p) for p in parts]
+    else:
+        fs.invalidate_cache(path)
+        parts = sorted(fs.glob(f"{path}/part-*.parquet"))
+        tables = [_conform(pq.read_table(p, filesystem=fs), p) for p in parts]
+    if not tables:
         return samples_table([])
-    table = pa.concat_tables([_conform(pq.read_table(p), p) for p in parts])
+    table = pa.concat_tables(tables)
     first = ~pd.Series(table.column("sample_id").to_numpy(zero_copy_only=False)).duplicated()
     table = table.filter(pa.array(first.to_numpy()))
     return table.sort_by([("ts", "ascending"), ("sample_id", "ascending")])

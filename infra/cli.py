@@ -24,12 +24,14 @@ from infra.cli_errors import (
     debugging,
     fail,
 )
+from infra.cli_experiments import experiments_app
 from infra.cli_exposure import exposure_app
 from infra.cli_learn import learn_app
 from infra.cli_options import ConfigOpt, print_counts, progress_bar, services, settings_from
 from infra.cli_run import run_app
 from infra.cli_serve import serve
 from infra.cli_snapshots import snapshots_app
+from streams.config import Broker
 
 app = typer.Typer(help="streamrec: streaming features and online learning.", no_args_is_help=True)
 infra_app = typer.Typer(help="The local stack: Kafka-protocol broker and Redis.")
@@ -42,6 +44,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(snapshots_app, name="snapshots")
 app.add_typer(learn_app, name="learn")
 app.add_typer(exposure_app, name="exposure")
+app.add_typer(experiments_app, name="experiments")
 app.command("serve")(serve)
 
 console = Console()
@@ -67,15 +70,30 @@ def _global_options(
 
 
 @infra_app.command("up")
-def infra_up(config: ConfigOpt = None) -> None:
+def infra_up(
+    config: ConfigOpt = None,
+    monitoring: Annotated[
+        bool,
+        typer.Option(
+            "--monitoring",
+            help="Also start Prometheus (if installed) with the alerting rules, scraping the "
+            "API and the jobs (docs/operations.md).",
+        ),
+    ] = False,
+) -> None:
     """Start (or find) the broker and Redis and create the topics; idempotent."""
     settings = settings_from(config)
     # a configured service must answer (exit 3 / 4, like every command); others are started
     services(settings, kafka=bool(settings.kafka.bootstrap), redis=bool(settings.redis.url))
-    state = stack.up(settings)
+    state = stack.up(settings, monitoring=monitoring)
     console.print(f"kafka  {state.bootstrap}" + (" (started)" if state.kafka.pid else ""))
     console.print(f"redis  {state.redis_url}" + (" (started)" if state.redis.pid else ""))
     console.print(f"topics {', '.join(state.topics)}")
+    if state.prometheus is not None:
+        console.print(
+            f"prometheus http://{state.prometheus.address} (rules {stack.RULES}; config "
+            f"{settings.paths.stack / 'prometheus' / 'prometheus.yml'})"
+        )
 
 
 @infra_app.command("status")
@@ -106,7 +124,7 @@ def infra_down(config: ConfigOpt = None) -> None:
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing'}")
 
 
-def _replay(source, settings, bootstrap: str, rate: float | None, topic: str | None) -> None:
+def _replay(source, settings, bootstrap: Broker, rate: float | None, topic: str | None) -> None:
     from streams.replay import replay
 
     topic = topic or settings.kafka.topics.interactions
@@ -144,7 +162,7 @@ def replay_synthetic(
 
     source = SyntheticSource(SyntheticConfig(seed=seed, users=users, notes=notes), limit=limit)
     settings = settings_from(config)
-    bootstrap = services(settings, redis=False).bootstrap
+    bootstrap = settings.kafka.connect(services(settings, redis=False).bootstrap)
     truth = truth_dir or settings.data_dir / "truth" / f"synthetic-{seed}"
     source.write_truth(truth)
     console.print(f"ground truth: {truth}")
@@ -179,7 +197,7 @@ def _file_replay(where: str, default: Path, path_help: str, summary: str):
         import importlib
 
         settings = settings_from(config)
-        bootstrap = services(settings, redis=False).bootstrap
+        bootstrap = settings.kafka.connect(services(settings, redis=False).bootstrap)
         module, _, name = where.partition(":")
         source = getattr(importlib.import_module(module), name)(path, limit=limit)
         _replay(source, settings, bootstrap, rate, topic)
@@ -202,11 +220,13 @@ def topics_summary(topic: TopicOpt = None, config: ConfigOpt = None) -> None:
     settings = settings_from(config)
     where = services(settings, redis=False)
     topic = topic or settings.kafka.topics.interactions
-    summary = summarize_events(where.bootstrap, topic)
+    summary = summarize_events(settings.kafka.connect(where.bootstrap), topic)
     print_counts(f"{topic}: events by type", summary.by_type)
     if summary.invalid:
         print_counts(f"{topic}: invalid messages by reason", summary.invalid)
-    dead = summarize_dead_letters(where.bootstrap, settings.kafka.topics.dlq)
+    dead = summarize_dead_letters(
+        settings.kafka.connect(where.bootstrap), settings.kafka.topics.dlq
+    )
     print_counts(
         f"{settings.kafka.topics.dlq}: dead letters by reason",
         Counter({f"{r} ({f})" if f else r: n for (r, f), n in dead.items()}),

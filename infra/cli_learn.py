@@ -20,6 +20,7 @@ from infra.cli_options import (
 )
 from infra.config import Settings
 from learners.errors import LearnersError
+from streams.config import Broker
 
 learn_app = typer.Typer(help="Train the ranker and the retriever; publish snapshots.")
 
@@ -36,7 +37,7 @@ MetricsPortOpt = Annotated[
 ]
 
 
-def _learner_collector(learner, bootstrap: str, topic: str):
+def _learner_collector(learner, bootstrap: Broker, topic: str):
     """A collector of the online learner's progress, read at scrape time (nothing is counted on
     the training path): samples, steps, bad messages, publications, and per partition of
     `topic` its position, the log end offset and the lag.
@@ -123,7 +124,7 @@ def _learner_collector(learner, bootstrap: str, topic: str):
     return LearnerCollector(), watcher
 
 
-def _serve_learner_metrics(settings: Settings, port: int, learner, bootstrap: str):
+def _serve_learner_metrics(settings: Settings, port: int, learner, bootstrap: Broker):
     """Serve the learner's metrics at `port` (None when 0); returns a function that stops it.
 
     Raises:
@@ -156,7 +157,7 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _announcer(settings: Settings, bootstrap: str):
+def _announcer(settings: Settings, bootstrap: Broker):
     from learners.snapshots import kafka_announcer
 
     return kafka_announcer(bootstrap, settings.kafka.topics.embedding_snapshots)
@@ -177,9 +178,11 @@ def learn_full(
 
     settings = settings_from(config)
     learn = settings.learn
-    directory = log_dir or settings.paths.sample_log
+    directory = log_dir or settings.samples.log_url or settings.paths.sample_log
     announcer = (
-        _announcer(settings, services(settings, redis=False).bootstrap) if announce else None
+        _announcer(settings, settings.kafka.connect(services(settings, redis=False).bootstrap))
+        if announce
+        else None
     )
     progress = progress_bar()
     with progress:
@@ -222,7 +225,8 @@ def learn_online(
     learn = settings.learn
     torch.set_num_threads(learn.threads)
     topics = settings.kafka.topics
-    dlq = make_producer(where.bootstrap)
+    kafka = settings.kafka.connect(where.bootstrap)
+    dlq = make_producer(kafka)
 
     def dead_letter(message: Message, reason: str) -> None:
         record = DeadLetter(
@@ -242,7 +246,7 @@ def learn_online(
         learner = OnlineLearner.from_latest(
             learn,
             settings.snapshots,
-            _announcer(settings, where.bootstrap),
+            _announcer(settings, kafka),
             dead_letter,
             features=settings.features,
         )
@@ -250,9 +254,9 @@ def learn_online(
             f"online learner from ranker {learner.bases['ranker']} / retriever "
             f"{learner.bases['retriever']}, offsets {learner.offsets or 'from the beginning'}"
         )
-        stop_metrics = _serve_learner_metrics(settings, metrics_port, learner, where.bootstrap)
+        stop_metrics = _serve_learner_metrics(settings, metrics_port, learner, kafka)
         messages = kafka_messages(
-            where.bootstrap,
+            kafka,
             topics.training_samples,
             learner.offsets,
             until_end,

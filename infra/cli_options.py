@@ -102,7 +102,7 @@ def services(settings: Settings, kafka: bool = True, redis: bool = True) -> stac
     r_origin = _origin(settings, settings.redis.url, "REDIS_URL", "redis.url")
     remember("kafka", f"{bootstrap} ({k_origin})")
     remember("redis", f"{url} ({r_origin})")
-    if kafka and not stack.kafka_answers(bootstrap, KAFKA_TIMEOUT_S):
+    if kafka and not stack.kafka_answers(settings.kafka.connect(bootstrap), KAFKA_TIMEOUT_S):
         raise BrokerUnreachableError(
             f"no Kafka broker answers at {bootstrap} ({k_origin}) within "
             f"{KAFKA_TIMEOUT_S:g} s: {_fix(k_origin, 'KAFKA_BOOTSTRAP')}"

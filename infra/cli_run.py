@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from infra.cli_options import ConfigOpt, UntilEndOpt, console, services, settings_from
+from infra.config import Settings
 from infra.jobs import (
     JOBS,
     RESETS,
@@ -55,8 +56,21 @@ MetricsPortOpt = Annotated[
 ]
 KAFKA_ONLY = frozenset({"validate"})
 """Jobs that need no Redis (the others are not started while it does not answer)."""
-ProcessIdOpt = Annotated[int | None, typer.Option(hidden=True)]
-AddressesOpt = Annotated[str | None, typer.Option(hidden=True)]
+ProcessIdOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Run as this process of a cluster (with --addresses). Default: `cluster.process_id` "
+        "of the settings ($STREAMREC_PROCESS_ID) when `cluster.hosts` is set.",
+    ),
+]
+AddressesOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="host:port of every process of the cluster, ';'-separated, in process order. "
+        "Default: from `cluster.hosts` and `cluster.ports` of the settings.",
+    ),
+]
 
 
 def _command(spec: JobSpec):
@@ -73,11 +87,19 @@ def _command(spec: JobSpec):
         config: ConfigOpt = None,
     ) -> None:
         settings = settings_from(config)
+        reset_by = process_id  # who applies --reset: the launcher, or process 0 of hosts
+        if settings.cluster.hosts and addresses is None:  # before anything is contacted
+            process_id, addresses, processes = _host_process(
+                spec.name, settings, process_id, processes
+            )
+            if reset is not None:
+                _reset_on_first_host(process_id)
+                reset_by = None
         services(settings, redis=spec.name not in KAFKA_ONLY)
         if recovery and recovery_dir is None:
             recovery_dir = settings.paths.recovery(spec.name)
         if reset is not None:
-            _reset(reset, recovery_dir, process_id)
+            _reset(reset, recovery_dir, reset_by)
         if processes > 1 and process_id is None:
             argv = cluster_argv(
                 spec.name, until_end, recovery_dir, snapshot_interval, config, metrics_port
@@ -106,6 +128,39 @@ def _command(spec: JobSpec):
     command.__doc__ = spec.summary
     command.__name__ = f"run_{spec.name}"
     return command
+
+
+def _host_process(
+    job: str, settings: Settings, process_id: int | None, processes: int
+) -> tuple[int, str, int]:
+    """(process id, addresses, process count) of this host's process of a multi-host job."""
+    hosts = settings.cluster.hosts
+    if process_id is None:
+        process_id = settings.cluster.process_id
+    if process_id is None:
+        raise typer.BadParameter(
+            f"cluster.hosts names {len(hosts)} hosts but not which one this is: set "
+            "STREAMREC_PROCESS_ID (its index in cluster.hosts) or pass --process-id"
+        )
+    if process_id >= len(hosts):
+        raise typer.BadParameter(
+            f"--process-id {process_id} is not an index of the {len(hosts)} cluster.hosts"
+        )
+    if processes not in (1, len(hosts)):
+        raise typer.BadParameter(
+            f"--processes {processes} differs from the {len(hosts)} cluster.hosts: with hosts "
+            "configured each host runs one process; omit --processes"
+        )
+    return process_id, ";".join(settings.cluster.addresses(job)), len(hosts)
+
+
+def _reset_on_first_host(process_id: int) -> None:
+    """`--reset` of a multi-host job: applied by process 0 (every host stopped first)."""
+    if process_id != 0:
+        raise typer.BadParameter(
+            "--reset of a multi-host job is applied on the host of process 0, with the job "
+            'stopped on every host (docs/operations.md, "Jobs across hosts")'
+        )
 
 
 def _reset(reset: str, recovery_dir: Path | None, process_id: int | None) -> None:

@@ -13,26 +13,26 @@ from rich.table import Table
 
 from infra.cli_options import ConfigOpt, console, settings_from
 from learners.errors import LearnersError
-from learners.snapshots import Manifest, SnapshotReader
+from learners.snapshots import Manifest, SnapshotReader, list_models
 
 snapshots_app = typer.Typer(help="Inspect published embedding snapshots.", no_args_is_help=True)
 
 ModelOpt = Annotated[str | None, typer.Option("--model", help="Model name (default: all).")]
 RootOpt = Annotated[
-    Path | None, typer.Option("--root", help="Snapshot root (default: settings snapshots.root).")
+    str | None,
+    typer.Option(
+        "--root",
+        help="Snapshot root directory or URL (default: settings snapshots.url, else .root).",
+    ),
 ]
 
 
-def _root(root: Path | None, config: Path | None) -> Path:
-    return root if root is not None else settings_from(config).snapshots.root
+def _root(root: str | None, config: Path | None) -> str:
+    return root if root is not None else settings_from(config).snapshots.location
 
 
-def _models(root: Path, model: str | None) -> list[str]:
-    if model is not None:
-        return [model]
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _models(root: str, model: str | None) -> list[str]:
+    return [model] if model is not None else list_models(root)
 
 
 def _when(ms: int) -> str:
@@ -60,7 +60,7 @@ def snapshots_list(model: ModelOpt = None, root: RootOpt = None, config: ConfigO
     try:
         for name in models:
             reader = SnapshotReader(where, name)
-            table = Table(title=f"{name} ({where / name})")
+            table = Table(title=f"{name} ({where.rstrip('/')}/{name})")
             for column in ("version", "kind", "base", "created (UTC)", "event-time hwm (UTC)"):
                 table.add_column(column)
             table.add_column("rows", justify="right")
@@ -82,7 +82,7 @@ def snapshots_list(model: ModelOpt = None, root: RootOpt = None, config: ConfigO
         raise _fail(exc) from None
 
 
-def _model_having(root: Path, version: int) -> str:
+def _model_having(root: str, version: int) -> str:
     having = [
         name
         for name in _models(root, None)

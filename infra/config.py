@@ -16,7 +16,15 @@ from infra.errors import ConfigError
 from learners.config import LearnConfig
 from learners.snapshots import SnapshotConfig
 from serving.config import ServingConfig
-from streams.config import EventLimits, MetricsConfig, SamplesConfig, StatsConfig
+from streams.config import (
+    EventLimits,
+    ExperimentFlowConfig,
+    KafkaConnection,
+    KafkaSecurity,
+    MetricsConfig,
+    SamplesConfig,
+    StatsConfig,
+)
 
 
 class _Frozen(BaseModel):
@@ -49,6 +57,50 @@ class KafkaConfig(_Frozen):
     """host:port of a broker to use; None means the local stack starts (or has started) one."""
     topics: TopicsConfig = TopicsConfig()
     """Topic names and partition counts."""
+    security: KafkaSecurity = KafkaSecurity()
+    """SASL / TLS settings every Kafka client uses (producers, consumers, admin clients, the
+    Bytewax connectors, kcat); the password comes from a file or `$KAFKA_SASL_PASSWORD`."""
+
+    def connect(self, bootstrap: str) -> KafkaConnection:
+        """The broker at `bootstrap` with these security settings: what clients are given."""
+        return KafkaConnection(bootstrap, self.security)
+
+
+JOB_PORTS = {"validate": 2101, "stats": 2102, "exposure": 2103, "samples": 2104}
+"""Default cluster port of each stream job (its Bytewax processes talk to each other on it)."""
+
+
+class ClusterConfig(_Frozen):
+    """The hosts a stream job's Bytewax cluster spans; empty `hosts`: one host (`--processes`).
+
+    Every host runs `streamrec run <job>` as one process of the cluster: process i listens on
+    `hosts[i]:ports[<job>] + i` and reads its share of the topic's partitions. All hosts share
+    this settings file; each gets its own `process_id` (`STREAMREC_PROCESS_ID` in its
+    environment file).
+    """
+
+    hosts: tuple[str, ...] = ()
+    """Host name or address of every process, in process order (process i runs on hosts[i]; a
+    host may be listed more than once). `STREAMREC_CLUSTER_HOSTS` (comma-separated) overrides."""
+    process_id: int | None = Field(default=None, ge=0)
+    """This host's index in `hosts` (`STREAMREC_PROCESS_ID`); required when `hosts` is set."""
+    ports: dict[str, int] = Field(default_factory=lambda: dict(JOB_PORTS))
+    """Base cluster port per job: process i of a job listens on its base port + i."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterConfig:
+        if self.process_id is not None and self.hosts and self.process_id >= len(self.hosts):
+            raise ValueError(
+                f"process_id {self.process_id} is not an index of the {len(self.hosts)} hosts"
+            )
+        return self
+
+    def addresses(self, job: str) -> tuple[str, ...]:
+        """host:port of every process of `job`'s cluster, in process order."""
+        base = self.ports.get(job, JOB_PORTS.get(job))
+        if base is None:
+            raise ConfigError(f"cluster.ports has no port for job {job!r}: add one")
+        return tuple(f"{host}:{base + i}" for i, host in enumerate(self.hosts))
 
 
 class RedisConfig(_Frozen):
@@ -81,6 +133,8 @@ class Settings(_Frozen):
     """Broker and topics."""
     redis: RedisConfig = RedisConfig()
     """Redis location."""
+    cluster: ClusterConfig = ClusterConfig()
+    """The hosts each stream job's cluster spans (empty: this host alone)."""
     stack: StackConfig = StackConfig()
     """Local stack settings."""
     events: EventLimits = EventLimits()
@@ -91,6 +145,9 @@ class Settings(_Frozen):
     """The exposure job and the filters it keeps."""
     samples: SamplesConfig = SamplesConfig()
     """The sample joiner."""
+    experiments: ExperimentFlowConfig = ExperimentFlowConfig()
+    """The experiments job (per-arm counts for `streamrec experiments report`); the
+    experiments themselves are `serving.experiments` (a YAML file)."""
     metrics: MetricsConfig = MetricsConfig()
     """The stream jobs' Prometheus endpoints (off unless a port is set)."""
     snapshots: SnapshotConfig
@@ -129,10 +186,15 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
 
     Args:
         path: YAML file; defaults to `$STREAMREC_CONFIG` if set, else built-in defaults.
-        env: environment to read (`KAFKA_BOOTSTRAP`, `REDIS_URL`, `STREAMREC_DATA_DIR`).
+        env: environment to read (`KAFKA_BOOTSTRAP`, `REDIS_URL`, `STREAMREC_DATA_DIR`,
+            `STREAMREC_CLUSTER_HOSTS`, `STREAMREC_PROCESS_ID`, `KAFKA_SASL_PASSWORD`,
+            `KAFKA_SSL_KEY_PASSWORD`).
 
     Returns:
         The validated settings; environment values override the file.
+
+    Raises:
+        ConfigError: the file cannot be read, is not a mapping, or holds invalid settings.
     """
     env = dict(os.environ) if env is None else env
     path = path or (Path(env["STREAMREC_CONFIG"]) if env.get("STREAMREC_CONFIG") else None)
@@ -142,13 +204,51 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"the settings file {path} holds a YAML {type(data).__name__}, not a mapping: "
+                "write keys as in infra/config.py (e.g. `kafka: {bootstrap: host:port}`)"
+            )
     if env.get("KAFKA_BOOTSTRAP"):
         data.setdefault("kafka", {})["bootstrap"] = env["KAFKA_BOOTSTRAP"]
     if env.get("REDIS_URL"):
         data.setdefault("redis", {})["url"] = env["REDIS_URL"]
+    _kafka_secrets(data, env)
+    if env.get("STREAMREC_CLUSTER_HOSTS"):
+        hosts = [h.strip() for h in env["STREAMREC_CLUSTER_HOSTS"].split(",") if h.strip()]
+        data.setdefault("cluster", {})["hosts"] = hosts
+    if env.get("STREAMREC_PROCESS_ID"):
+        data.setdefault("cluster", {})["process_id"] = env["STREAMREC_PROCESS_ID"]
     if env.get(DATA_DIR_ENV) or "data_dir" not in data:
         data["data_dir"] = default_data_dir(env)
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"invalid settings{f' in {path}' if path else ''}: {exc}") from exc
+
+
+def _kafka_secrets(data: dict, env: dict[str, str]) -> None:
+    """Put the Kafka secrets into `data`: the SASL password from `$KAFKA_SASL_PASSWORD`, else
+    from `kafka.security.password_file`; the TLS key's password from `$KAFKA_SSL_KEY_PASSWORD`.
+
+    Raises:
+        ConfigError: the password file cannot be read.
+    """
+    security = data.get("kafka", {}).get("security")
+    if not isinstance(security, dict) and not env.get("KAFKA_SASL_PASSWORD"):
+        return
+    security = data.setdefault("kafka", {}).setdefault("security", {})
+    if env.get("KAFKA_SASL_PASSWORD"):
+        security["password"] = env["KAFKA_SASL_PASSWORD"]
+    elif security.get("password_file") and "password" not in security:
+        path = Path(security["password_file"])
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read the Kafka SASL password file {path} (kafka.security."
+                f"password_file): {exc.strerror or exc}; make it readable by this user"
+            ) from exc
+        security["password"] = lines[0] if lines else ""
+    if env.get("KAFKA_SSL_KEY_PASSWORD"):
+        security["key_password"] = env["KAFKA_SSL_KEY_PASSWORD"]

@@ -29,6 +29,7 @@ from infra.cli_options import console, print_counts
 from infra.config import Settings
 from infra.errors import ConfigError
 from infra.processes import ProcessGroup, free_port
+from streams.config import KafkaConnection
 from streams.errors import StreamsError
 from streams.runner import RunConfig, run_here
 
@@ -77,6 +78,17 @@ class JobContext:
         """The `flow` label of the job's metrics."""
         return self.job or "unnamed"
 
+    @property
+    def kafka(self) -> KafkaConnection:
+        """The broker with the settings' security (what every Kafka client of the job gets)."""
+        return self.settings.kafka.connect(self.where.bootstrap)
+
+    def sink_config(self) -> dict[str, str]:
+        """`add_config` of Bytewax's `KafkaSink`: the durable producer settings and security."""
+        from streams.kafka_io import SINK_CONFIG
+
+        return {**SINK_CONFIG, **self.settings.kafka.security.librdkafka()}
+
 
 @dataclass
 class BuiltJob:
@@ -102,10 +114,9 @@ def _sink(ctx: JobContext, topic: str):
     idempotence), metered as sink `topic`."""
     from bytewax.connectors.kafka import KafkaSink
 
-    from streams.kafka_io import SINK_CONFIG
     from streams.sinks import metered
 
-    sink = KafkaSink([ctx.where.bootstrap], topic, add_config=dict(SINK_CONFIG))
+    sink = KafkaSink([ctx.where.bootstrap], topic, add_config=ctx.sink_config())
     return metered(sink, ctx.flow, topic, "kafka")
 
 
@@ -115,7 +126,6 @@ def _dlq(ctx: JobContext):
     from bytewax.connectors.kafka import KafkaSink
 
     from streams.events import decode_dead_letter
-    from streams.kafka_io import SINK_CONFIG
     from streams.sinks import metered
 
     tally = ctx.tally
@@ -140,7 +150,7 @@ def _dlq(ctx: JobContext):
             return CountingPartition(super().build(step_id, worker_index, worker_count))
 
     topic = ctx.settings.kafka.topics.dlq
-    sink = CountingSink([ctx.where.bootstrap], topic, add_config=dict(SINK_CONFIG))
+    sink = CountingSink([ctx.where.bootstrap], topic, add_config=ctx.sink_config())
     return metered(sink, ctx.flow, "dlq", "kafka")
 
 
@@ -173,7 +183,7 @@ def _source(ctx: JobContext):
             return CountingPartition(super().build_part(step_id, for_part, resume_state))
 
     return CountingSource(
-        ctx.where.bootstrap,
+        ctx.kafka,
         ctx.settings.kafka.topics.interactions,
         tail=not ctx.until_end,
         reset_hint=ctx.reset_hint,
@@ -240,10 +250,22 @@ def _build_exposure(ctx: JobContext) -> BuiltJob:
     return BuiltJob(flow)
 
 
+def _build_experiments(ctx: JobContext) -> BuiltJob:
+    from streams.experiments import ExperimentLogSink, build_flow
+    from streams.sinks import metered
+
+    s = ctx.settings
+    log = metered(ExperimentLogSink(s.paths.experiment_log), ctx.flow, "experiment-log", "parquet")
+    flow = build_flow(
+        _source(ctx), log, _dlq(ctx), s.experiments, s.events, recoverable=ctx.recoverable
+    )
+    return BuiltJob(flow, lambda: say(f"experiment log: {s.paths.experiment_log}"))
+
+
 class _JoinTotals:
     """Sums the joiner's reports; prints them every `REPORT_EVERY_S` and at the end."""
 
-    def __init__(self, where: str, log_dir: Path) -> None:
+    def __init__(self, where: str, log_dir: Path | str) -> None:
         self.counts: Counter = Counter()
         self.where, self.log_dir = where, log_dir
         self._last = time.monotonic()
@@ -276,11 +298,11 @@ def _build_samples(ctx: JobContext) -> BuiltJob:
 
     s, topics = ctx.settings, ctx.settings.kafka.topics
     cfg = s.samples
+    log_dir = cfg.log_url or s.paths.sample_log
     totals = _JoinTotals(
-        "all partitions" if ctx.process_id is None else f"process {ctx.process_id}",
-        s.paths.sample_log,
+        "all partitions" if ctx.process_id is None else f"process {ctx.process_id}", log_dir
     )
-    log = SampleLogSink(s.paths.sample_log, cfg.log_rows_per_part, cfg.log_part_interval_s)
+    log = SampleLogSink(log_dir, cfg.log_rows_per_part, cfg.log_part_interval_s)
     history = None
     if cfg.history_len:
         history = HistorySink(ctx.where.redis_url, s.feast_project)
@@ -292,7 +314,7 @@ def _build_samples(ctx: JobContext) -> BuiltJob:
         _dlq(ctx),
         CallbackSink(totals.add),
         cfg,
-        partitions_of(ctx.where.bootstrap, topics.interactions),
+        partitions_of(ctx.kafka, topics.interactions),
         recoverable=ctx.recoverable,
         limits=s.events,
         history=history,
@@ -325,6 +347,12 @@ JOBS: dict[str, JobSpec] = {
             "parquet; users' click histories into Feast (Redis).",
             _build_samples,
             prepare=_apply_features,
+        ),
+        JobSpec(
+            "experiments",
+            "Per experiment x arm x day x user counts (impressions, clicks, likes, watch time, "
+            "completions) from interactions into the experiment log (parquet).",
+            _build_experiments,
         ),
     )
 }
@@ -493,7 +521,8 @@ def say(line: str) -> None:
 
 
 def start_line(job: str, where: str, ctx: JobContext, run: RunConfig) -> str:
-    """What a job says when it starts: topic, broker, bound, processes, recovery store."""
+    """What a job says when it starts: topic, broker, bound, processes, recovery store, and the
+    addresses of its cluster's processes (if it has several)."""
     s = ctx.settings
     bound = "until its end" if ctx.until_end else "unbounded (Ctrl-C stops it)"
     recovery = (
@@ -501,7 +530,8 @@ def start_line(job: str, where: str, ctx: JobContext, run: RunConfig) -> str:
         if run.recovery_dir is not None
         else "no recovery store"
     )
+    cluster = f"; cluster {' '.join(run.addresses)}" if run.addresses else ""
     return (
         f"{job} ({where}): reading {s.kafka.topics.interactions} on {ctx.where.bootstrap} "
-        f"{bound}; dead letters to {s.kafka.topics.dlq}; {recovery}"
+        f"{bound}; dead letters to {s.kafka.topics.dlq}; {recovery}{cluster}"
     )

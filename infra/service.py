@@ -18,7 +18,7 @@ def service_for(settings: Settings, redis_url: str) -> Service:
     return build_service(
         redis_url,
         settings.feast_project,
-        settings.snapshots.root,
+        settings.snapshots.location,
         (settings.learn.ranker_model, settings.learn.retriever_model),
         settings.serving,
         settings.serving.exposure_namespace or settings.exposure.namespace,

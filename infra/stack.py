@@ -2,13 +2,17 @@
 
 `up` is idempotent and records what it found or started in `<data_dir>/stack/stack.json`; `down`
 stops only the processes `up` started. Later commands find the services through `endpoints`.
+With `monitoring`, `up` also starts a Prometheus (if installed) that loads the alerting rules of
+`infra/monitoring/rules.yml` and scrapes the API and the jobs' endpoints.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,8 +22,10 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from infra.config import Settings
-from infra.errors import StackError
+from infra.errors import BrokerUnreachableError, RedisUnreachableError, StackError
 from infra.processes import free_port, pid_runs, spawn, stop_pid
+from streams.config import Broker, connection
+from streams.kafka_io import QUIET
 
 STATE_FILE = "stack.json"
 
@@ -40,6 +46,8 @@ class StackState:
     kafka: Service
     redis: Service
     topics: tuple[str, ...]
+    prometheus: Service | None = None
+    """The Prometheus `up --monitoring` started (its address is host:port of its web UI)."""
 
     @property
     def bootstrap(self) -> str:
@@ -62,8 +70,12 @@ def read_state(settings: Settings) -> StackState | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
+    prometheus = data.get("prometheus")
     return StackState(
-        kafka=Service(**data["kafka"]), redis=Service(**data["redis"]), topics=tuple(data["topics"])
+        kafka=Service(**data["kafka"]),
+        redis=Service(**data["redis"]),
+        topics=tuple(data["topics"]),
+        prometheus=Service(**prometheus) if prometheus else None,
     )
 
 
@@ -75,10 +87,10 @@ def _write_state(settings: Settings, state: StackState) -> None:
     os.replace(tmp, path)
 
 
-def kafka_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+def kafka_answers(bootstrap: Broker, timeout: float = 2.0) -> bool:
     """Return True if a Kafka-protocol broker answers a metadata request at `bootstrap`."""
     try:
-        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout)
+        AdminClient(connection(bootstrap).librdkafka(log_level=0)).list_topics(timeout=timeout)
     except KafkaException:
         return False
     return True
@@ -181,9 +193,9 @@ def _start_redis(settings: Settings) -> Service:
     return Service(address=url, pid=pid, log=str(log))
 
 
-def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+def ensure_topics(bootstrap: Broker, names: list[str], partitions: int) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(connection(bootstrap).librdkafka(**QUIET))
     existing = set(admin.list_topics(timeout=10).topics)
     missing = [NewTopic(n, partitions, 1) for n in names if n not in existing]
     if not missing:
@@ -196,14 +208,23 @@ def ensure_topics(bootstrap: str, names: list[str], partitions: int) -> None:
                 raise StackError(f"cannot create topic {name!r} on {bootstrap}: {exc}") from exc
 
 
-def up(settings: Settings) -> StackState:
-    """Find or start the broker and Redis, create the topics and record the state."""
+def up(settings: Settings, monitoring: bool = False) -> StackState:
+    """Find or start the broker and Redis, create the topics and record the state.
+
+    Args:
+        monitoring: also start (or keep) a Prometheus with the rules (`start_prometheus`).
+
+    Raises:
+        BrokerUnreachableError, RedisUnreachableError: the broker or Redis the settings name
+            does not answer (one-line messages that say what to do).
+    """
     previous = read_state(settings)
     if settings.kafka.bootstrap:
-        if not kafka_answers(settings.kafka.bootstrap, 5.0):
-            raise StackError(
-                f"no Kafka broker answers at KAFKA_BOOTSTRAP={settings.kafka.bootstrap}; "
-                "start it or unset KAFKA_BOOTSTRAP to use a local Tansu"
+        if not kafka_answers(settings.kafka.connect(settings.kafka.bootstrap), 5.0):
+            raise BrokerUnreachableError(
+                f"no Kafka broker answers at KAFKA_BOOTSTRAP={settings.kafka.bootstrap} within "
+                "5 s: start it, or unset KAFKA_BOOTSTRAP (and `kafka.bootstrap`) to use a local "
+                "Tansu"
             )
         kafka = Service(address=settings.kafka.bootstrap)
     elif (
@@ -215,7 +236,10 @@ def up(settings: Settings) -> StackState:
 
     if settings.redis.url:
         if not redis_answers(settings.redis.url):
-            raise StackError(f"no Redis answers at REDIS_URL={settings.redis.url}")
+            raise RedisUnreachableError(
+                f"no Redis answers at REDIS_URL={settings.redis.url}: start it, or unset "
+                "REDIS_URL (and `redis.url`) to use or start a local one"
+            )
         redis_service = Service(address=settings.redis.url)
     elif (
         previous
@@ -230,10 +254,113 @@ def up(settings: Settings) -> StackState:
         redis_service = _start_redis(settings)
 
     topics = settings.kafka.topics
-    ensure_topics(kafka.address, topics.all_names(), topics.partitions)
-    state = StackState(kafka=kafka, redis=redis_service, topics=tuple(topics.all_names()))
+    ensure_topics(settings.kafka.connect(kafka.address), topics.all_names(), topics.partitions)
+    prometheus = previous.prometheus if previous else None
+    if prometheus is not None and not pid_runs(prometheus.pid, "prometheus"):
+        prometheus = None
+    if monitoring and prometheus is None:
+        prometheus = start_prometheus(settings)
+    state = StackState(
+        kafka=kafka,
+        redis=redis_service,
+        topics=tuple(topics.all_names()),
+        prometheus=prometheus,
+    )
     _write_state(settings, state)
     return state
+
+
+RULES = Path(__file__).resolve().parent / "monitoring" / "rules.yml"
+"""The recording and alerting rules (checked by promtool in the test suite)."""
+SERVE_PORT = 8000
+"""`streamrec serve`'s default port: the API target the Prometheus of `up` scrapes."""
+JOB_PROCESSES = 4
+"""Processes per stream job scraped at `metrics.port + i` (`--processes` up to this)."""
+
+
+def prometheus_config(settings: Settings) -> dict:
+    """The configuration of the Prometheus `up --monitoring` starts.
+
+    It loads `RULES` and scrapes the API at `SERVE_PORT` (job `streamrec-serve`), the stream
+    jobs at `metrics.port + i` when a port is set (job `streamrec-jobs`), and any target listed
+    in `<data_dir>/stack/prometheus/targets/*.json` (Prometheus file discovery, re-read while it
+    runs: a job started on other ports adds a file there).
+    """
+    host = settings.metrics.host if settings.metrics.host != "0.0.0.0" else "127.0.0.1"
+    scrape = [
+        {
+            "job_name": "streamrec-serve",
+            "static_configs": [{"targets": [f"127.0.0.1:{SERVE_PORT}"]}],
+        },
+        {
+            "job_name": "streamrec-targets",
+            "file_sd_configs": [
+                {"files": [str(settings.paths.stack / "prometheus" / "targets" / "*.json")]}
+            ],
+        },
+    ]
+    if settings.metrics.port:
+        ports = range(settings.metrics.port, settings.metrics.port + JOB_PROCESSES)
+        scrape.append(
+            {
+                "job_name": "streamrec-jobs",
+                "static_configs": [{"targets": [f"{host}:{p}" for p in ports]}],
+            }
+        )
+    return {
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": scrape,
+    }
+
+
+def prometheus_ready(address: str, timeout: float = 1.0) -> bool:
+    """Return True if the Prometheus at host:port says it is ready."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/-/ready", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start_prometheus(settings: Settings) -> Service:
+    """Start a Prometheus on a free local port with `prometheus_config(settings)`.
+
+    Raises:
+        StackError: Prometheus is not installed, or did not become ready.
+    """
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise StackError(
+            "`--monitoring` needs Prometheus, which is not installed: install it (Debian: "
+            "`apt-get install prometheus`, or `make promtool`) or run without --monitoring"
+        )
+    import yaml
+
+    home = settings.paths.stack / "prometheus"
+    (home / "targets").mkdir(parents=True, exist_ok=True)
+    config = home / "prometheus.yml"
+    config.write_text(yaml.safe_dump(prometheus_config(settings), sort_keys=False))
+    address = f"127.0.0.1:{free_port()}"
+    log = settings.paths.stack / "prometheus.log"
+    pid = spawn(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={home / 'data'}",
+            f"--web.listen-address={address}",
+            "--storage.tsdb.retention.time=7d",
+        ],
+        log,
+        append=True,
+    ).pid
+    _wait(
+        lambda: prometheus_ready(address),
+        f"Prometheus at {address}",
+        settings.stack.startup_timeout_s,
+        log,
+    )
+    return Service(address=address, pid=pid, log=str(log))
 
 
 @dataclass(frozen=True)
@@ -251,10 +378,10 @@ class ServiceStatus:
     """Why it is down (the client's error)."""
 
 
-def _probe_kafka(bootstrap: str, timeout: float) -> str:
+def _probe_kafka(bootstrap: Broker, timeout: float) -> str:
     """ "" if the broker at `bootstrap` answers a metadata request within `timeout`, else why."""
     try:
-        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=timeout)
+        AdminClient(connection(bootstrap).librdkafka(log_level=0)).list_topics(timeout=timeout)
     except KafkaException as exc:
         error = exc.args[0] if exc.args else exc
         return error.str() if hasattr(error, "str") else str(error)
@@ -294,7 +421,13 @@ def status(settings: Settings, timeout: float = 2.0) -> list[ServiceStatus]:
 
     found: list[tuple[str, str, str, Callable[[str, float], str]]] = []
     for name, configured, variable, service, probe in (
-        ("kafka", settings.kafka.bootstrap, "KAFKA_BOOTSTRAP", state and state.kafka, _probe_kafka),
+        (
+            "kafka",
+            settings.kafka.bootstrap,
+            "KAFKA_BOOTSTRAP",
+            state and state.kafka,
+            lambda address, timeout: _probe_kafka(settings.kafka.connect(address), timeout),
+        ),
         ("redis", settings.redis.url, "REDIS_URL", state and state.redis, _probe_redis),
     ):
         address = configured or (service.address if service else None)
@@ -317,11 +450,10 @@ def down(settings: Settings) -> list[str]:
     state = read_state(settings)
     if state is None:
         return []
-    stopped = [
-        n
-        for n, svc, exe in (("kafka", state.kafka, "tansu"), ("redis", state.redis, "redis-server"))
-        if stop_pid(svc.pid, exe)
-    ]
+    started = [("kafka", state.kafka, "tansu"), ("redis", state.redis, "redis-server")]
+    if state.prometheus is not None:
+        started.append(("prometheus", state.prometheus, "prometheus"))
+    stopped = [n for n, svc, exe in started if stop_pid(svc.pid, exe)]
     _state_path(settings).unlink(missing_ok=True)
     return stopped
 

@@ -34,6 +34,7 @@ from features.lazy import lazy_exports
 
 _EXPORTS = {
     # snapshots (numpy, safetensors; no torch)
+    "Exports": "learners.snapshots",
     "Manifest": "learners.snapshots",
     "Snapshot": "learners.snapshots",
     "SnapshotConfig": "learners.snapshots",
@@ -43,6 +44,7 @@ _EXPORTS = {
     "kafka_announcer": "learners.snapshots",
     "decode_announcement": "learners.snapshots",
     "check_writable": "learners.snapshots",
+    "list_models": "learners.snapshots",
     "Announcements": "learners.subscription",
     "SnapshotSubscriber": "learners.subscription",
     "follow_snapshots": "learners.subscription",

@@ -3,14 +3,76 @@
 If every negative is kept with probability a and positives always, a model trained on the kept
 samples as they come learns q = p / (p + a (1 - p)); inverting gives the true probability
 p = a q / (1 - q + a q) (He et al., "Practical Lessons from Predicting Clicks on Ads at
-Facebook", ADKDD 2014).
+Facebook", ADKDD 2014). That is exact only for a q that is right on the sampled data, so each
+task also gets a scalar offset on its logit (`fit_offset`): full training fits it on its log,
+and online the `OffsetTracker` refits it on the model's predictions for samples it had not
+learnt from yet, the newest `window` of them, so the offsets follow the stream.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
 def calibrate(q: torch.Tensor, a: float) -> torch.Tensor:
     """p = a q / (1 - q + a q): a probability learnt with negatives kept at rate a, corrected."""
     return a * q / (1.0 - q + a * q)
+
+
+def fit_offset(z: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> float:
+    """The d for which the w-weighted mean of sigmoid(z + d) equals the w-weighted mean of y.
+
+    Args:
+        z: (B,) logits, y: (B,) labels in [0, 1], w: (B,) non-negative sample weights.
+    """
+    z, y, w = z.double(), y.double(), w.double()
+    target = float((w * y).sum() / w.sum())
+    lo, hi = -20.0, 20.0
+    for _ in range(60):  # bisection: the weighted mean of sigmoid(z + d) rises with d
+        mid = (lo + hi) / 2
+        mean = float((w * torch.sigmoid(z + mid)).sum() / w.sum())
+        lo, hi = (mid, hi) if mean < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+class OffsetTracker:
+    """Per-task logit offsets refit on the newest `window` predictions made before learning.
+
+    Online, the ranker's forward pass on a batch, before its step, is a prediction on samples
+    it has not learnt from; `observe` keeps the newest `window` of them per task (logit, label,
+    weight) in a ring and refits each task's offset on the ring once it holds `window // 4`.
+    """
+
+    def __init__(self, weighted: dict[str, bool], window: int) -> None:
+        """Args:
+        weighted: task -> whether its rate is matched weighted by 1 / keep_rate (the
+            importance-weighted tasks) or as sampled (the down-sampling-calibrated ones).
+        window: samples per task the offsets are fitted on.
+        """
+        self.weighted = weighted
+        self.window = window
+        self._rings = {t: np.zeros((3, window)) for t in weighted}  # (logit, label, weight)
+        self._next = 0
+        self._filled = 0
+
+    def observe(
+        self, logits: dict[str, torch.Tensor], labels: dict[str, np.ndarray], keep_rate: np.ndarray
+    ) -> dict[str, float]:
+        """Add one batch's raw logits (before the step) and labels; the refit offsets of every
+        task, or {} while the ring holds fewer than `window // 4` samples."""
+        n = min(len(keep_rate), self.window)
+        slots = (self._next + np.arange(n)) % self.window
+        inverse = 1.0 / np.maximum(keep_rate[-n:], 1e-6)  # (n,)
+        for t, ring in self._rings.items():
+            ring[0, slots] = logits[t].detach().double().numpy()[-n:]
+            ring[1, slots] = labels[t][-n:]
+            ring[2, slots] = inverse if self.weighted[t] else 1.0
+        self._next = (self._next + n) % self.window
+        self._filled = min(self.window, self._filled + n)
+        if self._filled < self.window // 4:
+            return {}
+        return {
+            t: fit_offset(*(torch.from_numpy(r) for r in ring[:, : self._filled]))
+            for t, ring in self._rings.items()
+        }

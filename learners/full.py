@@ -18,6 +18,7 @@ import torch
 
 from features.schema import FeatureConfig
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
+from learners.export import snapshot_exports
 from learners.inputs import Columns
 from learners.preranker import PreRankerConfig
 from learners.snapshots import (
@@ -76,7 +77,7 @@ def load_or_create(
     versions: dict[str, int | None] = {}
     metas: list[dict | None] = []
     try:
-        snap = SnapshotReader(snapshots.root, config.ranker_model).latest()
+        snap = SnapshotReader(snapshots.location, config.ranker_model).latest()
         r = RankerState.from_snapshot(snap)
         check_priors(r, features)
         versions["ranker"] = snap.manifest.version
@@ -89,7 +90,7 @@ def load_or_create(
         versions["ranker"] = None
         metas.append(None)
     try:
-        snap = SnapshotReader(snapshots.root, config.retriever_model).latest()
+        snap = SnapshotReader(snapshots.location, config.retriever_model).latest()
         t = RetrieverState.from_snapshot(snap)
         versions["retriever"] = snap.manifest.version
         metas.append(snap.manifest.meta)
@@ -143,7 +144,7 @@ def train_pass(
 
 
 def run_full(
-    log_dir: Path,
+    log_dir: Path | str,
     config: LearnConfig,
     snapshots: SnapshotConfig,
     announce: Callable[[Manifest], None] | None = None,
@@ -164,7 +165,7 @@ def run_full(
 
     pre_name = config.preranker_model
     models = (config.ranker_model, config.retriever_model, *([pre_name] if pre_name else []))
-    check_writable(snapshots.root, models)
+    check_writable(snapshots.location, models)
     torch.set_num_threads(config.threads)
     cols = Columns.from_table(read_sample_log(log_dir))
     if on_start is not None:
@@ -184,11 +185,13 @@ def run_full(
         state.expire(state.hwm_ms)
         tables, dense = state.full_state()
         meta = state.meta({"offsets": offsets, "full_training_samples": len(cols)})
-        writer = SnapshotWriter(snapshots.root, name, snapshots, announce)
+        writer = SnapshotWriter(snapshots.location, name, snapshots, announce)
         try:
-            report.published.append(writer.publish_full(tables, dense, state.hwm_ms, meta))
+            report.published.append(
+                writer.publish_full(tables, dense, state.hwm_ms, meta, snapshot_exports(state))
+            )
         except OSError as exc:
-            raise publish_failed(name, snapshots.root, exc) from exc
+            raise publish_failed(name, snapshots.location, exc) from exc
     return report
 
 
@@ -223,7 +226,7 @@ def load_or_create_preranker(
     """The latest published pre-ranker (or a fresh one with the ranker's priors) and its
     version (None = fresh)."""
     try:
-        snap = SnapshotReader(snapshots.root, config.preranker_model).latest()
+        snap = SnapshotReader(snapshots.location, config.preranker_model).latest()
     except SnapshotNotFoundError:
         hyper = PreRankerConfig(priors=ranker.config.priors)
         return PreRankerState.create(hyper, config.embedding(16), seed=config.seed), None

@@ -64,6 +64,7 @@ class Ranker(_Published):
         """Move to a newer snapshot (only ID tables are reloaded if the base full is the same)."""
         if snap.versions[:1] == self._snap.versions[:1]:
             self._state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
+            self._state.restore_meta(snap)  # the online learner refits the logit offsets
         else:
             self._state = RankerModelState.from_snapshot(snap)
             self._state.model.eval()

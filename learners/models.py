@@ -96,7 +96,7 @@ def with_dim(emb: EmbeddingConfig, dim: int) -> EmbeddingConfig:
 class _ModelState:
     """What the ranker and the retriever share: creation with one table setting, the snapshot
     meta and the rebuild from a snapshot. A subclass names its `kind` and `config_type` and adds
-    its own meta (`_own_meta`) and restored state (`_restore`)."""
+    its own meta (`_own_meta`) and restored state (`restore_meta`)."""
 
     kind: ClassVar[str]
     config_type: ClassVar[type]
@@ -133,7 +133,7 @@ class _ModelState:
             **(extra or {}),
         }
 
-    def _restore(self, snap: Snapshot) -> None:
+    def restore_meta(self, snap: Snapshot) -> None:
         """Restore what this kind of model keeps beyond its dense parameters and ID tables."""
         del snap
 
@@ -148,7 +148,7 @@ class _ModelState:
         )
         load_dense(state.model, snap.dense)
         state.store.load(snap.tables, snap.dense, snap.manifest.hwm_ms)
-        state._restore(snap)
+        state.restore_meta(snap)
         state.hwm_ms = snap.manifest.hwm_ms
         return state
 
@@ -203,7 +203,7 @@ class RankerModelState(_ModelState):
         """The calibration rate and the logit offsets."""
         return {"neg_keep_rate": self.neg_keep_rate, "logit_offsets": self.logit_offsets}
 
-    def _restore(self, snap: Snapshot) -> None:
+    def restore_meta(self, snap: Snapshot) -> None:
         """The calibration rate and the logit offsets."""
         meta = snap.manifest.meta
         self.neg_keep_rate = float(meta.get("neg_keep_rate", 1.0))
@@ -268,7 +268,7 @@ class RetrieverModelState(_ModelState):
             return [], np.zeros((0, self.config.out_dim), np.float32)
         return ids, self.model.encode_item(*self._note_rows(ids)).numpy()
 
-    def _restore(self, snap: Snapshot) -> None:
+    def restore_meta(self, snap: Snapshot) -> None:
         """The side info of the notes: the full's, updated by each delta's."""
         side = from_json_array(snap.dense.get("side.notes")) or {}
         for meta in snap.delta_metas:  # notes new since the full, oldest delta first

@@ -32,6 +32,7 @@ from features.samples import SampleBatch, decode_batch
 from features.schema import FeatureConfig
 from learners.config import LearnConfig
 from learners.errors import LearnersError
+from learners.export import snapshot_exports
 from learners.inputs import Columns
 from learners.snapshots import (
     Manifest,
@@ -50,6 +51,7 @@ from learners.training import (
     applied_offsets,
     check_priors,
 )
+from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 FLOW = "learn-online"
@@ -126,6 +128,7 @@ class OnlineLearner:
         for m in (ranker, retriever, *([] if preranker is None else [preranker])):
             m.freeze_dense()
             m.set_embedding_lr(config.online_emb_lr)
+        ranker.track_offsets(config.calibration_window)
         self.writers = writers
         self.config = config
         self.snapshots = snapshots
@@ -168,7 +171,7 @@ class OnlineLearner:
             NoFullSnapshotError: a model has no snapshot yet (run `streamrec learn full`).
         """
         names = {"ranker": config.ranker_model, "retriever": config.retriever_model}
-        check_writable(snapshots.root, names.values())
+        check_writable(snapshots.location, names.values())
         skipped: list[LearnersError] = []
 
         def fell_back(exc: LearnersError) -> None:
@@ -177,7 +180,7 @@ class OnlineLearner:
 
         try:
             snaps = {
-                k: SnapshotReader(snapshots.root, n, on_fallback=fell_back).latest()
+                k: SnapshotReader(snapshots.location, n, on_fallback=fell_back).latest()
                 for k, n in names.items()
             }
         except SnapshotNotFoundError as exc:
@@ -187,7 +190,7 @@ class OnlineLearner:
             ) from exc
         if config.preranker_model:  # optional: without a snapshot it is not trained
             try:
-                root, pre = snapshots.root, config.preranker_model
+                root, pre = snapshots.location, config.preranker_model
                 snaps[PRERANKER] = SnapshotReader(root, pre, on_fallback=fell_back).latest()
                 names[PRERANKER] = config.preranker_model
             except SnapshotNotFoundError:
@@ -198,7 +201,10 @@ class OnlineLearner:
         learner = cls(
             RankerState.from_snapshot(snaps["ranker"]),
             RetrieverState.from_snapshot(snaps["retriever"]),
-            {k: SnapshotWriter(snapshots.root, n, snapshots, announce) for k, n in names.items()},
+            {
+                k: SnapshotWriter(snapshots.location, n, snapshots, announce)
+                for k, n in names.items()
+            },
             config,
             snapshots,
             offsets,
@@ -300,7 +306,9 @@ class OnlineLearner:
                 out += self._adopt_newer_full(name)
                 continue
             except OSError as exc:
-                raise publish_failed(self.writers[name].model, self.snapshots.root, exc) from exc
+                raise publish_failed(
+                    self.writers[name].model, self.snapshots.location, exc
+                ) from exc
             state.store.clear_changed()
             out.append(manifest)
             self.report.deltas += 1
@@ -317,10 +325,12 @@ class OnlineLearner:
             tables, dense = state.full_state()
             try:
                 manifest = self.writers[name].publish_full(
-                    tables, dense, state.hwm_ms, self._meta(name, state)
+                    tables, dense, state.hwm_ms, self._meta(name, state), snapshot_exports(state)
                 )
             except OSError as exc:
-                raise publish_failed(self.writers[name].model, self.snapshots.root, exc) from exc
+                raise publish_failed(
+                    self.writers[name].model, self.snapshots.location, exc
+                ) from exc
             state.store.clear_changed()
             self.bases[name] = manifest.version
             out.append(manifest)
@@ -331,11 +341,13 @@ class OnlineLearner:
     def _adopt_newer_full(self, name: str) -> list[Manifest]:
         """A full training published a newer full: continue from it (its dense parameters)."""
         writer = self.writers[name]
-        snap = SnapshotReader(self.snapshots.root, writer.model).latest()
+        snap = SnapshotReader(self.snapshots.location, writer.model).latest()
         cls = {"ranker": RankerState, "retriever": RetrieverState, PRERANKER: PreRankerState}[name]
         state = cls.from_snapshot(snap)
         state.freeze_dense()
         state.set_embedding_lr(self.config.online_emb_lr)
+        if isinstance(state, RankerState):
+            state.track_offsets(self.config.calibration_window)
         setattr(self, name, state)
         self.bases[name] = snap.versions[0]
         logger.info("%s: continuing from the newer full version %s", name, snap.versions[0])
@@ -360,7 +372,7 @@ class OnlineLearner:
 
 
 def kafka_messages(
-    bootstrap: str,
+    bootstrap: Broker,
     topic: str,
     offsets: dict[int, int],
     until_end: bool,

@@ -6,7 +6,10 @@ Layout, one directory per model and version (see docs/snapshots.md):
         tables.safetensors   embedding tables, one tensor per table: (rows, dim) float32
         ids.json             row ids per table, aligned with the tensor rows (the ID maps)
         dense.safetensors    dense parameters (full snapshots only)
-        manifest.json        `Manifest`, with the sha256 and size of every other file
+        train_state.safetensors  optimiser and training-only state (full snapshots only)
+        *.onnx, ...          exported graphs (`Exports`, full snapshots only)
+        manifest.json        `Manifest`, with the sha256 and size of every other file and
+                             the dtype, shape and meaning of every tensor
 
 A version is written into `<root>/<model>/.tmp-*` beside it, every file and the directory are
 fsynced, and the directory is renamed into place: it appears whole or not at all. Writers take an
@@ -14,11 +17,19 @@ exclusive lock on `<root>/<model>/.lock` for a publish, so numbers stay strictly
 restarts and concurrent writers; leftover temp directories of killed writers are removed by the
 next publish. Deltas hold only changed rows; a delta chains on the version before it (its
 `parent_version`) and applies to the latest full (its `base_version`).
+
+The root may also be an fsspec URL of an object store (`s3://bucket/prefix`,
+`SnapshotConfig.url`), which every replica on every host can read. An object store has no
+rename: a version's files are written in place and its manifest last, and readers list a
+version only once its manifest is there (an object appears whole; S3 reads after writes are
+consistent), so a version still appears whole or not at all. It has no lock either: one writer
+per model (the learner) publishes there. Pruning deletes a version's manifest first.
 """
 
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import hashlib
 import logging
 import os
@@ -38,6 +49,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from features.paths import object_store
 from learners.errors import (
     SnapshotAnnounceError,
     SnapshotConflictError,
@@ -47,14 +59,20 @@ from learners.errors import (
     SnapshotPublishError,
     SnapshotRootNotWritableError,
 )
+from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: training state in its own file, extra files (ONNX) and the tensor schema; 1 is read too."""
 MANIFEST = "manifest.json"
 TABLES = "tables.safetensors"
 IDS = "ids.json"
 DENSE = "dense.safetensors"
+TRAIN_STATE = "train_state.safetensors"
+TRAIN_STATE_PREFIXES = ("accum.", "last_seen.", "freq.")
+"""Dense arrays named so are training state, not model: stored in `TRAIN_STATE` (a snapshot of
+format 1 kept them in `DENSE`; readers merge both into `Snapshot.dense` either way)."""
 TEMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 LOCK = ".lock"
@@ -73,12 +91,21 @@ class SnapshotConfig(BaseModel):
     root: Path
     """Snapshot root directory: `<root>/<model>/<version>/` (the settings default it to
     `<data_dir>/snapshots`)."""
+    url: str | None = None
+    """fsspec URL of a snapshot store every host can reach, used instead of `root`
+    (`s3://bucket/prefix`; credentials and endpoint from the standard AWS environment:
+    `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`). None: `root`."""
     keep_full: int = Field(default=3, ge=1)
     """Full snapshots kept per model; older fulls and their deltas are pruned on a full publish."""
     full_every_s: float = Field(default=3600.0, gt=0)
     """Seconds between full snapshots published by the online learner."""
     delta_every_s: float = Field(default=10.0, gt=0)
     """Seconds between delta snapshots (changed rows only) published by the online learner."""
+
+    @property
+    def location(self) -> str:
+        """Where the snapshots are: `url`, else `root` (what readers and writers take)."""
+        return self.url or str(self.root)
 
 
 @dataclass(frozen=True)
@@ -119,6 +146,22 @@ class Manifest:
     """File name -> size in bytes (a cheap check for truncation when listing)."""
     format_version: int = FORMAT_VERSION
     """Layout version of this manifest."""
+    tensors: dict[str, dict[str, dict]] = field(default_factory=dict)
+    """File -> tensor name -> {"dtype", "shape", "doc"}: every tensor of the version."""
+    schema: dict = field(default_factory=dict)
+    """What a consumer needs to use the tensors and graphs (architecture, ONNX inputs and
+    outputs, row 0, bucketing): the `Exports.schema` of the full (deltas repeat their base's)."""
+
+
+@dataclass(frozen=True)
+class Exports:
+    """What a full snapshot carries for consumers beyond its tables and dense parameters."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    """Extra files of the version by name (e.g. ONNX graphs), verified like the others."""
+    schema: dict = field(default_factory=dict)
+    """JSON-able description for the manifest's `schema`; its `tensor_docs` (tensor name or
+    fnmatch pattern -> meaning) documents the tensors in `Manifest.tensors`."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +207,7 @@ def _check_kind(manifest: Manifest) -> None:
 
 
 def kafka_announcer(
-    bootstrap: str, topic: str, timeout_s: float = 10.0
+    bootstrap: Broker, topic: str, timeout_s: float = 10.0
 ) -> Callable[[Manifest], None]:
     """Return an `announce` callback producing each manifest (JSON, key = model) to `topic`.
 
@@ -282,34 +325,82 @@ class _Scan:
 
 
 class _Store:
-    """Reads the model directory; manifests of published versions are immutable, so cached."""
+    """Reads the model directory; manifests of published versions are immutable, so cached.
 
-    def __init__(self, root: Path, model: str) -> None:
+    A local root is a directory (`self.fs` None); a URL root an object store (`self.fs`).
+    """
+
+    def __init__(self, root: Path | str, model: str) -> None:
         _check_model_name(model)
         self.model = model
-        self.dir = Path(root) / model
+        self.fs, base = object_store(root)
+        self.url = str(root)
+        self.dir: Path = Path(base) / model
         self._manifests: dict[int, Manifest] = {}
+
+    @property
+    def where(self) -> str:
+        """The model directory as the user named it (path or URL)."""
+        return str(self.dir) if self.fs is None else f"{self.url.rstrip('/')}/{self.model}"
 
     def version_dir(self, version: int) -> Path:
         return self.dir / _version_dir_name(version)
+
+    def _listing(self) -> dict[int, dict[str, int]]:
+        """Version -> {file name: size} of every version directory there now."""
+        if self.fs is not None:
+            self.fs.invalidate_cache(str(self.dir))
+            try:
+                found = self.fs.find(str(self.dir), detail=True)
+            except FileNotFoundError:
+                return {}
+            listing: dict[int, dict[str, int]] = {}
+            prefix = f"{str(self.dir).strip('/')}/"
+            for path, info in found.items():
+                parts = path.strip("/").removeprefix(prefix).split("/")
+                if len(parts) == 2 and parts[0].isdigit():
+                    listing.setdefault(int(parts[0]), {})[parts[1]] = int(info["size"])
+            # no rename on an object store: a version is there once its manifest is
+            return {v: files for v, files in listing.items() if MANIFEST in files}
+        try:
+            entries = [e for e in os.scandir(self.dir) if e.name.isdigit() and e.is_dir()]
+        except FileNotFoundError:
+            return {}
+        listing = {}
+        for entry in entries:
+            try:
+                listing[int(entry.name)] = {
+                    f.name: f.stat().st_size for f in os.scandir(entry.path) if f.is_file()
+                }
+            except FileNotFoundError:
+                continue  # pruned while we looked
+        return listing
+
+    def read_file(self, version: int, name: str) -> bytes:
+        """The bytes of one file of a version (FileNotFoundError if it is not there)."""
+        path = self.version_dir(version) / name
+        if self.fs is not None:
+            return self.fs.cat_file(str(path))
+        return path.read_bytes()
+
+    def version_exists(self, version: int) -> bool:
+        """Whether the version is still there (not pruned)."""
+        if self.fs is not None:
+            return self.fs.exists(str(self.version_dir(version) / MANIFEST))
+        return self.version_dir(version).exists()
 
     def corrupt(self, version: int, file: str | None, detail: str) -> SnapshotCorruptError:
         return SnapshotCorruptError(self.model, version, file, detail, _FIX)
 
     def scan(self) -> _Scan:
         scan = _Scan()
-        try:
-            entries = [e for e in os.scandir(self.dir) if e.name.isdigit() and e.is_dir()]
-        except FileNotFoundError:
-            return scan
-        present = set()
-        for entry in entries:
-            version = int(entry.name)
-            present.add(version)
+        listing = self._listing()
+        present = set(listing)
+        for version, files in listing.items():
             try:
-                scan.valid[version] = self._check_complete(version)
+                scan.valid[version] = self._check_complete(version, files)
             except SnapshotCorruptError as exc:
-                if self.version_dir(version).exists():  # else pruned while we looked
+                if self.version_exists(version):  # else pruned while we looked
                     scan.broken[version] = exc
         for gone in set(self._manifests) - present:
             del self._manifests[gone]
@@ -322,14 +413,12 @@ class _Store:
                 )
         return scan
 
-    def _check_complete(self, version: int) -> Manifest:
+    def _check_complete(self, version: int, files: dict[str, int]) -> Manifest:
         manifest = self._manifests.get(version) or self._read_manifest(version)
-        vdir = self.version_dir(version)
         for name in manifest.files:
-            try:
-                size = (vdir / name).stat().st_size
-            except FileNotFoundError:
-                raise self.corrupt(version, name, "is missing") from None
+            size = files.get(name)
+            if size is None:
+                raise self.corrupt(version, name, "is missing")
             if name in manifest.sizes and size != manifest.sizes[name]:
                 raise self.corrupt(
                     version, name, f"is {size} bytes, the manifest says {manifest.sizes[name]}"
@@ -338,9 +427,8 @@ class _Store:
         return manifest
 
     def _read_manifest(self, version: int) -> Manifest:
-        path = self.version_dir(version) / MANIFEST
         try:
-            raw = path.read_bytes()
+            raw = self.read_file(version, MANIFEST)
         except FileNotFoundError:
             raise self.corrupt(
                 version, MANIFEST, "is missing (partial or damaged version)"
@@ -360,11 +448,10 @@ class _Store:
 
     def read_verified(self, manifest: Manifest, name: str) -> bytes:
         """Return the bytes of one file of a version after checking its sha256."""
-        vdir = self.version_dir(manifest.version)
         try:
-            data = (vdir / name).read_bytes()
+            data = self.read_file(manifest.version, name)
         except FileNotFoundError:
-            if not vdir.exists():
+            if not self.version_exists(manifest.version):
                 raise SnapshotNotFoundError(
                     f"snapshot {self.model!r} version {manifest.version} was pruned while being "
                     "read: read the latest version again"
@@ -442,7 +529,7 @@ class SnapshotReader:
     """Lists, verifies and loads the published versions of one model.
 
     Args:
-        root: the snapshot root (`SnapshotConfig.root`).
+        root: the snapshot root (`SnapshotConfig.location`: a directory or an fsspec URL).
         model: the model's name (its directory under `root`).
         on_fallback: called with the error of every version `latest()` had to skip; the default
             logs a warning. Serving passes its own hook to count or alert.
@@ -450,7 +537,7 @@ class SnapshotReader:
 
     def __init__(
         self,
-        root: Path,
+        root: Path | str,
         model: str,
         on_fallback: Callable[[SnapshotCorruptError], None] | None = None,
     ) -> None:
@@ -487,7 +574,7 @@ class SnapshotReader:
         if version not in scan.valid:
             have = sorted(scan.valid)
             raise SnapshotNotFoundError(
-                f"snapshot {self.model!r} has no version {version} under {self._store.dir} "
+                f"snapshot {self.model!r} has no version {version} under {self._store.where} "
                 f"(it has {_ranges(have) if have else 'none'}); `streamrec snapshots list` "
                 "shows what there is"
             )
@@ -526,7 +613,7 @@ class SnapshotReader:
         newest = scan.newest
         if newest is None:
             raise SnapshotNotFoundError(
-                f"no snapshot of model {self.model!r} under {self._store.dir}: publish one "
+                f"no snapshot of model {self.model!r} under {self._store.where}: publish one "
                 "first (`streamrec learn full`)"
             )
         if strict:
@@ -624,6 +711,8 @@ class SnapshotReader:
         if start is None:
             tables = self._store.read_tables(chain[0])
             dense = self._store.read_tensors(chain[0], DENSE)
+            if TRAIN_STATE in chain[0].files:
+                dense = {**dense, **self._store.read_tensors(chain[0], TRAIN_STATE)}
             used, applied, metas = chain[0], [chain[0].version], []
         else:
             tables, dense = start.tables, start.dense
@@ -660,7 +749,7 @@ class SnapshotWriter:
     """Publishes full and delta snapshots of one model, atomically, and prunes old ones.
 
     Args:
-        root: the snapshot root (normally `config.root`).
+        root: the snapshot root (normally `config.location`: a directory or an fsspec URL).
         model: the model's name (its directory under `root`).
         config: retention (`keep_full`) and publishing intervals.
         announce: called with the manifest of every published version (e.g. `kafka_announcer`).
@@ -668,7 +757,7 @@ class SnapshotWriter:
 
     def __init__(
         self,
-        root: Path,
+        root: Path | str,
         model: str,
         config: SnapshotConfig,
         announce: Callable[[Manifest], None] | None = None,
@@ -688,21 +777,43 @@ class SnapshotWriter:
         dense: dict[str, np.ndarray],
         hwm_ms: int,
         meta: dict,
+        exports: Exports | None = None,
     ) -> Manifest:
         """Publish every row of every table plus the dense parameters as a new full version.
 
-        Older fulls beyond `config.keep_full`, and their deltas, are pruned afterwards.
+        Dense arrays named `TRAIN_STATE_PREFIXES` go to `train_state.safetensors`, the rest to
+        `dense.safetensors`. Older fulls beyond `config.keep_full`, and their deltas, are pruned
+        afterwards.
+
+        Args:
+            exports: extra files (ONNX graphs) and the schema documenting the version.
         """
         _check_tables(tables, {})
+        exports = exports or Exports()
+        reserved = {TABLES, IDS, DENSE, TRAIN_STATE, MANIFEST}
+        if bad := sorted(set(exports.files) & reserved | {n for n in exports.files if "/" in n}):
+            raise SnapshotError(f"export file names {bad} are reserved or not plain file names")
+        model = {k: v for k, v in dense.items() if not k.startswith(TRAIN_STATE_PREFIXES)}
+        train = {k: v for k, v in dense.items() if k.startswith(TRAIN_STATE_PREFIXES)}
+        arrays = {
+            TABLES: {n: t.weights for n, t in tables.items()},
+            DENSE: _arrays(model),
+            **({TRAIN_STATE: _arrays(train)} if train else {}),
+        }
         with self._locked():
             scan = self._store.scan()
             version = (scan.newest or 0) + 1
             files = {
-                TABLES: st_save({n: t.weights for n, t in tables.items()}),
+                TABLES: st_save(arrays[TABLES]),
                 IDS: _encode_ids(tables),
-                DENSE: _save_dense(dense),
+                DENSE: _save_dense(arrays[DENSE]),
+                **({TRAIN_STATE: _save_dense(train)} if train else {}),
+                **exports.files,
             }
-            manifest = self._publish(version, "full", None, None, tables, files, hwm_ms, meta)
+            manifest = self._publish(
+                version, "full", None, None, tables, files, hwm_ms, meta,
+                _describe(arrays, exports.schema), exports.schema,
+            )  # fmt: skip
             self._prune(version)
         self._announced(manifest)
         return manifest
@@ -727,7 +838,7 @@ class SnapshotWriter:
             fulls = scan.fulls()
             if not fulls:
                 raise SnapshotError(
-                    f"model {self.model!r} has no full snapshot under {self._store.dir}: "
+                    f"model {self.model!r} has no full snapshot under {self._store.where}: "
                     "publish_full first (deltas apply to a full)"
                 )
             base = fulls[0]
@@ -744,10 +855,8 @@ class SnapshotWriter:
                     scan.broken[scan.newest],
                 )
             version = (scan.newest or 0) + 1
-            files = {
-                TABLES: st_save({n: t.weights for n, t in tables.items()}),
-                IDS: _encode_ids(tables),
-            }
+            weights = {n: t.weights for n, t in tables.items()}
+            files = {TABLES: st_save(weights), IDS: _encode_ids(tables)}
             manifest = self._publish(
                 version,
                 "delta",
@@ -757,6 +866,8 @@ class SnapshotWriter:
                 files,
                 hwm_ms,
                 base.meta if meta is None else meta,
+                _describe({TABLES: weights}, base.schema),
+                base.schema,
             )
         self._announced(manifest)
         return manifest
@@ -767,7 +878,13 @@ class SnapshotWriter:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the model's writer lock; remove what killed writers left behind."""
+        """Hold the model's writer lock; remove what killed writers left behind.
+
+        An object store has no lock: one writer per model publishes there.
+        """
+        if self._store.fs is not None:
+            yield
+            return
         self._store.dir.mkdir(parents=True, exist_ok=True)
         with open(self._store.dir / LOCK, "a+b") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
@@ -789,6 +906,8 @@ class SnapshotWriter:
         files: dict[str, bytes],
         hwm_ms: int,
         meta: dict,
+        tensors: dict[str, dict[str, dict]],
+        schema: dict,
     ) -> Manifest:
         manifest = Manifest(
             model=self.model,
@@ -803,11 +922,16 @@ class SnapshotWriter:
             parent_version=parent if kind == "delta" else None,
             dims={n: int(t.weights.shape[1]) for n, t in tables.items()},
             sizes={name: len(data) for name, data in files.items()},
+            tensors=tensors,
+            schema=schema,
         )
         try:
             manifest_json = msgspec.json.format(encode_manifest(manifest), indent=2)
         except (TypeError, msgspec.EncodeError) as exc:
             raise SnapshotError(f"meta must be JSON-able (str keys, plain values): {exc}") from exc
+        if self._store.fs is not None:
+            self._put(version, files, manifest_json)
+            return manifest
         temp = self._store.dir / f"{TEMP_PREFIX}{_version_dir_name(version)}-{uuid.uuid4().hex}"
         temp.mkdir()
         try:
@@ -822,6 +946,23 @@ class SnapshotWriter:
         _fsync_dir(self._store.dir)
         return manifest
 
+    def _put(self, version: int, files: dict[str, bytes], manifest_json: bytes) -> None:
+        """Write a version to an object store: its files, then its manifest (what publishes it).
+
+        Raises:
+            SnapshotConflictError: another writer published this version meanwhile.
+        """
+        fs, vdir = self._store.fs, self._store.version_dir(version)
+        assert fs is not None
+        if fs.exists(str(vdir / MANIFEST)):
+            raise SnapshotConflictError(
+                f"model {self.model!r} version {version} was published by another writer under "
+                f"{self._store.where}: run one learner per model on an object store"
+            )
+        for name, data in files.items():
+            fs.pipe_file(str(vdir / name), data)
+        fs.pipe_file(str(vdir / MANIFEST), manifest_json)
+
     def _prune(self, newest_full: int) -> None:
         """Remove versions older than the oldest of the `keep_full` newest fulls."""
         scan = self._store.scan()
@@ -833,15 +974,40 @@ class SnapshotWriter:
         # deltas, never a delta without its full; each is renamed first so that readers see
         # it vanish whole
         for version in sorted(doomed, reverse=True):
+            if self._store.fs is not None:  # the manifest first: the version vanishes whole
+                vdir = str(self._store.version_dir(version))
+                with suppress(FileNotFoundError):
+                    self._store.fs.rm_file(f"{vdir}/{MANIFEST}")
+                self._store.fs.rm(vdir, recursive=True)
+                continue
             trash = self._store.dir / f"{TRASH_PREFIX}{_version_dir_name(version)}"
             os.rename(self._store.version_dir(version), trash)
             shutil.rmtree(trash)
-        if doomed:
+        if doomed and self._store.fs is None:
             _fsync_dir(self._store.dir)
             logger.info("pruned %s versions of %s older than %d", len(doomed), self.model, oldest)
 
 
-def publish_failed(model: str, root: Path, exc: OSError) -> SnapshotPublishError:
+def list_models(root: Path | str) -> list[str]:
+    """The names of the models with a directory under the snapshot root (a path or a URL)."""
+    fs, base = object_store(root)
+    if fs is None:
+        path = Path(base)
+        if not path.is_dir():
+            return []
+        return sorted(
+            p.name for p in path.iterdir() if p.is_dir() and _MODEL_NAME.fullmatch(p.name)
+        )
+    fs.invalidate_cache(base)
+    try:
+        entries = fs.ls(base, detail=True)
+    except FileNotFoundError:
+        return []
+    names = (e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+    return sorted(n for n in names if _MODEL_NAME.fullmatch(n))
+
+
+def publish_failed(model: str, root: Path | str, exc: OSError) -> SnapshotPublishError:
     """The error to raise when writing a version of `model` under `root` failed."""
     return SnapshotPublishError(
         f"publishing a version of {model!r} under {root} failed ({exc.strerror or exc}); "
@@ -864,7 +1030,7 @@ def _not_writable(directory: Path, why: str) -> SnapshotRootNotWritableError:
     )
 
 
-def check_writable(root: Path, models: Iterable[str] = ()) -> None:
+def check_writable(root: Path | str, models: Iterable[str] = ()) -> None:
     """Fail fast unless a learner could publish under `root` (call it before training).
 
     Creates `root` if missing, as a publish would, then in `root` and in every existing
@@ -873,10 +1039,22 @@ def check_writable(root: Path, models: Iterable[str] = ()) -> None:
     model in `models` (a full is written before older ones are pruned). Probe files are
     `.tmp-probe-*`: readers ignore them and a writer's next publish removes a leftover.
 
+    On an object store (a URL root) it writes and deletes one probe object under the root (an
+    object store reports no free space).
+
     Raises:
         SnapshotRootNotWritableError: naming the directory, the reason and what to do.
     """
-    root = Path(root)
+    fs, base = object_store(root)
+    if fs is not None:
+        probe = f"{base}/{TEMP_PREFIX}probe-{uuid.uuid4().hex}"
+        try:
+            fs.pipe_file(probe, bytes(4096))
+            fs.rm_file(probe)
+        except OSError as exc:
+            raise _not_writable(Path(base), exc.strerror or str(exc)) from exc
+        return
+    root = Path(base)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -910,6 +1088,29 @@ def check_writable(root: Path, models: Iterable[str] = ()) -> None:
         )
 
 
+def _arrays(dense: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Dense arrays as numpy (what `_save_dense` writes), for describing them."""
+    return {name: np.asarray(a) for name, a in dense.items()}
+
+
+def _describe(arrays: dict[str, dict[str, np.ndarray]], schema: dict) -> dict[str, dict[str, dict]]:
+    """File -> tensor -> dtype, shape and the meaning `schema["tensor_docs"]` gives it."""
+    docs: dict[str, str] = schema.get("tensor_docs", {})
+
+    def doc(name: str) -> str:
+        if name in docs:
+            return docs[name]
+        return next((d for p, d in docs.items() if fnmatch.fnmatchcase(name, p)), "")
+
+    return {
+        file: {
+            name: {"dtype": str(a.dtype), "shape": list(a.shape), "doc": doc(name)}
+            for name, a in tensors.items()
+        }
+        for file, tensors in arrays.items()
+    }
+
+
 def _save_dense(dense: dict[str, np.ndarray]) -> bytes:
     try:
         return st_save({name: np.ascontiguousarray(a) for name, a in dense.items()})
@@ -918,6 +1119,7 @@ def _save_dense(dense: dict[str, np.ndarray]) -> bytes:
 
 
 __all__ = [
+    "Exports",
     "Manifest",
     "Snapshot",
     "SnapshotConfig",
@@ -928,4 +1130,5 @@ __all__ = [
     "decode_announcement",
     "encode_manifest",
     "kafka_announcer",
+    "list_models",
 ]

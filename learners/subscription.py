@@ -34,6 +34,7 @@ from typing import Any, Self
 
 from learners.errors import SnapshotCorruptError, SnapshotError, SnapshotFollowError
 from learners.snapshots import Manifest, Snapshot, SnapshotReader, decode_announcement
+from streams.config import Broker, connection
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class Announcements(_Closing):
     """The announcements on a topic, read with kafka-python (every partition, no group).
 
     Args:
-        bootstrap: host:port of a broker.
+        bootstrap: host:port of a broker, or a `KafkaConnection` (with its SASL / TLS settings).
         topic: the announcements topic (`embedding-snapshots`).
         from_beginning: also read what the topic already holds; by default only what is
             announced after construction.
@@ -72,7 +73,7 @@ class Announcements(_Closing):
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Broker,
         topic: str,
         from_beginning: bool = False,
         **consumer_options: Any,
@@ -81,13 +82,9 @@ class Announcements(_Closing):
         from kafka.errors import KafkaError
 
         self.topic = topic
-        options = {
-            "bootstrap_servers": bootstrap,
-            "group_id": None,
-            "enable_auto_commit": False,
-            "fetch_max_wait_ms": 100,
-            **consumer_options,
-        }
+        options = connection(bootstrap).kafka_python(
+            group_id=None, enable_auto_commit=False, fetch_max_wait_ms=100, **consumer_options
+        )
         try:
             self._consumer = kafka.KafkaConsumer(**options)
         except KafkaError as exc:
@@ -159,9 +156,9 @@ class SnapshotSubscriber(_Closing):
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Broker,
         topic: str,
-        root: Path,
+        root: Path | str,
         model: str,
         current: Snapshot | None = None,
         from_beginning: bool = False,
@@ -241,9 +238,9 @@ class SnapshotSubscriber(_Closing):
 
 
 def follow_snapshots(
-    bootstrap: str,
+    bootstrap: Broker,
     topic: str,
-    root: Path,
+    root: Path | str,
     model: str,
     current: Snapshot | None = None,
     stop: threading.Event | None = None,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from features.schema import FeatureConfig
+from learners.calibration import OffsetTracker, fit_offset
 from learners.config import EmbeddingConfig, RetrieverConfig
 from learners.embeddings import EmbeddingStore
 from learners.inputs import Columns
@@ -160,6 +161,9 @@ class _State:
 class RankerState(_State, RankerModelState):
     """The ranker in training: its steps, the logit recalibration, full and delta contents."""
 
+    tracker: OffsetTracker | None = None
+    """Online: refits the logit offsets on predictions made before learning (`track_offsets`)."""
+
     def train_step(self, cols: Columns, optimizer: torch.optim.Optimizer | None) -> StepResult:
         """One step: ID rows always (Adagrad), dense parameters only with an `optimizer`."""
         negatives = cols.labels["click"] == 0
@@ -167,9 +171,24 @@ class RankerState(_State, RankerModelState):
             self.neg_keep_rate = float(cols.keep_rate[negatives].min())
         self.hwm_ms = max(self.hwm_ms, int(cols.ts.max()))
         out = self.model(self.model.inputs(cols, observe=True))
+        if self.tracker is not None and not self.model.training:
+            # online (eval mode): `out` predicts samples the model has not learnt from yet
+            self.logit_offsets.update(self.tracker.observe(out.logits, cols.labels, cols.keep_rate))
         loss = self.model.loss(out, cols)
         self._step(loss, len(cols), optimizer)
         return StepResult(float(loss.detach()), len(cols), out.gate_entropy())
+
+    def track_offsets(self, window: int) -> None:
+        """Online: refit the logit offsets after every step on the predictions for the newest
+        `window` samples, each made before the model learnt from it (`OffsetTracker`); 0 keeps
+        the offsets full training fitted."""
+        self.tracker = OffsetTracker(self._fitted(), window) if window else None
+
+    def _fitted(self) -> dict[str, bool]:
+        """Tasks whose logit offset is fitted -> whether their rate is importance weighted."""
+        # with ESMM a task's prediction is pCTR x sigmoid(its logit): only click is fitted here
+        tasks = self.config.calibrated if self.config.esmm else self.config.tasks
+        return {t: t not in self.config.calibrated for t in tasks}
 
     @torch.no_grad()
     def recalibrate(self, cols: Columns, most: int = 200_000, seed: int = 0) -> dict[str, float]:
@@ -183,26 +202,18 @@ class RankerState(_State, RankerModelState):
         tasks drift too (KuaiRand completion at a = 0.25: 1.25x the observed rate without
         this): their mean weighted by 1 / keep_rate is matched to the weighted rate, i.e. to
         the rate before down-sampling. Full training calls this on its log (a sample of `most`
-        rows); online mode keeps the offsets, as it keeps the dense parameters.
+        rows), where the model is more confident than on new data; online, `track_offsets`
+        refits them on predictions for samples the model had not learnt from.
         """
         if len(cols) > most:
             pick = np.random.default_rng(seed).choice(len(cols), most, replace=False)
             cols = cols.take(np.sort(pick))
         out = self._forward(cols)
-        inverse = torch.from_numpy(1.0 / np.maximum(cols.keep_rate, 1e-6)).double()  # (B,)
-        # with ESMM a task's prediction is pCTR x sigmoid(its logit): only click is fitted here
-        tasks = self.config.calibrated if self.config.esmm else self.config.tasks
-        for t in tasks:
-            z = out.logits[t].double()  # (B,)
-            w = torch.ones_like(z) if t in self.config.calibrated else inverse  # (B,)
-            y = torch.from_numpy(cols.labels[t]).double()  # (B,)
-            target = float((w * y).sum() / w.sum())
-            lo, hi = -20.0, 20.0
-            for _ in range(60):  # bisection: the weighted mean of sigmoid(z + d) rises with d
-                mid = (lo + hi) / 2
-                mean = float((w * torch.sigmoid(z + mid)).sum() / w.sum())
-                lo, hi = (mid, hi) if mean < target else (lo, mid)
-            self.logit_offsets[t] = (lo + hi) / 2
+        inverse = torch.from_numpy(1.0 / np.maximum(cols.keep_rate, 1e-6))  # (B,)
+        for t, weighted in self._fitted().items():
+            z = out.logits[t]  # (B,)
+            w = inverse if weighted else torch.ones_like(inverse)  # (B,)
+            self.logit_offsets[t] = fit_offset(z, torch.from_numpy(cols.labels[t]), w)
         return dict(self.logit_offsets)
 
     def full_state(self) -> tuple[dict[str, TableRows], dict[str, np.ndarray]]:

@@ -10,8 +10,9 @@ Assemble the service (what `streamrec serve` runs) and start its snapshot watche
     service.watcher.start(bootstrap, "embedding-snapshots")
     # service.app is the FastAPI app: /recommend, /features, /notes, /healthz, /metrics
 
-`Recommender.recommend(user_id, n)` is the same without HTTP. Every error raised here is a
-`ServingError`.
+`Recommender.recommend(user_id, n)` is the same without HTTP. With `ServingConfig.experiments`
+set, an `ExperimentRouter` applies each user's experiment arms (docs/experiments.md). Every
+error raised here is a `ServingError`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "PrerankConfig": "serving.config",
         "RerankConfig": "serving.config",
         "rerank": "serving.rerank",
+        "ArmOverrides": "serving.config",
+        "ExperimentRouter": "serving.experiments",
         "Recommender": "serving.recommender",
         "SnapshotWatcher": "serving.watcher",
         "NoteIndex": "serving.index",

@@ -69,6 +69,9 @@ class RecommendResponse(BaseModel):
     stages: dict[str, int] = {}
     """Stage -> candidates it received ("merged", "prerank" - 0 when skipped -, "rank",
     "rerank" - the pool -, "returned")."""
+    arms: dict[str, str] = {}
+    """The user's experiment arms (experiment -> arm) applied to this answer: log them with its
+    impressions (`arms` of the event, docs/experiments.md)."""
 
 
 class FeaturesResponse(BaseModel):
@@ -128,6 +131,12 @@ class Metrics:
         )
         self.refused = Counter(
             "streamrec_overload_refused", "Requests refused beyond max_in_flight", registry=r
+        )
+        self.arms = Counter(
+            "streamrec_experiment_answers",
+            "/recommend answers by experiment arm (docs/experiments.md)",
+            ["experiment", "arm"],
+            registry=r,
         )
         self.stage_candidates = Counter(
             "streamrec_stage_candidates",
@@ -261,6 +270,8 @@ def create_app(
         except DependencyError as exc:
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
         metrics.observe_stages(rec.stages, rec.timings_ms)
+        for experiment, arm in rec.arms.items():
+            metrics.arms.labels(experiment, arm).inc()
         return RecommendResponse(
             user_id=rec.user_id,
             items=[Item(**item.__dict__) for item in rec.items],
@@ -273,6 +284,7 @@ def create_app(
             history=rec.history,
             timings_ms=rec.timings_ms,
             stages=rec.stages,
+            arms=rec.arms,
         )
 
     @app.get("/features/{entity}/{entity_id}", response_model=FeaturesResponse)

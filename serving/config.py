@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -140,3 +141,50 @@ class ServingConfig(BaseModel):
     """The pre-ranking stage between the merged candidates and the ranker."""
     rerank: RerankConfig = RerankConfig()
     """The re-ranking stage after the fusion."""
+    experiments: Path | None = None
+    """The experiments YAML (docs/experiments.md): users' arms change these settings and the
+    models; None: no experiments. Edits are picked up without a restart."""
+    experiments_check_s: float = Field(default=1.0, gt=0)
+    """How often (at most) the experiments file's modification time is checked."""
+
+
+class ArmOverrides(BaseModel):
+    """What an experiment arm changes in serving (`overrides:` of an arm in the experiments
+    YAML); each field left out keeps the configured value. Nested settings merge key by key
+    (`fusion: {weights: {like: 4.0}}` changes one weight)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    ranker_model: str | None = None
+    """Serve the ranker of another model name (its newest snapshot, or `ranker_version`)."""
+    ranker_version: int | None = Field(default=None, ge=1)
+    """Pin the ranker to this snapshot version."""
+    retriever_model: str | None = None
+    """Serve the retriever of another model name (its newest snapshot, or `retriever_version`)."""
+    retriever_version: int | None = Field(default=None, ge=1)
+    """Pin the retriever (and its index) to this snapshot version."""
+    fusion: FusionConfig | None = None
+    """Score fusion: formula, weights, rank_k, duration adjustment."""
+    context: ContextConfig | None = None
+    """The context channel: enabled, its quota (`candidates`), `share` of the slots, ..."""
+    retrieve_k: int | None = Field(default=None, ge=1, le=10_000)
+    """Candidates taken from the retrieval index."""
+    rank_k: int | None = Field(default=None, ge=1, le=5_000)
+    """Unseen candidates scored by the ranker (the channels' quotas fill it)."""
+
+    @property
+    def pins(self) -> dict[str, tuple[str | None, int | None]]:
+        """Model role -> (model name or None, version or None) where the arm changes it."""
+        out = {}
+        for role in ("ranker", "retriever"):
+            model, version = getattr(self, f"{role}_model"), getattr(self, f"{role}_version")
+            if model is not None or version is not None:
+                out[role] = (model, version)
+        return out
+
+    def settings_patch(self) -> dict:
+        """The fields set that change `ServingConfig` (nested: only what was given)."""
+        return self.model_dump(
+            exclude_unset=True,
+            exclude={"ranker_model", "ranker_version", "retriever_model", "retriever_version"},
+        )

@@ -26,8 +26,9 @@ from features.errors import ExposureError
 from features.exposure import ExposureFilter
 from features.samples import STAT_FEATURES
 from serving.channels import Candidates, ContextChannel, Request, TwoTowerChannel, merge
-from serving.config import FusionConfig, ServingConfig
+from serving.config import ContextConfig, FusionConfig, ServingConfig
 from serving.errors import DependencyError
+from serving.experiments import ExperimentRouter
 from serving.rerank import rerank
 from serving.watcher import SnapshotWatcher
 
@@ -81,6 +82,9 @@ class Recommendation:
     history: int = 0
     """Clicked notes of the user the models were given (0: none stored, or no model reads it)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    arms: dict[str, str] = field(default_factory=dict)
+    """The user's experiment arms (experiment -> arm) that made this answer; impressions of
+    it carry them (`Event.arms`)."""
     stages: dict[str, int] = field(default_factory=dict)
     """Stage -> candidates it received: "merged", "prerank" (0 when skipped), "rank",
     "rerank" (the pool), "returned"."""
@@ -121,6 +125,7 @@ class Recommender:
         features: FeatureClient,
         exposure: ExposureFilter,
         config: ServingConfig,
+        router: ExperimentRouter | None = None,
     ) -> None:
         self.watcher, self.features, self.exposure, self.config = (
             watcher,
@@ -128,8 +133,19 @@ class Recommender:
             exposure,
             config,
         )
+        self.router = router
+        """Experiments: the user's arms and the settings they make (None: no experiments)."""
         self.two_tower = TwoTowerChannel()
         self.context = ContextChannel(config.context) if config.context.enabled else None
+        self._contexts: dict[ContextConfig, ContextChannel] = {config.context: self.context}
+
+    def _context_for(self, config: ContextConfig) -> ContextChannel | None:
+        """The context channel of an arm's settings (one per distinct settings)."""
+        if not config.enabled:
+            return None
+        if config not in self._contexts:
+            self._contexts[config] = ContextChannel(config)
+        return self._contexts[config]
 
     def counts(self, view: str, ids: list[str]) -> tuple[np.ndarray, bool]:
         """(n, F) raw window counts in `STAT_FEATURES` order (0 where nothing is stored), and
@@ -154,17 +170,20 @@ class Recommender:
     def recommend(self, user_id: str, n: int) -> Recommendation:
         """Top `n` notes for `user_id` with per-task scores."""
         t = [time.perf_counter()]
-        view = self.watcher.current()
+        routed = self.router.route(user_id) if self.router is not None else None
+        config = routed.config if routed is not None else self.config
+        context = self._context_for(config.context) if routed is not None else self.context
+        view = self.watcher.pinned(routed.pins) if routed is not None else self.watcher.current()
         user_counts, degraded = self.counts("user_stats", [user_id])
         user_stats = user_counts[0]  # (F,)
         length = max(view.ranker.history_len, view.retriever.history_len)
-        wanted = max(length, self.context.config.history if self.context is not None else 0)
+        wanted = max(length, context.config.history if context is not None else 0)
         # Counts unreadable: Redis is failing, do not spend another timeout on the history.
         history, history_degraded = self.history(user_id, wanted) if not degraded else ([], True)
         request = Request(user_id, user_stats, history[:length], view)
         t.append(time.perf_counter())
-        two_tower = self.two_tower.candidates(request, self.config.retrieve_k)
-        probe = self.context.probe(view) if self.context is not None else []
+        two_tower = self.two_tower.candidates(request, config.retrieve_k)
+        probe = context.probe(view) if context is not None else []
         t.append(time.perf_counter())
         union = list(dict.fromkeys([*two_tower.ids, *probe]))
         filtered = True
@@ -176,15 +195,13 @@ class Recommender:
             raise DependencyError(f"exposure filters unavailable (Redis: {exc})") from exc
         shown = frozenset(i for i, s in zip(union, seen, strict=True) if s)
         lists = [Candidates(two_tower.channel, *_drop(two_tower, shown), two_tower.personal)]
-        rank_k = self.config.rank_k
-        preranker = view.preranker if self.config.prerank.enabled else None
-        merged_k = max(self.config.prerank.candidates, rank_k) if preranker is not None else rank_k
-        context_k = min(self.config.context.candidates, rank_k)
+        rank_k = config.rank_k
+        preranker = view.preranker if config.prerank.enabled else None
+        merged_k = max(config.prerank.candidates, rank_k) if preranker is not None else rank_k
+        context_k = min(config.context.candidates, rank_k)
         personal = False
-        if self.context is not None and context_k:
-            ctx = self.context.candidates(
-                Request(user_id, user_stats, history, view, shown), context_k
-            )
+        if context is not None and context_k:
+            ctx = context.candidates(Request(user_id, user_stats, history, view, shown), context_k)
             personal = ctx.personal
             lists.insert(0, ctx)  # its quota first, the two-tower channel fills up to rank_k
         quotas = [context_k] * (len(lists) - 1) + [merged_k - context_k * (len(lists) - 1)]
@@ -200,7 +217,7 @@ class Recommender:
             pre = preranker.score(
                 user_id, cand, authors, cats, user_stats, note_stats, durations=durations
             )
-            pre_all = fuse(pre, self.config.fusion)
+            pre_all = fuse(pre, config.fusion)
             place = np.empty(len(cand), dtype=np.int64)
             place[np.argsort(-pre_all, kind="stable")] = np.arange(len(cand))
             kept = blend(pre_all, cand_channels, ContextChannel.name, context_k, rank_k)
@@ -215,11 +232,11 @@ class Recommender:
             user_id, cand, authors, cats, user_stats, note_stats,
             durations=durations, history=request.history,
         )  # fmt: skip
-        fused = fuse(preds, self.config.fusion)
+        fused = fuse(preds, config.fusion)
         t.append(time.perf_counter())
-        rr = self.config.rerank
+        rr = config.rerank
         pool_n = max(n, rr.pool) if rr.enabled else n
-        reserved = round(self.config.context.share * pool_n) if personal else 0
+        reserved = round(config.context.share * pool_n) if personal else 0
         pool = blend(fused, cand_channels, ContextChannel.name, reserved, pool_n)
         order = pool[:n]
         if rr.enabled and len(pool):
@@ -263,6 +280,7 @@ class Recommender:
             features_degraded=degraded or notes_degraded or history_degraded,
             history=len(request.history),
             timings_ms=timings,
+            arms=dict(routed.arms) if routed is not None else {},
             stages={
                 "merged": merged,
                 "prerank": merged if pre_fused is not None else 0,

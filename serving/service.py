@@ -12,6 +12,7 @@ from features.client import FeatureClient
 from features.exposure import ExposureFilter
 from serving.app import create_app
 from serving.config import ServingConfig
+from serving.experiments import ExperimentRouter
 from serving.recommender import Recommender
 from serving.watcher import SnapshotWatcher
 
@@ -28,7 +29,7 @@ class Service:
 def build_service(
     redis_url: str,
     project: str,
-    snapshot_root: Path,
+    snapshot_root: Path | str,
     models: tuple[str, str],
     config: ServingConfig,
     exposure_namespace: str,
@@ -38,7 +39,7 @@ def build_service(
     Args:
         redis_url: the Redis holding the online features and the exposure filters.
         project: the Feast project the stats job writes.
-        snapshot_root: root directory of the snapshots.
+        snapshot_root: root directory (or fsspec URL) of the snapshots.
         models: (ranker, retriever) model names of the snapshots.
         config: retrieval, ranking and API settings.
         exposure_namespace: key namespace of the exposure filters.
@@ -52,11 +53,17 @@ def build_service(
     ranker, retriever = models
     preranker = config.prerank.model if config.prerank.enabled else None
     watcher = SnapshotWatcher(snapshot_root, ranker, retriever, config, preranker)
+    router = (
+        ExperimentRouter(config.experiments, config, config.experiments_check_s)
+        if config.experiments is not None
+        else None
+    )
     recommender = Recommender(
         watcher,
         FeatureClient(client, project),
         ExposureFilter(client, exposure_namespace),
         config,
+        router,
     )
     app = create_app(recommender, config.max_n, config.default_n, config.max_in_flight)
     return Service(app, watcher, recommender)

@@ -27,6 +27,7 @@ from learners.subscription import Announcements
 from serving.config import ServingConfig
 from serving.errors import NotReadyError
 from serving.index import NoteIndex
+from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +83,13 @@ class SnapshotWatcher:
 
     def __init__(
         self,
-        root: Path,
+        root: Path | str,
         ranker_model: str,
         retriever_model: str,
         config: ServingConfig,
         preranker_model: str | None = None,
     ) -> None:
+        self._root = root
         self._readers = {
             "ranker": SnapshotReader(root, ranker_model),
             "retriever": SnapshotReader(root, retriever_model),
@@ -96,6 +98,8 @@ class SnapshotWatcher:
             {"preranker": SnapshotReader(root, preranker_model)} if preranker_model else {}
         )
         """Models the view goes live without while they have no snapshot (the pre-ranker)."""
+        self._pinned: dict[tuple, tuple[float, ModelView]] = {}
+        """Views an experiment arm pins (`pinned`), by what they pin: (made at, view)."""
         self._config = config
         self._view: ModelView | None = None
         self._wake = threading.Event()
@@ -167,11 +171,56 @@ class SnapshotWatcher:
             logger.info("serving versions %s (%d notes indexed)", self._view.versions, len(index))
             return True
 
+    def pinned(self, pins: dict[str, tuple[str | None, int | None]]) -> ModelView:
+        """The view an experiment arm asks for: per role ("ranker", "retriever") another model
+        name and/or a pinned version; the other role as in `current()`.
+
+        A pinned version is loaded once and kept; a model's newest version is looked up again
+        after `poll_interval_s`. The first request of an arm pays the load (and, for a
+        retriever, the index build).
+
+        Raises:
+            NotReadyError: the current view is not loaded yet, or the pinned snapshot cannot be.
+        """
+        view = self.current()
+        if not pins:
+            return view
+        key = (tuple(sorted(pins.items())), view.versions["ranker"], view.versions["retriever"])
+        cached = self._pinned.get(key)
+        now = time.monotonic()
+        fresh = all(v is not None for _, v in pins.values())
+        if cached is not None and (fresh or now - cached[0] < self._config.poll_interval_s):
+            return cached[1]
+        snaps, models = dict(view.snapshots), {}
+        try:
+            for role, (model, version) in pins.items():
+                reader = (
+                    self._readers[role]
+                    if model is None or model == self._readers[role].model
+                    else SnapshotReader(self._root, model)
+                )
+                snaps[role] = reader.load(version) if version is not None else reader.latest()
+                models[role] = snaps[role]
+        except (SnapshotNotFoundError, LearnersError) as exc:
+            raise NotReadyError(f"an experiment arm pins {pins}: {exc}") from exc
+        ranker = Ranker.from_snapshot(models["ranker"]) if "ranker" in models else view.ranker
+        if "retriever" in models:
+            retriever = Retriever.from_snapshot(models["retriever"])
+            index = _index_for(retriever, None, models["retriever"], self._config)
+        else:
+            retriever, index = view.retriever, view.index
+        pinned = ModelView(ranker, retriever, index, snaps, time.time(), view.preranker)
+        with self._lock:
+            if len(self._pinned) >= 8:  # stale keys of older current views
+                self._pinned.pop(next(iter(self._pinned)))
+            self._pinned[key] = (now, pinned)
+        return pinned
+
     def wake(self) -> None:
         """Check for new versions now (an announcement arrived)."""
         self._wake.set()
 
-    def start(self, bootstrap: str | None = None, topic: str | None = None) -> None:
+    def start(self, bootstrap: Broker | None = None, topic: str | None = None) -> None:
         """Poll in a background thread; with a broker, also follow the announcements topic."""
         self._threads = [threading.Thread(target=self._poll, daemon=True, name="snap-poll")]
         if bootstrap and topic:
@@ -199,7 +248,7 @@ class SnapshotWatcher:
             self._wake.wait(self._config.poll_interval_s)
             self._wake.clear()
 
-    def _follow(self, bootstrap: str, topic: str) -> None:
+    def _follow(self, bootstrap: Broker, topic: str) -> None:
         try:
             announcements = Announcements(bootstrap, topic)
         except Exception as exc:  # the directory poll goes on without announcements

@@ -8,7 +8,8 @@ filter -> shard) and takes its I/O as arguments, so it runs the same on Kafka an
 
     run_main(build_stats_flow(TestingSource(raw_batches), sink, dlq, StatsConfig()))
 
-Deployed, the flows run as `streamrec run validate | stats | exposure | samples` (`infra.jobs`).
+Deployed, the flows run as `streamrec run validate | stats | exposure | samples | experiments`
+(`infra.jobs`); `experiment_report` computes an experiment's statistics from its log.
 Events: `Event`, `decode_event`, `encode_event`, dead letters `DeadLetter`. Replays:
 `replay(source, bootstrap, topic)` with `SyntheticSource`, `MovieLensSource`,
 `KuaiRandSource`, `ListSource`. The plain-pandas oracle of the stats job is
@@ -29,6 +30,8 @@ _EXPORTS = {
     "EventLimits": "streams.config",
     "StatsConfig": "streams.config",
     "SamplesConfig": "streams.config",
+    "KafkaSecurity": "streams.config",
+    "KafkaConnection": "streams.config",
     "KafkaBatchSource": "streams.kafka_io",
     "RawBatch": "streams.kafka_io",
     "make_producer": "streams.kafka_io",
@@ -48,6 +51,9 @@ _EXPORTS = {
     "build_stats_flow": "streams.stats:build_flow",
     "build_exposure_flow": "streams.exposure:build_flow",
     "build_samples_flow": "streams.samples:build_flow",
+    "build_experiments_flow": "streams.experiments:build_flow",
+    "ExperimentFlowConfig": "streams.config",
+    "experiment_report": "streams.experiment_stats:report",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

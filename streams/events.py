@@ -14,7 +14,10 @@ import msgspec
 
 from streams.errors import EventError
 
-EVENT_SCHEMA_VERSION: Final = 1
+EVENT_SCHEMA_VERSION: Final = 2
+"""The newest schema version: 2 adds `arms` (the experiment arms that served an event)."""
+SCHEMA_VERSIONS: Final = (1, 2)
+"""The versions this build reads (an event without `v` is version 1)."""
 EVENT_TYPES: Final = (
     "impression",
     "click",
@@ -44,6 +47,10 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Position = Annotated[int, msgspec.Meta(ge=0, le=MAX_POSITION)]
 Span = Annotated[int, msgspec.Meta(ge=0, le=MAX_SPAN_MS)]
 Millis = Annotated[int, msgspec.Meta(ge=0, le=MAX_TS_MS)]
+MAX_ARMS: Final = 16
+"""Most experiments one event may carry arms of."""
+ArmName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Arms = Annotated[dict[ArmName, ArmName], msgspec.Meta(min_length=1, max_length=MAX_ARMS)]
 
 
 class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -60,7 +67,10 @@ class Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaul
     position: Position | None = None
     watch_ms: Span | None = None
     duration_ms: Span | None = None
-    v: int = EVENT_SCHEMA_VERSION
+    arms: Arms | None = None
+    """Version 2: experiment -> arm of the answer that showed the note (what /recommend
+    returned); actions may carry them too, else they count for the user's last known arms."""
+    v: int = 1
 
 
 class DeadLetter(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -98,7 +108,7 @@ def _classify(message: str) -> tuple[str, str | None]:
         return ("unknown_type" if field == "type" else "bad_value"), field
     if message.startswith("Expected `") and ("` >=" in message or "` <=" in message):
         return "bad_value", field
-    if "length" in message:
+    if "length" in message or "matching regex" in message:
         return "bad_value", field
     return "wrong_type", field
 
@@ -118,10 +128,14 @@ def decode_event(raw: bytes, max_bytes: int = 16_384) -> Event:
         raise EventError(reason, field, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise EventError("not_json", None, str(exc)) from None
-    if event.v != EVENT_SCHEMA_VERSION:
+    if event.v not in SCHEMA_VERSIONS:
         raise EventError(
-            "unsupported_version", "v", f"schema version {event.v}, this build reads 1"
+            "unsupported_version",
+            "v",
+            f"schema version {event.v}, this build reads {', '.join(map(str, SCHEMA_VERSIONS))}",
         )
+    if event.arms is not None and event.v < 2:
+        raise EventError("bad_value", "v", "an event carrying `arms` must declare schema `v: 2`")
     if event.type == "play" and event.watch_ms is None:
         raise EventError("missing_field", "watch_ms", "a play event must carry watch_ms")
     return event

@@ -30,12 +30,17 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from streams import metrics
+from streams.config import Broker, connection
 from streams.errors import KafkaError as StreamsKafkaError
 from streams.errors import LogMismatchError
 
 DURABLE = {"acks": "all", "enable.idempotence": True}
 """Every producer's delivery guarantee: acknowledged by all in-sync replicas, no duplicate or
 reordered batch on a retry. Also the `add_config` of Bytewax's `KafkaSink` (DLQ, samples)."""
+
+QUIET = {"log_level": 4}
+"""librdkafka logs warnings and errors only (syslog level 4): its informational lines (e.g.
+`BGQUEUE ... Purging 1 unserved events` when a client closes) say nothing an operator acts on."""
 
 PRODUCER_DEFAULTS = {
     "linger.ms": 20,
@@ -44,9 +49,10 @@ PRODUCER_DEFAULTS = {
     "queue.buffering.max.kbytes": 1_048_576,
     "partitioner": "murmur2_random",
     **DURABLE,
+    **QUIET,
 }
 
-SINK_CONFIG = {k: str(v).lower() for k, v in DURABLE.items()}
+SINK_CONFIG = {k: str(v).lower() for k, v in {**DURABLE, **QUIET}.items()}
 """`DURABLE` as the string map `bytewax.connectors.kafka.KafkaSink(add_config=...)` takes."""
 
 OUT_OF_RANGE = "error"
@@ -54,25 +60,46 @@ OUT_OF_RANGE = "error"
 jump to either end (which would re-read or skip)."""
 
 
-def make_producer(bootstrap: str, **overrides: object) -> Producer:
+_CONNECTION = ("bootstrap.servers", "security.", "sasl.", "ssl.")
+"""The librdkafka properties that say where a broker is and how to talk to it."""
+
+
+def client_config(broker: Broker | dict, **overrides: object) -> dict:
+    """librdkafka properties for a client of `broker`: where it is and its security settings
+    (from a `KafkaConnection`, or the connection part of another client's config), then
+    `overrides`."""
+    if isinstance(broker, dict):
+        base = {k: v for k, v in broker.items() if k.startswith(_CONNECTION)}
+    else:
+        base = connection(broker).librdkafka()
+    return {**base, **overrides}
+
+
+def _where(broker: Broker | dict) -> str:
+    """The host:port of `broker`, for messages (never its secrets)."""
+    return broker["bootstrap.servers"] if isinstance(broker, dict) else str(broker)
+
+
+def make_producer(bootstrap: Broker, **overrides: object) -> Producer:
     """Return a confluent-kafka producer tuned for throughput (murmur2 key partitioning)."""
-    return Producer({"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS, **overrides})
+    return Producer(client_config(bootstrap, **{**PRODUCER_DEFAULTS, **overrides}))
 
 
-def make_consumer(bootstrap: str, **overrides: object) -> Consumer:
+def make_consumer(bootstrap: Broker, **overrides: object) -> Consumer:
     """Return a consumer for `assign`-based reads (no group join), reporting partition EOF."""
     conf = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "group.id": "streamrec-reader",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
         "auto.offset.reset": OUT_OF_RANGE,
+        **QUIET,
         **overrides,
     }
     return Consumer(conf)
 
 
-def partitions_of(bootstrap: str, topic: str, timeout: float = 10.0) -> list[int]:
+def partitions_of(bootstrap: Broker, topic: str, timeout: float = 10.0) -> list[int]:
     """Return the partition ids of `topic`.
 
     Raises:
@@ -102,7 +129,7 @@ class Record:
 
 
 def read_to_end(
-    bootstrap: str, topic: str, batch: int = 10_000, idle_timeout: float = 30.0
+    bootstrap: Broker, topic: str, batch: int = 10_000, idle_timeout: float = 30.0
 ) -> Iterator[list[Record]]:
     """Yield every message now in `topic`, batch by batch, stopping at EOF on every partition.
 
@@ -186,26 +213,30 @@ def fingerprint(key: bytes | None, value: bytes | None) -> int:
     return zlib.crc32(value or b"", zlib.crc32(key or b""))
 
 
-def topic_id(bootstrap: str, topic: str, timeout: float = 10.0) -> str | None:
+def topic_id(bootstrap: Broker | dict, topic: str, timeout: float = 10.0) -> str | None:
     """The broker's id of `topic`, or None if it reports none.
+
+    Args:
+        bootstrap: the broker, or a client config naming it (and its security settings).
 
     Raises:
         LogMismatchError: the topic does not exist.
         StreamsKafkaError: the broker did not answer.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap, **QUIET))
+    where = _where(bootstrap)
     future = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
     try:
         described = future.result(timeout)
     except FutureTimeout as exc:
-        raise StreamsKafkaError(f"describing {topic!r}: {bootstrap} did not answer") from exc
+        raise StreamsKafkaError(f"describing {topic!r}: {where} did not answer") from exc
     except KafkaException as exc:
         err = exc.args[0]
         if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-            raise LogMismatchError(f"topic {topic!r} no longer exists on {bootstrap}") from exc
+            raise LogMismatchError(f"topic {topic!r} no longer exists on {where}") from exc
         if err.code() in (KafkaError._UNSUPPORTED_FEATURE, KafkaError.UNSUPPORTED_VERSION):
             return None
-        raise StreamsKafkaError(f"describing {topic!r} on {bootstrap}: {err}") from exc
+        raise StreamsKafkaError(f"describing {topic!r} on {where}: {err}") from exc
     tid = described.topic_id
     return None if tid is None or str(tid) == "AAAAAAAAAAAAAAAAAAAAAA" else str(tid)
 
@@ -260,7 +291,7 @@ def verify_mark(
         )
 
     try:
-        now = topic_id(config["bootstrap.servers"], topic)
+        now = topic_id(config, topic)
     except LogMismatchError as exc:
         raise mismatch(str(exc)) from None
     if mark.topic_id is not None and now is not None and now != mark.topic_id:
@@ -334,7 +365,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, LogMark]):
         self._meter_due = 0.0
         self._last_commit: int | None = None
         if resume is None:
-            self._mark = LogMark(start, topic_id(config["bootstrap.servers"], topic))
+            self._mark = LogMark(start, topic_id(config, topic))
         else:
             tid = verify_mark(config, topic, partition, resume, hint)
             self._mark = LogMark(resume.offset, tid or resume.topic_id, resume.last)
@@ -497,7 +528,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, LogMark]):
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: Broker,
         topic: str,
         tail: bool = True,
         batch: int = 5_000,
@@ -519,12 +550,13 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, LogMark]):
     ) -> _BatchPartition:
         del step_id  # the partition name alone identifies the state
         config = {
-            "bootstrap.servers": self._bootstrap,
+            **client_config(self._bootstrap),
             "group.id": group_id(self._job) if self._job else "streamrec-bytewax",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "auto.offset.reset": OUT_OF_RANGE,
             "fetch.wait.max.ms": 10,
+            **QUIET,
         }
         return _BatchPartition(
             config,

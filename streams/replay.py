@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError as ClientError
 from confluent_kafka import KafkaException, Producer
 
+from streams.config import Broker
 from streams.errors import KafkaError
 from streams.events import encode_event
 from streams.kafka_io import make_producer
@@ -42,7 +43,7 @@ class _Broker:
     """Watches the producer's client errors; `check` asks the broker again after one said it
     was gone, and raises if it still does not answer."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: Broker, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
         self.suspect: str | None = None
         self.fatal: str | None = None
@@ -112,7 +113,7 @@ def encoded_batches(source: EventSource) -> Iterator[EncodedBatch]:
 
 def replay(
     source: EventSource,
-    bootstrap: str,
+    bootstrap: Broker,
     topic: str,
     rate: float | None = None,
     on_progress: Callable[[int], None] | None = None,

@@ -19,7 +19,7 @@ from pathlib import Path
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from streams.errors import RecoveryStoreError
 
@@ -43,6 +43,15 @@ class RunConfig(BaseModel):
     """Bytewax recovery store; None runs without recovery."""
     snapshot_interval_s: float = Field(default=10.0, gt=0)
     """Epoch length: state is snapshotted (and Kafka offsets recorded) this often."""
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> RunConfig:
+        if self.process_id is not None and self.process_id >= max(1, len(self.addresses)):
+            raise ValueError(
+                f"process_id {self.process_id} is not an index of the {len(self.addresses)} "
+                "addresses: every process gets the same list of all the cluster's addresses"
+            )
+        return self
 
 
 def ensure_recovery_dir(path: Path, create: bool = True, timeout_s: float = 60.0) -> None:

@@ -48,6 +48,7 @@ from bytewax.outputs import (
 
 from features.client import mark_key
 from features.history import HISTORY_JOB, HistoryWriter
+from features.paths import object_store
 from features.samples import (
     LABELS,
     STAT_FEATURES,
@@ -606,11 +607,14 @@ LogState = tuple[str, int, list[Sample]]
 
 
 class _LogPartition(StatefulSinkPartition[SampleBatch, LogState]):
-    def __init__(self, directory: Path, rows: int, interval_s: float, resume: LogState | None):
+    def __init__(
+        self, directory: Path | str, rows: int, interval_s: float, resume: LogState | None
+    ) -> None:
         self._dir, self._rows, self._interval_s = directory, rows, interval_s
         self._token, self._seq, self._buffer = resume or (uuid.uuid4().hex[:8], 0, [])
         self._since = time.monotonic()
-        directory.mkdir(parents=True, exist_ok=True)
+        if isinstance(directory, Path):
+            directory.mkdir(parents=True, exist_ok=True)
 
     def write_batch(self, items: list[SampleBatch]) -> None:
         if not self._buffer:
@@ -642,8 +646,10 @@ class SampleLogSink(FixedPartitionedSink[SampleBatch, LogState]):
     two parts, so readers de-duplicate by `sample_id` (`read_sample_log` does).
     """
 
-    def __init__(self, directory: Path, rows: int = 20_000, interval_s: float = 60.0) -> None:
-        self._dir, self._rows, self._interval_s = Path(directory), rows, interval_s
+    def __init__(self, directory: Path | str, rows: int = 20_000, interval_s: float = 60.0) -> None:
+        fs, path = object_store(directory)  # a local directory, or an object store's URL
+        self._dir = Path(path) if fs is None else str(directory)
+        self._rows, self._interval_s = rows, interval_s
 
     def list_parts(self) -> list[str]:
         return ["log"]

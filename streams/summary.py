@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from streams.config import Broker
 from streams.errors import EventError
 from streams.events import decode_dead_letter, decode_event
 from streams.kafka_io import read_to_end
@@ -21,7 +22,7 @@ class TopicSummary:
     last_ts: int | None = None
 
 
-def summarize_events(bootstrap: str, topic: str) -> TopicSummary:
+def summarize_events(bootstrap: Broker, topic: str) -> TopicSummary:
     """Count the events in `topic` by type (invalid ones by reason)."""
     out = TopicSummary()
     for batch in read_to_end(bootstrap, topic):
@@ -38,7 +39,7 @@ def summarize_events(bootstrap: str, topic: str) -> TopicSummary:
     return out
 
 
-def summarize_dead_letters(bootstrap: str, topic: str) -> Counter:
+def summarize_dead_letters(bootstrap: Broker, topic: str) -> Counter:
     """Count the dead letters in `topic` by (reason, field)."""
     counts: Counter = Counter()
     for batch in read_to_end(bootstrap, topic):

@@ -26,6 +26,7 @@ from features.paths import DATA_DIR_ENV
 from infra import stack
 from infra.cli_options import progress_bar
 from infra.config import Settings, load_settings
+from infra.demo import experiment
 from infra.demo.errors import DemoError
 from infra.demo.probes import (
     Client,
@@ -133,6 +134,7 @@ def demo_settings(run_id: str, run_dir: Path, base: Settings, config: DemoConfig
             "idle_partition_ms": 5_000,
         },
         "snapshots": {"delta_every_s": config.delta_every_s},
+        **experiment.settings(run_dir / "experiments.yaml"),
         "learn": {
             "batch_size": 512,
             "admit_after": 1,
@@ -163,6 +165,7 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console | None = N
     run_dir = (settings.data_dir / "demo" / run_id).resolve()
     run_dir.mkdir(parents=True)
     cfg_path = run_dir / "settings.yaml"
+    experiment.write_experiments(run_dir)
     cfg_path.write_text(yaml.safe_dump(demo_settings(run_id, run_dir, settings, config)))
     env = {**os.environ, DATA_DIR_ENV: str(run_dir)}
     env["KAFKA_BOOTSTRAP"], env["REDIS_URL"] = state.bootstrap, state.redis_url
@@ -191,9 +194,9 @@ def _run(config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, repor
     """Jobs, history, full training, then online learning and serving for the live phase."""
     conf = ["--config", str(cfg_path)]
     topic = run.kafka.topics.interactions
-    for job in ("stats", "exposure", "samples"):
+    for job in ("stats", "exposure", "samples", "experiments"):
         jobs.start(job, _cli("run", job, *conf))
-    console.print("started the stats, exposure and sample jobs")
+    console.print("started the stats, exposure, sample and experiments jobs")
 
     gap_ms = 1000.0 / config.event_rate * 10  # ~10 events per request in the synthetic world
     world = SyntheticConfig(
@@ -245,13 +248,15 @@ def _run(config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, repor
     wait_for(client.ready, "serving to load the snapshots", config.step_timeout_s, jobs)
     console.print(f"serving on http://127.0.0.1:{port}; live phase for {config.live_s:.0f} s")
     stream.offset_ms += now_ms() - live_start  # event time = wall clock from here on
-    _live(config, state, run, stream, producer, client, jobs, report)
+    responder = experiment.Responder(source, producer, topic, config.seed)
+    _live(config, state, run, stream, producer, client, jobs, report, responder)
     report.latencies_ms, report.errors = client.latencies_ms, client.errors
     quality(client, report, run.paths.sample_log)
+    report.experiment_report = experiment.report(responder, jobs, conf, run, config.step_timeout_s)
 
 
 def _live(
-    config, state, run: Settings, stream, producer, client, jobs: ProcessGroup, report
+    config, state, run: Settings, stream, producer, client, jobs: ProcessGroup, report, responder
 ) -> None:
     """Live events, background requests and freshness samples while the probes run."""
     topic = run.kafka.topics.interactions
@@ -265,8 +270,8 @@ def _live(
         counted["n"] = produce_live(producer, topic, stream, live_end, stop)
 
     def background() -> None:
-        while not stop.is_set():
-            client.recommend(users[int(rng.integers(len(users)))])
+        while not stop.is_set():  # each answer is shown: the demo's A/B experiment
+            responder.show(client.recommend(users[int(rng.integers(len(users)))]), now_ms())
             time.sleep(1.0 / config.request_rate)
 
     freshness = (

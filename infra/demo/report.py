@@ -41,6 +41,8 @@ class DemoReport:
     """Per answer of the lift's users, the clicked notes /recommend gave the models (0: none
     stored, or no model reads a history)."""
     examples: list[dict] = field(default_factory=list)
+    experiment_report: str = ""
+    """What `streamrec experiments report demo-fusion` printed (infra/demo/experiment.py)."""
 
     def summary(self) -> dict:
         """Medians and tails of every figure, JSON-able."""
@@ -137,6 +139,8 @@ def print_report(report: DemoReport, console: Console) -> None:
         for item in ex["items"]:
             scores = ", ".join(f"{k} {v:.3f}" for k, v in item.get("scores", {}).items())
             console.print(f"  {item['note_id']:>8}  {item.get('score', 0):.4f}  {scores}")
+    if report.experiment_report:
+        console.print(report.experiment_report, markup=False, highlight=False, soft_wrap=True)
     console.print(
         f"figures: {report.run_dir / 'summary.json'}; plot: {report.run_dir / 'demo.png'}"
     )

@@ -56,3 +56,16 @@ def test_a_message_from_before_the_new_fields_decodes_with_their_defaults() -> N
     got = decode_batch(msgspec.json.encode(batch)).samples[0]
     assert got.item_duration_ms == 0 and got.history == []
     assert pa.types.is_list(samples_table([got]).schema.field("history").type)
+
+
+def test_sample_log_on_an_object_store_reads_back_whole(s3_url: str, tmp_path: Path) -> None:
+    """Parts written to an s3:// log (the local S3-API server) read back as the same table as
+    the same parts in a local directory, de-duplicated by sample id."""
+    batch = [_sample(i) for i in range(30)]
+    for where in (s3_url, tmp_path):
+        write_sample_part(where, "part-a-000000.parquet", batch[:20])
+        write_sample_part(where, "part-a-000001.parquet", batch[10:])  # 10 repeated
+    got, want = read_sample_log(s3_url), read_sample_log(tmp_path)
+    assert got.num_rows == 30
+    assert got.equals(want)
+    assert sorted(got.column("sample_id").to_pylist()) == sorted(s.sample_id for s in batch)

@@ -196,3 +196,6 @@ def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
     summary = json.loads((report.run_dir / "summary.json").read_text())
     assert summary["exposure_delays_s"]["n"] == len(report.exposure_delays_s)
     assert (report.run_dir / "demo.png").stat().st_size > 0
+    # The demo's A/B experiment: the answers shown, counted per arm, reported.
+    assert "experiment demo-fusion" in report.experiment_report
+    assert "click-only" in report.experiment_report and "sample ratio" in report.experiment_report

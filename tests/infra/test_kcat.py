@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from confluent_kafka import Producer
 
 from infra import stack
@@ -99,3 +100,32 @@ def test_kcat_with_the_venv_librdkafka_lists_produces_and_consumes(
         '0 0 u1 {"event": "click"}',
         "0 1 u2 from kcat",
     ]
+
+
+def test_wrapper_passes_the_settings_kafka_security(tmp_path: Path) -> None:
+    """The wrapper hands kcat the settings' `kafka.security` as a properties file: a TLS CA file
+    that does not exist stops kcat's client at creation, naming the property (a kcat without
+    the settings would only fail to connect); the password is not on its command line."""
+    _kcat()
+    config = tmp_path / "settings.yaml"
+    security = {
+        "protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-256",
+        "username": "svc",
+        "ca_file": "/nonexistent/streamrec-test-ca.pem",
+    }
+    config.write_text(yaml.safe_dump({"kafka": {"security": security}}))
+    env = {
+        **os.environ,
+        "STREAMREC_VENV": sys.prefix,
+        "STREAMREC_CONFIG": str(config),
+        "STREAMREC_DATA_DIR": str(tmp_path),
+        "KAFKA_SASL_PASSWORD": "pw-secret",
+    }
+    done = subprocess.run(
+        [str(WRAPPER), "-b", "127.0.0.1:1", "-L", "-m", "2"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "ssl.ca.location" in done.stderr, done.stderr
+    assert "pw-secret" not in done.stdout + done.stderr

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,12 @@ from confluent_kafka.admin import AdminClient
 
 from infra import stack
 from infra.config import load_settings
-from infra.errors import ConfigError, StackError
+from infra.errors import (
+    BrokerUnreachableError,
+    ConfigError,
+    RedisUnreachableError,
+    StackError,
+)
 
 
 def test_up_twice_then_down(tmp_path: Path, redis_url: str) -> None:
@@ -75,7 +83,19 @@ def test_unreachable_broker_is_a_one_line_error(tmp_path: Path) -> None:
     settings = load_settings(
         env={"STREAMREC_DATA_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": "127.0.0.1:1"}
     )
-    with pytest.raises(StackError, match=r"KAFKA_BOOTSTRAP=127\.0\.0\.1:1"):
+    with pytest.raises(BrokerUnreachableError, match=r"KAFKA_BOOTSTRAP=127\.0\.0\.1:1"):
+        stack.up(settings)
+
+
+def test_unreachable_redis_is_a_one_line_error(tmp_path: Path, bootstrap: str) -> None:
+    settings = load_settings(
+        env={
+            "STREAMREC_DATA_DIR": str(tmp_path),
+            "KAFKA_BOOTSTRAP": bootstrap,
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+        }
+    )
+    with pytest.raises(RedisUnreachableError, match=r"REDIS_URL=redis://127\.0\.0\.1:1/0.*unset"):
         stack.up(settings)
 
 
@@ -92,6 +112,14 @@ def test_bad_config_file_names_the_field(tmp_path: Path) -> None:
         load_settings(path, env={})
 
 
+@pytest.mark.parametrize("text", ["- kafka\n- redis\n", "just a string\n", "42\n"])
+def test_config_file_that_is_not_a_mapping_is_a_clear_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "list.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"not a mapping: write keys as in infra/config\.py"):
+        load_settings(path, env={})
+
+
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "STREAMREC_DATA_DIR": str(tmp_path)}
     env.pop("KAFKA_BOOTSTRAP", None)
@@ -103,3 +131,40 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 5  # no stack known (docs/operations.md, exit codes)
     assert "streamrec infra up" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_up_with_monitoring_starts_prometheus_with_the_rules(
+    tmp_path: Path, bootstrap: str, redis_url: str
+) -> None:
+    settings = load_settings(
+        env={
+            "STREAMREC_DATA_DIR": str(tmp_path),
+            "KAFKA_BOOTSTRAP": bootstrap,
+            "REDIS_URL": redis_url,
+        }
+    )
+    settings = settings.model_copy(
+        update={"metrics": settings.metrics.model_copy(update={"port": 9_400})}
+    )
+    state = stack.up(settings, monitoring=True)
+    try:
+        assert state.prometheus is not None and state.prometheus.pid is not None
+        assert stack.up(settings, monitoring=True).prometheus == state.prometheus  # idempotent
+        base = f"http://{state.prometheus.address}/api/v1"
+        rules = json.loads(urllib.request.urlopen(f"{base}/rules", timeout=10).read())
+        names = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
+        assert "StreamrecConsumerLagGrowing" in names and "streamrec:job_events_in:rate1m" in names
+        scraped: set[str] = set()
+        deadline = time.monotonic() + 30
+        while len(scraped) < 5 and time.monotonic() < deadline:  # discovery runs after ready
+            targets = json.loads(urllib.request.urlopen(f"{base}/targets", timeout=10).read())
+            scraped = {t["scrapeUrl"] for t in targets["data"]["activeTargets"]}
+        assert f"http://127.0.0.1:{stack.SERVE_PORT}/metrics" in scraped
+        assert (
+            "http://127.0.0.1:9400/metrics" in scraped
+            and "http://127.0.0.1:9403/metrics" in scraped
+        )
+    finally:
+        stopped = stack.down(settings)
+    assert stopped == ["prometheus"]  # the broker and Redis were only found
+    assert not stack.prometheus_ready(state.prometheus.address)

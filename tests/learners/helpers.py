@@ -9,6 +9,7 @@ import numpy as np
 
 from features.samples import STAT_FEATURES, SampleBatch, encode_batch
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
+from learners.export import snapshot_exports
 from learners.full import load_or_create, prerank_pass, train_pass
 from learners.inputs import LABEL_COLUMNS, Columns, F
 from learners.online import Message
@@ -149,7 +150,7 @@ def publish_trained(root: Path, history: int = 0, preranker: bool = False) -> Sn
     for name, state in states:
         tables, dense = state.full_state()
         SnapshotWriter(root, name, snapshots).publish_full(
-            tables, dense, state.hwm_ms, state.meta({"offsets": {}})
+            tables, dense, state.hwm_ms, state.meta({"offsets": {}}), snapshot_exports(state)
         )
     return snapshots
 

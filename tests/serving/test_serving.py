@@ -207,3 +207,30 @@ def test_features_endpoint_and_freshness_metric(service, redis_url) -> None:
         if x.startswith("streamrec_feature_freshness_seconds ")
     )
     assert 2.5 < float(line.split()[1]) < 60
+
+
+def test_a_replica_reading_the_store_url_answers_recommend_identically(
+    service, redis_url: str, s3_url: str
+) -> None:
+    """A second service whose settings name only the object store (`snapshots.url`, its own
+    root an empty directory) answers `/recommend` as the first, for several users."""
+    import fsspec
+
+    app, watcher, settings = service
+    root = settings.snapshots.root
+    fsspec.filesystem("s3").put(f"{root}/", s3_url.removeprefix("s3://"), recursive=True)
+    empty = root.parent / "replica-has-no-copy"
+    empty.mkdir()
+    remote = settings.model_copy(
+        update={"snapshots": settings.snapshots.model_copy(update={"root": empty, "url": s3_url})}
+    )
+    replica = service_for(remote, redis_url)
+    watcher.refresh()
+    replica.watcher.refresh()
+    first, second = TestClient(app), TestClient(replica.app)
+    for user in ("u1", "u7", "u42", "never-seen"):
+        want = first.get("/recommend", params={"user_id": user, "n": 20}).json()
+        got = second.get("/recommend", params={"user_id": user, "n": 20}).json()
+        assert [i["note_id"] for i in got["items"]] == [i["note_id"] for i in want["items"]]
+        assert [i["scores"] for i in got["items"]] == [i["scores"] for i in want["items"]]
+    assert not any(empty.iterdir())

@@ -157,3 +157,26 @@ def test_no_snapshot_is_explained(tmp_path: Path) -> None:
     assert not watcher.refresh()
     with pytest.raises(NotReadyError, match="learn full"):
         watcher.current()
+
+
+def test_a_replica_given_only_the_store_url_serves_the_same_models(
+    tmp_path: Path, s3_url: str
+) -> None:
+    """A serving replica on another host reads the snapshots from the object store (s3:// on the
+    local S3-API server): the same versions, item vectors and index as one reading the disk."""
+    import fsspec
+
+    publish_trained(tmp_path)
+    fsspec.filesystem("s3").put(f"{tmp_path}/", s3_url.removeprefix("s3://"), recursive=True)
+    views = []
+    for root in (tmp_path, s3_url):
+        watcher = SnapshotWatcher(root, "ranker", "retriever", ServingConfig())
+        watcher.refresh()
+        views.append(watcher.current())
+    local, remote = views
+    assert remote.versions == local.versions
+    assert _problems(remote) == []
+    ids, vectors = remote.retriever.item_vectors()
+    want_ids, want = local.retriever.item_vectors()
+    assert list(ids) == list(want_ids)
+    np.testing.assert_array_equal(vectors, want)

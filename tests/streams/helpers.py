@@ -298,7 +298,7 @@ MALFORMED = [
     (msgspec.json.encode({**VALID, "user_id": ""}), "bad_value", "user_id"),
     (msgspec.json.encode({**VALID, "colour": "red"}), "unknown_field", "colour"),
     (msgspec.json.encode({**VALID, "type": "play"}), "missing_field", "watch_ms"),
-    (msgspec.json.encode({**VALID, "v": 2}), "unsupported_version", "v"),
+    (msgspec.json.encode({**VALID, "v": 3}), "unsupported_version", "v"),
     (msgspec.json.encode({**VALID, "category": "x" * 20_000}), "oversized", None),
 ]
 

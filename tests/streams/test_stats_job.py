@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from features.paths import DataPaths
 from features.schema import ENTITY_KEY
@@ -38,9 +41,11 @@ from tests.streams.helpers import (
     create_topics,
     events_fixture,
     job_config,
+    job_output,
     recoverable_run,
     resume_epochs,
     run_to_end,
+    start_job,
 )
 
 events = events_fixture(
@@ -166,4 +171,51 @@ def test_kill_9_mid_replay_then_restart_equals_uninterrupted(
     # The restart resumed from a snapshot taken mid-stream (not a re-read from the start).
     first, resumed = resume_epochs(recovery)[-2:]
     assert resumed > first
+    _assert_features_equal(job.redis_url, job.project, job.data_dir, events)
+
+
+HOSTS = ("127.0.0.2", "127.0.0.3")
+
+
+def _cluster_port() -> int:
+    """A base port p with p free on 127.0.0.2 and p + 1 free on 127.0.0.3 (the two "hosts")."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind((HOSTS[0], 0))
+            base = first.getsockname()[1]
+            try:
+                second.bind((HOSTS[1], base + 1))
+            except OSError:
+                continue
+            return base
+    raise AssertionError("no pair of free ports on 127.0.0.2/127.0.0.3")
+
+
+def test_two_hosts_form_one_cluster_and_read_each_partition_once(
+    job: StatsJob, events: list[Event], tmp_path: Path
+) -> None:
+    """Two "hosts" (127.0.0.2, 127.0.0.3) each start `streamrec run stats` alone, told only
+    their process id (`STREAMREC_PROCESS_ID`) and the settings' `cluster.hosts`: they form one
+    Bytewax cluster, read every event exactly once between them, and store what pandas says."""
+    replay(ListSource(events, 1_000), job.bootstrap, job.topic)
+    settings = yaml.safe_load(job.config.read_text())
+    port = _cluster_port()
+    settings["cluster"] = {"hosts": list(HOSTS), "ports": {"stats": port}}
+    config = tmp_path / "hosts.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    args = ["run", "stats", "--config", str(config), "--until-end"]
+    procs = [start_job(args, {**job.env, "STREAMREC_PROCESS_ID": str(i)}) for i in range(2)]
+    outputs = [job_output(proc, timeout=300) for proc in procs]
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out
+    read = []
+    for i, out in enumerate(outputs):
+        done = re.search(rf"stats \(process {i}/2\): done in .* s: ([\d,]+) events read", out)
+        assert done is not None, out
+        assert f"cluster {HOSTS[0]}:{port} {HOSTS[1]}:{port + 1}" in out, out
+        read.append(int(done.group(1).replace(",", "")))
+    # 4 partitions between 2 processes: a partition read by both would count its events twice.
+    assert sum(read) == len(events), read
+    assert all(n > 0 for n in read), read
+    assert job.hwm() == events[-1].ts
     _assert_features_equal(job.redis_url, job.project, job.data_dir, events)
