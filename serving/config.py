@@ -171,6 +171,10 @@ class ArmOverrides(BaseModel):
     """Candidates taken from the retrieval index."""
     rank_k: int | None = Field(default=None, ge=1, le=5_000)
     """Unseen candidates scored by the ranker (the channels' quotas fill it)."""
+    prerank: PrerankConfig | None = None
+    """The pre-ranking stage: enabled, model, candidates (docs/funnel.md)."""
+    rerank: RerankConfig | None = None
+    """The re-ranking stage: enabled, diversity, pool, window rules (docs/funnel.md)."""
 
     @property
     def pins(self) -> dict[str, tuple[str | None, int | None]]:
