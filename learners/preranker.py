@@ -323,7 +323,7 @@ class PreRankerModelState(_ModelState):
         """The calibration rate and the logit offsets."""
         return {"neg_keep_rate": self.neg_keep_rate, "logit_offsets": self.logit_offsets}
 
-    def _restore(self, snap: Snapshot) -> None:
+    def restore_meta(self, snap: Snapshot) -> None:
         """The calibration rate and the logit offsets."""
         meta = snap.manifest.meta
         self.neg_keep_rate = float(meta.get("neg_keep_rate", 1.0))
