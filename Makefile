@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Debian tools the suite runs (command:package, `-` for a package without one); the tests
+# Debian tools the suite runs (command:package, `-` for a package without one; redis-server
+# with TLS: the secured-Redis and Redis Cluster fixtures start their own); the tests
 # fail without them, never skip.
-DEBIAN_TOOLS := systemd-analyze:systemd kcat:kcat -:python3-seccomp
+DEBIAN_TOOLS := systemd-analyze:systemd kcat:kcat -:python3-seccomp redis-server:redis-server
 
 tools:
 	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || dpkg -s $${t#*:} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \

@@ -24,6 +24,7 @@ from features.exposure import (
     ExposureFilter,
     ExposureWriter,
     bit_positions,
+    hwm_key,
     layout_for,
     slice_prefix,
 )
@@ -43,7 +44,12 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def _drop(client: redis.Redis, namespace: str) -> None:
     batch = []
-    for key in client.scan_iter(match=f"{namespace}:*", count=5_000):
+    keys = (
+        key
+        for pattern in (f"{namespace}:*", f"{{{namespace}}}:*")
+        for key in client.scan_iter(match=pattern, count=5_000)
+    )
+    for key in keys:
         batch.append(key)
         if len(batch) == 5_000:
             client.delete(*batch)
@@ -78,7 +84,7 @@ class BitfieldWriter:
         positions = bit_positions(notes, layout.bits, layout.hashes).tolist()
         groups: dict[str, list[object]] = {}
         for user, s, row in zip(users, slice_of, positions, strict=True):
-            args = groups.setdefault(f"{ns}:x:{user}:{s}", [])
+            args = groups.setdefault(f"{slice_prefix(ns, user)}{s}", [])
             for p in row:
                 args += ("SET", "u1", p, 1)
         pipe = self._client.pipeline(transaction=False)
@@ -86,7 +92,7 @@ class BitfieldWriter:
         for key, args in groups.items():
             pipe.execute_command("BITFIELD", key, *args)
             pipe.pexpire(key, ttl)
-        pipe.set(f"{ns}:hwm", int(ts.max()))
+        pipe.set(hwm_key(ns), int(ts.max()))
         pipe.execute()
 
 
@@ -126,7 +132,7 @@ def design_load(client: redis.Redis, config: ExposureConfig, users: int) -> dict
 def naive_seen(client: redis.Redis, config: ExposureConfig, user: str, notes: list[str]) -> list:
     """The same query with one GETBIT per bit per live slice (one pipeline)."""
     layout = layout_for(config)
-    hwm = int(client.get(f"{config.namespace}:hwm"))
+    hwm = int(client.get(hwm_key(config.namespace)))
     newest = hwm // layout.slice_ms
     positions = bit_positions(notes, layout.bits, layout.hashes).tolist()
     pipe = client.pipeline(transaction=False)

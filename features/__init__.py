@@ -10,6 +10,8 @@
   log (`read_sample_log`).
 - Click history (view `user_history`, each user's last clicked notes, newest first): the sample
   joiner writes it with `HistoryWriter`, `FeatureClient.history` reads it.
+- Redis connections: `connect(url)` makes every client of the system from one URL (password,
+  ACL user, `rediss://` and its certificates, `?cluster=true` for a Redis Cluster).
 - Experiments (A/B): `read_experiments(path)` validates the layered bucket config,
   `assign(config, user_id)` gives a user's arms; the experiments job's per-arm counts are read
   with `read_experiment_log`.
@@ -52,6 +54,7 @@ _EXPORTS = {
     "FeaturesError": "features.errors",
     "HISTORY_VIEW": "features.history",
     "HistoryWriter": "features.history",
+    "connect": "features.redis_conn",
     "ExperimentsConfig": "features.experiments",
     "read_experiments": "features.experiments",
     "assign": "features.experiments",

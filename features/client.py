@@ -19,12 +19,12 @@ import uuid
 from collections.abc import Sequence
 
 import numpy as np
-import redis
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from features.errors import UnknownViewError
 from features.history import read_history
 from features.online_reader import OnlineReader
+from features.redis_conn import Client, connect
 from features.schema import ENTITY_KEY, feature_types
 
 VIEW_OF = {"user": "user_stats", "note": "note_stats"}
@@ -57,7 +57,7 @@ class StoreGeneration:
     one, and every writer that remembers another token knows the store lost what it wrote.
     """
 
-    def __init__(self, client: redis.Redis, project: str) -> None:
+    def __init__(self, client: Client, project: str) -> None:
         self.client, self.key = client, generation_key(project)
 
     def current(self) -> str:
@@ -81,19 +81,21 @@ class FeatureClient:
     """Reads the online features of users and notes, as the stats job wrote them.
 
     Args:
-        client: a redis-py client of the online store (`decode_responses=False`).
+        client: a redis-py client of the online store (`decode_responses=False`): a `Redis`
+            or a `RedisCluster` (`features.redis_conn.connect`).
         project: the Feast project the jobs write (`Settings.feast_project`).
     """
 
-    def __init__(self, client: redis.Redis, project: str) -> None:
+    def __init__(self, client: Client, project: str) -> None:
         self.client = client
         self.project = project
         self._reader = OnlineReader(client, project)
 
     @classmethod
     def from_url(cls, redis_url: str, project: str, **redis_kwargs: object) -> FeatureClient:
-        """A client on `redis_url` (extra arguments go to `redis.Redis.from_url`)."""
-        return cls(redis.Redis.from_url(redis_url, **redis_kwargs), project)
+        """A client on `redis_url` - credentials, TLS and `?cluster=true` included
+        (`features.redis_conn.connect`; extra arguments go to the redis-py client)."""
+        return cls(connect(redis_url, **redis_kwargs), project)
 
     def read(
         self, view: str, entity_ids: Sequence[str], names: Sequence[str]

@@ -2,20 +2,25 @@
 
 Layout of a namespace `ns` (all plain Redis types, no module needed):
 
-- `ns:meta`: a hash with the layout (`FilterLayout`: slice length, live slices, bits and hash
+- `{ns}:meta`: a hash with the layout (`FilterLayout`: slice length, live slices, bits and hash
   count of one slice filter, the hash function), written once by the first writer, so a reader
   needs no configuration file;
-- `ns:hwm`: the writers' event-time high-water mark (epoch ms; only ever grows);
-- `ns:x:<user_id>:<slice>`: the Bloom filter of a user and a slice of event time
+- `{ns}:hwm`: the writers' event-time high-water mark (epoch ms; only ever grows);
+- `ns:x:{<user_id>}:<slice>`: the Bloom filter of a user and a slice of event time
   (`slice = ts // slice_ms`), a string of one or more segments of `bits / 8` bytes. Bits go to
   the last segment; once it holds `fill_limit` set bits (its fill at the design load) the next
   impressions start a new segment, up to `max_segments` (a scalable Bloom filter, Almeida et al.
   2007): a user shown three times the design load on one day costs three segments that day
   instead of a saturated filter that reports most candidates as seen for a month.
 
+Keys are hash-tagged for Redis Cluster: `{ns}` puts the layout and the mark in one slot, `{user}`
+puts all of a user's slices in one slot.
+
 Writes: the client ORs each batch's bits per key into a delta bitmap (numpy); one Lua call per
 `keys_per_call` keys ORs the deltas in (`BITOP OR`), refreshes the TTLs and raises the
-high-water mark - measured 6-7x faster than pipelined `BITFIELD SET` (docs/benchmarks.md).
+high-water mark - measured 6-7x faster than pipelined `BITFIELD SET` (docs/benchmarks.md). On a
+Redis Cluster a script may only touch keys of one slot: the same script runs once per slot (a
+user's slices), pipelined per node, and the mark is raised after all of them.
 
 A query at high-water mark `H` reads the slices `H // slice_ms - slices + 1 .. H // slice_ms`:
 an impression is remembered for at least `retention - slice_ms` and at most `retention` of event
@@ -38,12 +43,15 @@ import mmh3
 import numpy as np
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from redis.crc import key_slot
 
 from features.errors import ExposureError
+from features.redis_conn import Client, fan_out, is_cluster, node_client
 
 logger = logging.getLogger(__name__)
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+"""2: keys hash-tagged for Redis Cluster (`{ns}:meta`, `ns:x:{user}:slice`)."""
 HASH_NAME = "murmur3_x64_128+enhanced_double_hashing"
 
 
@@ -153,18 +161,19 @@ def layout_for(config: ExposureConfig) -> FilterLayout:
 
 
 def meta_key(namespace: str) -> str:
-    """Key of a namespace's layout hash."""
-    return f"{namespace}:meta"
+    """Key of a namespace's layout hash (slot of `{namespace}`, with the mark)."""
+    return f"{{{namespace}}}:meta"
 
 
 def hwm_key(namespace: str) -> str:
-    """Key of a namespace's event-time high-water mark (epoch ms)."""
-    return f"{namespace}:hwm"
+    """Key of a namespace's event-time high-water mark (epoch ms; slot of `{namespace}`)."""
+    return f"{{{namespace}}}:hwm"
 
 
 def slice_prefix(namespace: str, user_id: str) -> str:
-    """Prefix of a user's slice keys (the slice number follows)."""
-    return f"{namespace}:x:{user_id}:"
+    """Prefix of a user's slice keys (the slice number follows); `{user_id}` is the hash tag
+    that keeps a user's slices in one cluster slot."""
+    return f"{namespace}:x:{{{user_id}}}:"
 
 
 def bit_positions(note_ids: Sequence[str], bits: int, hashes: int) -> np.ndarray:
@@ -179,8 +188,8 @@ def bit_positions(note_ids: Sequence[str], bits: int, hashes: int) -> np.ndarray
     return (h[:, :1] + i * h[:, 1:] + (i**3 - i) // 6) % bits  # (n, hashes)
 
 
-def _check_client(client: redis.Redis) -> None:
-    if client.connection_pool.connection_kwargs.get("decode_responses"):
+def _check_client(client: Client) -> None:
+    if client.get_connection_kwargs().get("decode_responses"):
         raise ExposureError(
             "the exposure filter reads binary bitmaps: pass a redis client created with "
             "decode_responses=False"
@@ -209,30 +218,46 @@ return redis.call('GET', {key})
 """
 
 
-_WRITE_LUA = """
-if redis.call('EXISTS', KEYS[3]) == 0 then return -2 end
-local tmp, width = KEYS[1], tonumber(ARGV[2])
-local limit, most = tonumber(ARGV[3]), tonumber(ARGV[4])
-for i = 4, #KEYS do
-  local j = 2 * i - 3
-  local key = KEYS[i]
-  local at = math.floor(redis.call('STRLEN', key) / width) - 1
-  if at < 0 then
-    at = 0
-  elseif at + 1 < most and
-      redis.call('BITCOUNT', key, at * width, at * width + width - 1) >= limit then
-    at = at + 1
+_SLICES_LUA = """
+local function write_slices(tmp, first)
+  local width = tonumber(ARGV[2])
+  local limit, most = tonumber(ARGV[3]), tonumber(ARGV[4])
+  for i = first, #KEYS do
+    local j = 5 + 2 * (i - first)
+    local key = KEYS[i]
+    local at = math.floor(redis.call('STRLEN', key) / width) - 1
+    if at < 0 then
+      at = 0
+    elseif at + 1 < most and
+        redis.call('BITCOUNT', key, at * width, at * width + width - 1) >= limit then
+      at = at + 1
+    end
+    if at == 0 then
+      redis.call('SET', tmp, ARGV[j + 1])
+    else
+      redis.call('SET', tmp, string.rep('\\0', at * width) .. ARGV[j + 1])
+    end
+    redis.call('BITOP', 'OR', key, key, tmp)
+    redis.call('PEXPIRE', key, ARGV[j])
   end
-  if at == 0 then
-    redis.call('SET', tmp, ARGV[j + 1])
-  else
-    redis.call('SET', tmp, string.rep('\\0', at * width) .. ARGV[j + 1])
-  end
-  redis.call('BITOP', 'OR', key, key, tmp)
-  redis.call('PEXPIRE', key, ARGV[j])
+  redis.call('DEL', tmp)
 end
-redis.call('DEL', tmp)
-""" + _raise_hwm_lua("KEYS[2]")
+"""
+"""ORs each slice key's delta (ARGV: newest, width, fill limit, most segments, then a TTL and a
+delta per key) into its last segment, or a new one when that is full; `tmp` is a scratch key."""
+
+_WRITE_LUA = (
+    _SLICES_LUA
+    + """
+if redis.call('EXISTS', KEYS[3]) == 0 then return -2 end
+write_slices(KEYS[1], 4)
+"""
+    + _raise_hwm_lua("KEYS[2]")
+)
+"""Single Redis: every slice key of the call (KEYS[4..]), the mark (KEYS[2]) raised after."""
+
+_SLOT_WRITE_LUA = _SLICES_LUA + "write_slices(KEYS[1], 2)\nreturn 1\n"
+"""Redis Cluster: the slice keys of one slot (KEYS[2..]) and a scratch key of that slot."""
 
 _LAYOUT_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
@@ -274,12 +299,13 @@ class ExposureWriter:
             later writers must agree with it.
     """
 
-    def __init__(self, client: redis.Redis, config: ExposureConfig) -> None:
+    def __init__(self, client: Client, config: ExposureConfig) -> None:
         _check_client(client)
         self._client, self._config = client, config
         self.layout = layout_for(config)
         self._ns = config.namespace
         self._write = client.register_script(_WRITE_LUA)
+        self._slot_write = client.register_script(_SLOT_WRITE_LUA)
         self._max = client.register_script(_HWM_LUA)
         self._hwm = self._ensure_layout()
 
@@ -338,7 +364,7 @@ class ExposureWriter:
         for user, note, s in zip(users, notes, slice_of, strict=True):
             if s < live_from:
                 continue
-            key = f"{prefix}{user}:{s}"
+            key = f"{prefix}{{{user}}}:{s}"
             g = index.get(key)
             if g is None:
                 g = index[key] = len(key_slices)
@@ -369,15 +395,41 @@ class ExposureWriter:
     def _write_lua(self, keys: list[str], ttl: list[int], bitmap: np.ndarray, newest: int) -> int:
         packed = np.packbits(bitmap, axis=1).tobytes()  # Redis bit order: MSB first
         width = self.layout.bits // 8
-        args: list[object] = [newest, width, self.layout.fill_limit, self.layout.max_segments]
+        head: list[object] = [newest, width, self.layout.fill_limit, self.layout.max_segments]
+        if is_cluster(self._client):
+            self._write_slots(keys, ttl, packed, head)
+            return self._raise_hwm(newest)
+        args = list(head)
         for j, t in enumerate(ttl):
             args += (t, packed[j * width : (j + 1) * width])
-        keys = [f"{self._ns}:tmp", hwm_key(self._ns), meta_key(self._ns), *keys]
+        keys = [f"{{{self._ns}}}:tmp", hwm_key(self._ns), meta_key(self._ns), *keys]
         reply = int(self._write(keys=keys, args=args))
         if reply == _LOST:
             self._relayout()
             reply = int(self._write(keys=keys, args=args))
         return reply
+
+    def _write_slots(
+        self, keys: list[str], ttl: list[int], packed: bytes, head: list[object]
+    ) -> None:
+        """Redis Cluster: one script call per slot (a user's slices), pipelined per node."""
+        width = self.layout.bits // 8
+        by_slot: dict[int, list[int]] = {}
+        for j, key in enumerate(keys):
+            by_slot.setdefault(key_slot(key.encode()), []).append(j)
+        pipes: dict[int, redis.client.Pipeline] = {}
+        for idx in by_slot.values():
+            node = node_client(self._client, keys[idx[0]])
+            pipe = pipes.get(id(node))
+            if pipe is None:
+                pipe = pipes[id(node)] = node.pipeline(transaction=False)
+            args = list(head)
+            for j in idx:
+                args += (ttl[j], packed[j * width : (j + 1) * width])
+            call_keys = [f"{keys[idx[0]]}:tmp", *(keys[j] for j in idx)]
+            self._slot_write(keys=call_keys, args=args, client=pipe)
+        for pipe in pipes.values():
+            pipe.execute()
 
     def _raise_hwm(self, newest: int) -> int:
         keys = [hwm_key(self._ns), meta_key(self._ns)]
@@ -400,19 +452,25 @@ class ExposureWriter:
 class ExposureFilter:
     """Answers "which of these notes has this user been shown?" in one Redis round trip.
 
-    The layout and the high-water mark are read from Redis with the slices, in the same Lua
-    call, so a reader needs no configuration and always agrees with the writers' clock. The
-    script computes the slice keys itself: it runs on a single Redis (not Redis Cluster).
+    The layout and the high-water mark are read from Redis with the slices, so a reader needs no
+    configuration and always agrees with the writers' clock. On a single Redis one Lua call
+    reads them all (it computes the slice keys itself). On a Redis Cluster the user's slices
+    live in another slot than the mark: the reader keeps the layout (read once) and the last
+    mark it saw, and sends `GET` of the mark and `MGET` of the slices that mark names to both
+    nodes at once - one round trip, plus a second `MGET` only when the mark has entered a new
+    slice since (once a slice length).
 
     Args:
         client: a redis client (decode_responses=False).
         namespace: the key prefix the exposure job writes (`exposure.namespace`).
     """
 
-    def __init__(self, client: redis.Redis, namespace: str = "exposure") -> None:
+    def __init__(self, client: Client, namespace: str = "exposure") -> None:
         _check_client(client)
         self._client, self._ns = client, namespace
         self._read = client.register_script(_READ_LUA)
+        self._known: tuple[FilterLayout, int] | None = None
+        """Cluster: the layout and the last mark read."""
 
     def seen(self, user_id: str, note_ids: Sequence[str]) -> list[bool]:
         """For each note id, whether `user_id` was shown it within the retention window.
@@ -424,16 +482,18 @@ class ExposureFilter:
         """
         if len(note_ids) == 0:
             return []
-        reply = self._read(
-            keys=[meta_key(self._ns), hwm_key(self._ns)], args=[slice_prefix(self._ns, user_id)]
-        )
-        if not reply:
-            raise ExposureError(
-                f"no exposure filters in namespace {self._ns!r} on this Redis: run "
-                "`streamrec run exposure` (or check the namespace)"
+        if is_cluster(self._client):
+            layout, stored = self._slices_on_cluster(user_id)
+        else:
+            reply = self._read(
+                keys=[meta_key(self._ns), hwm_key(self._ns)],
+                args=[slice_prefix(self._ns, user_id)],
             )
-        layout = _read_layout(reply[0], self._ns)
-        blobs = [b for b in (reply[2] if len(reply) > 2 else []) if b]
+            if not reply:
+                raise self._missing()
+            layout = _read_layout(reply[0], self._ns)
+            stored = reply[2] if len(reply) > 2 else []
+        blobs = [b for b in stored if b]
         if not blobs:
             return [False] * len(note_ids)
         width = layout.bits // 8
@@ -441,6 +501,38 @@ class ExposureFilter:
         filters = np.frombuffer(joined, dtype=np.uint8).reshape(-1, width)  # (segments, bytes)
         positions = bit_positions(note_ids, layout.bits, layout.hashes)
         return _contains(filters, positions).tolist()
+
+    def _missing(self) -> ExposureError:
+        return ExposureError(
+            f"no exposure filters in namespace {self._ns!r} on this Redis: run "
+            "`streamrec run exposure` (or check the namespace)"
+        )
+
+    def _slice_keys(self, layout: FilterLayout, hwm: int, user_id: str) -> list[str]:
+        newest = hwm // layout.slice_ms
+        prefix = slice_prefix(self._ns, user_id)
+        return [f"{prefix}{newest - i}" for i in range(layout.slices)]
+
+    def _slices_on_cluster(self, user_id: str) -> tuple[FilterLayout, list[bytes | None]]:
+        """The layout and the user's live slices on a Redis Cluster (see the class)."""
+        if self._known is None:
+            meta, hwm = fan_out(
+                self._client, [("HGETALL", meta_key(self._ns)), ("GET", hwm_key(self._ns))]
+            )
+            if not meta:
+                raise self._missing()
+            self._known = (_read_layout(meta, self._ns), -1 if hwm is None else int(hwm))
+        layout, hwm = self._known
+        keys = self._slice_keys(layout, hwm, user_id)
+        raw, stored = fan_out(self._client, [("GET", hwm_key(self._ns)), ("MGET", *keys)])
+        if raw is None:  # Redis lost the namespace (or it was never written): read it again
+            self._known = None
+            return layout, []
+        fresh = int(raw)
+        self._known = (layout, fresh)
+        if fresh // layout.slice_ms != hwm // layout.slice_ms:
+            (stored,) = fan_out(self._client, [("MGET", *self._slice_keys(layout, fresh, user_id))])
+        return layout, stored
 
     def unseen(self, user_id: str, candidates: Sequence[str]) -> list[str]:
         """The candidates `user_id` has not been shown (in order), in one round trip."""

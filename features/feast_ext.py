@@ -1,8 +1,9 @@
 """Feast plugins that let the `feast` command line see what the streamrec jobs see.
 
 `feature_store.yaml` names these classes, so `feast -c features ...` reads the same Redis as the
-jobs (from `REDIS_URL`, password and `rediss://` kept) and the same registry file (under the data
-directory, `$STREAMREC_DATA_DIR`). The jobs build their `RepoConfig` in code
+jobs (from `REDIS_URL`: password, ACL user, `rediss://` and its certificates kept, and
+`?cluster=true` as Feast's `redis_cluster` type - `features.redis_conn`) and the same registry
+file (under the data directory, `$STREAMREC_DATA_DIR`). The jobs build their `RepoConfig` in code
 (`features.store.repo_config`) with the same classes, so both paths share one configuration.
 """
 
@@ -10,15 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlparse
 
 from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
 from feast.infra.registry.file import FileRegistryStore
 from feast.repo_config import RegistryConfig
 from pydantic import StrictStr, model_validator
 
-from features.errors import FeaturesError
 from features.paths import default_data_dir
+from features.redis_conn import feast_connection
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ONLINE_STORE = "features.feast_ext.StreamrecRedisOnlineStore"
@@ -26,31 +26,17 @@ REGISTRY_STORE = "features.feast_ext.DataDirRegistryStore"
 
 
 def connection_string(redis_url: str) -> str:
-    """Turn a `redis://` or `rediss://` URL into Feast's `host:port,db=N[,ssl=true,...]` form.
+    """Feast's `host:port,db=N[,ssl=true,username=..,password=..,...]` form of a Redis URL.
 
-    User name and password (percent-decoded) are kept; `rediss://` becomes `ssl=true`.
+    User name and password (percent-decoded) and the TLS options are kept; `rediss://` becomes
+    `ssl=true` (`features.redis_conn.feast_connection`).
     """
-    parsed = urlparse(redis_url)
-    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
-        raise FeaturesError(
-            f"expected a redis://[user:password@]host:port/db URL (or rediss://), got {redis_url!r}"
-        )
-    db = (parsed.path or "/0").lstrip("/") or "0"
-    parts = [f"{parsed.hostname}:{parsed.port or 6379}", f"db={db}"]
-    if parsed.scheme == "rediss":
-        parts.append("ssl=true")
-    if parsed.username:
-        parts.append(f"username={unquote(parsed.username)}")
-    if parsed.password:
-        password = unquote(parsed.password)
-        if "," in password:
-            raise FeaturesError("Feast's connection string cannot carry a password with a comma")
-        parts.append(f"password={password}")
-    return ",".join(parts)
+    return feast_connection(redis_url)[1]
 
 
 class StreamrecRedisOnlineStoreConfig(RedisOnlineStoreConfig):
-    """Feast's Redis online store, configured by a Redis URL (`url: ${REDIS_URL}`)."""
+    """Feast's Redis online store, configured by a Redis URL (`url: ${REDIS_URL}`); a URL with
+    `?cluster=true` selects `redis_type: redis_cluster`."""
 
     type: Literal["features.feast_ext.StreamrecRedisOnlineStore"] = ONLINE_STORE  # type: ignore[assignment]
     """Online store type selector (this class)."""
@@ -64,7 +50,8 @@ class StreamrecRedisOnlineStoreConfig(RedisOnlineStoreConfig):
             url = data.get("url") or DEFAULT_REDIS_URL
             if url.startswith("${"):
                 url = DEFAULT_REDIS_URL
-            data = {**data, "url": url, "connection_string": connection_string(url)}
+            redis_type, connection = feast_connection(url)
+            data = {**data, "url": url, "connection_string": connection, "redis_type": redis_type}
         return data
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import redis
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -31,6 +30,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from features.errors import FeaturesError
+from features.redis_conn import Client, is_cluster
 
 HISTORY_VIEW = "user_history"
 """Feature view of the users' click histories."""
@@ -94,7 +94,7 @@ class HistoryWriter:
         cache_size: entity keys kept (serializing one costs more than the write).
     """
 
-    def __init__(self, client: redis.Redis, project: str, cache_size: int = 1_000_000) -> None:
+    def __init__(self, client: Client, project: str, cache_size: int = 1_000_000) -> None:
         self.client, self.project = client, project
         self._keys: dict[str, bytes] = {}
         self._cache_size = cache_size
@@ -119,7 +119,8 @@ class HistoryWriter:
 
         A user given more than once keeps the last of its entries (callers pass them in event
         time order). With `mark` (key, ms) the key is raised to ms (never lowered), after the
-        values on the same connection: whoever sees the mark sees the histories.
+        values on the same connection (on a cluster, once every node has answered): whoever
+        sees the mark sees the histories.
         """
         if not (len(user_ids) == len(histories) == len(event_ts_ms)):
             raise FeaturesError(
@@ -132,9 +133,15 @@ class HistoryWriter:
                 self.key(u),
                 mapping={_FIELD: encode_history(histories[j]), _TS_FIELD: _stamp(event_ts_ms[j])},
             )
-        if mark is not None:
+        if mark is None:
+            pipe.execute()
+        elif is_cluster(self.client):
+            # The nodes apply their parts in parallel: the mark goes once all have answered.
+            pipe.execute()
+            self.client.eval(_MAX_SCRIPT, 1, mark[0], int(mark[1]))
+        else:
             pipe.eval(_MAX_SCRIPT, 1, mark[0], int(mark[1]))
-        pipe.execute()
+            pipe.execute()
 
 
 _MAX_SCRIPT = """
@@ -145,7 +152,7 @@ return 1
 
 
 def read_history(
-    client: redis.Redis, project: str, user_ids: Sequence[str]
+    client: Client, project: str, user_ids: Sequence[str]
 ) -> tuple[list[list[str]], np.ndarray]:
     """Stored histories of `user_ids`, one pipelined HMGET each.
 

@@ -5,7 +5,10 @@ value to Python per call (milliseconds for a few hundred entities). Serving need
 count features of ~200 notes per request, so this reader sends one pipelined HMGET per entity
 for just those fields - keys and field names through the same Feast functions the writer uses -
 and decodes the `ValueProto` bytes with numpy (pre-encoded Redis protocol, one write).
-`tests/features/test_online_reader.py` proves it returns what `get_online_features` returns.
+On a Redis Cluster the HMGETs are grouped by the node holding each key's slot and sent to all
+nodes before any reply is read (one round trip of latency, as on a single Redis).
+`tests/features/test_online_reader.py` proves it returns what `get_online_features` returns,
+on a single Redis and on a cluster.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import redis
 from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
+from redis.exceptions import AskError, MovedError
 
 from features.errors import FeaturesError
 from features.online_writer import OnlineWriter
+from features.redis_conn import Client, refresh_slots, route
 from features.schema import feature_types
 
 _INT64_TAG, _DOUBLE_TAG = 0x20, 0x29  # ValueProto int64_val (varint), double_val (fixed64)
@@ -28,24 +32,52 @@ _INT64_TAG, _DOUBLE_TAG = 0x20, 0x29  # ValueProto int64_val (varint), double_va
 class OnlineReader:
     """Reads feature values of the repository's views from Feast's Redis online store."""
 
-    def __init__(self, client: redis.Redis, project: str) -> None:
+    def __init__(self, client: Client, project: str) -> None:
         self._client = client
         self._keys = OnlineWriter(client, project)
         self._fields: dict[tuple[str, tuple[str, ...]], list[bytes]] = {}
         self._tails: dict[tuple[str, tuple[str, ...]], tuple[bytes, bytes]] = {}
 
-    def _round_trip(self, payload: bytes, replies: int) -> list[list[bytes | None]]:
-        """Send pre-encoded commands on one pooled connection and read `replies` replies."""
-        pool = self._client.connection_pool
-        conn = pool.get_connection()
+    def _round_trip(self, commands: list[bytes], keys: list[bytes]) -> list[list[bytes | None]]:
+        """Send pre-encoded commands (one per key) and read one reply each, in key order.
+
+        Each node holding some of the keys (one on a single Redis) gets its commands in one
+        write on one pooled connection; all are sent before any reply is read. A cluster whose
+        slots moved answers MOVED: the slot map is reloaded and the read repeated once.
+        """
+        for attempt in range(2):
+            try:
+                return self._send_and_read(commands, keys)
+            except (MovedError, AskError):
+                if attempt:
+                    raise
+                refresh_slots(self._client)
+        raise AssertionError("unreachable")
+
+    def _send_and_read(self, commands: list[bytes], keys: list[bytes]) -> list[list[bytes | None]]:
+        held = []
         try:
-            conn.send_packed_command([payload])
-            return [conn.read_response() for _ in range(replies)]
+            for node, idx in route(self._client, keys):
+                conn = node.connection_pool.get_connection()
+                held.append((node, conn, idx))
+                payload = (
+                    b"".join(commands)
+                    if len(idx) == len(keys)
+                    else b"".join(commands[i] for i in idx)
+                )
+                conn.send_packed_command([payload])
+            rows: list = [None] * len(keys)
+            for _, conn, idx in held:
+                for i in idx:
+                    rows[i] = conn.read_response()
+            return rows
         except BaseException:
-            conn.disconnect()
+            for _, conn, _ in held:
+                conn.disconnect()
             raise
         finally:
-            pool.release(conn)
+            for node, conn, _ in held:
+                node.connection_pool.release(conn)
 
     def _field_names(self, view: str, names: tuple[str, ...]) -> list[bytes]:
         cached = self._fields.get((view, names))
@@ -70,9 +102,8 @@ class OnlineReader:
             self._tails[(view, names)] = (b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2), tail)
             tail = self._tails[(view, names)]
         head, fields_bytes = tail
-        key = self._keys.redis_key
-        payload = b"".join(head + _bulk(key(view, e)) + fields_bytes for e in entity_ids)
-        rows = self._round_trip(payload, len(entity_ids))
+        keys = [self._keys.redis_key(view, e) for e in entity_ids]
+        rows = self._round_trip([head + _bulk(k) + fields_bytes for k in keys], keys)
         stamps = np.fromiter(
             (-1 if r[-1] is None else _millis(r[-1]) for r in rows),
             dtype=np.int64,

@@ -6,7 +6,9 @@ hash fields and value bytes - entity keys through Feast's own `serialize_entity_
 id), field names through Feast's own `_mmh3`, values in the protobuf wire format of `ValueProto`
 (int64_val, double_val) and the `_ts:<view>` field with Feast's `Timestamp` - but encodes whole
 columns with numpy and sends one pipelined round trip per call, built as raw Redis protocol.
-`tests/features/test_online_writer.py` proves the bytes identical to `store.push()`'s.
+`tests/features/test_online_writer.py` proves the bytes identical to `store.push()`'s, on a single
+Redis and on a Redis Cluster (where Feast's `redis_cluster` store writes the same keys; this
+writer splits each batch by the node that holds the keys' slots, `features.redis_conn.route`).
 
 Unlike `push`, it does not read the stored timestamp first: the stats job writes aggregates in
 event-time order, so the last write is the newest and last-write-wins is what a read-first check
@@ -26,6 +28,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from features.errors import FeaturesError
+from features.redis_conn import Client, command_client, is_cluster, refresh_slots, route
 from features.schema import ENTITY_KEY, feature_types
 
 _INT64_TAG, _DOUBLE_TAG = 0x20, 0x29  # ValueProto fields 4 (varint) and 5 (fixed64)
@@ -129,7 +132,7 @@ class OnlineWriter:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         project: str,
         key_ttl_seconds: int | None = None,
         cache_size: int = 1_000_000,
@@ -139,8 +142,10 @@ class OnlineWriter:
         self._ttl = key_ttl_seconds
         self._cache_size = cache_size
         self._keys: dict[tuple[str, str], bytes] = {}
-        self._conn: redis.connection.AbstractConnection | None = None
-        self._pending = 0
+        self._conns: dict[int, tuple[redis.Redis, redis.connection.AbstractConnection, int]] = {}
+        """Per node client: its connection and the replies outstanding on it."""
+        self._after: list[tuple[object, ...]] = []
+        """Commands `send_command` queued on a cluster (sent once the writes are acknowledged)."""
         self._fields = {
             view: {name: _mmh3(f"{view}:{name}") for name in feature_types(view)}
             for view in ENTITY_KEY
@@ -166,10 +171,8 @@ class OnlineWriter:
             self._keys[(view, entity_id)] = cached
         return cached
 
-    def encode(
-        self, view: str, entity_ids: Sequence[str], columns: dict[str, np.ndarray], event_ts_ms: int
-    ) -> bytes:
-        """Return the Redis protocol bytes of one HSET per entity (and EXPIRE with a TTL)."""
+    def _check(self, view: str, columns: dict[str, np.ndarray]) -> dict[str, bytes]:
+        """The view's hash fields; raises for an unknown view or missing columns."""
         fields = self._fields.get(view)
         if fields is None:
             raise FeaturesError(
@@ -178,6 +181,13 @@ class OnlineWriter:
         missing = set(fields) - set(columns)
         if missing:
             raise FeaturesError(f"{view}: columns missing: {sorted(missing)[:5]} ...")
+        return fields
+
+    def encode(
+        self, view: str, entity_ids: Sequence[str], columns: dict[str, np.ndarray], event_ts_ms: int
+    ) -> bytes:
+        """Return the Redis protocol bytes of one HSET per entity (and EXPIRE with a TTL)."""
+        fields = self._check(view, columns)
         rows = len(entity_ids)
         stamp = Timestamp()
         stamp.FromMilliseconds(int(event_ts_ms))
@@ -228,67 +238,107 @@ class OnlineWriter:
         """Send the writes without waiting for Redis's replies (`collect` reads them).
 
         Redis applies commands of one connection in order, so a later `send` of the same entity
-        still lands after an earlier one; meanwhile the caller computes while Redis writes.
+        still lands after an earlier one (an entity's key always goes to the same node);
+        meanwhile the caller computes while Redis writes. On a cluster the rows are split by
+        the node that holds their slot, one pipelined payload per node.
         """
         if not len(entity_ids):
             return
-        self.send_encoded(self.encode(view, entity_ids, columns, event_ts_ms), len(entity_ids))
+        if not is_cluster(self._client):
+            self.send_encoded(self.encode(view, entity_ids, columns, event_ts_ms), len(entity_ids))
+            return
+        self._check(view, columns)
+        keys = [self.redis_key(view, i) for i in entity_ids]
+        for node, idx in route(self._client, keys):
+            at = np.asarray(idx)
+            part = {name: np.asarray(values)[at] for name, values in columns.items()}
+            payload = self.encode(view, [entity_ids[i] for i in idx], part, event_ts_ms)
+            self._send_to(node, payload, len(idx) * (2 if self._ttl else 1))
 
     def send_encoded(self, payload: bytes, rows: int) -> None:
         """Send a payload from `encode` of `rows` rows without waiting for the replies.
 
-        Lets a caller encode the next rows while Redis applies the previous ones.
+        Lets a caller encode the next rows while Redis applies the previous ones (a single
+        Redis only: on a cluster the rows must be split by node, which `send` does).
         """
-        if self._conn is None:
-            self._conn = self._client.connection_pool.get_connection()
-        try:
-            self._conn.send_packed_command([payload])
-        except BaseException:
-            self._drop_connection()
-            raise
-        self._pending += rows * (2 if self._ttl else 1)
+        if is_cluster(self._client):
+            raise FeaturesError(
+                "a pre-encoded payload cannot be routed on a Redis Cluster: use send()"
+            )
+        self._send_to(self._client, payload, rows * (2 if self._ttl else 1))
 
     def send_command(self, *args: object) -> None:
-        """Send one more Redis command on the writer's connection, after the writes before it."""
-        if self._conn is None:
-            self._conn = self._client.connection_pool.get_connection()
+        """Send one more Redis command after the writes before it: whoever sees its effect
+        sees theirs.
+
+        On a single Redis it follows them on the same connection; on a cluster it is sent by
+        the next `collect`, once every node has acknowledged the writes sent before it.
+        """
+        if not is_cluster(self._client):
+            self._send_to(self._client, self._connection(self._client).pack_command(*args), 1)
+            return
+        self._after.append(args)
+
+    def _connection(self, node: redis.Redis) -> redis.connection.AbstractConnection:
+        held = self._conns.get(id(node))
+        if held is None:
+            held = self._conns[id(node)] = (node, node.connection_pool.get_connection(), 0)
+        return held[1]
+
+    def _send_to(self, node: redis.Redis, payload: bytes | list[bytes], replies: int) -> None:
+        conn = self._connection(node)
         try:
-            self._conn.send_packed_command(self._conn.pack_command(*args))
+            conn.send_packed_command(payload if isinstance(payload, list) else [payload])
         except BaseException:
             self._drop_connection()
             raise
-        self._pending += 1
+        client, conn, pending = self._conns[id(node)]
+        self._conns[id(node)] = (client, conn, pending + replies)
 
     def collect(self) -> None:
         """Wait for the replies of everything sent; raise if Redis refused any write."""
-        if not self._pending:
-            return
-        errors = []
-        try:
-            for _ in range(self._pending):
+        errors: list[redis.ResponseError] = []
+        replies = 0
+        while True:
+            for key, (node, conn, pending) in list(self._conns.items()):
                 try:
-                    self._conn.read_response()
-                except redis.ResponseError as exc:
-                    errors.append(exc)
-        except BaseException:
-            self._drop_connection()
-            raise
-        replies, self._pending = self._pending, 0
+                    for _ in range(pending):
+                        try:
+                            conn.read_response()
+                        except redis.ResponseError as exc:
+                            errors.append(exc)
+                except BaseException:
+                    self._drop_connection()
+                    raise
+                replies += pending
+                self._conns[key] = (node, conn, 0)
+            if not self._after or errors:
+                break
+            after, self._after = self._after, []
+            for args in after:
+                node = command_client(self._client, *args)
+                self._send_to(node, self._connection(node).pack_command(*args), 1)
+        self._after = []
         if errors:
+            if any(
+                isinstance(e, (redis.exceptions.MovedError, redis.exceptions.AskError))
+                for e in errors
+            ):
+                refresh_slots(self._client)
             raise FeaturesError(f"Redis refused {len(errors)} of {replies} writes: {errors[0]}")
 
     def close(self) -> None:
-        """Collect outstanding replies and give the connection back."""
+        """Collect outstanding replies and give the connections back."""
         try:
             self.collect()
         finally:
-            if self._conn is not None:
-                self._client.connection_pool.release(self._conn)
-                self._conn = None
+            for node, conn, _ in self._conns.values():
+                node.connection_pool.release(conn)
+            self._conns.clear()
 
     def _drop_connection(self) -> None:
-        self._pending = 0
-        if self._conn is not None:
-            self._conn.disconnect()
-            self._client.connection_pool.release(self._conn)
-            self._conn = None
+        self._after = []
+        for node, conn, _ in self._conns.values():
+            conn.disconnect()
+            node.connection_pool.release(conn)
+        self._conns.clear()

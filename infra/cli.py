@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import TextColumn
 from rich.table import Table
 
+from features.redis_conn import redact
 from features.windows import WINDOWS
 from infra import stack
 from infra.cli_errors import (
@@ -71,6 +72,14 @@ def _global_options(
 
 @infra_app.command("up")
 def infra_up(
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--redis-cluster",
+            help="Start a local Redis Cluster (stack.cluster_masters masters, default 3) instead "
+            "of a single Redis when REDIS_URL is unset; its URL ends in ?cluster=true.",
+        ),
+    ] = False,
     config: ConfigOpt = None,
     monitoring: Annotated[
         bool,
@@ -85,9 +94,12 @@ def infra_up(
     settings = settings_from(config)
     # a configured service must answer (exit 3 / 4, like every command); others are started
     services(settings, kafka=bool(settings.kafka.bootstrap), redis=bool(settings.redis.url))
-    state = stack.up(settings, monitoring=monitoring)
+    state = stack.up(settings, monitoring=monitoring, redis_cluster=redis_cluster or None)
     console.print(f"kafka  {state.bootstrap}" + (" (started)" if state.kafka.pid else ""))
-    console.print(f"redis  {state.redis_url}" + (" (started)" if state.redis.pid else ""))
+    started = state.redis.pid or state.redis_nodes
+    console.print(f"redis  {redact(state.redis_url)}" + (" (started)" if started else ""))
+    for node in state.redis_nodes:
+        console.print(f"       cluster node {node.address} (pid {node.pid})")
     console.print(f"topics {', '.join(state.topics)}")
     if state.prometheus is not None:
         console.print(
@@ -108,7 +120,8 @@ def infra_status(config: ConfigOpt = None) -> None:
     for service in report:
         state = f"up ({service.latency_ms:,.0f} ms)" if service.up else f"DOWN: {service.detail}"
         console.print(
-            f"{service.name:6} {service.address}  {state}  ({service.origin})", soft_wrap=True
+            f"{service.name:6} {redact(service.address)}  {state}  ({service.origin})",
+            soft_wrap=True,
         )
     down = {s.name for s in report if not s.up}
     if "kafka" in down:

@@ -31,13 +31,12 @@ def exposure_check(
     config: ConfigOpt = None,
 ) -> None:
     """Print, for each note, whether USER was shown it within the retention window."""
-    import redis
-
     from features.exposure import ExposureFilter
+    from features.redis_conn import connect
     from serving.errors import ServingError
 
     settings = settings_from(config)
-    client = redis.Redis.from_url(services(settings, kafka=False).redis_url)
+    client = connect(services(settings, kafka=False).redis_url)
     bloom = ExposureFilter(client, namespace or settings.exposure.namespace)
     try:
         seen = bloom.seen(user, notes)

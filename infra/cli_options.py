@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from features.redis_conn import redact
 from infra import stack
 from infra.cli_errors import remember
 from infra.config import Settings, load_settings
@@ -101,7 +102,7 @@ def services(settings: Settings, kafka: bool = True, redis: bool = True) -> stac
     k_origin = _origin(settings, settings.kafka.bootstrap, "KAFKA_BOOTSTRAP", "kafka.bootstrap")
     r_origin = _origin(settings, settings.redis.url, "REDIS_URL", "redis.url")
     remember("kafka", f"{bootstrap} ({k_origin})")
-    remember("redis", f"{url} ({r_origin})")
+    remember("redis", f"{redact(url)} ({r_origin})")
     if kafka and not stack.kafka_answers(settings.kafka.connect(bootstrap), KAFKA_TIMEOUT_S):
         raise BrokerUnreachableError(
             f"no Kafka broker answers at {bootstrap} ({k_origin}) within "
@@ -109,7 +110,7 @@ def services(settings: Settings, kafka: bool = True, redis: bool = True) -> stac
         )
     if redis and not stack.redis_answers(url, REDIS_TIMEOUT_S):
         raise RedisUnreachableError(
-            f"no Redis answers at {url} ({r_origin}) within {REDIS_TIMEOUT_S:g} s: "
+            f"no Redis answers at {redact(url)} ({r_origin}) within {REDIS_TIMEOUT_S:g} s: "
             f"{_fix(r_origin, 'REDIS_URL')}"
         )
     return stack.StackState(

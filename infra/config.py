@@ -26,6 +26,9 @@ from streams.config import (
     StatsConfig,
 )
 
+API_TOKEN_FILE_ENV = "STREAMREC_API_TOKEN_FILE"
+"""Environment variable naming the API token file (`serving.api_token_file`)."""
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
@@ -107,7 +110,9 @@ class RedisConfig(_Frozen):
     """Where Redis is."""
 
     url: str | None = None
-    """redis:// URL to use; None means 127.0.0.1:6379 if it answers, else a started one."""
+    """redis:// URL to use; None means 127.0.0.1:6379 if it answers, else a started one. It may
+    carry an ACL user and password, `rediss://` with `ssl_ca_certs=` / `ssl_certfile=` /
+    `ssl_keyfile=`, and `?cluster=true` for a Redis Cluster (`features.redis_conn`)."""
 
 
 class StackConfig(_Frozen):
@@ -117,6 +122,11 @@ class StackConfig(_Frozen):
     """The Redis probed when no URL is configured."""
     startup_timeout_s: float = Field(default=30.0, gt=0)
     """How long to wait for a started service to answer."""
+    redis_cluster: bool = False
+    """Start a local Redis Cluster (`cluster_masters` masters, no replicas) instead of a single
+    Redis when no Redis URL is set (`streamrec infra up --redis-cluster`)."""
+    cluster_masters: int = Field(default=3, ge=1, le=16)
+    """Masters of the local Redis Cluster."""
 
 
 class Settings(_Frozen):
@@ -188,7 +198,7 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
         path: YAML file; defaults to `$STREAMREC_CONFIG` if set, else built-in defaults.
         env: environment to read (`KAFKA_BOOTSTRAP`, `REDIS_URL`, `STREAMREC_DATA_DIR`,
             `STREAMREC_CLUSTER_HOSTS`, `STREAMREC_PROCESS_ID`, `KAFKA_SASL_PASSWORD`,
-            `KAFKA_SSL_KEY_PASSWORD`).
+            `KAFKA_SSL_KEY_PASSWORD`, `STREAMREC_API_TOKEN_FILE`).
 
     Returns:
         The validated settings; environment values override the file.
@@ -219,6 +229,8 @@ def load_settings(path: Path | None = None, env: dict[str, str] | None = None) -
         data.setdefault("cluster", {})["hosts"] = hosts
     if env.get("STREAMREC_PROCESS_ID"):
         data.setdefault("cluster", {})["process_id"] = env["STREAMREC_PROCESS_ID"]
+    if env.get(API_TOKEN_FILE_ENV):
+        data.setdefault("serving", {})["api_token_file"] = env[API_TOKEN_FILE_ENV]
     if env.get(DATA_DIR_ENV) or "data_dir" not in data:
         data["data_dir"] = default_data_dir(env)
     try:

@@ -213,14 +213,13 @@ def _apply_features(ctx: JobContext) -> None:
 
 
 def _build_stats(ctx: JobContext) -> BuiltJob:
-    import redis
-
     from features.client import StoreGeneration
+    from features.redis_conn import connect
     from streams.online_sink import FeastOnlineSink
     from streams.stats import build_flow
 
     s = ctx.settings
-    store = redis.Redis.from_url(ctx.where.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    store = connect(ctx.where.redis_url, socket_timeout=2, socket_connect_timeout=2)
     flow = build_flow(
         _source(ctx),
         FeastOnlineSink(

@@ -11,8 +11,9 @@ if TYPE_CHECKING:
     from serving.service import Service
 
 
-def service_for(settings: Settings, redis_url: str) -> Service:
-    """The `serving.Service` that `settings` describe, on `redis_url`."""
+def service_for(settings: Settings, redis_url: str, api_token: str | None = None) -> Service:
+    """The `serving.Service` that `settings` describe, on `redis_url` (requiring `api_token`
+    as a bearer token when given)."""
     from serving.service import build_service
 
     return build_service(
@@ -22,4 +23,5 @@ def service_for(settings: Settings, redis_url: str) -> Service:
         (settings.learn.ranker_model, settings.learn.retriever_model),
         settings.serving,
         settings.serving.exposure_namespace or settings.exposure.namespace,
+        api_token,
     )

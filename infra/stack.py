@@ -21,6 +21,8 @@ import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from features.errors import FeaturesError
+from features.redis_conn import connect, redact
 from infra.config import Settings
 from infra.errors import BrokerUnreachableError, RedisUnreachableError, StackError
 from infra.processes import free_port, pid_runs, spawn, stop_pid
@@ -48,6 +50,8 @@ class StackState:
     topics: tuple[str, ...]
     prometheus: Service | None = None
     """The Prometheus `up --monitoring` started (its address is host:port of its web UI)."""
+    redis_nodes: tuple[Service, ...] = ()
+    """The nodes of a Redis Cluster `up --redis-cluster` started (`redis` is its URL then)."""
 
     @property
     def bootstrap(self) -> str:
@@ -76,6 +80,7 @@ def read_state(settings: Settings) -> StackState | None:
         redis=Service(**data["redis"]),
         topics=tuple(data["topics"]),
         prometheus=Service(**prometheus) if prometheus else None,
+        redis_nodes=tuple(Service(**n) for n in data.get("redis_nodes", ())),
     )
 
 
@@ -97,10 +102,14 @@ def kafka_answers(bootstrap: Broker, timeout: float = 2.0) -> bool:
 
 
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
-    """Return True if Redis answers PING at `url`."""
+    """Return True if Redis (or every node of a `?cluster=true` URL) answers PING at `url`."""
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=timeout).ping())
-    except (redis.RedisError, OSError, ValueError):
+        client = connect(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError, FeaturesError):
         return False
 
 
@@ -193,6 +202,108 @@ def _start_redis(settings: Settings) -> Service:
     return Service(address=url, pid=pid, log=str(log))
 
 
+@dataclass(frozen=True)
+class RedisCluster:
+    """A local Redis Cluster started by `start_redis_cluster`."""
+
+    url: str
+    """Its URL (`redis://127.0.0.1:<first port>/0?cluster=true`)."""
+    nodes: tuple[Service, ...]
+    """Its nodes (masters), each with its process."""
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for node in self.nodes:
+            stop_pid(node.pid, "redis-server")
+
+
+CLUSTER_SLOTS = 16_384
+
+
+def start_redis_cluster(
+    directory: Path, masters: int = 3, timeout_s: float = 30.0, extra: tuple[str, ...] = ()
+) -> RedisCluster:
+    """Start a Redis Cluster of `masters` masters (no replicas) on free ports of 127.0.0.1.
+
+    Each node is a `redis-server --cluster-enabled yes` (config and logs under `directory`, no
+    persistence: a local cluster for development and tests); the slots are split evenly with
+    CLUSTER ADDSLOTSRANGE and the nodes joined with CLUSTER MEET - what `redis-cli --cluster
+    create` does, without its fixed waits. Returns once every node reports `cluster_state:ok`.
+
+    Args:
+        extra: more `redis-server` arguments for every node (`--requirepass`, TLS, ...).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ports = [(free_port(), free_port()) for _ in range(masters)]
+    nodes = []
+    try:
+        for port, bus in ports:
+            argv = [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                str(bus),
+                "--cluster-config-file",
+                str(directory / f"nodes-{port}.conf"),
+                "--cluster-node-timeout",
+                "5000",
+                "--dir",
+                str(directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *REDIS_TUNING,
+                *extra,
+            ]
+            log = directory / f"redis-{port}.log"
+            try:
+                nodes.append(Service(f"127.0.0.1:{port}", spawn(argv, log).pid, str(log)))
+            except FileNotFoundError as exc:
+                raise StackError(
+                    "`redis-server` is not installed: apt-get install redis-server"
+                ) from exc
+        clients = [redis.Redis("127.0.0.1", port, socket_timeout=5) for port, _ in ports]
+        for client, node in zip(clients, nodes, strict=True):
+            _wait(lambda c=client: _pings(c), f"redis-server {node.address}", timeout_s, None)
+        step = -(-CLUSTER_SLOTS // masters)
+        for i, client in enumerate(clients):
+            client.execute_command(
+                "CLUSTER", "ADDSLOTSRANGE", i * step, min(CLUSTER_SLOTS, (i + 1) * step) - 1
+            )
+        for port, bus in ports[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port, bus)
+        _wait(
+            lambda: all(_cluster_ok(c, masters) for c in clients),
+            f"a Redis Cluster of {masters} nodes in {directory}",
+            timeout_s,
+            None,
+        )
+        for client in clients:
+            client.close()
+    except BaseException:
+        RedisCluster("", tuple(nodes)).stop()
+        raise
+    return RedisCluster(f"redis://127.0.0.1:{ports[0][0]}/0?cluster=true", tuple(nodes))
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _cluster_ok(client: redis.Redis, masters: int) -> bool:
+    info = client.cluster("INFO")
+    return info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == masters
+
+
 def ensure_topics(bootstrap: Broker, names: list[str], partitions: int) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
     admin = AdminClient(connection(bootstrap).librdkafka(**QUIET))
@@ -208,16 +319,22 @@ def ensure_topics(bootstrap: Broker, names: list[str], partitions: int) -> None:
                 raise StackError(f"cannot create topic {name!r} on {bootstrap}: {exc}") from exc
 
 
-def up(settings: Settings, monitoring: bool = False) -> StackState:
+def up(
+    settings: Settings, monitoring: bool = False, redis_cluster: bool | None = None
+) -> StackState:
     """Find or start the broker and Redis, create the topics and record the state.
 
     Args:
         monitoring: also start (or keep) a Prometheus with the rules (`start_prometheus`).
+        redis_cluster: start (or keep) a local Redis Cluster instead of a single Redis when no
+            `REDIS_URL` is set; None means `settings.stack.redis_cluster`.
 
     Raises:
         BrokerUnreachableError, RedisUnreachableError: the broker or Redis the settings name
             does not answer (one-line messages that say what to do).
     """
+    cluster = settings.stack.redis_cluster if redis_cluster is None else redis_cluster
+    nodes: tuple[Service, ...] = ()
     previous = read_state(settings)
     if settings.kafka.bootstrap:
         if not kafka_answers(settings.kafka.connect(settings.kafka.bootstrap), 5.0):
@@ -237,10 +354,26 @@ def up(settings: Settings, monitoring: bool = False) -> StackState:
     if settings.redis.url:
         if not redis_answers(settings.redis.url):
             raise RedisUnreachableError(
-                f"no Redis answers at REDIS_URL={settings.redis.url}: start it, or unset "
+                f"no Redis answers at REDIS_URL={redact(settings.redis.url)}: start it, or unset "
                 "REDIS_URL (and `redis.url`) to use or start a local one"
             )
         redis_service = Service(address=settings.redis.url)
+    elif cluster:
+        nodes = previous.redis_nodes if previous else ()
+        if (
+            previous
+            and nodes
+            and all(pid_runs(n.pid, "redis-server") for n in nodes)
+            and redis_answers(previous.redis_url)
+        ):
+            redis_service = previous.redis
+        else:
+            started = start_redis_cluster(
+                settings.paths.stack / "redis-cluster",
+                settings.stack.cluster_masters,
+                settings.stack.startup_timeout_s,
+            )
+            redis_service, nodes = Service(address=started.url), started.nodes
     elif (
         previous
         and previous.redis.pid
@@ -265,6 +398,7 @@ def up(settings: Settings, monitoring: bool = False) -> StackState:
         redis=redis_service,
         topics=tuple(topics.all_names()),
         prometheus=prometheus,
+        redis_nodes=nodes,
     )
     _write_state(settings, state)
     return state
@@ -391,9 +525,11 @@ def _probe_kafka(bootstrap: Broker, timeout: float) -> str:
 def _probe_redis(url: str, timeout: float) -> str:
     """ "" if Redis at `url` answers PING within `timeout`, else why."""
     try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    except ValueError as exc:
+        client = connect(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    except (ValueError, FeaturesError) as exc:
         return f"not a Redis URL: {exc}"
+    except (redis.RedisError, OSError) as exc:  # a cluster client asks its nodes at once
+        return str(exc) or type(exc).__name__
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
@@ -454,6 +590,8 @@ def down(settings: Settings) -> list[str]:
     if state.prometheus is not None:
         started.append(("prometheus", state.prometheus, "prometheus"))
     stopped = [n for n, svc, exe in started if stop_pid(svc.pid, exe)]
+    if any([stop_pid(node.pid, "redis-server") for node in state.redis_nodes]):
+        stopped.append("redis-cluster")
     _state_path(settings).unlink(missing_ok=True)
     return stopped
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from features.client import VIEW_OF, FeatureClient
 from features.errors import ExposureError
 from features.schema import feature_types
+from serving.auth import BearerAuth
 from serving.errors import DependencyError, NotReadyError
 from serving.recommender import STAGES, STEPS, Recommender
 
@@ -250,9 +251,14 @@ def _check(probe) -> tuple[bool, str]:
 
 
 def create_app(
-    recommender: Recommender, max_n: int, default_n: int, max_in_flight: int = 32
+    recommender: Recommender,
+    max_n: int,
+    default_n: int,
+    max_in_flight: int = 32,
+    api_token: str | None = None,
 ) -> FastAPI:
-    """The API over a recommender (its watcher is started and stopped by the caller)."""
+    """The API over a recommender (its watcher is started and stopped by the caller); with
+    `api_token`, every request but the probes needs it as a bearer token (`serving.auth`)."""
     app = FastAPI(title="streamrec", version="0.1.0")
     metrics = Metrics()
     reader: FeatureClient = recommender.features
@@ -378,5 +384,7 @@ def create_app(
     app.state.project = reader.project
     metrics.declare([r.path for r in app.routes if isinstance(r, APIRoute)])
     app.add_middleware(_Admit, limit=max_in_flight, metrics=metrics)
+    if api_token is not None:
+        app.add_middleware(BearerAuth, token=api_token)  # before admission: 401s take no slot
     app.add_middleware(_Observe, metrics=metrics)
     return app

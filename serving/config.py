@@ -129,6 +129,10 @@ class ServingConfig(BaseModel):
     redis_timeout_s: float = Field(default=0.1, gt=0)
     """Connect and read timeout of every Redis call: a hung Redis costs a request at most this
     per call (a request makes three), never a hang."""
+    api_token_file: Path | None = None
+    """File holding the bearer token every request but the probes (/healthz, /readyz, /metrics)
+    must carry (`Authorization: Bearer <token>`); None: no authentication, which `streamrec
+    serve` allows on a loopback address only. Also `STREAMREC_API_TOKEN_FILE`."""
     max_in_flight: int = Field(default=32, ge=1)
     """Requests served at once; more are refused at once with 503 and `Retry-After: 1`."""
     poll_interval_s: float = Field(default=1.0, gt=0)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 from fastapi import FastAPI
 
 from features.client import FeatureClient
 from features.exposure import ExposureFilter
+from features.redis_conn import connect
 from serving.app import create_app
 from serving.config import ServingConfig
 from serving.experiments import ExperimentRouter
@@ -33,6 +33,7 @@ def build_service(
     models: tuple[str, str],
     config: ServingConfig,
     exposure_namespace: str,
+    api_token: str | None = None,
 ) -> Service:
     """The service over the stores at `redis_url` and the snapshots under `snapshot_root`.
 
@@ -43,9 +44,10 @@ def build_service(
         models: (ranker, retriever) model names of the snapshots.
         config: retrieval, ranking and API settings.
         exposure_namespace: key namespace of the exposure filters.
+        api_token: the bearer token every request but the probes must carry; None: open.
     """
     # Every Redis call is bounded: a hung Redis costs a request `redis_timeout_s` per call.
-    client = redis.Redis.from_url(
+    client = connect(
         redis_url,
         socket_timeout=config.redis_timeout_s,
         socket_connect_timeout=config.redis_timeout_s,
@@ -65,5 +67,5 @@ def build_service(
         config,
         router,
     )
-    app = create_app(recommender, config.max_n, config.default_n, config.max_in_flight)
+    app = create_app(recommender, config.max_n, config.default_n, config.max_in_flight, api_token)
     return Service(app, watcher, recommender)

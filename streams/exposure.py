@@ -13,12 +13,12 @@ from dataclasses import dataclass
 
 import bytewax.operators as op
 import numpy as np
-import redis
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
 from features.exposure import ExposureConfig, ExposureWriter
+from features.redis_conn import connect
 from features.windows import TYPE_METRIC
 from streams.config import DEFAULT_LIMITS, EventLimits
 from streams.ingest import Columns, ingest_flow
@@ -74,7 +74,7 @@ def build_flow(
 
 class _ExposurePartition(StatelessSinkPartition[Impressions]):
     def __init__(self, redis_url: str, config: ExposureConfig) -> None:
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = connect(redis_url)
         self._writer = with_retry(
             lambda: ExposureWriter(self._redis, config), "exposure sink (layout)"
         )

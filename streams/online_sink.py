@@ -26,12 +26,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
-import redis
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from features.client import mark_key
 from features.offline_log import offline_rows, write_offline_parts
 from features.online_writer import OnlineWriter
+from features.redis_conn import connect
 from features.schema import FeatureConfig, derive
 from streams import metrics
 from streams.pacing import PACER
@@ -56,7 +56,7 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         offline: Path | None,
         flow: str = "stats",
     ) -> None:
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = connect(redis_url)
         self._writer = OnlineWriter(self._redis, project)
         self._config = config
         self._hwm_key = mark_key(project, "stats")

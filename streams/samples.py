@@ -33,7 +33,6 @@ from pathlib import Path
 
 import bytewax.operators as op
 import numpy as np
-import redis
 from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
@@ -49,6 +48,7 @@ from bytewax.outputs import (
 from features.client import mark_key
 from features.history import HISTORY_JOB, HistoryWriter
 from features.paths import object_store
+from features.redis_conn import connect
 from features.samples import (
     LABELS,
     STAT_FEATURES,
@@ -661,7 +661,7 @@ class SampleLogSink(FixedPartitionedSink[SampleBatch, LogState]):
 
 class _HistoryPartition(StatelessSinkPartition[HistoryUpdate]):
     def __init__(self, redis_url: str, project: str) -> None:
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = connect(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self._writer = HistoryWriter(self._redis, project)
         self._mark = mark_key(project, HISTORY_JOB)
 

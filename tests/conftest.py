@@ -1,16 +1,25 @@
-"""Session fixtures: the real local stack (Tansu broker + Redis) shared by the whole suite."""
+"""Session fixtures: the real local stack (Tansu broker + Redis) shared by the whole suite.
+
+`REDIS_CLUSTER=1` runs the suite's Redis on a local 3-master Redis Cluster the session starts
+(`redis_url` then names it); the Redis-facing tests of `tests/features` run on both anyway
+(`tests/features/conftest.py`)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
 
+from features.redis_conn import Client, connect
 from infra import stack
 from infra.config import Settings, load_settings
+from tests import secured_redis as secured_redis_server
+from tests.secured_redis import SecuredRedis
 
 TEST_REDIS_DBS = range(3, 12)
 """Databases a test session may use; each session claims one no other running session holds
@@ -26,8 +35,6 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 def _env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if k in ("KAFKA_BOOTSTRAP", "REDIS_URL")}
 
 
@@ -46,9 +53,29 @@ def bootstrap(local_stack: stack.StackState) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url(local_stack: stack.StackState) -> str:
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stack.RedisCluster]:
+    """A local Redis Cluster of 3 masters for this session (started once, stopped at the end)."""
+    cluster = stack.start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredRedis]:
+    """A redis-server with `requirepass`, an ACL user and mutual TLS (`tests/secured_redis.py`)."""
+    urls, proc = secured_redis_server.start(tmp_path_factory.mktemp("secured-redis"))
+    yield urls
+    secured_redis_server.stop([proc], signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def redis_url(local_stack: stack.StackState, request: pytest.FixtureRequest) -> str:
     """URL of the test Redis database: a DB this session claims (so two test sessions on one
-    machine never flush each other's data), flushed before and after the session."""
+    machine never flush each other's data), flushed before and after the session; with
+    `REDIS_CLUSTER=1`, the session's own Redis Cluster."""
+    if os.environ.get("REDIS_CLUSTER", "") not in ("", "0"):
+        yield request.getfixturevalue("redis_cluster").url
+        return
     base = local_stack.redis_url.rsplit("/", 1)[0]
     token = uuid.uuid4().hex
     for db in TEST_REDIS_DBS:
@@ -66,9 +93,9 @@ def redis_url(local_stack: stack.StackState) -> str:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A client on the test database."""
-    client = redis.Redis.from_url(redis_url)
+def redis_client(redis_url: str) -> Iterator[Client]:
+    """A client on the test database (a `RedisCluster` on a cluster URL)."""
+    client = connect(redis_url)
     yield client
     client.close()
 

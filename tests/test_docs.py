@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 
 from features.exposure import ExposureConfig, ExposureWriter
 from features.online_writer import OnlineWriter
+from features.redis_conn import connect
 from features.schema import FeatureConfig, derive
 from features.store import apply_definitions, feature_store
 from features.windows import METRICS, WINDOWS
@@ -47,7 +47,7 @@ def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str, boots
     }.items():
         monkeypatch.setenv(name, value)
     apply_definitions(feature_store(redis_url, project, tmp_path), tmp_path)  # as `run stats`
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     counts = {w.name: np.full((1, len(METRICS)), 3, np.int64) for w in WINDOWS}
     OnlineWriter(client, project).write(
         "user_stats", ["u1"], derive("user_stats", counts, FeatureConfig()), 1_700_000_000_000

@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import redis
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
@@ -23,6 +22,7 @@ from rich.console import Console
 from features import ExposureFilter, mark_key, read_sample_log
 from features.exposure import hwm_key as exposure_hwm_key
 from features.paths import DATA_DIR_ENV
+from features.redis_conn import connect
 from infra import stack
 from infra.cli_options import progress_bar
 from infra.config import Settings, load_settings
@@ -287,7 +287,7 @@ def _live(
     t0 = time.perf_counter()
     for t in threads:
         t.start()
-    exposure = ExposureFilter(redis.Redis.from_url(state.redis_url), run.exposure.namespace)
+    exposure = ExposureFilter(connect(state.redis_url), run.exposure.namespace)
     probe_producer = make_producer(state.bootstrap)
     deadline = time.monotonic() + config.live_s
     probes = probe_plan(config.new_note_probes, config.exposure_probes, config.seed)

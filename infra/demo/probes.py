@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import redis
 
+from features.redis_conn import connect
 from infra.demo.producer import now_ms
 from infra.demo.report import DemoReport
 from streams.events import Event, encode_event
@@ -81,7 +81,7 @@ def sample_freshness(
     stop: threading.Event,
 ) -> None:
     """Every second until `stop`: feature and exposure lag, and the newest ranker snapshot's age."""
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     while not stop.wait(1.0):
         now = now_ms()
         for key, out in (

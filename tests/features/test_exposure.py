@@ -24,6 +24,7 @@ from features.exposure import (
     layout_for,
     slice_prefix,
 )
+from features.redis_conn import Client, connect
 
 DAY = 86_400_000
 T0 = 20_000 * DAY  # a day boundary (2024-10-04)
@@ -36,9 +37,14 @@ def namespace(client: redis.Redis) -> Iterator[str]:
     try:
         yield ns
     finally:
-        keys = list(client.scan_iter(match=f"{ns}:*", count=1_000))
-        if keys:
-            client.delete(*keys)
+        _delete_namespace(client, ns)
+
+
+def _delete_namespace(client: Client, ns: str) -> None:
+    """Delete every key of a namespace: `{ns}:meta`, `{ns}:hwm` and `ns:x:{user}:slice`."""
+    for pattern in (f"{ns}:*", f"{{{ns}}}:*"):
+        for key in list(client.scan_iter(match=pattern, count=1_000)):
+            client.delete(key)
 
 
 @pytest.fixture
@@ -73,7 +79,7 @@ def test_reading_an_empty_namespace_or_with_decoded_responses_is_an_error(
 ) -> None:
     with pytest.raises(ExposureError, match="run `streamrec run exposure`"):
         ExposureFilter(redis_client, ns).seen("u", ["n"])
-    text = redis.Redis.from_url(redis_url, decode_responses=True)
+    text = connect(redis_url, decode_responses=True)
     with pytest.raises(ExposureError, match="decode_responses=False"):
         ExposureFilter(text, ns)
     text.close()
@@ -215,13 +221,11 @@ def test_a_writer_recreates_its_layout_after_redis_lost_the_data(
 ) -> None:
     writer = ExposureWriter(redis_client, ExposureConfig(namespace=ns))
     writer.add_batch(["u1"], ["n1"], [10**12])
-    for key in list(redis_client.scan_iter(match=f"{ns}:*")):  # Redis restarted empty
-        redis_client.delete(key)
+    _delete_namespace(redis_client, ns)  # Redis restarted empty
     writer.add_batch(["u1"], ["n2"], [10**12 + 1])  # the next write stores the layout again
     bloom = ExposureFilter(redis_client, ns)
     assert bloom.seen("u1", ["n2"]) == [True]  # readable again at once, no error
     assert bloom.describe()[1] == 10**12 + 1
-    for key in list(redis_client.scan_iter(match=f"{ns}:*")):
-        redis_client.delete(key)
+    _delete_namespace(redis_client, ns)
     writer.add_batch([], [], [], as_of=10**12 + 5)  # a batch without impressions, too
     assert bloom.describe()[1] == 10**12 + 5

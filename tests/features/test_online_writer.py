@@ -147,6 +147,7 @@ def _feast_list(repo: Path, env: dict[str, str]) -> str:
     return done.stdout
 
 
+@pytest.mark.single_redis  # the registry is the subject; the apply test runs on both
 def test_feast_cli_shows_what_the_jobs_registered(tmp_path: Path, redis_url: str) -> None:
     """`feast -c features feature-views list` reads the registry the jobs write (same data dir)."""
     env = {**os.environ, "REDIS_URL": redis_url, "STREAMREC_DATA_DIR": str(tmp_path)}

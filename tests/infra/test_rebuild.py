@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import redis
 
 from features.client import FeatureClient
+from features.redis_conn import connect
 from features.schema import ENTITY_KEY
 from features.store import apply_definitions, feature_store, online_features
 from infra.config import Settings
@@ -37,7 +37,7 @@ def test_rebuild_from_kafka_after_redis_lost_the_data(
     config, project = replayed_topic(bootstrap, topic_name, tmp_path, events)
     env = cli_env(settings.data_dir, redis_url)
     run_to_end(["run", "stats", "--config", str(config)], env)
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     lost = [k for k in client.scan_iter(count=1_000) if project.encode() in k]
     assert lost  # the job wrote rows of its project
     client.delete(*lost)  # Redis lost the project's data (restarted empty)

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 from confluent_kafka.admin import AdminClient
+from redis.cluster import RedisCluster
 
+from features.redis_conn import connect
 from infra import stack
 from infra.config import load_settings
 from infra.errors import (
@@ -77,6 +79,41 @@ def test_redis_is_started_when_none_answers(tmp_path: Path, bootstrap: str) -> N
         assert stack.down(settings) == ["redis"]
     assert not stack.redis_answers(state.redis_url)
     assert stack.kafka_answers(bootstrap)
+
+
+def test_infra_up_redis_cluster_starts_three_masters_and_down_stops_them(
+    tmp_path: Path, bootstrap: str
+) -> None:
+    env = {**os.environ, "STREAMREC_DATA_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": bootstrap}
+    env.pop("REDIS_URL", None)
+    cli = Path(sys.executable).with_name("streamrec")
+    done = subprocess.run(
+        [cli, "infra", "up", "--redis-cluster"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    settings = load_settings(
+        env={"STREAMREC_DATA_DIR": str(tmp_path), "KAFKA_BOOTSTRAP": bootstrap}
+    )
+    state = stack.read_state(settings)
+    try:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert state is not None and state.redis_url.endswith("?cluster=true")
+        assert len(state.redis_nodes) == 3 and "cluster node" in done.stdout
+        client = connect(state.redis_url)
+        assert isinstance(client, RedisCluster) and len(client.get_primaries()) == 3
+        # the keys spread over the masters, and every command finds its key's node
+        client.mset_nonatomic({f"k{i}": i for i in range(64)})
+        assert all(n.redis_connection.dbsize() > 0 for n in client.get_primaries())
+        assert client.get("k63") == b"63"
+        client.close()
+        assert stack.up(settings, redis_cluster=True) == state  # idempotent: the same cluster
+    finally:
+        stopped = stack.down(settings)
+    assert stopped == ["redis-cluster"]
+    assert not any(stack.redis_answers(f"redis://{n.address}/0") for n in state.redis_nodes)
 
 
 def test_unreachable_broker_is_a_one_line_error(tmp_path: Path) -> None:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from features.client import mark_key
 from features.exposure import ExposureConfig, ExposureWriter
 from features.online_writer import OnlineWriter
+from features.redis_conn import connect
 from features.schema import FeatureConfig, derive
 from features.windows import METRICS, WINDOWS
 from infra.config import load_settings
@@ -90,7 +90,7 @@ def test_exposed_notes_are_never_returned_and_every_task_is_scored(service, redi
     watcher.refresh()
     tasks = {*watcher.current().ranker.tasks, "watch_ms"}
     client = TestClient(app)
-    writer = ExposureWriter(redis.Redis.from_url(redis_url), settings.exposure)
+    writer = ExposureWriter(connect(redis_url), settings.exposure)
     exposed: set[str] = set()
     for round_ in range(6):
         body = client.get("/recommend", params={"user_id": "u7", "n": 25}).json()
@@ -141,7 +141,7 @@ def test_api_recommends_filters_exposures_and_explains_bad_input(service, redis_
     fused_order = sorted(items, key=lambda i: i["fused_position"])
     assert [i["score"] for i in fused_order] == sorted((i["score"] for i in items), reverse=True)
 
-    writer = ExposureWriter(redis.Redis.from_url(redis_url), settings.exposure)
+    writer = ExposureWriter(connect(redis_url), settings.exposure)
     shown = [i["note_id"] for i in body["items"][:3]]
     writer.add_batch(["u1"] * 3, shown, [10**12] * 3)
     again = client.get("/recommend", params={"user_id": "u1", "n": 10}).json()
@@ -191,7 +191,7 @@ def test_api_recommends_filters_exposures_and_explains_bad_input(service, redis_
 def test_features_endpoint_and_freshness_metric(service, redis_url) -> None:
     app, _, settings = service
     client = TestClient(app)
-    r = redis.Redis.from_url(redis_url)
+    r = connect(redis_url)
     counts = {w.name: np.full((1, len(METRICS)), 4, np.int64) for w in WINDOWS}
     cols = derive("note_stats", counts, FeatureConfig())
     OnlineWriter(r, settings.feast_project).write("note_stats", ["n-x"], cols, 1_700_000_000_000)

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import redis
 import yaml
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
+from features.redis_conn import connect
 from features.samples import Sample, decode_batch
 from features.windows import MINUTE
 from infra.stack import ensure_topics
@@ -86,7 +86,7 @@ class Job:
         """The high-water mark the job has stored (0 before its first write; 0 if it keeps none)."""
         if not self.hwm_key:
             return 0
-        raw = redis.Redis.from_url(self.redis_url).get(self.hwm_key)
+        raw = connect(self.redis_url).get(self.hwm_key)
         return int(raw) if raw else 0
 
 

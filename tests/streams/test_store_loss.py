@@ -9,6 +9,7 @@ import numpy as np
 import redis
 
 from features.client import FeatureClient
+from features.redis_conn import connect
 from features.windows import METRICS, WINDOWS
 from infra.config import Settings
 from streams.online_sink import FeastOnlineSink
@@ -38,7 +39,7 @@ def test_a_running_stats_job_rewrites_what_redis_lost(
     job = start_job(
         ["run", "stats", "--config", str(config)], cli_env(settings.data_dir, redis_url)
     )
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     features = FeatureClient(client, project)
     users = sorted({e.user_id for e in events})
     notes = sorted({e.note_id for e in events})
