@@ -4,12 +4,13 @@ Run: `.venv/bin/python -m bench.serving [--notes 5000] [--requests 400]`.
 
 1. Index types at catalogue sizes 10k / 100k / 1M (unit vectors, d=32): build time, query time
    for k=1,000, recall@100 against exact search (IndexFlatIP).
-2. A ranker and a retriever are trained (full training, in process) on synthetic samples over
-   `--notes` notes and published; note and user window counts are written to Redis (DB 11, a
-   project of its own, deleted at the end) with the online writer; impressions of every user
-   go into the exposure filter. `/recommend` is called through the ASGI app in process
-   (FastAPI TestClient: routing, validation and JSON included, no socket), retrieve_k 1,000 and
-   rank_k 200. Peer, same run: Feast's `get_online_features` for the same 200 notes' counts.
+2. A ranker, a retriever and the pre-ranker are trained (full training, in process) on
+   synthetic samples over `--notes` notes and published; note and user window counts are
+   written to Redis (DB 11, a project of its own, deleted at the end) with the online writer;
+   impressions of every user go into the exposure filter. `/recommend` is called through the
+   ASGI app in process (FastAPI TestClient: routing, validation and JSON included, no socket),
+   retrieve_k 1,000, pre-ranked to rank_k 200. Peer, same run: Feast's `get_online_features`
+   for the same 200 notes' counts.
 3. With `--concurrency 1,8,32` (and `--workers 1,2`): `streamrec serve --workers W` run alone
    as its own process on the same models and stores, loaded by C concurrent keep-alive clients
    (asyncio + httpx, this process) for `--seconds` each: throughput, p50 / p99 latency and the
@@ -49,7 +50,7 @@ from features.windows import METRICS, WINDOWS
 from infra.config import load_settings
 from infra.service import service_for
 from learners.config import LearnConfig
-from learners.full import load_or_create, train_pass
+from learners.full import load_or_create, load_or_create_preranker, prerank_pass, train_pass
 from learners.inputs import LABEL_COLUMNS, Columns, F
 from learners.snapshots import SnapshotConfig, SnapshotWriter
 from serving.config import ServingConfig
@@ -186,7 +187,9 @@ def main(
         ranker, retriever, _, _ = load_or_create(learn, snaps)
         cols = _samples(notes * 12, users, notes)
         train_pass(ranker, retriever, cols, learn)
-        for name, st in (("ranker", ranker), ("retriever", retriever)):
+        pre, _ = load_or_create_preranker(learn, snaps, ranker)
+        prerank_pass(pre, cols, learn, teacher=ranker)  # the funnel's pre-ranking stage
+        for name, st in (("ranker", ranker), ("retriever", retriever), ("preranker", pre)):
             tables, dense = st.full_state()
             SnapshotWriter(Path(tmp), name, snaps).publish_full(
                 tables, dense, st.hwm_ms, st.meta({})

@@ -16,6 +16,7 @@ Score with the published models (torch)::
 
     ranker = Ranker.from_snapshot(SnapshotReader(root, "ranker").latest())
     scores = ranker.score(user_id, note_ids, author_ids, categories, user_stats, note_stats)
+    # PreRanker (three towers, item tower cached per snapshot) scores the same way
 
 Train: `run_full` (full training over the sample log, `streamrec learn full`) and
 `OnlineLearner` (ID embeddings from `training-samples`, `streamrec learn online`), configured
@@ -52,6 +53,7 @@ _EXPORTS = {
     "LearnConfig": "learners.config",
     "RankerConfig": "learners.config",
     "RetrieverConfig": "learners.config",
+    "PreRankerConfig": "learners.preranker",
     # errors
     "LearnersError": "learners.errors",
     "ModelConfigError": "learners.errors",
@@ -65,6 +67,7 @@ _EXPORTS = {
     # scoring (torch)
     "Ranker": "learners.inference",
     "Retriever": "learners.inference",
+    "PreRanker": "learners.preranker",
     # training (torch)
     "OnlineLearner": "learners.online",
     "run_full": "learners.full",

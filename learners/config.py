@@ -213,6 +213,10 @@ class LearnConfig(BaseModel):
     """Snapshot model name of the ranker."""
     retriever_model: str = "retriever"
     """Snapshot model name of the retriever."""
+    preranker_model: str | None = "preranker"
+    """Snapshot model name of the three-tower pre-ranker (`learners.preranker`), trained and
+    published by `learn full` beside the two others and updated online once it has a
+    snapshot; None: no pre-ranker."""
     batch_size: int = Field(default=1024, ge=1)
     """Samples per training step (online: Kafka messages are merged up to this size)."""
     dense_lr: float = Field(default=2e-3, gt=0)

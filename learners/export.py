@@ -24,6 +24,7 @@ from torch import nn
 from features.samples import STAT_FEATURES
 from learners.models import ITEM_TABLE, RankerModelState, RetrieverModelState
 from learners.modules import masked_mean
+from learners.preranker import PreRankerModelState
 from learners.snapshots import Exports
 from learners.two_tower import ItemTower, UserTower
 
@@ -216,10 +217,32 @@ def ranker_exports(state: RankerModelState) -> Exports:
     return Exports(files={}, schema=schema)
 
 
-def snapshot_exports(state: RankerModelState | RetrieverModelState) -> Exports:
+def preranker_exports(state: PreRankerModelState) -> Exports:
+    """The three-tower pre-ranker's schema (as the ranker's: no ONNX graph)."""
+    cfg = state.config
+    schema = {
+        "architecture": (
+            f"three-tower pre-ranker (user, item, cross towers; docs/funnel.md), tasks "
+            f"{list(cfg.tasks)}; rebuild it with learners.preranker.PreRankerModelState"
+            ".from_snapshot (no ONNX export yet)"
+        ),
+        "row0": ROW0,
+        "bucketing": BUCKETING,
+        "stat_features": list(STAT_FEATURES),
+        "stat_buckets": cfg.stat_buckets,
+        "tensor_docs": TENSOR_DOCS,
+    }
+    return Exports(files={}, schema=schema)
+
+
+def snapshot_exports(
+    state: RankerModelState | RetrieverModelState | PreRankerModelState,
+) -> Exports:
     """What a full snapshot of `state` carries beyond its tables and dense parameters."""
     if isinstance(state, RetrieverModelState):
         return retriever_exports(state)
+    if isinstance(state, PreRankerModelState):
+        return preranker_exports(state)
     return ranker_exports(state)
 
 

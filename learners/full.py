@@ -20,6 +20,7 @@ from features.schema import FeatureConfig
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
 from learners.export import snapshot_exports
 from learners.inputs import Columns
+from learners.preranker import PreRankerConfig
 from learners.snapshots import (
     Manifest,
     SnapshotConfig,
@@ -29,7 +30,13 @@ from learners.snapshots import (
     check_writable,
     publish_failed,
 )
-from learners.training import RankerState, RetrieverState, applied_offsets, check_priors
+from learners.training import (
+    PreRankerState,
+    RankerState,
+    RetrieverState,
+    applied_offsets,
+    check_priors,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +163,9 @@ def run_full(
     """
     from features.samples import read_sample_log
 
-    check_writable(snapshots.location, (config.ranker_model, config.retriever_model))
+    pre_name = config.preranker_model
+    models = (config.ranker_model, config.retriever_model, *([pre_name] if pre_name else []))
+    check_writable(snapshots.location, models)
     torch.set_num_threads(config.threads)
     cols = Columns.from_table(read_sample_log(log_dir))
     if on_start is not None:
@@ -164,7 +173,15 @@ def run_full(
     ranker, retriever, versions, offsets = load_or_create(config, snapshots, features=features)
     report = train_pass(ranker, retriever, cols, config, on_progress=on_progress)
     report.warm_start = versions
-    for name, state in ((config.ranker_model, ranker), (config.retriever_model, retriever)):
+    states: list[tuple[str, RankerState | RetrieverState | PreRankerState]] = [
+        (config.ranker_model, ranker),
+        (config.retriever_model, retriever),
+    ]
+    if pre_name:
+        pre, report.warm_start["preranker"] = load_or_create_preranker(config, snapshots, ranker)
+        prerank_pass(pre, cols, config, teacher=ranker)
+        states.append((pre_name, pre))
+    for name, state in states:
         state.expire(state.hwm_ms)
         tables, dense = state.full_state()
         meta = state.meta({"offsets": offsets, "full_training_samples": len(cols)})
@@ -176,3 +193,41 @@ def run_full(
         except OSError as exc:
             raise publish_failed(name, snapshots.location, exc) from exc
     return report
+
+
+def prerank_pass(
+    preranker: PreRankerState,
+    cols: Columns,
+    config: LearnConfig,
+    teacher: RankerState | None = None,
+    shuffle: bool = True,
+) -> float:
+    """One pass of the pre-ranker over `cols` (shuffled with `config.seed`), every parameter;
+    with a `teacher` (the trained ranker) it also learns the ranker's predictions
+    (`PreRankerConfig.distill`); then fits its logit offsets (`PreRankerState.recalibrate`).
+    Returns the mean loss over the last tenth of the pass."""
+    order = np.arange(len(cols))
+    if shuffle:
+        np.random.default_rng(config.seed).shuffle(order)
+    cols = cols.take(order)
+    opt = torch.optim.Adam(preranker.dense_parameters(), lr=config.dense_lr)
+    preranker.unfreeze()
+    preranker.set_id_dropout(config.id_dropout, config.seed)
+    batches = cols.batches(config.batch_size)
+    tail = max(1, len(batches) // 10)
+    losses = [preranker.train_step(b, opt, teacher).loss for b in batches][-tail:]
+    preranker.recalibrate(cols)
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def load_or_create_preranker(
+    config: LearnConfig, snapshots: SnapshotConfig, ranker: RankerState
+) -> tuple[PreRankerState, int | None]:
+    """The latest published pre-ranker (or a fresh one with the ranker's priors) and its
+    version (None = fresh)."""
+    try:
+        snap = SnapshotReader(snapshots.location, config.preranker_model).latest()
+    except SnapshotNotFoundError:
+        hyper = PreRankerConfig(priors=ranker.config.priors)
+        return PreRankerState.create(hyper, config.embedding(16), seed=config.seed), None
+    return PreRankerState.from_snapshot(snap), snap.manifest.version

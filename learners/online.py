@@ -44,12 +44,20 @@ from learners.snapshots import (
     check_writable,
     publish_failed,
 )
-from learners.training import RankerState, RetrieverState, applied_offsets, check_priors
+from learners.training import (
+    PreRankerState,
+    RankerState,
+    RetrieverState,
+    applied_offsets,
+    check_priors,
+)
 from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 FLOW = "learn-online"
 MODELS = ("ranker", "retriever")
+PRERANKER = "preranker"
+"""The optional third model: trained and published when the learner has one."""
 
 
 class NoFullSnapshotError(LearnersError):
@@ -96,6 +104,9 @@ class OnlineLearner:
             Default: `offsets` for both.
         on_dead_letter: called with (message, reason) for undecodable messages.
         clock: monotonic seconds (tests pass a controlled one).
+        preranker: the three-tower pre-ranker (`learners.preranker`), trained on the same
+            messages (distilled from the ranker when its `distill` > 0) and published as model
+            "preranker"; None: not trained.
     """
 
     def __init__(
@@ -109,9 +120,12 @@ class OnlineLearner:
         on_dead_letter: Callable[[Message, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         applied: dict[str, dict[int, int]] | None = None,
+        preranker: PreRankerState | None = None,
     ) -> None:
-        self.ranker, self.retriever = ranker, retriever
-        for m in (ranker, retriever):
+        self.ranker, self.retriever, self.preranker = ranker, retriever, preranker
+        self.names = MODELS if preranker is None else (*MODELS, PRERANKER)
+        """The models trained and published."""
+        for m in (ranker, retriever, *([] if preranker is None else [preranker])):
             m.freeze_dense()
             m.set_embedding_lr(config.online_emb_lr)
         ranker.track_offsets(config.calibration_window)
@@ -120,12 +134,12 @@ class OnlineLearner:
         self.snapshots = snapshots
         self.offsets: dict[int, int] = dict(offsets or {})
         self.applied: dict[str, dict[int, int]] = {
-            name: dict((applied or {}).get(name, self.offsets)) for name in MODELS
+            name: dict((applied or {}).get(name, self.offsets)) for name in self.names
         }
         self._dead = on_dead_letter
         self._clock = clock
         self._last_delta = self._last_full = clock()
-        self.bases: dict[str, int | None] = {"ranker": None, "retriever": None}
+        self.bases: dict[str, int | None] = dict.fromkeys(self.names)
         self._pending: list[tuple[Columns, tuple[str, ...]]] = []
         self._pending_n = 0
         self.report = OnlineReport()
@@ -174,6 +188,13 @@ class OnlineLearner:
                 f"{exc}. The online learner updates the ID embeddings of a trained model: run "
                 "`streamrec learn full` first"
             ) from exc
+        if config.preranker_model:  # optional: without a snapshot it is not trained
+            try:
+                root, pre = snapshots.location, config.preranker_model
+                snaps[PRERANKER] = SnapshotReader(root, pre, on_fallback=fell_back).latest()
+                names[PRERANKER] = config.preranker_model
+            except SnapshotNotFoundError:
+                logger.info("no %s snapshot: not trained online", config.preranker_model)
         metas = {k: s.manifest.meta for k, s in snaps.items()}
         offsets = applied_offsets(metas.values())
         applied = {k: applied_offsets([m]) for k, m in metas.items()}
@@ -190,6 +211,7 @@ class OnlineLearner:
             on_dead_letter,
             clock,
             applied,
+            PreRankerState.from_snapshot(snaps[PRERANKER]) if PRERANKER in snaps else None,
         )
         check_priors(learner.ranker, features)
         learner.bases = {k: s.versions[0] for k, s in snaps.items()}
@@ -203,7 +225,7 @@ class OnlineLearner:
         A model whose snapshot has already applied the message (`applied`) does not get it.
         """
         p, o = message.partition, message.offset
-        takers = tuple(n for n in MODELS if o >= self.applied[n].get(p, 0))
+        takers = tuple(n for n in self.names if o >= self.applied[n].get(p, 0))
         if takers:
             try:
                 batch: SampleBatch = decode_batch(message.value)
@@ -229,19 +251,22 @@ class OnlineLearner:
         pending, self._pending, self._pending_n = self._pending, [], 0
         self.report.samples += sum(len(cols) for cols, _ in pending)
         self.report.batches += 1
-        if all(len(takers) == len(MODELS) for _, takers in pending):
+        if all(len(takers) == len(self.names) for _, takers in pending):
             self.train(Columns.concat([cols for cols, _ in pending]))
             return
-        for name in MODELS:
+        for name in self.names:
             mine = [cols for cols, takers in pending if name in takers]
             if mine:
                 self.train(Columns.concat(mine), (name,))
 
-    def train(self, cols: Columns, models: tuple[str, ...] = MODELS) -> None:
-        """One step of each of `models` on `cols` (ID rows only)."""
+    def train(self, cols: Columns, models: tuple[str, ...] | None = None) -> None:
+        """One step of each of `models` (default: all) on `cols` (ID rows only)."""
         t0 = time.perf_counter()
-        for name in models:
-            getattr(self, name).train_step(cols, None)
+        for name in models or self.names:
+            if name == PRERANKER:
+                self.preranker.train_step(cols, None, teacher=self.ranker)
+            else:
+                getattr(self, name).train_step(cols, None)
         self.report.train_s += time.perf_counter() - t0
 
     def tick(self) -> list[Manifest]:
@@ -257,8 +282,8 @@ class OnlineLearner:
         offsets = self.applied[name]
         return state.meta({"offsets": {str(p): o for p, o in sorted(offsets.items())}})
 
-    def _models(self) -> list[tuple[str, RankerState | RetrieverState]]:
-        return [("ranker", self.ranker), ("retriever", self.retriever)]
+    def _models(self) -> list[tuple[str, RankerState | RetrieverState | PreRankerState]]:
+        return [(name, getattr(self, name)) for name in self.names]
 
     def publish_delta(self) -> list[Manifest]:
         """Publish the changed rows of both models (nothing for a model without changes)."""
@@ -317,7 +342,7 @@ class OnlineLearner:
         """A full training published a newer full: continue from it (its dense parameters)."""
         writer = self.writers[name]
         snap = SnapshotReader(self.snapshots.location, writer.model).latest()
-        cls = RankerState if name == "ranker" else RetrieverState
+        cls = {"ranker": RankerState, "retriever": RetrieverState, PRERANKER: PreRankerState}[name]
         state = cls.from_snapshot(snap)
         state.freeze_dense()
         state.set_embedding_lr(self.config.online_emb_lr)

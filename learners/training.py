@@ -30,11 +30,13 @@ from learners.models import (
     from_json_array,
     json_array,
 )
+from learners.preranker import PreRankerModelState, fit_offsets, teacher_probabilities
 from learners.snapshots import Snapshot, TableRows
 from learners.two_tower import RetrievalBatch, StreamingFrequency
 
 __all__ = [
     "ITEM_TABLE",
+    "PreRankerState",
     "RankerState",
     "RetrieverState",
     "StepResult",
@@ -381,3 +383,53 @@ class RetrieverState(_State, RetrieverModelState):
             items = snap.tables[ITEM_TABLE]
             state._published_items = dict(zip(items.ids, items.weights, strict=True))
         return state
+
+
+class PreRankerState(_State, PreRankerModelState):
+    """The three-tower pre-ranker in training: its steps, full and delta contents."""
+
+    def train_step(
+        self,
+        cols: Columns,
+        optimizer: torch.optim.Optimizer | None,
+        teacher: RankerModelState | None = None,
+    ) -> StepResult:
+        """One step: ID rows always (Adagrad), dense parameters only with an `optimizer`; with
+        a `teacher` (the ranker) and `config.distill` > 0, also towards its predictions."""
+        negatives = cols.labels["click"] == 0
+        if negatives.any():
+            self.neg_keep_rate = float(cols.keep_rate[negatives].min())
+        self.hwm_ms = max(self.hwm_ms, int(cols.ts.max()))
+        soft = (
+            teacher_probabilities(teacher, cols)
+            if teacher is not None and self.config.distill > 0
+            else None
+        )
+        logits = self.model(self.model.inputs(cols, observe=True))
+        loss = self.model.loss(logits, cols, soft)
+        self._step(loss, len(cols), optimizer)
+        self.clear_cache()
+        return StepResult(float(loss.detach()), len(cols))
+
+    @torch.no_grad()
+    def recalibrate(self, cols: Columns, most: int = 200_000, seed: int = 0) -> dict[str, float]:
+        """Fit each task's logit offset on `cols` (a sample of `most` rows), as
+        `RankerState.recalibrate` does for the ranker; return the offsets."""
+        if len(cols) > most:
+            pick = np.random.default_rng(seed).choice(len(cols), most, replace=False)
+            cols = cols.take(np.sort(pick))
+        was = self.model.training
+        self.model.eval()
+        logits = self.model(self.model.inputs(cols, observe=False))
+        self.model.train(was)
+        self.logit_offsets = fit_offsets(logits, cols, self.config.tasks, self.config.calibrated)
+        return dict(self.logit_offsets)
+
+    def full_state(self) -> tuple[dict[str, TableRows], dict[str, np.ndarray]]:
+        """Tables and dense arrays of a full snapshot."""
+        tables, extra = self.store.export()
+        return tables, {**dense_state(self.model), **extra}
+
+    def changed(self) -> dict[str, TableRows]:
+        """Rows changed since the last `clear_changed` (a delta)."""
+        return self.store.changed()

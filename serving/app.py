@@ -22,7 +22,7 @@ from features.errors import ExposureError
 from features.schema import feature_types
 from serving.auth import BearerAuth
 from serving.errors import DependencyError, NotReadyError
-from serving.recommender import Recommender
+from serving.recommender import STAGES, STEPS, Recommender
 
 
 class Item(BaseModel):
@@ -41,6 +41,14 @@ class Item(BaseModel):
     "itemcf", "swing" or "author")."""
     channels: list[str] = []
     """Every retrieval channel whose candidates held the note (`channel` first)."""
+    prerank_score: float | None = None
+    """The three-tower pre-ranker's fused score (None: no pre-ranker served the request)."""
+    prerank_position: int | None = None
+    """0-based place by the pre-ranker's score among the merged candidates."""
+    fused_position: int = 0
+    """0-based place by `score` among the candidates the ranker scored."""
+    rerank_position: int = 0
+    """0-based place in this answer, after re-ranking (MMR and window rules)."""
 
 
 class RecommendResponse(BaseModel):
@@ -60,6 +68,9 @@ class RecommendResponse(BaseModel):
     history: int = 0
     """Clicked notes of the user the models read (0: none stored, or no model reads them)."""
     timings_ms: dict[str, float]
+    stages: dict[str, int] = {}
+    """Stage -> candidates it received ("merged", "prerank" - 0 when skipped -, "rank",
+    "rerank" - the pool -, "returned")."""
     arms: dict[str, str] = {}
     """The user's experiment arms (experiment -> arm) applied to this answer: log them with its
     impressions (`arms` of the event, docs/experiments.md)."""
@@ -141,6 +152,26 @@ class Metrics:
             ["experiment", "arm"],
             registry=r,
         )
+        self.stage_candidates = Counter(
+            "streamrec_stage_candidates",
+            "Candidates each funnel stage received (merged, prerank, rank, rerank, returned)",
+            ["stage"],
+            registry=r,
+        )
+        self.stage_seconds = Counter(
+            "streamrec_stage_seconds",
+            "Seconds spent in each funnel stage (with _total: rate / request rate = mean)",
+            ["stage"],
+            registry=r,
+        )
+
+    def observe_stages(self, candidates: dict[str, int], timings_ms: dict[str, float]) -> None:
+        """Count one answered request's candidates and time per stage."""
+        for stage, count in candidates.items():
+            self.stage_candidates.labels(stage).inc(count)
+        for stage, ms in timings_ms.items():
+            if stage != "total":
+                self.stage_seconds.labels(stage).inc(ms / 1000.0)
 
     def declare(self, endpoints: list[str]) -> None:
         """Export every endpoint's series from the start (at 0), so that rates work at once.
@@ -153,6 +184,10 @@ class Metrics:
             self.latency.labels(endpoint)
             for status in ("200", "404", "422", "503"):
                 self.requests.labels(endpoint, status)
+        for stage in STAGES:
+            self.stage_candidates.labels(stage)
+        for step in STEPS:
+            self.stage_seconds.labels(step)
 
 
 class _Observe:
@@ -257,6 +292,7 @@ def create_app(
             metrics.channel_candidates.labels(channel).inc(count)
         for item in rec.items:
             metrics.channel_items.labels(item.channel).inc()
+        metrics.observe_stages(rec.stages, rec.timings_ms)
         for experiment, arm in rec.arms.items():
             metrics.arms.labels(experiment, arm).inc()
         return RecommendResponse(
@@ -270,6 +306,7 @@ def create_app(
             features_degraded=rec.features_degraded,
             history=rec.history,
             timings_ms=rec.timings_ms,
+            stages=rec.stages,
             arms=rec.arms,
         )
 

@@ -2,7 +2,7 @@
 
 A `Channel` answers `candidates(request, k)`; the recommender asks every channel of its funnel,
 drops what the user has seen, and merges the channels' unseen candidates by quota with
-de-duplication (`merge`, or `merge_found`, which also remembers every channel that found each
+de-duplication (`merge_found`, which also remembers every channel that found each
 note). The channels:
 
 - `TwoTowerChannel`: the notes of highest cosine with the user tower's vector (faiss index).
@@ -199,32 +199,6 @@ class ContextChannel:
             scores.append(share[c] / (1.0 + taken[c]))
             taken[c] += 1
         return Candidates(self.name, ids, np.array(scores, dtype=np.float64))
-
-
-def merge(lists: list[Candidates], quotas: list[int]) -> tuple[list[str], list[str], np.ndarray]:
-    """The channels' candidates merged by quota: up to `quotas[i]` new notes from channel i,
-    in the order of `lists`, each note once (kept by the first channel that gives it).
-
-    Returns:
-        (note ids, the channel of each, the channel's score of each).
-    """
-    ids: list[str] = []
-    channels: list[str] = []
-    scores: list[float] = []
-    taken: set[str] = set()
-    for cand, quota in zip(lists, quotas, strict=True):
-        added = 0
-        for note, score in zip(cand.ids, cand.scores.tolist(), strict=True):
-            if added >= quota:
-                break
-            if note in taken:
-                continue
-            taken.add(note)
-            ids.append(note)
-            channels.append(cand.channel)
-            scores.append(score)
-            added += 1
-    return ids, channels, np.array(scores, dtype=np.float64)
 
 
 class NeighbourChannel:

@@ -94,6 +94,45 @@ class ChannelsConfig(BaseModel):
     """Each channel is asked for its quota times this (the exposure filter drops some)."""
 
 
+class PrerankConfig(BaseModel):
+    """The pre-ranking stage: the three-tower pre-ranker (`learners.preranker`) cuts the merged
+    candidates down to the ranker's `ServingConfig.rank_k`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = True
+    """Pre-rank when a pre-ranker snapshot is published (without one, or off, the merged
+    candidates are cut to `rank_k` in merge order, as before)."""
+    model: str = "preranker"
+    """Snapshot model name of the pre-ranker."""
+    candidates: int = Field(default=2_000, ge=1, le=20_000)
+    """Merged unseen candidates handed to the pre-ranker (the ranker gets its best `rank_k`)."""
+
+
+class RerankConfig(BaseModel):
+    """The re-ranking stage (`serving.rerank`): MMR over item vectors plus window rules."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = False
+    """Re-rank the fused list (off: the top n by fused score, as before). Off by default: the
+    window rules and MMR pick from the best `pool` and so replace notes the context channel's
+    reserved share (`context.share`, 1.0: every slot when the user has evidence, often of one
+    category) put in the answer - the two policies conflict; turn it on with a `context.share`
+    below 1 or category rules that allow it (docs/funnel.md)."""
+    diversity: float = Field(default=0.3, ge=0, le=1)
+    """MMR weight of dissimilarity: each slot takes max (1 - diversity) x relevance -
+    diversity x (highest cosine to a note already placed); 0 keeps the fused order."""
+    pool: int = Field(default=100, ge=1)
+    """Best fused candidates the re-ranker chooses the `n` returned notes from."""
+    window: int = Field(default=5, ge=1)
+    """Length of the sliding window of the spreading rules."""
+    max_per_category: int = Field(default=2, ge=0)
+    """Most notes of one category in any `window` consecutive slots (0: no rule)."""
+    max_per_author: int = Field(default=1, ge=0)
+    """Most notes of one author in any `window` consecutive slots (0: no rule)."""
+
+
 class ServingConfig(BaseModel):
     """Retrieval, ranking and API settings."""
 
@@ -134,6 +173,10 @@ class ServingConfig(BaseModel):
     """The "popular in context" retrieval channel beside the two-tower one."""
     channels: ChannelsConfig = ChannelsConfig()
     """The ItemCF, Swing, author and fresh-note channels and their quotas."""
+    prerank: PrerankConfig = PrerankConfig()
+    """The pre-ranking stage between the merged candidates and the ranker."""
+    rerank: RerankConfig = RerankConfig()
+    """The re-ranking stage after the fusion."""
     experiments: Path | None = None
     """The experiments YAML (docs/experiments.md): users' arms change these settings and the
     models; None: no experiments. Edits are picked up without a restart."""
@@ -164,6 +207,10 @@ class ArmOverrides(BaseModel):
     """Candidates taken from the retrieval index."""
     rank_k: int | None = Field(default=None, ge=1, le=5_000)
     """Unseen candidates scored by the ranker (the channels' quotas fill it)."""
+    prerank: PrerankConfig | None = None
+    """The pre-ranking stage: enabled, model, candidates (docs/funnel.md)."""
+    rerank: RerankConfig | None = None
+    """The re-ranking stage: enabled, diversity, pool, window rules (docs/funnel.md)."""
 
     @property
     def pins(self) -> dict[str, tuple[str | None, int | None]]:

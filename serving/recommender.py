@@ -1,13 +1,17 @@
-"""One recommendation: retrieve, drop what the user has seen, rank, fuse, top n.
+"""One recommendation: retrieve, drop what the user has seen, pre-rank, rank, fuse, re-rank.
 
 Per request: the user's window counts (one Redis round trip), the user's last clicked notes
 when a model reads them (one more; `FeatureClient.history`, the history the sample joiner puts
 in the training samples), the channels' candidates (`serving.channels`: `retrieve_k` notes of
 the two-tower index; the context channel's popular notes of the user's categories, which reads
 the history if the models did not and probes the exposure filter), ONE exposure-filter call
-over all of them, the unseen candidates merged by quota up to `rank_k`, their counts (one
-round trip), calibrated MMoE predictions, a fused score, and the top n with a share of the
-slots reserved for the context channel (`blend`).
+over all of them, the unseen candidates merged by quota up to `prerank.candidates` (`rank_k`
+without a pre-ranker), their counts (one round trip), the three-tower pre-ranker's fused score
+cutting them to `rank_k` (`learners.preranker`; the fresh and context channels keep their
+quotas), calibrated MMoE predictions, a fused score, the best `rerank.pool` with a share of the
+slots reserved for the fresh and context channels (`blend_found`), and n of them chosen and
+ordered by MMR with the window rules (`serving.rerank`). Each returned note carries every
+stage's score (docs/funnel.md).
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ from serving.channels import (
 from serving.config import ChannelsConfig, ContextConfig, FusionConfig, ServingConfig
 from serving.errors import DependencyError
 from serving.experiments import ExperimentRouter
+from serving.rerank import rerank
 from serving.watcher import SnapshotWatcher
+
+STAGES = ("merged", "prerank", "rank", "rerank", "returned")
+"""Funnel stages whose candidates `Recommendation.stages` counts."""
+STEPS = ("user", "retrieve", "exposure", "features", "prerank", "rank", "rerank")
+"""Timed steps of a request (`Recommendation.timings_ms`, plus "total")."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,14 @@ class Scored:
     """The retrieval channel that proposed the note."""
     channels: list[str] = field(default_factory=list)
     """Every retrieval channel whose candidates held the note (`channel` first)."""
+    prerank_score: float | None = None
+    """The pre-ranker's fused score (None: no pre-ranker served this request)."""
+    prerank_position: int | None = None
+    """0-based place by the pre-ranker's score among the merged candidates (None: no pre-ranker)."""
+    fused_position: int = 0
+    """0-based place by the fused score among the ranked candidates."""
+    rerank_position: int = 0
+    """0-based place in the answer (after re-ranking)."""
 
 
 @dataclass
@@ -82,6 +100,9 @@ class Recommendation:
     arms: dict[str, str] = field(default_factory=dict)
     """The user's experiment arms (experiment -> arm) that made this answer; impressions of
     it carry them (`Event.arms`)."""
+    stages: dict[str, int] = field(default_factory=dict)
+    """Stage -> candidates it received: "merged", "prerank" (0 when skipped), "rank",
+    "rerank" (the pool), "returned"."""
 
 
 def fuse(preds: dict[str, np.ndarray], config: FusionConfig) -> np.ndarray:
@@ -209,7 +230,10 @@ class Recommender:
         )
         lists: list[Candidates] = []
         quotas: list[int | None] = []
-        context_k = min(config.context.candidates, config.rank_k)
+        rank_k = config.rank_k
+        preranker = view.preranker if config.prerank.enabled else None
+        merged_k = max(config.prerank.candidates, rank_k) if preranker is not None else rank_k
+        context_k = min(config.context.candidates, rank_k)
         personal = False
         fresh_personal = False
         for cand, quota in found:  # fresh first: its quota is guaranteed
@@ -223,24 +247,61 @@ class Recommender:
             at = 1 if found and found[0][0].channel == FreshChannel.name else 0
             lists.insert(at, ctx)
             quotas.insert(at, context_k)
-        lists.append(unseen_two_tower)  # the two-tower channel fills up to rank_k
+        lists.append(unseen_two_tower)  # the two-tower channel fills up to merged_k
         quotas.append(None)
-        merged = merge_found(lists, quotas, config.rank_k)
+        merged = merge_found(lists, quotas, merged_k)
         cand, cand_channels, cand_sims = merged.ids, merged.channel, merged.scores
+        cand_found = merged.channels
+        # the channels' guaranteed shares, kept through the pre-rank cut
+        quota_of = {FreshChannel.name: config.channels.fresh, ContextChannel.name: context_k}
         t.append(time.perf_counter())
         note_stats, notes_degraded = self.counts("note_stats", cand)  # (m, F)
         t.append(time.perf_counter())
         authors, cats = view.retriever.side_info(cand)
+        durations = view.retriever.durations(cand)
+        pre_fused, pre_place = None, None
+        if preranker is not None and len(cand) > rank_k:
+            pre = preranker.score(
+                user_id, cand, authors, cats, user_stats, note_stats, durations=durations
+            )
+            pre_all = fuse(pre, config.fusion)
+            place = np.empty(len(cand), dtype=np.int64)
+            place[np.argsort(-pre_all, kind="stable")] = np.arange(len(cand))
+            kept = blend_found(pre_all, cand_found, quota_of, rank_k)
+            keep = kept.tolist()
+            cand = [cand[j] for j in keep]
+            cand_channels = [cand_channels[j] for j in keep]
+            cand_found = [cand_found[j] for j in keep]
+            authors, cats = [authors[j] for j in keep], [cats[j] for j in keep]
+            cand_sims, note_stats, durations = cand_sims[kept], note_stats[kept], durations[kept]
+            pre_fused, pre_place = pre_all[kept], place[kept]
+        t.append(time.perf_counter())
         preds = view.ranker.score(
             user_id, cand, authors, cats, user_stats, note_stats,
-            durations=view.retriever.durations(cand), history=request.history,
+            durations=durations, history=request.history,
         )  # fmt: skip
         fused = fuse(preds, config.fusion)
+        t.append(time.perf_counter())
+        rr = config.rerank
+        pool_n = max(n, rr.pool) if rr.enabled else n
         reserved = {
             FreshChannel.name: round(config.channels.fresh_share * n) if fresh_personal else 0,
-            ContextChannel.name: round(config.context.share * n) if personal else 0,
+            ContextChannel.name: round(config.context.share * pool_n) if personal else 0,
         }
-        order = blend_found(fused, merged.channels, reserved, n)
+        pool = blend_found(fused, cand_found, reserved, pool_n)
+        order = pool[:n]
+        if rr.enabled and len(pool):
+            ids, vecs = view.retriever.item_vectors([cand[j] for j in pool.tolist()])
+            row = dict(zip(ids, vecs, strict=True))
+            zero = np.zeros(view.retriever.dim, dtype=np.float32)
+            vectors = np.stack([row.get(cand[j], zero) for j in pool.tolist()])
+            picked = rerank(
+                fused[pool], vectors, [cats[j] for j in pool.tolist()],
+                [authors[j] for j in pool.tolist()], n, rr,
+            )  # fmt: skip
+            order = pool[picked.order]
+        fused_place = np.empty(len(cand), dtype=np.int64)
+        fused_place[np.argsort(-fused, kind="stable")] = np.arange(len(cand))
         t.append(time.perf_counter())
         items = [
             Scored(
@@ -249,12 +310,15 @@ class Recommender:
                 float(cand_sims[j]),
                 {task: float(p[j]) for task, p in preds.items()},
                 cand_channels[j],
-                merged.channels[j],
+                cand_found[j],
+                prerank_score=None if pre_fused is None else float(pre_fused[j]),
+                prerank_position=None if pre_place is None else int(pre_place[j]),
+                fused_position=int(fused_place[j]),
+                rerank_position=pos,
             )
-            for j in order.tolist()
+            for pos, j in enumerate(order.tolist())
         ]
-        steps = ("user", "retrieve", "exposure", "features", "rank")
-        timings = {s: (b - a) * 1000 for s, a, b in zip(steps, t[:-1], t[1:], strict=True)}
+        timings = {s: (b - a) * 1000 for s, a, b in zip(STEPS, t[:-1], t[1:], strict=True)}
         timings["total"] = (t[-1] - t[0]) * 1000
         return Recommendation(
             user_id,
@@ -269,6 +333,13 @@ class Recommender:
             timings_ms=timings,
             candidates=_count_found(merged.channels),
             arms=dict(routed.arms) if routed is not None else {},
+            stages={
+                "merged": len(merged.ids),
+                "prerank": len(merged.ids) if pre_fused is not None else 0,
+                "rank": len(cand),
+                "rerank": len(pool) if rr.enabled else 0,
+                "returned": len(items),
+            },
         )
 
     def candidates_by_channel(self, user_id: str, k: int) -> tuple[list[Candidates], set[str]]:
@@ -319,20 +390,6 @@ def _drop(cand: Candidates, shown: set[str]) -> tuple[list[str], np.ndarray]:
     """(ids, scores) of a channel's candidates without the `shown` notes."""
     keep = [j for j, i in enumerate(cand.ids) if i not in shown]
     return [cand.ids[j] for j in keep], cand.scores[keep]
-
-
-def blend(
-    fused: np.ndarray, channels: list[str], channel: str, reserved: int, n: int
-) -> np.ndarray:
-    """Indices of the top `n` by `fused` of which at least `reserved` (as far as it has them)
-    come from `channel`: its best by `fused`, the other slots the best of the rest; the
-    chosen ones in fused order."""
-    order = np.argsort(-fused, kind="stable")
-    mine = [j for j in order.tolist() if channels[j] == channel][:reserved]
-    chosen = set(mine)
-    rest = [j for j in order.tolist() if j not in chosen][: max(0, n - len(mine))]
-    picked = np.array(mine + rest, dtype=np.int64)
-    return picked[np.argsort(-fused[picked], kind="stable")][:n]
 
 
 def _count_found(channels: list[list[str]]) -> dict[str, int]:

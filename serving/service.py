@@ -53,7 +53,8 @@ def build_service(
         socket_connect_timeout=config.redis_timeout_s,
     )
     ranker, retriever = models
-    watcher = SnapshotWatcher(snapshot_root, ranker, retriever, config)
+    preranker = config.prerank.model if config.prerank.enabled else None
+    watcher = SnapshotWatcher(snapshot_root, ranker, retriever, config, preranker)
     router = (
         ExperimentRouter(config.experiments, config, config.experiments_check_s)
         if config.experiments is not None

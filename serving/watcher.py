@@ -21,6 +21,7 @@ import numpy as np
 
 from learners.errors import LearnersError
 from learners.inference import Ranker, Retriever
+from learners.preranker import PreRanker
 from learners.snapshots import Snapshot, SnapshotNotFoundError, SnapshotReader
 from learners.subscription import Announcements
 from serving.config import ServingConfig
@@ -41,6 +42,8 @@ class ModelView:
     snapshots: dict[str, Snapshot]
     loaded_at: float
     """Wall-clock time (epoch s) the view went live."""
+    preranker: PreRanker | None = None
+    """The three-tower pre-ranker, None while it has no snapshot (or is not followed)."""
 
     @property
     def versions(self) -> dict[str, int]:
@@ -79,13 +82,22 @@ class SnapshotWatcher:
     """Keeps the newest consistent `ModelView` of the ranker and retriever snapshots."""
 
     def __init__(
-        self, root: Path | str, ranker_model: str, retriever_model: str, config: ServingConfig
+        self,
+        root: Path | str,
+        ranker_model: str,
+        retriever_model: str,
+        config: ServingConfig,
+        preranker_model: str | None = None,
     ) -> None:
         self._root = root
         self._readers = {
             "ranker": SnapshotReader(root, ranker_model),
             "retriever": SnapshotReader(root, retriever_model),
         }
+        self._optional = (
+            {"preranker": SnapshotReader(root, preranker_model)} if preranker_model else {}
+        )
+        """Models the view goes live without while they have no snapshot (the pre-ranker)."""
         self._pinned: dict[tuple, tuple[float, ModelView]] = {}
         """Views an experiment arm pins (`pinned`), by what they pin: (made at, view)."""
         self._config = config
@@ -125,6 +137,12 @@ class SnapshotWatcher:
             except (SnapshotNotFoundError, LearnersError) as exc:
                 self.last_error = str(exc)
                 return False
+            for name, reader in self._optional.items():
+                try:
+                    had = old.snapshots.get(name) if old is not None else None
+                    snaps[name] = reader.refresh(had) if had is not None else reader.latest()
+                except (SnapshotNotFoundError, LearnersError) as exc:
+                    logger.debug("no %s snapshot to serve (%s)", name, exc)
             if old is not None and {k: s.manifest.version for k, s in snaps.items()} == (
                 old.versions
             ):
@@ -132,7 +150,7 @@ class SnapshotWatcher:
             kept = {
                 k
                 for k, s in snaps.items()
-                if old is not None and s.manifest.version == old.versions[k]
+                if old is not None and s.manifest.version == old.versions.get(k)
             }
             for k in kept:
                 snaps[k] = old.snapshots[k]
@@ -142,7 +160,12 @@ class SnapshotWatcher:
             else:
                 retriever = Retriever.from_snapshot(snaps["retriever"])
                 index = _index_for(retriever, old, snaps["retriever"], self._config)
-            self._view = ModelView(ranker, retriever, index, snaps, time.time())
+            preranker = None
+            if "preranker" in kept:
+                preranker = old.preranker
+            elif "preranker" in snaps:
+                preranker = PreRanker.from_snapshot(snaps["preranker"])
+            self._view = ModelView(ranker, retriever, index, snaps, time.time(), preranker)
             self.last_error = None
             self.swaps += 1
             logger.info("serving versions %s (%d notes indexed)", self._view.versions, len(index))
@@ -186,7 +209,7 @@ class SnapshotWatcher:
             index = _index_for(retriever, None, models["retriever"], self._config)
         else:
             retriever, index = view.retriever, view.index
-        pinned = ModelView(ranker, retriever, index, snaps, time.time())
+        pinned = ModelView(ranker, retriever, index, snaps, time.time(), view.preranker)
         with self._lock:
             if len(self._pinned) >= 8:  # stale keys of older current views
                 self._pinned.pop(next(iter(self._pinned)))

@@ -10,10 +10,12 @@ import numpy as np
 from features.samples import STAT_FEATURES, SampleBatch, encode_batch
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
 from learners.export import snapshot_exports
-from learners.full import load_or_create, train_pass
+from learners.full import load_or_create, prerank_pass, train_pass
 from learners.inputs import LABEL_COLUMNS, Columns, F
 from learners.online import Message
+from learners.preranker import PreRankerConfig
 from learners.snapshots import SnapshotConfig, SnapshotWriter
+from learners.training import PreRankerState
 
 
 def true_click_probability(users: np.ndarray, notes: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -128,10 +130,11 @@ class Clock:
         return self.now
 
 
-def publish_trained(root: Path, history: int = 0) -> SnapshotConfig:
+def publish_trained(root: Path, history: int = 0, preranker: bool = False) -> SnapshotConfig:
     """Full-train both models on a small fixture and publish them (what `learn full` does);
     with `history` > 0 both read that many clicked notes (samples carry their history), else
-    they have the default configurations."""
+    they have the default configurations; with `preranker` the three-tower pre-ranker too
+    (distilled from the ranker), as model "preranker"."""
     snapshots = SnapshotConfig(root=root, delta_every_s=10, full_every_s=3600)
     configs = (RankerConfig(history=history), RetrieverConfig(history=history))
     ranker, retriever, _, _ = load_or_create(CONFIG, snapshots, *(configs if history else ()))
@@ -139,7 +142,12 @@ def publish_trained(root: Path, history: int = 0) -> SnapshotConfig:
     if history:
         cols = with_history(cols, history)
     train_pass(ranker, retriever, cols, CONFIG)
-    for name, state in (("ranker", ranker), ("retriever", retriever)):
+    states: list[tuple[str, object]] = [("ranker", ranker), ("retriever", retriever)]
+    if preranker:
+        pre = PreRankerState.create(PreRankerConfig(distill=1.0), CONFIG.embedding(16), seed=7)
+        prerank_pass(pre, cols, CONFIG, teacher=ranker)
+        states.append(("preranker", pre))
+    for name, state in states:
         tables, dense = state.full_state()
         SnapshotWriter(root, name, snapshots).publish_full(
             tables, dense, state.hwm_ms, state.meta({"offsets": {}}), snapshot_exports(state)

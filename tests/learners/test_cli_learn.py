@@ -62,7 +62,7 @@ def test_learn_full_then_online_until_end(
     done = _cli(["learn", "online", "--until-end"], settings, config)
     assert done.returncode == 0, done.stderr
     assert "1 bad messages" in done.stdout
-    for model in ("ranker", "retriever"):
+    for model in ("ranker", "retriever", "preranker"):  # learn full published all three
         snap = SnapshotReader(root, model).latest()
         assert snap.versions == (1, 2) and snap.manifest.kind == "delta"
     snap = SnapshotReader(root, "ranker").latest()

@@ -14,28 +14,28 @@ from features.exposure import ExposureConfig, ExposureWriter
 from features.history import HistoryWriter
 from infra.config import load_settings
 from infra.service import service_for
-from serving.channels import Candidates, merge
+from serving.channels import Candidates, merge_found
 from serving.config import ContextConfig
-from serving.recommender import blend
+from serving.recommender import blend_found
 from tests.learners.helpers import publish_trained
 
 
 def test_merge_takes_each_channel_quota_in_order_without_duplicates() -> None:
     a = Candidates("a", ["n1", "n2", "n3", "n4"], np.array([4.0, 3.0, 2.0, 1.0]))
     b = Candidates("b", ["n2", "n5", "n1", "n6", "n7"], np.array([0.9, 0.8, 0.7, 0.6, 0.5]))
-    ids, channels, scores = merge([a, b], [2, 3])
-    assert ids == ["n1", "n2", "n5", "n6", "n7"]  # b's n2 and n1 are a's: b takes 3 new ones
-    assert channels == ["a", "a", "b", "b", "b"]
-    np.testing.assert_allclose(scores, [4.0, 3.0, 0.8, 0.6, 0.5])
-    assert merge([a, b], [0, 1])[0] == ["n2"]
+    merged = merge_found([a, b], [2, 3], 100)
+    assert merged.ids == ["n1", "n2", "n5", "n6", "n7"]  # b's n2, n1 are a's: b takes 3 new
+    assert merged.channel == ["a", "a", "b", "b", "b"]
+    np.testing.assert_allclose(merged.scores, [4.0, 3.0, 0.8, 0.6, 0.5])
+    assert merge_found([a, b], [0, 1], 100).ids == ["n2"]
 
 
 def test_blend_reserves_slots_for_a_channel_and_keeps_the_fused_order() -> None:
     fused = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.3])
-    channels = ["t", "t", "t", "c", "c", "c"]
-    assert blend(fused, channels, "c", 0, 3).tolist() == [0, 1, 2]  # no reservation: by score
-    assert blend(fused, channels, "c", 2, 3).tolist() == [0, 5, 4]  # c's best two, in order
-    assert blend(fused, channels, "c", 5, 4).tolist() == [0, 5, 4, 3]  # c has only three
+    found = [["t"], ["t"], ["t"], ["c"], ["c"], ["c"]]
+    assert blend_found(fused, found, {"c": 0}, 3).tolist() == [0, 1, 2]  # no reservation
+    assert blend_found(fused, found, {"c": 2}, 3).tolist() == [0, 5, 4]  # c's best two, in order
+    assert blend_found(fused, found, {"c": 5}, 4).tolist() == [0, 5, 4, 3]  # c has only three
 
 
 def test_context_channel_places_a_user_by_what_they_were_shown_and_clicked(

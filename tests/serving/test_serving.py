@@ -65,7 +65,7 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
 
 @pytest.fixture
 def service(tmp_path: Path, redis_url: str):
-    publish_trained(tmp_path / "snapshots")
+    publish_trained(tmp_path / "snapshots", preranker=True)
     ns = f"t{uuid.uuid4().hex[:6]}"
     settings = load_settings(env={"REDIS_URL": redis_url}).model_copy(
         update={
@@ -75,6 +75,10 @@ def service(tmp_path: Path, redis_url: str):
             "exposure": ExposureConfig(namespace=ns),
             "feast_project": f"p{ns}",
         }
+    )
+    rerank = settings.serving.rerank.model_copy(update={"enabled": True})  # the whole funnel
+    settings = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"rerank": rerank})}
     )
     service = service_for(settings, redis_url)
     app, watcher = service.app, service.watcher
@@ -118,12 +122,24 @@ def test_api_recommends_filters_exposures_and_explains_bad_input(service, redis_
     r = client.get("/recommend", params={"user_id": "u1", "n": 10})
     assert r.status_code == 200
     body = r.json()
-    assert len(body["items"]) == 10 and body["versions"] == {"ranker": 1, "retriever": 1}
+    assert len(body["items"]) == 10
+    assert body["versions"] == {"ranker": 1, "retriever": 1, "preranker": 1}
     first = body["items"][0]
     assert {"click", "like", "completion", "watch_ms"} <= set(first["scores"])
     assert all(0 <= first["scores"][t] <= 1 for t in ("click", "like"))
-    scores = [i["score"] for i in body["items"]]
-    assert scores == sorted(scores, reverse=True)
+    # every stage's score: candidates -> pre-rank to rank_k -> rank -> fuse -> re-rank
+    stages = body["stages"]
+    rank_k = settings.serving.rank_k
+    assert stages["merged"] > rank_k and stages["prerank"] == stages["merged"]
+    assert stages["rank"] == rank_k and stages["returned"] == 10
+    items = body["items"]
+    assert [i["rerank_position"] for i in items] == list(range(10))
+    assert all(i["prerank_score"] is not None for i in items)
+    assert all(0 <= i["prerank_position"] < stages["merged"] for i in items)
+    assert all(0 <= i["fused_position"] < rank_k for i in items)
+    assert all(i["channels"] == [i["channel"]] for i in items)
+    fused_order = sorted(items, key=lambda i: i["fused_position"])
+    assert [i["score"] for i in fused_order] == sorted((i["score"] for i in items), reverse=True)
 
     writer = ExposureWriter(connect(redis_url), settings.exposure)
     shown = [i["note_id"] for i in body["items"][:3]]
@@ -163,6 +179,10 @@ def test_api_recommends_filters_exposures_and_explains_bad_input(service, redis_
     assert added("streamrec_request_latency_seconds_count", endpoint="/recommend") == 8
     assert added("streamrec_request_latency_seconds_bucket", endpoint="/recommend", le="+Inf") == 8
     assert after[("streamrec_snapshot_version", (("model", "ranker"),))] == 1
+    assert after[("streamrec_snapshot_version", (("model", "preranker"),))] == 1
+    assert added("streamrec_stage_candidates_total", stage="rank") == 2 * settings.serving.rank_k
+    assert added("streamrec_stage_candidates_total", stage="returned") == 20
+    assert added("streamrec_stage_seconds_total", stage="prerank") > 0
     assert after[("streamrec_snapshot_age_seconds", (("model", "retriever"),))] >= 0
     assert after[("streamrec_index_notes", ())] == len(watcher.current().index)
     assert "streamrec_feature_freshness_seconds NaN" in text  # the stats job never wrote
