@@ -237,7 +237,7 @@ class LearnConfig(BaseModel):
     newest this-many samples, each made before it learnt from them (held-out, following the
     stream; `learners.calibration.OffsetTracker`); 0 keeps the offsets full training fitted on
     its own log. Off by default: on the warm-up validation tails 1,000 keeps every task within
-    0.96-1.04 of the observed rate per fifth (0.84-1.16 off) but moves the offsets batch to
+    0.957-1.034 of the observed rate per fifth (0.958-1.160 off) but moves the offsets batch to
     batch, which costs the stream's pooled AUC (MovieLens like -0.017; KuaiRand click +0.009);
     docs/learning.md "Choices"."""
     admit_after: int = Field(default=ADMIT_AFTER, ge=1)
