@@ -46,12 +46,10 @@ class _Published:
         return self._snap.manifest.version
 
 
-class Ranker(_Published):
-    """Scores candidate notes for one user with the published ranker (calibrated)."""
+class _Scorer(_Published):
+    """A published multi-task model scoring notes (the ranker, the pre-ranker), in eval mode."""
 
-    state_type = RankerModelState
-
-    def __init__(self, state: RankerModelState, snap: Snapshot) -> None:
+    def __init__(self, state: Any, snap: Snapshot) -> None:
         super().__init__(state, snap)
         state.model.eval()
 
@@ -59,6 +57,12 @@ class Ranker(_Published):
     def tasks(self) -> tuple[str, ...]:
         """Task probabilities `score` returns (plus "watch_ms")."""
         return self._state.config.tasks
+
+
+class Ranker(_Scorer):
+    """Scores candidate notes for one user with the published ranker (calibrated)."""
+
+    state_type = RankerModelState
 
     def apply_delta(self, snap: Snapshot) -> None:
         """Move to a newer snapshot (only ID tables are reloaded if the base full is the same)."""

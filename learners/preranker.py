@@ -30,7 +30,7 @@ from learners.calibration import calibrate, fit_offset
 from learners.config import ID_TABLES, RANKER_TASKS
 from learners.embeddings import EmbeddingStore, IdEmbedding
 from learners.errors import ModelConfigError
-from learners.inference import Ranker, _Published
+from learners.inference import Ranker, _Scorer
 from learners.inputs import Columns, R, duration_tensor, rate_tensor, stat_tensor
 from learners.models import _ModelState
 from learners.modules import MLP, StatEmbedding
@@ -390,19 +390,10 @@ class PreRankerModelState(_ModelState):
         return res
 
 
-class PreRanker(_Published):
+class PreRanker(_Scorer):
     """Scores one user's merged candidates with the published pre-ranker (calibrated)."""
 
     state_type = PreRankerModelState
-
-    def __init__(self, state: PreRankerModelState, snap: Snapshot) -> None:
-        super().__init__(state, snap)
-        state.model.eval()
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        """Task probabilities `score` returns (plus "watch_ms")."""
-        return self._state.config.tasks
 
     @property
     def cached(self) -> int:
