@@ -153,7 +153,25 @@ class _ModelState:
         return state
 
 
-class RankerModelState(_ModelState):
+class CalibratedMeta:
+    """Snapshot meta of a model calibrated for down-sampling (the ranker, the pre-ranker): the
+    negative keep rate its click learnt under and the per-task logit offsets."""
+
+    neg_keep_rate: float
+    logit_offsets: dict[str, float]
+
+    def _own_meta(self) -> dict:
+        """The calibration rate and the logit offsets."""
+        return {"neg_keep_rate": self.neg_keep_rate, "logit_offsets": self.logit_offsets}
+
+    def restore_meta(self, snap: Snapshot) -> None:
+        """The calibration rate and the logit offsets."""
+        meta = snap.manifest.meta
+        self.neg_keep_rate = float(meta.get("neg_keep_rate", 1.0))
+        self.logit_offsets = {t: float(v) for t, v in meta.get("logit_offsets", {}).items()}
+
+
+class RankerModelState(CalibratedMeta, _ModelState):
     """The ranker (MMoE or shared-bottom), its ID tables, calibration rate and logit offsets."""
 
     kind = "ranker"
@@ -198,16 +216,6 @@ class RankerModelState(_ModelState):
             res[t] = p.numpy().astype(np.float64)
         res["watch_ms"] = (torch.exp(watch_logit) * self.config.watch_unit_ms).numpy()
         return res
-
-    def _own_meta(self) -> dict:
-        """The calibration rate and the logit offsets."""
-        return {"neg_keep_rate": self.neg_keep_rate, "logit_offsets": self.logit_offsets}
-
-    def restore_meta(self, snap: Snapshot) -> None:
-        """The calibration rate and the logit offsets."""
-        meta = snap.manifest.meta
-        self.neg_keep_rate = float(meta.get("neg_keep_rate", 1.0))
-        self.logit_offsets = {t: float(v) for t, v in meta.get("logit_offsets", {}).items()}
 
 
 class RetrieverModelState(_ModelState):

@@ -32,9 +32,8 @@ from learners.embeddings import EmbeddingStore, IdEmbedding
 from learners.errors import ModelConfigError
 from learners.inference import Ranker, _Scorer
 from learners.inputs import Columns, R, duration_tensor, rate_tensor, stat_tensor
-from learners.models import _ModelState
+from learners.models import CalibratedMeta, _ModelState
 from learners.modules import MLP, StatEmbedding
-from learners.snapshots import Snapshot
 
 WATCH = "watch"
 """The watch-time task, as the ranker's (logit z, sigmoid(z) against t / (1 + t))."""
@@ -296,7 +295,7 @@ def teacher_probabilities(ranker: Ranker | object, cols: Columns) -> dict[str, n
     return {**pred, WATCH: units / (1.0 + units)}
 
 
-class PreRankerModelState(_ModelState):
+class PreRankerModelState(CalibratedMeta, _ModelState):
     """The pre-ranker, its ID tables, calibration rate, and the item tower's cached outputs."""
 
     kind = "preranker"
@@ -313,16 +312,6 @@ class PreRankerModelState(_ModelState):
         """Per task, a scalar added to its logit (`fit_offsets`, as the ranker's)."""
         self._items: dict[str, torch.Tensor] = {}
         """Note -> its item tower output (cleared whenever the model may have changed)."""
-
-    def _own_meta(self) -> dict:
-        """The calibration rate and the logit offsets."""
-        return {"neg_keep_rate": self.neg_keep_rate, "logit_offsets": self.logit_offsets}
-
-    def restore_meta(self, snap: Snapshot) -> None:
-        """The calibration rate and the logit offsets."""
-        meta = snap.manifest.meta
-        self.neg_keep_rate = float(meta.get("neg_keep_rate", 1.0))
-        self.logit_offsets = {t: float(v) for t, v in meta.get("logit_offsets", {}).items()}
 
     def clear_cache(self) -> None:
         """Forget the cached item tower outputs (after any change to the model)."""

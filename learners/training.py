@@ -104,6 +104,15 @@ class _State:
     store: EmbeddingStore
     hwm_ms: int = 0
 
+    def full_state(self) -> tuple[dict[str, TableRows], dict[str, np.ndarray]]:
+        """Tables and dense arrays of a full snapshot."""
+        tables, extra = self.store.export()
+        return tables, {**dense_state(self.model), **extra}
+
+    def changed(self) -> dict[str, TableRows]:
+        """Rows changed since the last `clear_changed` (a delta)."""
+        return self.store.changed()
+
     def delta_meta(self, changed: dict[str, TableRows]) -> dict:
         """Meta a delta of `changed` rows carries beyond them (none by default)."""
         del changed  # the base model has nothing to add
@@ -215,15 +224,6 @@ class RankerState(_State, RankerModelState):
             w = inverse if weighted else torch.ones_like(inverse)  # (B,)
             self.logit_offsets[t] = fit_offset(z, torch.from_numpy(cols.labels[t]), w)
         return dict(self.logit_offsets)
-
-    def full_state(self) -> tuple[dict[str, TableRows], dict[str, np.ndarray]]:
-        """Tables and dense arrays of a full snapshot."""
-        tables, extra = self.store.export()
-        return tables, {**dense_state(self.model), **extra}
-
-    def changed(self) -> dict[str, TableRows]:
-        """Rows changed since the last `clear_changed` (a delta)."""
-        return self.store.changed()
 
 
 class RetrieverState(_State, RetrieverModelState):
@@ -424,12 +424,3 @@ class PreRankerState(_State, PreRankerModelState):
         self.model.train(was)
         self.logit_offsets = fit_offsets(logits, cols, self.config.tasks, self.config.calibrated)
         return dict(self.logit_offsets)
-
-    def full_state(self) -> tuple[dict[str, TableRows], dict[str, np.ndarray]]:
-        """Tables and dense arrays of a full snapshot."""
-        tables, extra = self.store.export()
-        return tables, {**dense_state(self.model), **extra}
-
-    def changed(self) -> dict[str, TableRows]:
-        """Rows changed since the last `clear_changed` (a delta)."""
-        return self.store.changed()
