@@ -3,21 +3,20 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import numpy as np
 import redis
 from fastapi.testclient import TestClient
 
-from features.exposure import ExposureConfig, ExposureWriter
+from features.exposure import ExposureWriter
 from features.history import HistoryWriter
-from infra.config import load_settings
 from infra.service import service_for
 from serving.channels import Candidates, merge_found
 from serving.config import ContextConfig
 from serving.recommender import blend_found
 from tests.learners.helpers import publish_trained
+from tests.serving.helpers import serving_settings
 
 
 def test_merge_takes_each_channel_quota_in_order_without_duplicates() -> None:
@@ -42,15 +41,7 @@ def test_context_channel_places_a_user_by_what_they_were_shown_and_clicked(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
     publish_trained(tmp_path / "snapshots")
-    ns = f"t{uuid.uuid4().hex[:6]}"
-    base = load_settings(env={})
-    settings = load_settings(env={"REDIS_URL": redis_url}).model_copy(
-        update={
-            "snapshots": base.snapshots.model_copy(update={"root": tmp_path / "snapshots"}),
-            "exposure": ExposureConfig(namespace=ns),
-            "feast_project": f"p{ns}",
-        }
-    )
+    settings = serving_settings(tmp_path / "snapshots", redis_url)
     service = service_for(settings, redis_url)
     service.watcher.refresh()
     client = TestClient(service.app)

@@ -13,10 +13,8 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from features.exposure import ExposureConfig
 from features.history import HistoryWriter
 from features.neighbours import FreshNote, NeighbourStore
-from infra.config import load_settings
 from infra.service import service_for
 from serving.channels import (
     AuthorChannel,
@@ -29,6 +27,7 @@ from serving.channels import (
 from serving.config import ChannelsConfig
 from serving.recommender import blend_found
 from tests.learners.helpers import publish_trained
+from tests.serving.helpers import serving_settings
 
 SIDE = {"h1": ("a1", "c1"), "h2": ("a2", "c2"), "h3": ("a1", "c1")}
 
@@ -130,15 +129,7 @@ def test_recommend_reports_the_channels_that_found_each_item(
     """ItemCF neighbours of the user's clicks reach /recommend with their channels; a fresh
     note gets its reserved slot; the counters per channel count them."""
     publish_trained(tmp_path / "snapshots")
-    ns = f"t{uuid.uuid4().hex[:6]}"
-    base = load_settings(env={})
-    settings = load_settings(env={"REDIS_URL": redis_url}).model_copy(
-        update={
-            "snapshots": base.snapshots.model_copy(update={"root": tmp_path / "snapshots"}),
-            "exposure": ExposureConfig(namespace=ns),
-            "feast_project": f"p{ns}",
-        }
-    )
+    settings = serving_settings(tmp_path / "snapshots", redis_url)
     service = service_for(settings, redis_url)
     service.watcher.refresh()
     view = service.watcher.current()

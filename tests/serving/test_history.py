@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import numpy as np
 import redis
 from fastapi.testclient import TestClient
 
-from features.exposure import ExposureConfig
 from features.history import HistoryWriter
 from features.samples import STAT_FEATURES
 from infra.config import load_settings
 from infra.service import service_for
 from serving.config import ContextConfig
 from tests.learners.helpers import publish_trained
+from tests.serving.helpers import serving_settings
 
 LENGTH = 5
 
@@ -24,16 +23,12 @@ def test_recommend_passes_the_stored_history_to_both_models(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
     publish_trained(tmp_path / "snapshots", history=LENGTH)
-    ns = f"t{uuid.uuid4().hex[:6]}"
     base = load_settings(env={})
-    settings = load_settings(env={"REDIS_URL": redis_url}).model_copy(
-        update={
-            "snapshots": base.snapshots.model_copy(update={"root": tmp_path / "snapshots"}),
-            "exposure": ExposureConfig(namespace=ns),
-            "feast_project": f"p{ns}",
-            # The two-tower channel alone: every item's retrieval score is the user tower's.
-            "serving": base.serving.model_copy(update={"context": ContextConfig(enabled=False)}),
-        }
+    settings = serving_settings(
+        tmp_path / "snapshots",
+        redis_url,
+        # The two-tower channel alone: every item's retrieval score is the user tower's.
+        serving=base.serving.model_copy(update={"context": ContextConfig(enabled=False)}),
     )
     service = service_for(settings, redis_url)
     service.watcher.refresh()
