@@ -2,10 +2,12 @@
 
 Feast's `push` converts every value to a protobuf object in Python and reads each entity's stored
 timestamp before writing it (about 7k rows/s here). This writer produces the same Redis keys,
-hash fields and value bytes - entity keys through Feast's own `serialize_entity_key` (cached per
-id), field names through Feast's own `_mmh3`, values in the protobuf wire format of `ValueProto`
-(int64_val, double_val) and the `_ts:<view>` field with Feast's `Timestamp` - but encodes whole
-columns with numpy and sends one pipelined round trip per call, built as raw Redis protocol.
+hash fields and value bytes - entity keys in the bytes of Feast's own `serialize_entity_key`
+(version 3, one string join key: built directly, ~18x cheaper than through its protobuf objects,
+and not cached, so millions of ids cost no memory here), field names through Feast's own
+`_mmh3`, values in the protobuf wire format of `ValueProto` (int64_val, double_val) and the
+`_ts:<view>` field with Feast's `Timestamp` - but encodes whole columns with numpy and sends one
+pipelined round trip per call, built as raw Redis protocol.
 `tests/features/test_online_writer.py` proves the bytes identical to `store.push()`'s, on a single
 Redis and on a Redis Cluster (where Feast's `redis_cluster` store writes the same keys; this
 writer splits each batch by the node that holds the keys' slots, `features.redis_conn.route`).
@@ -17,14 +19,13 @@ would also decide - at one round trip instead of two.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import numpy as np
 import redis
-from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.protos.feast.types.Value_pb2 import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from features.errors import FeaturesError
@@ -32,7 +33,18 @@ from features.redis_conn import Client, command_client, is_cluster, refresh_slot
 from features.schema import ENTITY_KEY, feature_types
 
 _INT64_TAG, _DOUBLE_TAG = 0x20, 0x29  # ValueProto fields 4 (varint) and 5 (fixed64)
+STRING = ValueType.STRING
 _CRLF = np.frombuffer(b"\r\n", dtype=np.uint8)
+
+
+_U32 = struct.Struct("<I")
+
+
+def _key_head(join_key: str) -> bytes:
+    """`serialize_entity_key` (version 3) of one string join key, up to the value's length:
+    the key count, the key (type, length, name) and the value's type."""
+    name = join_key.encode()
+    return _U32.pack(1) + _U32.pack(STRING) + _U32.pack(len(name)) + name + _U32.pack(STRING)
 
 
 _SHIFTS = np.arange(10, dtype=np.uint64) * np.uint64(7)
@@ -135,13 +147,12 @@ class OnlineWriter:
         client: Client,
         project: str,
         key_ttl_seconds: int | None = None,
-        cache_size: int = 1_000_000,
     ) -> None:
         self._client = client
         self._project = project.encode()
         self._ttl = key_ttl_seconds
-        self._cache_size = cache_size
-        self._keys: dict[tuple[str, str], bytes] = {}
+        self._key_heads = {view: _key_head(join_key) for view, join_key in ENTITY_KEY.items()}
+        """View -> the bytes of its serialized entity key before the id's length."""
         self._conns: dict[int, tuple[redis.Redis, redis.connection.AbstractConnection, int]] = {}
         """Per node client: its connection and the replies outstanding on it."""
         self._after: list[tuple[object, ...]] = []
@@ -159,17 +170,20 @@ class OnlineWriter:
 
     def redis_key(self, view: str, entity_id: str) -> bytes:
         """Feast's Redis key of an entity (serialized entity key + project)."""
-        cached = self._keys.get((view, entity_id))
-        if cached is None:
-            proto = EntityKeyProto(
-                join_keys=[ENTITY_KEY[view]], entity_values=[ValueProto(string_val=entity_id)]
+        head = self._key_heads.get(view)
+        if head is None:
+            raise FeaturesError(
+                f"unknown feature view {view!r}; expected one of {list(ENTITY_KEY)}"
             )
-            cached = serialize_entity_key(proto, entity_key_serialization_version=3)
-            cached += self._project
-            if len(self._keys) >= self._cache_size:
-                self._keys.clear()
-            self._keys[(view, entity_id)] = cached
-        return cached
+        value = entity_id.encode()
+        return head + _U32.pack(len(value)) + value + self._project
+
+    def redis_keys(self, view: str, entity_ids: Sequence[str]) -> list[bytes]:
+        """Feast's Redis keys of entities of one view (`redis_key` of each)."""
+        if view not in self._key_heads:
+            return [self.redis_key(view, i) for i in entity_ids]  # raises for the view
+        head, pack, project = self._key_heads[view], _U32.pack, self._project
+        return [head + pack(len(v)) + v + project for v in (i.encode() for i in entity_ids)]
 
     def _check(self, view: str, columns: dict[str, np.ndarray]) -> dict[str, bytes]:
         """The view's hash fields; raises for an unknown view or missing columns."""
@@ -193,7 +207,7 @@ class OnlineWriter:
         stamp.FromMilliseconds(int(event_ts_ms))
         ts_pair = _bulk(b"_ts:" + view.encode()) + _bulk(stamp.SerializeToString())
         argc = b"*%d\r\n$4\r\nHSET\r\n" % (2 + 2 * (len(fields) + 1))
-        keys = [self.redis_key(view, i) for i in entity_ids]
+        keys = self.redis_keys(view, entity_ids)
         heads = [argc + _bulk(k) + ts_pair for k in keys]
         width = max(len(h) for h in heads)
         head_data = np.frombuffer(b"".join(h.ljust(width, b"\0") for h in heads), dtype=np.uint8)
@@ -248,7 +262,7 @@ class OnlineWriter:
             self.send_encoded(self.encode(view, entity_ids, columns, event_ts_ms), len(entity_ids))
             return
         self._check(view, columns)
-        keys = [self.redis_key(view, i) for i in entity_ids]
+        keys = self.redis_keys(view, entity_ids)
         for node, idx in route(self._client, keys):
             at = np.asarray(idx)
             part = {name: np.asarray(values)[at] for name, values in columns.items()}

@@ -13,6 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from features.errors import FeaturesError
 from features.online_writer import OnlineWriter
@@ -71,6 +74,24 @@ def test_writer_bytes_equal_feast_push(store, redis_client: redis.Redis, view: s
     assert online_features(store, view, ids) == read_push
     assert read_push[next(iter(cols))] == [int(v) for v in cols[next(iter(cols))]]
     redis_client.delete(*keys)
+
+
+@pytest.mark.parametrize("view", ["user_stats", "note_stats"])
+def test_redis_keys_are_feasts_serialized_entity_keys(view: str) -> None:
+    ids = ["u1", "", "n" * 300, "n\u00f1ot\u00e9\u2192\U0001f600", "a:b c"]
+    writer = OnlineWriter(redis.Redis(), "proj")
+    expected = [
+        serialize_entity_key(
+            EntityKeyProto(join_keys=[ENTITY_KEY[view]], entity_values=[ValueProto(string_val=i)]),
+            entity_key_serialization_version=3,
+        )
+        + b"proj"
+        for i in ids
+    ]
+    assert writer.redis_keys(view, ids) == expected
+    assert [writer.redis_key(view, i) for i in ids] == expected
+    with pytest.raises(FeaturesError, match="unknown feature view"):
+        writer.redis_keys("nope", ids)
 
 
 def test_later_write_replaces_earlier(store, redis_client: redis.Redis) -> None:
