@@ -15,12 +15,15 @@ work without the bulk of Redis: every flush's rows are derived and encoded in Re
 `OnlineWriter` and its offline-log rows built as Arrow tables (not written); the rows of one
 entity in `--redis-sample` are really written to Redis (DB 12, a project of its own; its keys
 deleted at the end, the DB never flushed), and `MEMORY USAGE` of those keys gives the online
-store's bytes per entity.
+store's bytes per entity. The sink reports its write time to the flush pacer
+(`streams.pacing`) as the online sink does.
 
-Per world: events/s (wall of the dataflow), peak RSS (VmHWM) and RSS per entity, the tile
+Per world: events/s (wall of the dataflow), events per CPU-second (and the system and
+garbage-collection shares), peak RSS (VmHWM) and RSS per entity, the tile
 stores' own bytes per entity (live and offline-log stores, their `nbytes`), the recovery
 snapshot (the shards' states pickled at the end of the run) per entity, Redis bytes per
-entity; then the ratio of each world's events/s to the smallest world's, a projection of
+entity; then the ratio of each world's events/s to the smallest world's, the bytes per key of
+the sample joiner's and the co-click job's state (tracemalloc), a projection of
 processes and memory for 10M and 110M entities, and a PNG of the costs against entities
 (`--out`, default bench/out/scale.png).
 """
@@ -56,6 +59,7 @@ from features.online_writer import OnlineWriter
 from features.schema import FeatureConfig, derive
 from streams.events import Event, encode_event
 from streams.kafka_io import RawBatch
+from streams.pacing import PACER
 from streams.stats import StatsFlush
 
 console = Console()
@@ -161,6 +165,7 @@ class _Part(StatefulSinkPartition):
         self.sample, self.report = sample, report
 
     def write_batch(self, items: list) -> None:
+        start = time.perf_counter()
         for flush in items:
             if flush.ids:
                 self._online(flush)
@@ -170,6 +175,7 @@ class _Part(StatefulSinkPartition):
                 offline_rows(flush.view, log.ids, columns, log.ts, log.created_ms)
                 self.report["log_rows"] += len(log.ids)
         self.writer.collect()
+        PACER.record(time.perf_counter() - start)  # flushes wait longer as the sink does
 
     def _online(self, flush: StatsFlush) -> None:
         """Encode every row as the online sink does; send the sampled entities' rows."""
@@ -254,9 +260,21 @@ def child(path: Path, events: int, redis_url: str, sample: int) -> dict:
     )
     gc.collect()
     base = _rss_bytes()
-    start, cpu = time.perf_counter(), time.process_time()
+    collecting = {"s": 0.0, "at": 0.0}
+
+    def gc_timer(phase: str, info: dict) -> None:
+        del info  # only the phase matters
+        if phase == "start":
+            collecting["at"] = time.perf_counter()
+        else:
+            collecting["s"] += time.perf_counter() - collecting["at"]
+
+    gc.callbacks.append(gc_timer)
+    start, cpu, sys_cpu = time.perf_counter(), time.process_time(), os.times().system
     run_main(flow)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    sys_cpu = os.times().system - sys_cpu
+    gc.callbacks.remove(gc_timer)
     peak = report.get("hwm_before_snapshots", _hwm_bytes())
     client = redis.Redis.from_url(redis_url)
     writer = OnlineWriter(client, project)
@@ -279,6 +297,9 @@ def child(path: Path, events: int, redis_url: str, sample: int) -> dict:
         "wall_s": wall,
         "events_per_s": events / wall,
         "events_per_cpu_s": events / cpu,
+        "cpu_s": cpu,
+        "sys_cpu_s": sys_cpu,
+        "gc_s": collecting["s"],
         "entities": entities,
         "log_entities": sum(s["log_entities"] for s in shards),
         "base_rss": base,
@@ -326,6 +347,44 @@ def joiner_keys(n: int = 20_000) -> dict[str, float]:
         "open impression (all its state)": opened / n,
         "  of which its user's point-in-time tiles": sum(parts.values()) / len(store),
         "click attached + user history (20 max)": (clicked - opened) / n,
+    }
+
+
+def coclick_keys(n: int = 20_000, clicks: int = 5) -> dict[str, float]:
+    """Bytes per key of the co-click (ItemCF/Swing) job's state, by tracemalloc over its own
+    step logic: n notes seen (first-seen time, the fresh index, their author's newest notes),
+    then n users clicking `clicks` of them each (the click graph: the user's kept notes, the
+    note's clickers with their click times). The lists themselves live in Redis."""
+    import tracemalloc
+
+    from streams.config import CoClickConfig
+    from streams.itemcf import ClickGraph, CoClickLogic, CoClickState
+    from streams.itemcf import Part as CoClickPart
+
+    cfg = CoClickConfig()
+    seen = [(f"n{i}", START_MS + i, False, f"a{i // 10}", "c") for i in range(n)]
+    rng = np.random.default_rng(3)
+    picks = rng.integers(0, n, size=(n, clicks)).tolist()
+    clicked = [(f"u{u}", f"n{j}", START_MS + n + u) for u in range(n) for j in picks[u]]
+    logic = CoClickLogic(CoClickState(ClickGraph(cfg.user_window)), cfg, recoverable=False)
+    gc.collect()
+    tracemalloc.start()
+    logic.apply(CoClickPart([], seen, START_MS + n))
+    logic.refresh()  # the change sets are emptied, as each recomputation does
+    gc.collect()
+    after_seen = tracemalloc.get_traced_memory()[0]
+    logic.apply(CoClickPart(clicked, [], START_MS + 2 * n))
+    st = logic.state
+    st.graph.dirty, st.graph.renormed = set(), set()  # as taken by a recomputation
+    gc.collect()
+    after_clicks = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    edges = sum(len(v) for v in st.graph.user_notes.values())
+    return {
+        "note seen (first seen, fresh index, author's newest)": after_seen / n,
+        f"user with {clicks} clicked notes (graph, both directions)": (after_clicks - after_seen)
+        / n,
+        "  per click kept in the graph": (after_clicks - after_seen) / edges,
     }
 
 
@@ -482,7 +541,8 @@ def main(
         "entities",
         "events/s",
         "events/CPU-s",
-        "x smallest",
+        "x smallest (wall)",
+        "x smallest (CPU)",
         "peak RSS",
         "RSS/entity",
         "(RSS-base)/entity",
@@ -498,6 +558,7 @@ def main(
             f"{e:,}",
             f"{r['events_per_s']:,.0f}",
             f"{r['events_per_cpu_s']:,.0f}",
+            f"{r['events_per_s'] / first['events_per_s']:.2f}",
             f"{r['events_per_cpu_s'] / first['events_per_cpu_s']:.2f}",
             f"{r['peak_rss'] / 2**20:,.0f} MB",
             f"{r['peak_rss'] / e:,.0f} B",
@@ -514,7 +575,8 @@ def main(
             f"{r['sums_bytes'] / e:,.0f} B, index {r['index_bytes'] / e:,.0f} B per entity "
             f"(live + offline-log stores); {r['online_rows']:,.0f} online rows, "
             f"{r['log_rows']:,.0f} log rows, {r['dead_letters']:.0f} dead letters; "
-            f"base RSS {r['base_rss'] / 2**20:,.0f} MB"
+            f"base RSS {r['base_rss'] / 2**20:,.0f} MB; CPU {r['cpu_s']:,.1f} s (system "
+            f"{r['sys_cpu_s']:,.1f} s, garbage collection {r['gc_s']:,.1f} s of wall)"
         )
     proj = Table(title=f"projection (one process = {process_gb:g} GB; slope of the largest worlds)")
     for col in ("entities", "processes", "job memory", "snapshots", "Redis"):
@@ -537,6 +599,12 @@ def main(
     for name, size in joiner_keys().items():
         keys.add_row(name, f"{size:,.0f}")
     console.print(keys)
+    cf = Table(title="co-click job (ItemCF/Swing): bytes per key (tracemalloc, 20k notes/users)")
+    cf.add_column("state")
+    cf.add_column("bytes", justify="right")
+    for name, size in coclick_keys().items():
+        cf.add_row(name, f"{size:,.0f}")
+    console.print(cf)
     console.print("exposure job: no keyed state (Bloom bits live in Redis); 0 B per key in the job")
 
 
