@@ -91,11 +91,16 @@ class FeaturesResponse(BaseModel):
 
 
 class NoteResponse(BaseModel):
-    """Whether a note is in the retrieval index."""
+    """Whether a note is in the retrieval index (and, for a user, which channels propose it)."""
 
     note_id: str
     in_index: bool
     retriever_version: int
+    channels: list[str] = []
+    """With `user_id`: the retrieval channels whose best `k` candidates for the user hold the
+    note (before the exposure filter; empty without `user_id`)."""
+    shown: bool | None = None
+    """With `user_id`: whether the user was shown the note (the exposure filter drops it)."""
 
 
 class Metrics:
@@ -338,15 +343,29 @@ def create_app(
         )
 
     @app.get("/notes/{note_id}", response_model=NoteResponse)
-    def note(note_id: Annotated[str, Path(min_length=1, max_length=256)]) -> NoteResponse:
+    def note(
+        note_id: Annotated[str, Path(min_length=1, max_length=256)],
+        user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+        k: Annotated[int, Query(ge=1, le=10_000)] = max(recommender.config.channels.fresh, 1),
+    ) -> NoteResponse:
+        """Whether the retrieval index holds the note; with `user_id`, which channels' best `k`
+        candidates for the user hold it (default `k`: the fresh channel's quota, what the merge
+        takes from it for a user who was shown none of them)."""
         try:
             view = watcher.current()
+            found, shown = recommender.candidates_by_channel(user_id, k) if user_id else ([], set())
         except NotReadyError as exc:
             raise HTTPException(503, str(exc)) from None
+        except DependencyError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        except (redis.RedisError, OSError) as exc:
+            raise HTTPException(503, f"Redis: {exc}", headers={"Retry-After": "1"}) from None
         return NoteResponse(
             note_id=note_id,
             in_index=note_id in view.index,
             retriever_version=view.versions["retriever"],
+            channels=[c.channel for c in found if note_id in c.ids],
+            shown=note_id in shown if user_id else None,
         )
 
     @app.get("/healthz")

@@ -32,6 +32,7 @@ from infra.demo.probes import (
     Client,
     check_new_notes,
     exposure_probe,
+    fresh_probe,
     new_note_events,
     probe_plan,
     quality,
@@ -194,9 +195,9 @@ def _run(config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, repor
     """Jobs, history, full training, then online learning and serving for the live phase."""
     conf = ["--config", str(cfg_path)]
     topic = run.kafka.topics.interactions
-    for job in ("stats", "exposure", "samples", "experiments"):
+    for job in ("stats", "exposure", "samples", "experiments", "itemcf"):
         jobs.start(job, _cli("run", job, *conf))
-    console.print("started the stats, exposure, sample and experiments jobs")
+    console.print("started the stats, exposure, sample, experiments and co-click jobs")
 
     gap_ms = 1000.0 / config.event_rate * 10  # ~10 events per request in the synthetic world
     world = SyntheticConfig(
@@ -300,8 +301,10 @@ def _live(
             exposure_probe(client, exposure, probe_producer, topic, users, rng, report)
         else:
             note = f"new{len(new_notes)}-{uuid.uuid4().hex[:4]}"
+            t0 = time.monotonic()
             new_note_events(probe_producer, topic, note, users, rng)
-            new_notes[note] = time.monotonic()
+            new_notes[note] = t0
+            fresh_probe(client, note, t0, report)
         check_new_notes(client, new_notes, report)
         time.sleep(max(0.0, (deadline - time.monotonic()) / max(1, len(probes))) * 0.5)
     while new_notes and time.monotonic() < deadline + 30:

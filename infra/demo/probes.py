@@ -4,9 +4,10 @@
 - `sample_freshness`: once a second, now minus the stats and exposure high-water marks and the
   age of the newest ranker snapshot;
 - `exposure_probe`: one impression of a recommended note, timed until `/recommend` drops it;
-- `new_note_events` / `check_new_notes`: a brand-new note's first events, timed until the
-  retrieval index holds it;
-- `quality`: category lift of recommendations against the synthetic ground truth.
+- `new_note_events` / `fresh_probe` / `check_new_notes`: a brand-new note's first events, timed
+  until the fresh channel proposes it and until the retrieval index holds it;
+- `quality`: category lift of recommendations against the synthetic ground truth, overall and
+  per retrieval channel (with each channel's share of the recommendations).
 """
 
 from __future__ import annotations
@@ -58,6 +59,30 @@ class Client:
         except httpx.HTTPError:
             return False
         return r.status_code == 200 and bool(r.json().get("in_index"))
+
+    def note_channels(self, note_id: str, user_id: str) -> list[str]:
+        """The retrieval channels whose best candidates for `user_id` hold `note_id` (as many
+        as the merge takes from the fresh channel: its quota)."""
+        try:
+            r = self.http.get(f"/notes/{note_id}", params={"user_id": user_id})
+        except httpx.HTTPError:
+            return []
+        return r.json().get("channels", []) if r.status_code == 200 else []
+
+    def channel_items(self) -> dict[str, float]:
+        """Channel -> notes /recommend returned from it so far (the API's counters)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            text = self.http.get("/metrics").text
+        except httpx.HTTPError:
+            return {}
+        return {
+            s.labels["channel"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "streamrec_channel_items_total" and s.value
+        }
 
     def ready(self) -> bool:
         """Serving answers /readyz with 200 (snapshots loaded, Redis answers)."""
@@ -164,6 +189,22 @@ def new_note_events(producer, topic, note: str, users, rng) -> None:
     producer.flush(10)
 
 
+def fresh_probe(
+    client: Client, note: str, t0: float, report: DemoReport, timeout_s: float = 15.0
+) -> None:
+    """Time from a new note's first event (produced at monotonic `t0`) until the fresh channel
+    proposes it to a user without history (`/notes/{id}?user_id=`: among the candidates the
+    merge takes from the fresh channel, which the pre-ranker keeps and for whose best the
+    answer reserves slots), polled every 50 ms."""
+    user = f"probe-{uuid.uuid4().hex[:8]}"  # no clicks: the fresh notes least shown come first
+    while time.monotonic() - t0 < timeout_s:
+        if "fresh" in client.note_channels(note, user):
+            report.fresh_delays_s.append(time.monotonic() - t0)
+            return
+        time.sleep(0.05)
+    report.fresh_missing += 1
+
+
 def check_new_notes(client: Client, pending: dict[str, float], report: DemoReport) -> None:
     """Record the delay of every pending new note now in the index and drop it from `pending`."""
     for note, t0 in list(pending.items()):
@@ -191,6 +232,10 @@ def quality(client: Client, report: DemoReport, sample_log: Path | None = None) 
     drawn = rng.choice(len(interest["user_id"]), size=50, replace=False).tolist()
     lift = _Lift(client, interest, notes)
     report.category_lift, report.oracle_lift = lift.of(drawn, report, record=True)
+    report.channels = lift.by_channel()
+    for channel, count in client.channel_items().items():
+        report.channels.setdefault(channel, {"share": 0.0, "lift": float("nan"), "items": 0})
+        report.channels[channel]["answered"] = count
     if sample_log is not None:
         from features.samples import read_sample_log
 
@@ -209,6 +254,25 @@ class _Lift:
         self.client, self.interest = client, interest
         self.category = dict(zip(notes["note_id"], notes["category"], strict=True))
         self.note_cats = np.array([int(c[1:]) for c in notes["category"]])
+        self.items: list[tuple[str, float | None, float]] = []
+        """(channel, true interest of the note or None for a note not in the truth, the
+        user's mean interest) of every recommended item of a recorded `of`."""
+
+    def by_channel(self) -> dict[str, dict]:
+        """Channel -> share of the recorded items, their interest lift (mean true interest of
+        the channel's notes over the mean interest of a random category for the same users)
+        and the item count."""
+        out = {}
+        for channel in sorted({c for c, _, _ in self.items}):
+            mine = [(i, b) for c, i, b in self.items if c == channel]
+            known = [(i, b) for i, b in mine if i is not None]
+            lift = (
+                float(np.mean([i for i, _ in known]) / np.mean([b for _, b in known]))
+                if known
+                else float("nan")
+            )
+            out[channel] = {"share": len(mine) / len(self.items), "lift": lift, "items": len(mine)}
+        return out
 
     def of(self, users: list[int], report: DemoReport, record: bool) -> tuple[float, float]:
         """(lift, oracle lift) over `users` (rows of the truth); with `record` the history
@@ -218,6 +282,11 @@ class _Lift:
             user, weights = self.interest["user_id"][u], np.asarray(self.interest["interest"][u])
             answer = self.client.recommend(user)
             recommended = [i for i in ids(answer) if i in self.category]
+            if record:
+                for item in (answer or {}).get("items", []):
+                    cat = self.category.get(item["note_id"])
+                    mine = None if cat is None else float(weights[int(cat[1:])])
+                    self.items.append((item.get("channel", "two_tower"), mine, weights.mean()))
             if not recommended:
                 continue
             hits.append(np.mean([weights[int(self.category[i][1:])] for i in recommended]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 from pathlib import Path
@@ -137,6 +138,12 @@ def test_report_summary_plots_and_table(tmp_path: Path) -> None:
         active_lift=2.5,
         active_oracle_lift=5.0,
         history_notes=[0, 20, 20],
+        fresh_delays_s=[1.2, 6.0],
+        fresh_missing=1,
+        channels={
+            "two_tower": {"share": 0.75, "lift": 2.5, "items": 30, "answered": 90},
+            "fresh": {"share": 0.25, "lift": float("nan"), "items": 10, "answered": 10},
+        },
         examples=[
             {
                 "user_id": "u1",
@@ -148,7 +155,8 @@ def test_report_summary_plots_and_table(tmp_path: Path) -> None:
     s = report.summary()
     assert s["warm_events"] == 10 and s["latencies_ms"] == {"n": 3, "p50": 2.0, "p99": 2.98}
     assert s["feature_lag_ms"] == {"n": 0, "p50": None, "p99": None}
-    json.dumps(s)
+    assert s["fresh_delays_s"]["n"] == 2 and s["channels"]["fresh"]["lift"] is None
+    json.dumps(s, allow_nan=False)
     (path,) = write_plots(report, tmp_path)
     assert path.stat().st_size > 0
     console = Console(record=True, width=160)
@@ -156,6 +164,9 @@ def test_report_summary_plots_and_table(tmp_path: Path) -> None:
     text = console.export_text()
     assert "p50 2.0 ms" in text and "1.50x (oracle knowing the truth 6.25x)" in text
     assert "n1" in text and "p50 20.0 notes" in text and "2.50x (oracle 5.00x)" in text
+    assert "1 of 3 within 5 s" in text
+    assert re.search(r"two_tower +75.0 % +2.50x +30 +90.0 %", text), text
+    assert re.search(r"fresh +25.0 % +nanx +10 +10.0 %", text), text
 
 
 def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
@@ -187,7 +198,16 @@ def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
     # Every probed impression left /recommend and never came back once the filter had it.
     assert len(report.exposure_delays_s) >= 3
     assert report.exposure_violations == 0
-    # Every brand-new note reached the retrieval index through joiner -> learner -> snapshot.
+    # Every brand-new note reached the fresh channel from its first events (the co-click job's
+    # fresh list, issue 15: within 5 s), and later the retrieval index through joiner ->
+    # learner -> snapshot.
+    assert len(report.fresh_delays_s) == 3 and report.fresh_missing == 0
+    assert max(report.fresh_delays_s) < 5
+    # Every returned note counted under the channel it came from; fresh notes have their share.
+    assert sum(d["share"] for d in report.channels.values()) == pytest.approx(1.0)
+    assert {"two_tower", "fresh"} <= set(report.channels)
+    assert report.channels["fresh"]["share"] > 0 and report.channels["fresh"]["answered"] > 0
+    assert np.isfinite(report.channels["two_tower"]["lift"])
     assert len(report.new_note_delays_s) == 3 and report.new_notes_missing == 0
     assert max(report.new_note_delays_s) < 60
     assert report.latencies_ms and report.errors == 0
