@@ -105,15 +105,28 @@ def wait_for(
         time.sleep(every)
 
 
-def demo_settings(run_id: str, run_dir: Path, base: Settings, config: DemoConfig) -> dict:
+JOBS = ("stats", "exposure", "samples", "experiments", "itemcf")
+"""The stream jobs a demo runs (`streamrec run JOB`)."""
+
+
+def demo_settings(
+    run_id: str,
+    run_dir: Path,
+    base: Settings,
+    config: DemoConfig,
+    metrics_ports: dict[str, int] | None = None,
+) -> dict:
     """The settings file of one demo run: its own topics, project, namespace and data directory.
 
     Every file of the run (Feast registry and offline log, sample log, snapshots, recovery
-    stores) is derived from its data directory `run_dir`.
+    stores) is derived from its data directory `run_dir`; `metrics_ports` (process -> port of
+    its metrics endpoint) become the targets of the API's /dashboard.
     """
     prefix = f"demo-{run_id}"
+    targets = [f"127.0.0.1:{port}" for port in (metrics_ports or {}).values()]
     return {
         "data_dir": str(run_dir),
+        "serving": {"dashboard": {"targets": targets}},
         "kafka": {
             "topics": {
                 "interactions": f"{prefix}-interactions",
@@ -167,7 +180,8 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console | None = N
     run_dir.mkdir(parents=True)
     cfg_path = run_dir / "settings.yaml"
     experiment.write_experiments(run_dir)
-    cfg_path.write_text(yaml.safe_dump(demo_settings(run_id, run_dir, settings, config)))
+    ports = {name: free_port() for name in (*JOBS, "learn-online")}
+    cfg_path.write_text(yaml.safe_dump(demo_settings(run_id, run_dir, settings, config, ports)))
     env = {**os.environ, DATA_DIR_ENV: str(run_dir)}
     env["KAFKA_BOOTSTRAP"], env["REDIS_URL"] = state.bootstrap, state.redis_url
     run = load_settings(cfg_path, env)  # what the jobs will read
@@ -183,7 +197,7 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console | None = N
     report = DemoReport(run_dir)
     console.print(f"[bold]demo run {run_id}[/bold]: {run_dir}")
     try:
-        _run(config, state, cfg_path, run, jobs, report, console)
+        _run(config, state, cfg_path, run, jobs, report, console, ports)
     finally:
         jobs.stop()
     (run_dir / "summary.json").write_text(json.dumps(report.summary(), indent=2))
@@ -191,12 +205,14 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console | None = N
     return report
 
 
-def _run(config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, report, console) -> None:
+def _run(
+    config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, report, console, ports
+) -> None:
     """Jobs, history, full training, then online learning and serving for the live phase."""
     conf = ["--config", str(cfg_path)]
     topic = run.kafka.topics.interactions
-    for job in ("stats", "exposure", "samples", "experiments", "itemcf"):
-        jobs.start(job, _cli("run", job, *conf))
+    for job in JOBS:
+        jobs.start(job, _cli("run", job, "--metrics-port", str(ports[job]), *conf))
     console.print("started the stats, exposure, sample, experiments and co-click jobs")
 
     gap_ms = 1000.0 / config.event_rate * 10  # ~10 events per request in the synthetic world
@@ -243,15 +259,24 @@ def _run(config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, repor
         console.print(f"  {line}")
 
     port = free_port()
-    jobs.start("learn-online", _cli("learn", "online", *conf))
+    online = ("--metrics-port", str(ports["learn-online"]))
+    jobs.start("learn-online", _cli("learn", "online", *online, *conf))
     jobs.start("serve", _cli("serve", "--port", str(port), *conf))
     client = Client(f"http://127.0.0.1:{port}", config.n)
     wait_for(client.ready, "serving to load the snapshots", config.step_timeout_s, jobs)
-    console.print(f"serving on http://127.0.0.1:{port}; live phase for {config.live_s:.0f} s")
+    client.dashboard()  # starts its sampler: the live phase is on the page
+    console.print(
+        f"serving on http://127.0.0.1:{port} (dashboard: http://127.0.0.1:{port}/dashboard); "
+        f"live phase for {config.live_s:.0f} s"
+    )
     stream.offset_ms += now_ms() - live_start  # event time = wall clock from here on
     responder = experiment.Responder(source, producer, topic, config.seed)
     _live(config, state, run, stream, producer, client, jobs, report, responder)
     report.latencies_ms, report.errors = client.latencies_ms, client.errors
+    board = client.dashboard()
+    report.dashboard_samples = len(board.get("points", []))
+    report.dashboard_targets = len(board.get("targets", []))
+    report.dashboard_targets_up = sum(t["up"] for t in board.get("targets", []))
     quality(client, report, run.paths.sample_log)
     report.experiment_report = experiment.report(responder, jobs, conf, run, config.step_timeout_s)
 
@@ -282,6 +307,7 @@ def _live(
         Path(run.snapshots.root),
         report,
         stop,
+        mark_key(run.feast_project, "itemcf"),
     )
     threads = [threading.Thread(target=f, daemon=True) for f in (produce, background)]
     threads.append(threading.Thread(target=sample_freshness, args=freshness, daemon=True))

@@ -1,7 +1,8 @@
 """What the demo measures while it runs: an HTTP client of serving and the probes that use it.
 
 - `Client`: `/recommend`, `/notes/{id}` and `/readyz` calls, recording latency and errors;
-- `sample_freshness`: once a second, now minus the stats and exposure high-water marks and the
+- `sample_freshness`: once a second, now minus the stats, exposure and co-click high-water marks
+  and the
   age of the newest ranker snapshot;
 - `exposure_probe`: one impression of a recommended note, timed until `/recommend` drops it;
 - `new_note_events` / `fresh_probe` / `check_new_notes`: a brand-new note's first events, timed
@@ -84,6 +85,15 @@ class Client:
             if s.name == "streamrec_channel_items_total" and s.value
         }
 
+    def dashboard(self) -> dict:
+        """What /dashboard/data holds ({} when it cannot be read); the first call starts the
+        API's dashboard sampler."""
+        try:
+            r = self.http.get("/dashboard/data")
+        except httpx.HTTPError:
+            return {}
+        return r.json() if r.status_code == 200 else {}
+
     def ready(self) -> bool:
         """Serving answers /readyz with 200 (snapshots loaded, Redis answers)."""
         try:
@@ -104,15 +114,17 @@ def sample_freshness(
     snapshot_root: Path,
     report: DemoReport,
     stop: threading.Event,
+    coclick_hwm_key: str | None = None,
 ) -> None:
-    """Every second until `stop`: feature and exposure lag, and the newest ranker snapshot's age."""
+    """Every second until `stop`: feature, exposure and (with its key) co-click lag, and the
+    newest ranker snapshot's age."""
     r = connect(redis_url)
+    marks = [(feature_hwm_key, report.feature_lag_ms), (exposure_hwm_key, report.exposure_lag_ms)]
+    if coclick_hwm_key is not None:
+        marks.append((coclick_hwm_key, report.coclick_lag_ms))
     while not stop.wait(1.0):
         now = now_ms()
-        for key, out in (
-            (feature_hwm_key, report.feature_lag_ms),
-            (exposure_hwm_key, report.exposure_lag_ms),
-        ):
+        for key, out in marks:
             value = r.get(key)
             if value is not None:
                 out.append(float(now - int(value)))
@@ -190,7 +202,7 @@ def new_note_events(producer, topic, note: str, users, rng) -> None:
 
 
 def fresh_probe(
-    client: Client, note: str, t0: float, report: DemoReport, timeout_s: float = 15.0
+    client: Client, note: str, t0: float, report: DemoReport, timeout_s: float = 30.0
 ) -> None:
     """Time from a new note's first event (produced at monotonic `t0`) until the fresh channel
     proposes it to a user without history (`/notes/{id}?user_id=`: among the candidates the

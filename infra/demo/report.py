@@ -25,6 +25,8 @@ class DemoReport:
     errors: int = 0
     feature_lag_ms: list[float] = field(default_factory=list)
     exposure_lag_ms: list[float] = field(default_factory=list)
+    coclick_lag_ms: list[float] = field(default_factory=list)
+    """Now minus the co-click job's event-time mark (its fresh list is this far behind)."""
     snapshot_age_s: list[float] = field(default_factory=list)
     exposure_delays_s: list[float] = field(default_factory=list)
     exposure_violations: int = 0
@@ -33,7 +35,13 @@ class DemoReport:
     fresh_delays_s: list[float] = field(default_factory=list)
     """Per new note, seconds from its first event until the fresh channel proposed it."""
     fresh_missing: int = 0
-    """New notes the fresh channel had not proposed within the probe's 15 s."""
+    """New notes the fresh channel had not proposed within the probe's 30 s."""
+    dashboard_samples: int = 0
+    """Samples the API's /dashboard took during the live phase."""
+    dashboard_targets: int = 0
+    """Metrics endpoints (jobs, online learner) the dashboard reads."""
+    dashboard_targets_up: int = 0
+    """Of those, the ones that answered its last sample."""
     channels: dict[str, dict] = field(default_factory=dict)
     """Retrieval channel -> "share" and "items" of the quality users' recommendations, their
     interest "lift", and "answered": the notes /recommend returned from it in the whole run."""
@@ -66,6 +74,7 @@ class DemoReport:
             "latencies_ms",
             "feature_lag_ms",
             "exposure_lag_ms",
+            "coclick_lag_ms",
             "snapshot_age_s",
             "exposure_delays_s",
             "new_note_delays_s",
@@ -131,6 +140,7 @@ def print_report(report: DemoReport, console: Console) -> None:
     table.add_row("/recommend errors", str(report.errors))
     table.add_row("feature freshness (now - hwm)", fmt("feature_lag_ms", "ms"))
     table.add_row("exposure freshness (now - hwm)", fmt("exposure_lag_ms", "ms"))
+    table.add_row("co-click freshness (now - hwm)", fmt("coclick_lag_ms", "ms"))
     table.add_row("ranker snapshot age", fmt("snapshot_age_s", "s"))
     table.add_row("impression -> filtered", fmt("exposure_delays_s", "s"))
     table.add_row("exposed note returned again", str(report.exposure_violations))
@@ -151,6 +161,11 @@ def print_report(report: DemoReport, console: Console) -> None:
         f"{report.active_lift:.2f}x (oracle {report.active_oracle_lift:.2f}x)",
     )
     table.add_row("user history read by /recommend", fmt("history_notes", "notes"))
+    table.add_row(
+        "/dashboard",
+        f"{report.dashboard_samples} samples; {report.dashboard_targets_up} of "
+        f"{report.dashboard_targets} job and learner endpoints answering",
+    )
     console.print(table)
     if report.channels:
         mix = Table(title="recommendations by retrieval channel")
