@@ -124,9 +124,8 @@ def demo_settings(
     """
     prefix = f"demo-{run_id}"
     targets = [f"127.0.0.1:{port}" for port in (metrics_ports or {}).values()]
-    return {
+    out = {
         "data_dir": str(run_dir),
-        "serving": {"dashboard": {"targets": targets}},
         "kafka": {
             "topics": {
                 "interactions": f"{prefix}-interactions",
@@ -164,6 +163,8 @@ def demo_settings(
             ),
         },
     }
+    out["serving"] = {**out.get("serving", {}), "dashboard": {"targets": targets}}
+    return out
 
 
 def _cli(*args: str) -> list[str]:
