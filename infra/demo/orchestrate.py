@@ -30,9 +30,9 @@ from infra.demo import experiment
 from infra.demo.errors import DemoError
 from infra.demo.probes import (
     Client,
+    FreshProbe,
     check_new_notes,
     exposure_probe,
-    fresh_probe,
     new_note_events,
     probe_plan,
     quality,
@@ -310,8 +310,12 @@ def _live(
         stop,
         mark_key(run.feast_project, "itemcf"),
     )
+    fresh = FreshProbe(client, report)
+    fresh_stop = threading.Event()
     threads = [threading.Thread(target=f, daemon=True) for f in (produce, background)]
     threads.append(threading.Thread(target=sample_freshness, args=freshness, daemon=True))
+    fresh_thread = threading.Thread(target=fresh.run, args=(fresh_stop,), daemon=True)
+    fresh_thread.start()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -331,13 +335,15 @@ def _live(
             t0 = time.monotonic()
             new_note_events(probe_producer, topic, note, users, rng)
             new_notes[note] = t0
-            fresh_probe(client, note, t0, report)
+            fresh.add(note, t0)
         check_new_notes(client, new_notes, report)
         time.sleep(max(0.0, (deadline - time.monotonic()) / max(1, len(probes))) * 0.5)
-    while new_notes and time.monotonic() < deadline + 30:
+    while (new_notes or fresh.pending) and time.monotonic() < deadline + 30:
         check_new_notes(client, new_notes, report)
         time.sleep(0.5)
     report.new_notes_missing = len(new_notes)
+    fresh_stop.set()
+    fresh_thread.join(30)
     stop.set()
     for t in threads:
         t.join(30)

@@ -2,10 +2,9 @@
 
 - `Client`: `/recommend`, `/notes/{id}` and `/readyz` calls, recording latency and errors;
 - `sample_freshness`: once a second, now minus the stats, exposure and co-click high-water marks
-  and the
-  age of the newest ranker snapshot;
+  and the age of the newest ranker snapshot;
 - `exposure_probe`: one impression of a recommended note, timed until `/recommend` drops it;
-- `new_note_events` / `fresh_probe` / `check_new_notes`: a brand-new note's first events, timed
+- `new_note_events` / `FreshProbe` / `check_new_notes`: a brand-new note's first events, timed
   until the fresh channel proposes it and until the retrieval index holds it;
 - `quality`: category lift of recommendations against the synthetic ground truth, overall and
   per retrieval channel (with each channel's share of the recommendations).
@@ -201,20 +200,41 @@ def new_note_events(producer, topic, note: str, users, rng) -> None:
     producer.flush(10)
 
 
-def fresh_probe(
-    client: Client, note: str, t0: float, report: DemoReport, timeout_s: float = 30.0
-) -> None:
-    """Time from a new note's first event (produced at monotonic `t0`) until the fresh channel
-    proposes it to a user without history (`/notes/{id}?user_id=`: among the candidates the
-    merge takes from the fresh channel, which the pre-ranker keeps and for whose best the
-    answer reserves slots), polled every 50 ms."""
-    user = f"probe-{uuid.uuid4().hex[:8]}"  # no clicks: the fresh notes least shown come first
-    while time.monotonic() - t0 < timeout_s:
-        if "fresh" in client.note_channels(note, user):
-            report.fresh_delays_s.append(time.monotonic() - t0)
-            return
-        time.sleep(0.05)
-    report.fresh_missing += 1
+class FreshProbe:
+    """New notes timed into the fresh channel, from a thread polling every 50 ms: from a note's
+    first event (produced at monotonic `t0`) until the fresh channel proposes it to a user
+    without history (`/notes/{id}?user_id=`: among the candidates the merge takes from the
+    fresh channel, which the pre-ranker keeps and for whose best the answer reserves slots)."""
+
+    def __init__(self, client: Client, report: DemoReport, timeout_s: float = 30.0) -> None:
+        self.client, self.report, self.timeout_s = client, report, timeout_s
+        self.user = f"probe-{uuid.uuid4().hex[:8]}"  # no clicks: the least shown come first
+        self.pending: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, note: str, t0: float) -> None:
+        """Time `note`, whose first event was produced at monotonic `t0`."""
+        with self._lock:
+            self.pending[note] = t0
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll the pending notes until `stop`; a note not proposed in `timeout_s` is missing."""
+        while not stop.wait(0.05):
+            with self._lock:
+                pending = list(self.pending.items())
+            for note, t0 in pending:
+                reached = "fresh" in self.client.note_channels(note, self.user)
+                late = time.monotonic() - t0 > self.timeout_s
+                if reached:
+                    self.report.fresh_delays_s.append(time.monotonic() - t0)
+                elif late:
+                    self.report.fresh_missing += 1
+                if reached or late:
+                    with self._lock:
+                        del self.pending[note]
+        with self._lock:
+            self.report.fresh_missing += len(self.pending)
+            self.pending.clear()
 
 
 def check_new_notes(client: Client, pending: dict[str, float], report: DemoReport) -> None:
