@@ -310,7 +310,7 @@ def _live(
         stop,
         mark_key(run.feast_project, "itemcf"),
     )
-    fresh = FreshProbe(client, report)
+    fresh = FreshProbe(client, report, run.serving.channels.fresh_pool)
     fresh_stop = threading.Event()
     threads = [threading.Thread(target=f, daemon=True) for f in (produce, background)]
     threads.append(threading.Thread(target=sample_freshness, args=freshness, daemon=True))

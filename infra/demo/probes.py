@@ -60,11 +60,10 @@ class Client:
             return False
         return r.status_code == 200 and bool(r.json().get("in_index"))
 
-    def note_channels(self, note_id: str, user_id: str) -> list[str]:
-        """The retrieval channels whose best candidates for `user_id` hold `note_id` (as many
-        as the merge takes from the fresh channel: its quota)."""
+    def note_channels(self, note_id: str, user_id: str, k: int) -> list[str]:
+        """The retrieval channels whose best `k` candidates for `user_id` hold `note_id`."""
         try:
-            r = self.http.get(f"/notes/{note_id}", params={"user_id": user_id})
+            r = self.http.get(f"/notes/{note_id}", params={"user_id": user_id, "k": k})
         except httpx.HTTPError:
             return []
         return r.json().get("channels", []) if r.status_code == 200 else []
@@ -201,13 +200,15 @@ def new_note_events(producer, topic, note: str, users, rng) -> None:
 
 
 class FreshProbe:
-    """New notes timed into the fresh channel, from a thread polling every 50 ms: from a note's
-    first event (produced at monotonic `t0`) until the fresh channel proposes it to a user
-    without history (`/notes/{id}?user_id=`: among the candidates the merge takes from the
-    fresh channel, which the pre-ranker keeps and for whose best the answer reserves slots)."""
+    """New notes timed into the fresh channel, from a thread polling every 200 ms: from a
+    note's first event (produced at monotonic `t0`) until the fresh channel of a request reads
+    it (`/notes/{id}?user_id=&k=pool`: among the `pool` newest fresh notes every request's
+    fresh channel ranks - the least shown first - for a user without history)."""
 
-    def __init__(self, client: Client, report: DemoReport, timeout_s: float = 30.0) -> None:
-        self.client, self.report, self.timeout_s = client, report, timeout_s
+    def __init__(
+        self, client: Client, report: DemoReport, pool: int, timeout_s: float = 30.0
+    ) -> None:
+        self.client, self.report, self.timeout_s, self.pool = client, report, timeout_s, pool
         self.user = f"probe-{uuid.uuid4().hex[:8]}"  # no clicks: the least shown come first
         self.pending: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -219,11 +220,11 @@ class FreshProbe:
 
     def run(self, stop: threading.Event) -> None:
         """Poll the pending notes until `stop`; a note not proposed in `timeout_s` is missing."""
-        while not stop.wait(0.05):
+        while not stop.wait(0.2):
             with self._lock:
                 pending = list(self.pending.items())
             for note, t0 in pending:
-                reached = "fresh" in self.client.note_channels(note, self.user)
+                reached = "fresh" in self.client.note_channels(note, self.user, self.pool)
                 late = time.monotonic() - t0 > self.timeout_s
                 if reached:
                     self.report.fresh_delays_s.append(time.monotonic() - t0)
