@@ -105,10 +105,13 @@ class PrerankConfig(BaseModel):
     candidates are cut to `rank_k` in merge order, as before)."""
     model: str = "preranker"
     """Snapshot model name of the pre-ranker."""
-    candidates: int = Field(default=500, ge=1, le=20_000)
-    """Merged unseen candidates handed to the pre-ranker (the ranker gets its best `rank_k`).
-    Each one's window counts are read first: 2,000 made that read 51 ms of an 81 ms /recommend
-    (bench.serving, quiet machine), so 500 by default; raise it with a faster store."""
+    candidates: int = Field(default=2_000, ge=1, le=20_000)
+    """Merged unseen candidates handed to the pre-ranker (the ranker gets its best `rank_k`)."""
+    stats_max_age_s: float = Field(default=1.0, ge=0)
+    """The pre-ranker reads the candidates' window counts through an in-process cache
+    (`serving.stats_cache`): a note's counts are read from Redis at most once per this many
+    seconds, and are at most this much older than the store's (the ranker's `rank_k` notes are
+    read fresh). 0: every candidate read from Redis on every request."""
 
 
 class RerankConfig(BaseModel):
