@@ -372,7 +372,7 @@ def _start_server(config: Path, data_dir: Path, workers: int) -> tuple[subproces
     cmd += ["--workers", str(workers), "--config", str(config)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline, ready = time.monotonic() + 180, 0
+    deadline, ready = time.monotonic() + 600, 0  # minutes on a saturated machine
     with httpx.Client(base_url=base, timeout=5) as http:
         while ready < 4 * workers:  # consecutive answers: every worker is likely up
             if proc.poll() is not None or time.monotonic() > deadline:
