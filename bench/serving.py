@@ -9,8 +9,8 @@ Run: `.venv/bin/python -m bench.serving [--notes 5000] [--requests 400]`.
    written to Redis (DB 11, a project of its own, deleted at the end) with the online writer;
    impressions of every user go into the exposure filter. `/recommend` is called through the
    ASGI app in process (FastAPI TestClient: routing, validation and JSON included, no socket),
-   retrieve_k 1,000, pre-ranked to rank_k 200. Peer, same run: Feast's `get_online_features`
-   for the same 200 notes' counts.
+   retrieve_k 2,000 (about 2,000 merged candidates), pre-ranked to rank_k 200. Peer, same
+   run: Feast's `get_online_features` for the same 200 notes' counts.
 3. With `--concurrency 1,8,32` (and `--workers 1,2`): `streamrec serve --workers W` run alone
    as its own process on the same models and stores, loaded by C concurrent keep-alive clients
    (asyncio + httpx, this process) for `--seconds` each: throughput, p50 / p99 latency and the
