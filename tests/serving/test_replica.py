@@ -36,7 +36,12 @@ from learners.snapshots import (
     TableRows,
     apply_delta,
 )
-from learners.subscription import FILE_HEADER, encode_announcement, kafka_announcer
+from learners.subscription import (
+    FILE_HEADER,
+    Announcements,
+    encode_announcement,
+    kafka_announcer,
+)
 from tests.learners.helpers import CONFIG, Clock, messages, publish_trained
 from tests.serving.helpers import serving_settings
 
@@ -249,3 +254,29 @@ def test_only_deltas_within_the_limit_are_carried(tmp_path: Path) -> None:
     _, headers = encode_announcement(pub, size)  # the record framing no longer fits
     assert not any(k.startswith(FILE_HEADER) for k, _ in headers)
     assert dict(headers)["streamrec-location"] == str(tmp_path / "m" / "0000000002").encode()
+
+
+def test_a_delta_near_the_limit_goes_through_the_broker(
+    tmp_path: Path, bootstrap: str, topic_name: str
+) -> None:
+    """A delta just under the default limit (~0.9 MB) is carried whole through the broker; one
+    just over it is announced by reference."""
+    topic = f"{topic_name}-snapshots"
+    ensure_topics(bootstrap, [topic], 1)
+    rng = np.random.default_rng(8)
+    config = SnapshotConfig(root=tmp_path)
+    writer = SnapshotWriter(tmp_path, "m", config, kafka_announcer(bootstrap, topic))
+    writer.publish_full({"user": TableRows(["u0"], np.zeros((1, 32), np.float32))}, {}, 1, {})
+    got = []
+    with Announcements(bootstrap, topic) as follower:
+        for n in (6_600, 7_200):  # 128 B of floats + ~7 B of id per row: 0.89 and 0.97 MB
+            ids = [f"u{i}" for i in range(n)]
+            weights = rng.standard_normal((n, 32), dtype=np.float32)
+            writer.publish_delta({"user": TableRows(ids, weights)}, 2)
+        deadline = time.monotonic() + 30
+        while len(got) < 2 and time.monotonic() < deadline:
+            got += follower.poll(0.2)
+    small, large = got
+    assert sum(small.manifest.sizes.values()) > 850_000
+    assert small.files[TABLES] == (tmp_path / "m" / "0000000002" / TABLES).read_bytes()
+    assert large.files == {} and large.location == str(tmp_path / "m" / "0000000003")
