@@ -145,10 +145,9 @@ def test_a_copyless_replica_answers_as_the_first_within_one_delta_interval(
     first_dir, replica_dir = tmp_path / "first", tmp_path / "replica"
     first_dir.mkdir()
     replica_dir.mkdir()
-    # no store poll beside the learner either: s3fs shares one listing cache per process, and a
-    # poll listing the store while the learner's writer numbers a version can hand the writer a
-    # listing without the previous delta (seen: two ranker deltas numbered 2)
-    first = _start_service(redis_url, bootstrap, _replica(base, first_dir, 600), None)
+    # the first polls the store as well, in the learner's process (what numbered two ranker
+    # deltas 2 while the store's listings were cached per process)
+    first = _start_service(redis_url, bootstrap, _replica(base, first_dir, 0.05), None)
     try:
         with _serve(config, replica_dir, bootstrap, redis_url) as replica:
             clients = TestClient(first.app), replica
