@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import bytewax.operators as op
 import numpy as np
@@ -207,7 +208,7 @@ def rows_top_k(
     row, cols, rounded = row[take], cols[take], rounded[take]
     bounds = np.searchsorted(row, np.arange(sims.shape[0] + 1)).tolist()
     ids, scores = names[cols].tolist(), rounded.tolist()
-    return [(ids[a:b], scores[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [(ids[a:b], scores[a:b]) for a, b in pairwise(bounds)]
 
 
 def _name_order(notes: list[str]) -> tuple[np.ndarray, np.ndarray]:

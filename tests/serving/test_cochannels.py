@@ -22,6 +22,7 @@ from serving.channels import (
     FreshChannel,
     NeighbourChannel,
     Request,
+    merge_calibrated,
     merge_found,
 )
 from serving.config import ChannelsConfig
@@ -113,6 +114,24 @@ def test_merge_found_fills_with_the_last_channel_and_remembers_every_finder() ->
     np.testing.assert_allclose(m.scores, [3.0, 2.0, 0.8, 0.5, 0.4])
     short = merge_found([a, b, t], [0, 0, None], 3)  # the filler takes what the others left
     assert short.ids == ["n3", "n6", "n1"]
+
+
+def test_merge_calibrated_sums_each_channels_rank_evidence() -> None:
+    a = Candidates("a", ["n1", "n2", "n3"], np.array([3.0, 2.0, 1.0]))
+    b = Candidates("b", ["n3", "n4", "n1"], np.array([0.9, 0.8, 0.7]))
+    off = Candidates("off", ["n9"], np.array([5.0]))  # no table: adds nothing
+    rates = {"a": np.array([0.3, 0.2, 0.05]), "b": np.array([0.1, 0.04])}
+    m = merge_calibrated([a, b, off], rates, 3)
+    # n1 0.3 + 0.04 (rank 2 takes b's last value), n3 0.05 + 0.1, n2 0.2, n4 0.04
+    assert m.ids == ["n1", "n2", "n3"]
+    assert m.channel == ["a", "a", "b"]
+    assert m.channels == [["a", "b"], ["a"], ["b", "a"]]
+    np.testing.assert_allclose(m.scores, [0.34, 0.2, 0.15])
+    assert merge_calibrated([a, b], {"b": rates["b"]}, 5).ids == ["n3", "n4", "n1"]
+    # a large power: each note nearly its best channel's evidence (n3 0.1 < n2 0.2)
+    high = merge_calibrated([a, b], rates, 3, power=50.0)
+    assert high.ids == ["n1", "n2", "n3"]
+    np.testing.assert_allclose(high.scores, [0.3, 0.2, 0.1], rtol=1e-3)
 
 
 def test_blend_found_reserves_slots_in_order() -> None:
