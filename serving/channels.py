@@ -17,6 +17,8 @@ note). The channels:
 - `NeighbourChannel` "itemcf" / "swing": the neighbours (`features.neighbours`, kept by the
   co-click job) of the user's last clicked notes, a note scored by its summed similarity to them.
 - `AuthorChannel`: the newest notes of the authors of the user's last clicked notes.
+- `CacheChannel`: the notes the ranker placed high in the user's last answer but that were not
+  returned (written by the recommender when the channel is on; seeds 002 Part 2, 6.3).
 - `FreshChannel`: notes still in their cold start (first seen recently, few impressions), those
   of the user's categories first; the recommender reserves them a share of the returned slots.
 """
@@ -252,6 +254,25 @@ class AuthorChannel:
                     score[note] = max(score.get(note, 0.0), weight[a] / (1.0 + rank))
         best = sorted(score, key=lambda n: (-score[n], n))[:k]
         return Candidates(self.name, best, np.array([score[n] for n in best], dtype=np.float64))
+
+
+class CacheChannel:
+    """Notes ranked high for the user but not shown: the best fused scores of their last answer
+    beyond the returned notes (`Recommender` writes them, `NeighbourStore.write_cache`)."""
+
+    name = "cache"
+
+    def __init__(self, store: NeighbourStore) -> None:
+        self.store = store
+
+    def probe(self, view: ModelView) -> list[str]:  # noqa: ARG002 - the protocol's signature
+        """None: its candidates are filtered in the request's one exposure call (a note shown
+        by a later answer drops out there)."""
+        return []
+
+    def candidates(self, request: Request, k: int) -> Candidates:
+        ids, scores = self.store.cached(request.user_id)
+        return Candidates(self.name, ids[:k], np.array(scores[:k], dtype=np.float64))
 
 
 class FreshChannel:

@@ -172,3 +172,33 @@ def test_recommend_reports_the_channels_that_found_each_item(
     metrics = client.get("/metrics").text
     assert 'streamrec_channel_candidates_total{channel="itemcf"}' in metrics
     assert 'streamrec_channel_items_total{channel="fresh"} 1.0' in metrics
+
+
+def test_cache_channel_offers_what_the_last_answer_ranked_high_but_did_not_return(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """With the cache channel on, an answer stores its best fused notes beyond the returned
+    ones; the next answer's candidates carry them as found by "cache"; off, nothing is kept."""
+    publish_trained(tmp_path / "snapshots")
+    base = serving_settings(tmp_path / "snapshots", redis_url)
+    channels = base.serving.channels.model_copy(update={"cache": 50, "cache_size": 30})
+    settings = base.model_copy(
+        update={"serving": base.serving.model_copy(update={"channels": channels})}
+    )
+    service = service_for(settings, redis_url)
+    service.watcher.refresh()
+    client = TestClient(service.app)
+    store = NeighbourStore(redis_client, settings.feast_project)
+    first = client.get("/recommend", params={"user_id": "cache-user", "n": 10}).json()["items"]
+    cached, scores = store.cached("cache-user")
+    assert len(cached) == 30 and not {i["note_id"] for i in first} & set(cached)
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] <= min(i["score"] for i in first) + 1e-9  # ranked just below the answer
+    second = client.get("/recommend", params={"user_id": "cache-user", "n": 20}).json()["items"]
+    again = [i for i in second if i["note_id"] in cached]
+    assert again and all("cache" in i["channels"] for i in again)
+    plain = serving_settings(tmp_path / "snapshots", redis_url)
+    off = service_for(plain, redis_url)
+    off.watcher.refresh()
+    TestClient(off.app).get("/recommend", params={"user_id": "cache-off", "n": 10})
+    assert NeighbourStore(redis_client, plain.feast_project).cached("cache-off") == ([], [])
