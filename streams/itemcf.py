@@ -282,7 +282,9 @@ def swing_rows(
         members = np.concatenate([u for _, u in part])  # (M,) the blocks' users, stacked
         left, right = [], []
         for b, m in enumerate(sizes.tolist()):  # every unordered pair u < v within a block
-            ii, jj = pairs.setdefault(m, np.triu_indices(m, 1))
+            if m not in pairs:
+                pairs[m] = np.triu_indices(m, 1)
+            ii, jj = pairs[m]
             left.append(base[b] + ii)
             right.append(base[b] + jj)
         pi, pj = np.concatenate(left), np.concatenate(right)
