@@ -572,6 +572,7 @@ def main(
     warm_epochs: int = typer.Option(3, help="Passes of the two-tower warm-up training."),
     repeats: int = typer.Option(3, help="Runs of each throughput measurement (0: none)."),
     recall: bool = typer.Option(True, help="Measure the channels' recall (off: throughput only)."),
+    only: str | None = typer.Option(None, help="Only the data set whose name starts with this."),
 ) -> None:
     """Recall per channel and merged on MovieLens-100K and the KuaiRand subset; throughput."""
     import matplotlib.pyplot as plt
@@ -603,6 +604,8 @@ def main(
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     with Progress(console=console) as progress, tempfile.TemporaryDirectory():
         for ax, (name, source) in zip(axes, sets.items(), strict=True):
+            if only is not None and not name.startswith(only):
+                continue
             progress.console.print(f"{name}: joining events")
             events = _events(source)
             cols = join_events(events)
@@ -610,8 +613,9 @@ def main(
                 hits, timing, extra, choice = evaluate(
                     name, cols, warmup, batch, two_tower, warm_epochs, progress
                 )
-                lines += report(name, cols, hits, timing, names, choice)
-                lines += extra
+                section = report(name, cols, hits, timing, names, choice) + extra
+                progress.console.print("\n".join(section), markup=False, highlight=False)
+                lines += section
                 x = np.arange(len(names) + len(MERGES))
                 for j, k in enumerate(KS):
                     ax.bar(x + 0.4 * j, [hits.recall(c, k) for c in [*names, *MERGES]], 0.4,
