@@ -461,10 +461,11 @@ def evaluate(
                 quota = merge_found([c.top(k) for c in cands], quotas(k, names, shares), k)
                 found[(u, k, "quota merge")] = set(quota.ids)
                 found[(u, k, "blend")] = set(blend[u][:k])
-            best = blend[u] if chosen == "blend" else quota.ids
-            batch_merged[u] = best
+            batch_merged[u] = blend[u] if chosen == "blend" else quota.ids
             for k in KS:
-                found[(u, k, "merged")] = set(best[:k])
+                found[(u, k, "merged")] = found[
+                    (u, k, "blend" if chosen == "blend" else "quota merge")
+                ]
         for u, target in batch_scored.clicks:
             for k in KS:
                 for c in [*names, *MERGES]:
