@@ -23,6 +23,7 @@ from learners.inputs import Columns
 from learners.preranker import PreRankerConfig
 from learners.snapshots import (
     Manifest,
+    Publication,
     SnapshotConfig,
     SnapshotNotFoundError,
     SnapshotReader,
@@ -147,7 +148,7 @@ def run_full(
     log_dir: Path | str,
     config: LearnConfig,
     snapshots: SnapshotConfig,
-    announce: Callable[[Manifest], None] | None = None,
+    announce: Callable[[Publication], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     features: FeatureConfig | None = None,

@@ -36,6 +36,7 @@ from learners.export import snapshot_exports
 from learners.inputs import Columns
 from learners.snapshots import (
     Manifest,
+    Publication,
     SnapshotConfig,
     SnapshotConflictError,
     SnapshotNotFoundError,
@@ -129,6 +130,7 @@ class OnlineLearner:
             m.freeze_dense()
             m.set_embedding_lr(config.online_emb_lr)
         ranker.track_offsets(config.calibration_window)
+        ranker.track_auc(config.auc_window)
         self.writers = writers
         self.config = config
         self.snapshots = snapshots
@@ -149,7 +151,7 @@ class OnlineLearner:
         cls,
         config: LearnConfig,
         snapshots: SnapshotConfig,
-        announce: Callable[[Manifest], None] | None = None,
+        announce: Callable[[Publication], None] | None = None,
         on_dead_letter: Callable[[Message, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         features: FeatureConfig | None = None,
@@ -348,6 +350,7 @@ class OnlineLearner:
         state.set_embedding_lr(self.config.online_emb_lr)
         if isinstance(state, RankerState):
             state.track_offsets(self.config.calibration_window)
+            state.track_auc(self.config.auc_window, keep=self.ranker.prequential)
         setattr(self, name, state)
         self.bases[name] = snap.versions[0]
         logger.info("%s: continuing from the newer full version %s", name, snap.versions[0])

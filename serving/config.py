@@ -66,10 +66,11 @@ class ContextConfig(BaseModel):
 
 class ChannelsConfig(BaseModel):
     """The channels fed by the co-click job (`streamrec run itemcf`; `serving.channels`):
-    ItemCF, Swing, author and fresh notes. Each gives at most its quota of unseen candidates to
-    the `rank_k` the ranker scores, in the order fresh, (context,) itemcf, swing, author; the
-    two-tower channel fills the rest. A note several channels found is taken once and remembers
-    them all (`channels` of each item in /recommend)."""
+    ItemCF, Swing, author and fresh notes (and the cache channel, written by the recommender).
+    Each gives at most its quota of unseen candidates to the `rank_k` the ranker scores, in the
+    order fresh, (context,) itemcf, swing, author, cache; the two-tower channel fills the rest.
+    A note several channels found is taken once and remembers them all (`channels` of each
+    item in /recommend)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -81,6 +82,13 @@ class ChannelsConfig(BaseModel):
     """Quota of the author channel (0: off)."""
     fresh: int = Field(default=20, ge=0)
     """Quota of the fresh-note channel (0: off)."""
+    cache: int = Field(default=0, ge=0)
+    """Quota of the cache channel (0: off, the default): the notes the ranker placed high in
+    the user's last answer but that were not returned. On, every answer writes them."""
+    cache_size: int = Field(default=100, ge=1)
+    """Notes kept per user by the cache channel (the best fused scores not returned)."""
+    cache_ttl_s: int = Field(default=86_400, ge=1)
+    """Seconds a user's cached notes live without a new answer."""
     history: int = Field(default=20, ge=1, le=200)
     """Last clicked notes of the user whose neighbours and authors are read."""
     per_author: int = Field(default=5, ge=1)
@@ -135,6 +143,24 @@ class RerankConfig(BaseModel):
     """Most notes of one author in any `window` consecutive slots (0: no rule)."""
 
 
+class DashboardConfig(BaseModel):
+    """The API's /dashboard page (`serving.dashboard`): what it samples, how often, how long."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    targets: list[str] = []
+    """Prometheus endpoints of the stream jobs and the online learner (`host:port` or a URL;
+    `/metrics` is added to a bare `host:port`), read beside the API's own metrics; empty: the
+    API's series only (freshness, requests, channel mix)."""
+    every_s: float = Field(default=5.0, gt=0)
+    """Seconds between samples (the sampler runs from the first /dashboard request on)."""
+    points: int = Field(default=720, ge=2)
+    """Samples kept (720 at 5 s: the last hour)."""
+    timeout_s: float = Field(default=3.0, gt=0)
+    """Longest wait for one endpoint's answer (a silent one is marked down, the rest shown; the
+    online learner's takes up to 1 s: it fetches the log ends)."""
+
+
 class ServingConfig(BaseModel):
     """Retrieval, ranking and API settings."""
 
@@ -184,6 +210,8 @@ class ServingConfig(BaseModel):
     models; None: no experiments. Edits are picked up without a restart."""
     experiments_check_s: float = Field(default=1.0, gt=0)
     """How often (at most) the experiments file's modification time is checked."""
+    dashboard: DashboardConfig = DashboardConfig()
+    """The /dashboard page: the job endpoints it reads, its sampling."""
 
 
 class ArmOverrides(BaseModel):
