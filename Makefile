@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 # Debian tools the suite runs (command:package, `-` for a package without one; redis-server
 # with TLS: the secured-Redis and Redis Cluster fixtures start their own); the tests
 # fail without them, never skip.
-DEBIAN_TOOLS := systemd-analyze:systemd kcat:kcat -:python3-seccomp redis-server:redis-server
+DEBIAN_TOOLS := systemd-analyze:systemd kcat:kcat -:python3-seccomp redis-server:redis-server \
+	chromium:chromium chromedriver:chromium-driver
 
 tools:
 	@missing=""; for t in $(DEBIAN_TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || dpkg -s $${t#*:} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \

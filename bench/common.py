@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from infra import stack
 from infra.config import load_settings
+from infra.processes import free_port, spawn, stop
 
 if TYPE_CHECKING:
     from confluent_kafka import Producer
@@ -31,6 +33,49 @@ def bench_stack() -> Iterator[stack.StackState]:
     finally:
         stack.down(settings)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextmanager
+def redis_pair(cluster: bool) -> Iterator[dict[str, str]]:
+    """URLs of the Redis a bench compares: `single`, a `redis-server` of its own, and with
+    `cluster` also `cluster`, a local 3-master Redis Cluster; both with `stack.REDIS_TUNING`, so
+    they differ only by the clustering. Stopped at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="streamrec-bench-redis-"))
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+    proc = spawn([*argv, *stack.REDIS_TUNING], directory / "single.log")
+    urls = {"single": f"redis://127.0.0.1:{port}/0"}
+    cluster_ = None
+    try:
+        deadline = time.monotonic() + 10
+        while not stack.redis_answers(urls["single"]):  # polling the condition: it answers
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bench's redis-server did not start")
+            time.sleep(0.05)
+        if cluster:
+            cluster_ = stack.start_redis_cluster(directory / "cluster")
+            urls["cluster"] = cluster_.url
+        yield urls
+    finally:
+        if cluster_ is not None:
+            cluster_.stop()
+        stop([proc])
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def print_pair(figures: dict[str, dict[str, float]], title: str) -> None:
+    """A table of each figure on `single` and `cluster` and their ratio cluster / single."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("figure", "single", "cluster", "cluster / single"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for name, one in figures["single"].items():
+        many = figures["cluster"][name]
+        ratio = f"{many / one:.2f}x" if one else "-"
+        table.add_row(name, f"{one:,.2f}", f"{many:,.2f}", ratio)
+    Console().print(table)
 
 
 def _env() -> dict[str, str]:

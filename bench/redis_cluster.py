@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python -m bench.redis_cluster [--rows N] [--reads N] [--impressions N]`.
 The bench starts its own single `redis-server` and its own local cluster
-(`infra.stack.start_redis_cluster`, 3 masters, all on this host, `REDIS_TUNING` on both) and
+(`bench.common.redis_pair`: 3 masters, all on this host, `REDIS_TUNING` on both) and
 measures on each: the online writer (rows/s, pipelined as the stats sink uses it), the feature
 read of serving (200 notes x 10 features, `FeatureClient.read`), the exposure writer
 (impressions/s) and the exposure query (`ExposureFilter.seen`, 1,000 candidates). On one host the
@@ -24,31 +24,16 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from bench.common import median, percentile
+from bench.common import median, percentile, redis_pair
 from features.client import FeatureClient
 from features.exposure import ExposureConfig, ExposureFilter, ExposureWriter
 from features.online_writer import OnlineWriter
 from features.redis_conn import Client, connect
 from features.schema import feature_types
-from infra.processes import free_port, spawn, stop
-from infra.stack import REDIS_TUNING, redis_answers, start_redis_cluster
 
 console = Console()
 DAY = 86_400_000
 T0 = 20_454 * DAY
-
-
-def _single(directory: Path) -> tuple[object, str]:
-    port = free_port()
-    argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
-    proc = spawn([*argv, *REDIS_TUNING], directory / "single.log")
-    url = f"redis://127.0.0.1:{port}/0"
-    deadline = time.monotonic() + 10
-    while not redis_answers(url):  # polling the condition: the server answers
-        if time.monotonic() > deadline:
-            raise RuntimeError("the bench's redis-server did not start")
-        time.sleep(0.05)
-    return proc, url
 
 
 def _columns(rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -112,21 +97,15 @@ def main(
 ) -> None:
     """Measure and print the figures."""
     out = out or Path(tempfile.gettempdir()) / "streamrec-bench"
-    directory = Path(tempfile.mkdtemp(prefix="streamrec-bench-cluster-"))
-    proc, single_url = _single(directory)
-    cluster = start_redis_cluster(directory / "cluster", extra=REDIS_TUNING)
     figures: dict[str, dict[str, list[float]]] = {"single": {}, "cluster": {}}
-    try:
-        clients = {"single": connect(single_url), "cluster": connect(cluster.url)}
+    with redis_pair(cluster=True) as urls:
+        clients = {kind: connect(url) for kind, url in urls.items()}
         for _ in track(range(reps), description="single Redis vs cluster", console=console):
             for kind, client in clients.items():
                 for name, value in measure(client, rows, reads, impressions).items():
                     figures[kind].setdefault(name, []).append(value)
         for client in clients.values():
             client.close()
-    finally:
-        cluster.stop()
-        stop([proc])
     table = Table(title=f"single Redis vs 3-master Redis Cluster on one host (medians of {reps})")
     for column in ("figure", "single", "cluster", "cluster / single"):
         table.add_column(column, justify="left" if column == "figure" else "right")

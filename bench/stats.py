@@ -1,6 +1,7 @@
 """The stats job's throughput (Kafka -> Redis), freshness through Feast, and the online writer.
 
-Run: `.venv/bin/python -m bench.stats [--events N] [--reps R] [--fresh-seconds S]`.
+Run: `.venv/bin/python -m bench.stats [--events N] [--reps R] [--fresh-seconds S] [--processes 1,2]
+[--redis-cluster]`.
 
 1. Sustained events/s: N synthetic events are produced to a fresh 4-partition topic, then
    `streamrec run stats --until-end` (1 process, then 2) reads them all, writes Feast (Redis) and
@@ -10,6 +11,10 @@ Run: `.venv/bin/python -m bench.stats [--events N] [--reps R] [--fresh-seconds S
    every 20 ms, the time from its produce call to the moment `FeatureStore.get_online_features`
    shows its user's counts including it (p50 / p99; PNG histogram in bench/out/).
 3. The online writer against Feast's `store.push()` on the same rows (bench/online_writer.py).
+
+`--redis-cluster`: 1. and 2. on a single Redis and on a local 3-master Redis Cluster (both the
+bench's own, same settings; the repetitions alternate between them), printed side by side with
+the same-run ratios cluster / single.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import redis
 import typer
@@ -32,7 +40,15 @@ from rich.console import Console
 from rich.progress import Progress
 
 from bench import online_writer
-from bench.common import bench_stack, fresh_topic, median, percentile, produce_all
+from bench.common import (
+    bench_stack,
+    fresh_topic,
+    median,
+    percentile,
+    print_pair,
+    produce_all,
+    redis_pair,
+)
 from features.store import apply_definitions, feature_store
 from features.windows import METRICS, TYPE_METRIC
 from streams.kafka_io import make_producer
@@ -75,20 +91,22 @@ def _timed_run(args: list[str], env: dict[str, str]) -> float:
 
 
 def throughput(
-    state, redis_url: str, tmp: Path, events: int, reps: int
-) -> dict[int, tuple[float, float]]:
-    """processes -> (median gross events/s, median net events/s)."""
+    state, urls: dict[str, str], tmp: Path, events: int, reps: int, counts: tuple[int, ...]
+) -> dict[str, dict[int, tuple[float, float]]]:
+    """Redis kind -> processes -> (median gross events/s, median net events/s); the kinds
+    (`urls`) take turns within each repetition, so they share the machine's moments alike."""
     keys, values = [], []
     for k, v, *_ in encoded_batches(SyntheticSource(limit=events)):
         keys += k
         values += v
-    env = _env(state.bootstrap, redis_url)
-    out: dict[int, tuple[float, float]] = {}
+    runs: dict[tuple[str, int], tuple[list[float], list[float]]] = {
+        (kind, processes): ([], []) for kind in urls for processes in counts
+    }
     with Progress(console=console) as progress:
-        task = progress.add_task("stats job throughput", total=2 * reps)
-        for processes in (1, 2):
-            gross, net = [], []
-            for _ in range(reps):
+        task = progress.add_task("stats job throughput", total=len(runs) * reps)
+        for _ in range(reps):
+            for (kind, processes), (gross, net) in runs.items():
+                env = _env(state.bootstrap, urls[kind])
                 empty = fresh_topic(state.bootstrap, "bench-stats-empty")
                 config, _ = _config(tmp, empty)
                 args = ["run", "stats", "--until-end", "--processes", str(processes)]
@@ -100,7 +118,9 @@ def throughput(
                 gross.append(events / wall)
                 net.append(events / max(wall - fixed, 1e-9))
                 progress.advance(task)
-            out[processes] = (median(gross), median(net))
+    out: dict[str, dict[int, tuple[float, float]]] = {kind: {} for kind in urls}
+    for (kind, processes), (gross, net) in runs.items():
+        out[kind][processes] = (median(gross), median(net))
     return out
 
 
@@ -233,39 +253,77 @@ def _plot(delays: list[float]) -> Path:
     return path
 
 
+@contextmanager
+def _redis_urls(state, cluster: bool) -> Iterator[dict[str, str]]:
+    """The stack's Redis (DB `BENCH_DB`, flushed at the end); with `cluster`, a single Redis
+    and a 3-master cluster of the bench's own (`bench.common.redis_pair`)."""
+    if cluster:
+        with redis_pair(cluster=True) as urls:
+            yield urls
+        return
+    url = state.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}"
+    client = redis.Redis.from_url(url)
+    try:
+        yield {"single": url}
+    finally:
+        client.flushdb()
+        client.close()
+
+
 def main(
     events: int = 300_000,
     reps: int = 3,
     fresh_seconds: float = 30.0,
     only: str = "throughput,freshness,writer",
+    processes: Annotated[
+        str, typer.Option(help="Comma-separated process counts of the throughput runs.")
+    ] = "1,2",
+    redis_cluster: Annotated[
+        bool,
+        typer.Option(
+            help="Run the job on a single Redis and on a local 3-master Redis Cluster (both "
+            "the bench's own, same settings) and print both, with the ratios."
+        ),
+    ] = False,
 ) -> None:
     """Measure and print the figures (`--only` picks a comma-separated subset)."""
     parts = set(only.split(","))
-    rates: dict[int, tuple[float, float]] = {}
-    delays: list[float] = []
-    with bench_stack() as state, tempfile.TemporaryDirectory() as tmp_dir:
+    rates: dict[str, dict[int, tuple[float, float]]] = {}
+    delays: dict[str, list[float]] = {}
+    with (
+        bench_stack() as state,
+        tempfile.TemporaryDirectory() as tmp_dir,
+        _redis_urls(state, redis_cluster) as urls,
+    ):
         tmp = Path(tmp_dir)
-        redis_url = state.redis_url.rsplit("/", 1)[0] + f"/{BENCH_DB}"
-        client = redis.Redis.from_url(redis_url)
-        try:
-            if "throughput" in parts:
-                rates = throughput(state, redis_url, tmp, events, reps)
-            if "freshness" in parts:
-                delays = freshness(state, redis_url, tmp, fresh_seconds)
-        finally:
-            client.flushdb()
-    for processes, (gross, net) in rates.items():
+        if "throughput" in parts:
+            counts = tuple(int(p) for p in processes.split(","))
+            rates = throughput(state, urls, tmp, events, reps, counts)
+        if "freshness" in parts:
+            delays = {kind: freshness(state, url, tmp, fresh_seconds) for kind, url in urls.items()}
+    for count, (gross, net) in rates.get("single", {}).items():
         console.print(
-            f"stats job, {processes} process(es): {net:,.0f} events/s net of start-up "
+            f"stats job, {count} process(es): {net:,.0f} events/s net of start-up "
             f"({gross:,.0f} gross, {events:,} events; medians of {reps}; target >= 50,000/process)"
         )
     if delays:
+        single = delays["single"]
         console.print(
-            f"freshness at 10k events/s: p50 {percentile(delays, 50):,.0f} ms, "
-            f"p99 {percentile(delays, 99):,.0f} ms over {len(delays)} probes "
+            f"freshness at 10k events/s: p50 {percentile(single, 50):,.0f} ms, "
+            f"p99 {percentile(single, 99):,.0f} ms over {len(single)} probes "
             "(target p99 <= 1,000 ms)"
         )
-        console.print(f"plot: {_plot(delays)}")
+        console.print(f"plot: {_plot(single)}")
+    if redis_cluster:
+        figures: dict[str, dict[str, float]] = {kind: {} for kind in urls}
+        for kind, by_processes in rates.items():
+            for count, (gross, net) in by_processes.items():
+                figures[kind][f"{count} process(es), events/s net"] = net
+                figures[kind][f"{count} process(es), events/s gross"] = gross
+        for kind, got in delays.items():
+            figures[kind]["freshness at 10k events/s, p50 ms"] = percentile(got, 50)
+            figures[kind]["freshness at 10k events/s, p99 ms"] = percentile(got, 99)
+        print_pair(figures, "stats job: single Redis vs 3-master Redis Cluster, same run")
     if "writer" in parts:
         online_writer.main()
 

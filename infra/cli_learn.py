@@ -99,6 +99,16 @@ def _learner_collector(learner, bootstrap: Broker, topic: str):
             if r.published:
                 last.add_metric([flow], max(m.created_at_ms for m in r.published) / 1000)
             yield last
+            auc = GaugeMetricFamily(
+                "streamrec_learner_auc",
+                "ROC AUC of the ranker per task over its newest predictions made before learning "
+                "from them (learn.auc_window samples)",
+                labels=["flow", "task"],
+            )
+            ring = learner.ranker.prequential
+            for task, value in sorted((ring.auc() if ring is not None else {}).items()):
+                auc.add_metric([flow, task], value)
+            yield auc
             offsets = dict(learner.offsets)  # a copy is atomic; the learner runs meanwhile
             labels = ["flow", "topic", "partition"]
             position = GaugeMetricFamily(

@@ -76,3 +76,54 @@ class OffsetTracker:
             t: fit_offset(*(torch.from_numpy(r) for r in ring[:, : self._filled]))
             for t, ring in self._rings.items()
         }
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC of `scores` for `labels` > 0 (ties count a half); NaN without both classes."""
+    pos = np.asarray(labels) > 0
+    _, group = np.unique(np.asarray(scores), return_inverse=True)  # tie groups, ascending
+    n = int(group.max()) + 1 if len(group) else 0
+    ups = np.bincount(group, pos, n).astype(np.float64)
+    downs = np.bincount(group, ~pos, n).astype(np.float64)
+    if not ups.sum() or not downs.sum():
+        return float("nan")
+    below = np.cumsum(downs) - downs
+    return float((ups * (below + 0.5 * downs)).sum() / (ups.sum() * downs.sum()))
+
+
+class PrequentialAUC:
+    """ROC AUC per task of the newest `window` predictions, each made before learning.
+
+    Online, the ranker's forward pass on a batch precedes its step on that batch (test, then
+    train): `observe` keeps the newest `window` logits and labels per task in a ring; `auc`
+    reads it (the learner's `streamrec_learner_auc` metric, at scrape time).
+    """
+
+    def __init__(self, tasks: tuple[str, ...], window: int) -> None:
+        self.window = window
+        self._rings = {t: np.zeros((2, window)) for t in tasks}  # (logit, label)
+        self._next = 0
+        self._filled = 0
+
+    def observe(self, logits: dict[str, torch.Tensor], labels: dict[str, np.ndarray]) -> None:
+        """Add one batch's logits (before the step) and labels."""
+        n = min(len(next(iter(labels.values()))), self.window)
+        slots = (self._next + np.arange(n)) % self.window
+        for t, ring in self._rings.items():
+            ring[0, slots] = logits[t].detach().double().numpy()[-n:]
+            ring[1, slots] = labels[t][-n:]
+        self._next = (self._next + n) % self.window
+        self._filled = min(self.window, self._filled + n)
+
+    @property
+    def samples(self) -> int:
+        """Predictions held (at most `window`)."""
+        return self._filled
+
+    def auc(self) -> dict[str, float]:
+        """Task -> AUC over the ring (NaN while it lacks a class; {} while it is empty)."""
+        filled = self._filled
+        if not filled:
+            return {}
+        rings = {t: ring[:, :filled].copy() for t, ring in self._rings.items()}
+        return {t: roc_auc(ring[1], ring[0]) for t, ring in rings.items()}

@@ -248,6 +248,10 @@ class LearnConfig(BaseModel):
     0.957-1.034 of the observed rate per fifth (0.958-1.160 off) but moves the offsets batch to
     batch, which costs the stream's pooled AUC (MovieLens like -0.017; KuaiRand click +0.009);
     docs/learning.md "Choices"."""
+    auc_window: int = Field(default=10_000, ge=0)
+    """Online: the ranker's AUC per task is measured on its predictions for the newest
+    this-many samples, each made before it learnt from them (`streamrec_learner_auc`, the API's
+    /dashboard); 0 measures none."""
     admit_after: int = Field(default=ADMIT_AFTER, ge=1)
     """Times an ID must be seen before it gets its own embedding row (passed down to every
     table by `embedding`)."""

@@ -129,6 +129,7 @@ class OnlineLearner:
             m.freeze_dense()
             m.set_embedding_lr(config.online_emb_lr)
         ranker.track_offsets(config.calibration_window)
+        ranker.track_auc(config.auc_window)
         self.writers = writers
         self.config = config
         self.snapshots = snapshots
@@ -348,6 +349,7 @@ class OnlineLearner:
         state.set_embedding_lr(self.config.online_emb_lr)
         if isinstance(state, RankerState):
             state.track_offsets(self.config.calibration_window)
+            state.track_auc(self.config.auc_window, keep=self.ranker.prequential)
         setattr(self, name, state)
         self.bases[name] = snap.versions[0]
         logger.info("%s: continuing from the newer full version %s", name, snap.versions[0])

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from features.schema import FeatureConfig
-from learners.calibration import OffsetTracker, fit_offset
+from learners.calibration import OffsetTracker, PrequentialAUC, fit_offset
 from learners.config import EmbeddingConfig, RetrieverConfig
 from learners.embeddings import EmbeddingStore
 from learners.inputs import Columns
@@ -172,6 +172,8 @@ class RankerState(_State, RankerModelState):
 
     tracker: OffsetTracker | None = None
     """Online: refits the logit offsets on predictions made before learning (`track_offsets`)."""
+    prequential: PrequentialAUC | None = None
+    """Online: the AUC of predictions made before learning (`track_auc`)."""
 
     def train_step(self, cols: Columns, optimizer: torch.optim.Optimizer | None) -> StepResult:
         """One step: ID rows always (Adagrad), dense parameters only with an `optimizer`."""
@@ -183,6 +185,8 @@ class RankerState(_State, RankerModelState):
         if self.tracker is not None and not self.model.training:
             # online (eval mode): `out` predicts samples the model has not learnt from yet
             self.logit_offsets.update(self.tracker.observe(out.logits, cols.labels, cols.keep_rate))
+        if self.prequential is not None and not self.model.training:
+            self.prequential.observe(out.logits, cols.labels)
         loss = self.model.loss(out, cols)
         self._step(loss, len(cols), optimizer)
         return StepResult(float(loss.detach()), len(cols), out.gate_entropy())
@@ -192,6 +196,11 @@ class RankerState(_State, RankerModelState):
         `window` samples, each made before the model learnt from it (`OffsetTracker`); 0 keeps
         the offsets full training fitted."""
         self.tracker = OffsetTracker(self._fitted(), window) if window else None
+
+    def track_auc(self, window: int, keep: PrequentialAUC | None = None) -> None:
+        """Online: keep the AUC of each binary task over the newest `window` predictions made
+        before learning (`keep`: continue that one's ring); 0 keeps none."""
+        self.prequential = keep or (PrequentialAUC(self.config.tasks, window) if window else None)
 
     def _fitted(self) -> dict[str, bool]:
         """Tasks whose logit offset is fitted -> whether their rate is importance weighted."""

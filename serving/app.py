@@ -1,4 +1,5 @@
-"""The FastAPI app of `streamrec serve`: /recommend, /features, /notes, /healthz, /metrics."""
+"""The FastAPI app of `streamrec serve`: /recommend, /features, /notes, /healthz, /metrics,
+/dashboard."""
 
 import contextlib
 import time
@@ -6,6 +7,7 @@ from typing import Annotated, Literal
 
 import redis
 from fastapi import FastAPI, HTTPException, Path, Query, Response
+from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -21,6 +23,8 @@ from features.client import VIEW_OF, FeatureClient
 from features.errors import ExposureError
 from features.schema import feature_types
 from serving.auth import BearerAuth
+from serving.config import DashboardConfig
+from serving.dashboard import PAGE, Sampler
 from serving.errors import DependencyError, NotReadyError
 from serving.recommender import STAGES, STEPS, Recommender
 
@@ -87,11 +91,16 @@ class FeaturesResponse(BaseModel):
 
 
 class NoteResponse(BaseModel):
-    """Whether a note is in the retrieval index."""
+    """Whether a note is in the retrieval index (and, for a user, which channels propose it)."""
 
     note_id: str
     in_index: bool
     retriever_version: int
+    channels: list[str] = []
+    """With `user_id`: the retrieval channels whose best `k` candidates for the user hold the
+    note (before the exposure filter; empty without `user_id`)."""
+    shown: bool | None = None
+    """With `user_id`: whether the user was shown the note (the exposure filter drops it)."""
 
 
 class Metrics:
@@ -269,9 +278,12 @@ def create_app(
     default_n: int,
     max_in_flight: int = 32,
     api_token: str | None = None,
+    dashboard: DashboardConfig | None = None,
 ) -> FastAPI:
     """The API over a recommender (its watcher is started and stopped by the caller); with
-    `api_token`, every request but the probes needs it as a bearer token (`serving.auth`)."""
+    `api_token`, every request but the probes needs it as a bearer token (`serving.auth`);
+    `dashboard`: what /dashboard samples (`app.state.dashboard`, the `Sampler`; its thread
+    starts with the first /dashboard request, `stop()` ends it)."""
     app = FastAPI(title="streamrec", version="0.1.0")
     metrics = Metrics()
     reader: FeatureClient = recommender.features
@@ -331,15 +343,29 @@ def create_app(
         )
 
     @app.get("/notes/{note_id}", response_model=NoteResponse)
-    def note(note_id: Annotated[str, Path(min_length=1, max_length=256)]) -> NoteResponse:
+    def note(
+        note_id: Annotated[str, Path(min_length=1, max_length=256)],
+        user_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+        k: Annotated[int, Query(ge=1, le=10_000)] = max(recommender.config.channels.fresh, 1),
+    ) -> NoteResponse:
+        """Whether the retrieval index holds the note; with `user_id`, which channels' best `k`
+        candidates for the user hold it (default `k`: the fresh channel's quota, what the merge
+        takes from it for a user who was shown none of them)."""
         try:
             view = watcher.current()
+            found, shown = recommender.candidates_by_channel(user_id, k) if user_id else ([], set())
         except NotReadyError as exc:
             raise HTTPException(503, str(exc)) from None
+        except DependencyError as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
+        except (redis.RedisError, OSError) as exc:
+            raise HTTPException(503, f"Redis: {exc}", headers={"Retry-After": "1"}) from None
         return NoteResponse(
             note_id=note_id,
             in_index=note_id in view.index,
             retriever_version=view.versions["retriever"],
+            channels=[c.channel for c in found if note_id in c.ids],
+            shown=note_id in shown if user_id else None,
         )
 
     @app.get("/healthz")
@@ -376,8 +402,8 @@ def create_app(
             "checks": {name: {"ok": ok, "detail": d} for name, (ok, d) in checks.items()},
         }
 
-    @app.get("/metrics")
-    def prometheus() -> Response:
+    def exposition() -> bytes:
+        """The Prometheus text of this app, its gauges read now."""
         now = time.time()
         try:
             view = watcher.current()
@@ -396,9 +422,28 @@ def create_app(
             with contextlib.suppress(redis.RedisError, OSError):
                 hwm = reader.as_of("stats")
         metrics.freshness.set(float("nan") if hwm is None else now - hwm / 1000)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return generate_latest(metrics.registry)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    sampler = Sampler(dashboard or DashboardConfig(), exposition)
+
+    @app.get("/dashboard", response_class=HTMLResponse)
+    def dashboard_page() -> HTMLResponse:
+        """Freshness, throughput, dead letters, lag, AUC and channel mix over time (a page)."""
+        sampler.start()
+        return HTMLResponse(PAGE.read_text())
+
+    @app.get("/dashboard/data")
+    def dashboard_data() -> dict:
+        """The samples the /dashboard page draws (JSON)."""
+        sampler.start()
+        return sampler.data()
 
     app.state.project = reader.project
+    app.state.dashboard = sampler
     metrics.declare([r.path for r in app.routes if isinstance(r, APIRoute)])
     app.add_middleware(_Admit, limit=max_in_flight, metrics=metrics)
     if api_token is not None:

@@ -135,6 +135,24 @@ class RerankConfig(BaseModel):
     """Most notes of one author in any `window` consecutive slots (0: no rule)."""
 
 
+class DashboardConfig(BaseModel):
+    """The API's /dashboard page (`serving.dashboard`): what it samples, how often, how long."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    targets: list[str] = []
+    """Prometheus endpoints of the stream jobs and the online learner (`host:port` or a URL;
+    `/metrics` is added to a bare `host:port`), read beside the API's own metrics; empty: the
+    API's series only (freshness, requests, channel mix)."""
+    every_s: float = Field(default=5.0, gt=0)
+    """Seconds between samples (the sampler runs from the first /dashboard request on)."""
+    points: int = Field(default=720, ge=2)
+    """Samples kept (720 at 5 s: the last hour)."""
+    timeout_s: float = Field(default=3.0, gt=0)
+    """Longest wait for one endpoint's answer (a silent one is marked down, the rest shown; the
+    online learner's takes up to 1 s: it fetches the log ends)."""
+
+
 class ServingConfig(BaseModel):
     """Retrieval, ranking and API settings."""
 
@@ -184,6 +202,8 @@ class ServingConfig(BaseModel):
     models; None: no experiments. Edits are picked up without a restart."""
     experiments_check_s: float = Field(default=1.0, gt=0)
     """How often (at most) the experiments file's modification time is checked."""
+    dashboard: DashboardConfig = DashboardConfig()
+    """The /dashboard page: the job endpoints it reads, its sampling."""
 
 
 class ArmOverrides(BaseModel):

@@ -67,5 +67,12 @@ def build_service(
         config,
         router,
     )
-    app = create_app(recommender, config.max_n, config.default_n, config.max_in_flight, api_token)
+    app = create_app(
+        recommender,
+        config.max_n,
+        config.default_n,
+        config.max_in_flight,
+        api_token,
+        config.dashboard,
+    )
     return Service(app, watcher, recommender)

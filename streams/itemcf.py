@@ -27,7 +27,10 @@ input the stored lists equal `streams.cf_reference.expected_neighbours` of the s
 
 Beside the lists the step keeps, from every event, each note's first-seen time, the fresh notes
 (first seen within `fresh_ms`, fewer than `trust_impressions` impressions) and each author's
-newest notes: the fresh and author channels' indexes.
+newest notes: the fresh and author channels' indexes. Their changes are written at most
+`refresh_s` after the first of them even when a slow recomputation has stretched its interval
+(without the lists and without raising the job's mark), so a new note reaches the fresh channel
+about a second after its first event whatever the lists cost.
 """
 
 from __future__ import annotations
@@ -308,6 +311,9 @@ class CoClickLogic(StatefulLogic[Part, Refresh, CoClickState]):
         self._due: datetime | None = None
         self._last_s = 0.0
         """Wall-clock seconds the last recomputation took."""
+        self._index_due: datetime | None = None
+        """When the fresh and author changes are written without a recomputation (at most
+        `refresh_s` after the first of them: a new note must not wait for a slow one)."""
 
     def apply(self, part: Part) -> None:
         """Add a batch to the state."""
@@ -370,6 +376,23 @@ class CoClickLogic(StatefulLogic[Part, Refresh, CoClickState]):
         st.fresh_changed, st.stale, st.authors_changed = set(), set(), {}
         return Refresh(rows, authors, fresh, stale, st.hwm, time.perf_counter() - start)
 
+    def indexes(self) -> Refresh:
+        """The fresh and author changes since the last write, without a recomputation (the
+        lists, the notes no longer fresh and the job's mark wait for it: the mark says the
+        lists are current)."""
+        st = self.state
+        fresh = [
+            FreshNote(n, st.fresh[n][0], st.fresh[n][2], st.fresh[n][3], st.fresh[n][1])
+            for n in sorted(st.fresh_changed)
+            if n in st.fresh
+        ]
+        authors = st.authors_changed
+        st.fresh_changed, st.authors_changed = set(), {}
+        return Refresh({}, authors, fresh, [], None)
+
+    def _index_pending(self) -> bool:
+        return bool(self.state.fresh_changed or self.state.authors_changed)
+
     def _pending(self) -> bool:
         st = self.state
         return bool(
@@ -387,23 +410,40 @@ class CoClickLogic(StatefulLogic[Part, Refresh, CoClickState]):
             # a recomputation slower than half the interval stretches it: at most a third of
             # the step's time goes to recomputing, the rest keeps up with the input
             self._due = now + timedelta(seconds=max(self.config.refresh_s, 2 * self._last_s))
-        if now >= self._due:
-            return self.on_notify()
+        if self._index_due is None and self._index_pending():
+            self._index_due = now + timedelta(seconds=self.config.refresh_s)
+        return self._due_now(now)
+
+    def _due_now(self, now: datetime) -> tuple[list[Refresh], bool]:
+        """The recomputation when it is due, else the index changes when they are."""
+        if self._due is not None and now >= self._due:
+            return self._recompute()
+        if self._index_due is not None and now >= self._index_due:
+            self._index_due = None
+            if self._index_pending():
+                return [self.indexes()], StatefulLogic.RETAIN
         return [], StatefulLogic.RETAIN
 
-    def on_notify(self) -> tuple[list[Refresh], bool]:
-        self._due = None
+    def _recompute(self) -> tuple[list[Refresh], bool]:
+        self._due = self._index_due = None
         if not self._pending():
             return [], StatefulLogic.RETAIN
         out = self.refresh()
         self._last_s = out.seconds
         return [out], StatefulLogic.RETAIN
 
+    def on_notify(self) -> tuple[list[Refresh], bool]:
+        return self._due_now(datetime.now(UTC))
+
     def on_eof(self) -> tuple[list[Refresh], bool]:
-        return self.on_notify()
+        return self._recompute()
 
     def notify_at(self) -> datetime | None:
-        return self._due if self._pending() else None
+        due = [
+            *([self._due] if self._due is not None and self._pending() else []),
+            *([self._index_due] if self._index_due is not None and self._index_pending() else []),
+        ]
+        return min(due) if due else None
 
     def snapshot(self) -> CoClickState | None:
         return copy.deepcopy(self.state) if self.recoverable else None

@@ -2,8 +2,8 @@
 
 1. The stack comes up; the demo gets topics, a Feast project, an exposure namespace, a sample
    log and a snapshot root of its own (a settings file in its run directory), so runs never mix.
-2. The stats, exposure and sample jobs start as processes (`streamrec run ...`), in one
-   `infra.processes.ProcessGroup` logging to `<run_dir>/logs/`.
+2. The stats, exposure, sample, experiments and co-click jobs start as processes
+   (`streamrec run ...`), in one `infra.processes.ProcessGroup` logging to `<run_dir>/logs/`.
 3. History: synthetic events for the `warm_s` seconds before now are replayed as fast as
    possible; once the joiner has logged their samples, `streamrec learn full` trains both
    models and publishes full snapshots.
@@ -11,8 +11,10 @@
    event time (event time = wall clock) at `live_rate`, while a client calls `/recommend`,
    and probes measure (a) how long after an impression of a recommended note is produced
    `/recommend` stops returning it, and that it never returns it again, (b) how long after a
-   brand-new note's first events it is in the retrieval index.
-5. The figures are printed and written (summary.json, PNG plots) in the run directory.
+   brand-new note's first events the fresh channel proposes it (to a user without history) and
+   it is in the retrieval index.
+5. The figures are printed (with each retrieval channel's share and interest lift of the
+   recommendations) and written (summary.json, PNG plots) in the run directory.
 
 Usage:
 

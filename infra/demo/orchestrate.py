@@ -30,6 +30,7 @@ from infra.demo import experiment
 from infra.demo.errors import DemoError
 from infra.demo.probes import (
     Client,
+    FreshProbe,
     check_new_notes,
     exposure_probe,
     new_note_events,
@@ -104,14 +105,26 @@ def wait_for(
         time.sleep(every)
 
 
-def demo_settings(run_id: str, run_dir: Path, base: Settings, config: DemoConfig) -> dict:
+JOBS = ("stats", "exposure", "samples", "experiments", "itemcf")
+"""The stream jobs a demo runs (`streamrec run JOB`)."""
+
+
+def demo_settings(
+    run_id: str,
+    run_dir: Path,
+    base: Settings,
+    config: DemoConfig,
+    metrics_ports: dict[str, int] | None = None,
+) -> dict:
     """The settings file of one demo run: its own topics, project, namespace and data directory.
 
     Every file of the run (Feast registry and offline log, sample log, snapshots, recovery
-    stores) is derived from its data directory `run_dir`.
+    stores) is derived from its data directory `run_dir`; `metrics_ports` (process -> port of
+    its metrics endpoint) become the targets of the API's /dashboard.
     """
     prefix = f"demo-{run_id}"
-    return {
+    targets = [f"127.0.0.1:{port}" for port in (metrics_ports or {}).values()]
+    out = {
         "data_dir": str(run_dir),
         "kafka": {
             "topics": {
@@ -150,6 +163,8 @@ def demo_settings(run_id: str, run_dir: Path, base: Settings, config: DemoConfig
             ),
         },
     }
+    out["serving"] = {**out.get("serving", {}), "dashboard": {"targets": targets}}
+    return out
 
 
 def _cli(*args: str) -> list[str]:
@@ -166,7 +181,8 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console | None = N
     run_dir.mkdir(parents=True)
     cfg_path = run_dir / "settings.yaml"
     experiment.write_experiments(run_dir)
-    cfg_path.write_text(yaml.safe_dump(demo_settings(run_id, run_dir, settings, config)))
+    ports = {name: free_port() for name in (*JOBS, "learn-online")}
+    cfg_path.write_text(yaml.safe_dump(demo_settings(run_id, run_dir, settings, config, ports)))
     env = {**os.environ, DATA_DIR_ENV: str(run_dir)}
     env["KAFKA_BOOTSTRAP"], env["REDIS_URL"] = state.bootstrap, state.redis_url
     run = load_settings(cfg_path, env)  # what the jobs will read
@@ -182,7 +198,7 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console | None = N
     report = DemoReport(run_dir)
     console.print(f"[bold]demo run {run_id}[/bold]: {run_dir}")
     try:
-        _run(config, state, cfg_path, run, jobs, report, console)
+        _run(config, state, cfg_path, run, jobs, report, console, ports)
     finally:
         jobs.stop()
     (run_dir / "summary.json").write_text(json.dumps(report.summary(), indent=2))
@@ -190,13 +206,15 @@ def run_demo(settings: Settings, config: DemoConfig, console: Console | None = N
     return report
 
 
-def _run(config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, report, console) -> None:
+def _run(
+    config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, report, console, ports
+) -> None:
     """Jobs, history, full training, then online learning and serving for the live phase."""
     conf = ["--config", str(cfg_path)]
     topic = run.kafka.topics.interactions
-    for job in ("stats", "exposure", "samples", "experiments"):
-        jobs.start(job, _cli("run", job, *conf))
-    console.print("started the stats, exposure, sample and experiments jobs")
+    for job in JOBS:
+        jobs.start(job, _cli("run", job, "--metrics-port", str(ports[job]), *conf))
+    console.print("started the stats, exposure, sample, experiments and co-click jobs")
 
     gap_ms = 1000.0 / config.event_rate * 10  # ~10 events per request in the synthetic world
     world = SyntheticConfig(
@@ -242,15 +260,24 @@ def _run(config, state, cfg_path: Path, run: Settings, jobs: ProcessGroup, repor
         console.print(f"  {line}")
 
     port = free_port()
-    jobs.start("learn-online", _cli("learn", "online", *conf))
+    online = ("--metrics-port", str(ports["learn-online"]))
+    jobs.start("learn-online", _cli("learn", "online", *online, *conf))
     jobs.start("serve", _cli("serve", "--port", str(port), *conf))
     client = Client(f"http://127.0.0.1:{port}", config.n)
     wait_for(client.ready, "serving to load the snapshots", config.step_timeout_s, jobs)
-    console.print(f"serving on http://127.0.0.1:{port}; live phase for {config.live_s:.0f} s")
+    client.dashboard()  # starts its sampler: the live phase is on the page
+    console.print(
+        f"serving on http://127.0.0.1:{port} (dashboard: http://127.0.0.1:{port}/dashboard); "
+        f"live phase for {config.live_s:.0f} s"
+    )
     stream.offset_ms += now_ms() - live_start  # event time = wall clock from here on
     responder = experiment.Responder(source, producer, topic, config.seed)
     _live(config, state, run, stream, producer, client, jobs, report, responder)
     report.latencies_ms, report.errors = client.latencies_ms, client.errors
+    board = client.dashboard()
+    report.dashboard_samples = len(board.get("points", []))
+    report.dashboard_targets = len(board.get("targets", []))
+    report.dashboard_targets_up = sum(t["up"] for t in board.get("targets", []))
     quality(client, report, run.paths.sample_log)
     report.experiment_report = experiment.report(responder, jobs, conf, run, config.step_timeout_s)
 
@@ -281,9 +308,14 @@ def _live(
         Path(run.snapshots.root),
         report,
         stop,
+        mark_key(run.feast_project, "itemcf"),
     )
+    fresh = FreshProbe(client, report, run.serving.channels.fresh_pool)
+    fresh_stop = threading.Event()
     threads = [threading.Thread(target=f, daemon=True) for f in (produce, background)]
     threads.append(threading.Thread(target=sample_freshness, args=freshness, daemon=True))
+    fresh_thread = threading.Thread(target=fresh.run, args=(fresh_stop,), daemon=True)
+    fresh_thread.start()
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -300,14 +332,18 @@ def _live(
             exposure_probe(client, exposure, probe_producer, topic, users, rng, report)
         else:
             note = f"new{len(new_notes)}-{uuid.uuid4().hex[:4]}"
+            t0 = time.monotonic()
             new_note_events(probe_producer, topic, note, users, rng)
-            new_notes[note] = time.monotonic()
+            new_notes[note] = t0
+            fresh.add(note, t0)
         check_new_notes(client, new_notes, report)
         time.sleep(max(0.0, (deadline - time.monotonic()) / max(1, len(probes))) * 0.5)
-    while new_notes and time.monotonic() < deadline + 30:
+    while (new_notes or fresh.pending) and time.monotonic() < deadline + 30:
         check_new_notes(client, new_notes, report)
         time.sleep(0.5)
     report.new_notes_missing = len(new_notes)
+    fresh_stop.set()
+    fresh_thread.join(30)
     stop.set()
     for t in threads:
         t.join(30)

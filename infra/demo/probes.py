@@ -1,12 +1,13 @@
 """What the demo measures while it runs: an HTTP client of serving and the probes that use it.
 
 - `Client`: `/recommend`, `/notes/{id}` and `/readyz` calls, recording latency and errors;
-- `sample_freshness`: once a second, now minus the stats and exposure high-water marks and the
-  age of the newest ranker snapshot;
+- `sample_freshness`: once a second, now minus the stats, exposure and co-click high-water marks
+  and the age of the newest ranker snapshot;
 - `exposure_probe`: one impression of a recommended note, timed until `/recommend` drops it;
-- `new_note_events` / `check_new_notes`: a brand-new note's first events, timed until the
-  retrieval index holds it;
-- `quality`: category lift of recommendations against the synthetic ground truth.
+- `new_note_events` / `FreshProbe` / `check_new_notes`: a brand-new note's first events, timed
+  until the fresh channel proposes it and until the retrieval index holds it;
+- `quality`: category lift of recommendations against the synthetic ground truth, overall and
+  per retrieval channel (with each channel's share of the recommendations).
 """
 
 from __future__ import annotations
@@ -59,6 +60,38 @@ class Client:
             return False
         return r.status_code == 200 and bool(r.json().get("in_index"))
 
+    def note_channels(self, note_id: str, user_id: str, k: int) -> list[str]:
+        """The retrieval channels whose best `k` candidates for `user_id` hold `note_id`."""
+        try:
+            r = self.http.get(f"/notes/{note_id}", params={"user_id": user_id, "k": k})
+        except httpx.HTTPError:
+            return []
+        return r.json().get("channels", []) if r.status_code == 200 else []
+
+    def channel_items(self) -> dict[str, float]:
+        """Channel -> notes /recommend returned from it so far (the API's counters)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            text = self.http.get("/metrics").text
+        except httpx.HTTPError:
+            return {}
+        return {
+            s.labels["channel"]: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "streamrec_channel_items_total" and s.value
+        }
+
+    def dashboard(self) -> dict:
+        """What /dashboard/data holds ({} when it cannot be read); the first call starts the
+        API's dashboard sampler."""
+        try:
+            r = self.http.get("/dashboard/data")
+        except httpx.HTTPError:
+            return {}
+        return r.json() if r.status_code == 200 else {}
+
     def ready(self) -> bool:
         """Serving answers /readyz with 200 (snapshots loaded, Redis answers)."""
         try:
@@ -79,15 +112,17 @@ def sample_freshness(
     snapshot_root: Path,
     report: DemoReport,
     stop: threading.Event,
+    coclick_hwm_key: str | None = None,
 ) -> None:
-    """Every second until `stop`: feature and exposure lag, and the newest ranker snapshot's age."""
+    """Every second until `stop`: feature, exposure and (with its key) co-click lag, and the
+    newest ranker snapshot's age."""
     r = connect(redis_url)
+    marks = [(feature_hwm_key, report.feature_lag_ms), (exposure_hwm_key, report.exposure_lag_ms)]
+    if coclick_hwm_key is not None:
+        marks.append((coclick_hwm_key, report.coclick_lag_ms))
     while not stop.wait(1.0):
         now = now_ms()
-        for key, out in (
-            (feature_hwm_key, report.feature_lag_ms),
-            (exposure_hwm_key, report.exposure_lag_ms),
-        ):
+        for key, out in marks:
             value = r.get(key)
             if value is not None:
                 out.append(float(now - int(value)))
@@ -164,6 +199,45 @@ def new_note_events(producer, topic, note: str, users, rng) -> None:
     producer.flush(10)
 
 
+class FreshProbe:
+    """New notes timed into the fresh channel, from a thread polling every 200 ms: from a
+    note's first event (produced at monotonic `t0`) until the fresh channel of a request reads
+    it (`/notes/{id}?user_id=&k=pool`: among the `pool` newest fresh notes every request's
+    fresh channel ranks - the least shown first - for a user without history)."""
+
+    def __init__(
+        self, client: Client, report: DemoReport, pool: int, timeout_s: float = 30.0
+    ) -> None:
+        self.client, self.report, self.timeout_s, self.pool = client, report, timeout_s, pool
+        self.user = f"probe-{uuid.uuid4().hex[:8]}"  # no clicks: the least shown come first
+        self.pending: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, note: str, t0: float) -> None:
+        """Time `note`, whose first event was produced at monotonic `t0`."""
+        with self._lock:
+            self.pending[note] = t0
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll the pending notes until `stop`; a note not proposed in `timeout_s` is missing."""
+        while not stop.wait(0.2):
+            with self._lock:
+                pending = list(self.pending.items())
+            for note, t0 in pending:
+                reached = "fresh" in self.client.note_channels(note, self.user, self.pool)
+                late = time.monotonic() - t0 > self.timeout_s
+                if reached:
+                    self.report.fresh_delays_s.append(time.monotonic() - t0)
+                elif late:
+                    self.report.fresh_missing += 1
+                if reached or late:
+                    with self._lock:
+                        del self.pending[note]
+        with self._lock:
+            self.report.fresh_missing += len(self.pending)
+            self.pending.clear()
+
+
 def check_new_notes(client: Client, pending: dict[str, float], report: DemoReport) -> None:
     """Record the delay of every pending new note now in the index and drop it from `pending`."""
     for note, t0 in list(pending.items()):
@@ -191,6 +265,10 @@ def quality(client: Client, report: DemoReport, sample_log: Path | None = None) 
     drawn = rng.choice(len(interest["user_id"]), size=50, replace=False).tolist()
     lift = _Lift(client, interest, notes)
     report.category_lift, report.oracle_lift = lift.of(drawn, report, record=True)
+    report.channels = lift.by_channel()
+    for channel, count in client.channel_items().items():
+        report.channels.setdefault(channel, {"share": 0.0, "lift": float("nan"), "items": 0})
+        report.channels[channel]["answered"] = count
     if sample_log is not None:
         from features.samples import read_sample_log
 
@@ -209,6 +287,25 @@ class _Lift:
         self.client, self.interest = client, interest
         self.category = dict(zip(notes["note_id"], notes["category"], strict=True))
         self.note_cats = np.array([int(c[1:]) for c in notes["category"]])
+        self.items: list[tuple[str, float | None, float]] = []
+        """(channel, true interest of the note or None for a note not in the truth, the
+        user's mean interest) of every recommended item of a recorded `of`."""
+
+    def by_channel(self) -> dict[str, dict]:
+        """Channel -> share of the recorded items, their interest lift (mean true interest of
+        the channel's notes over the mean interest of a random category for the same users)
+        and the item count."""
+        out = {}
+        for channel in sorted({c for c, _, _ in self.items}):
+            mine = [(i, b) for c, i, b in self.items if c == channel]
+            known = [(i, b) for i, b in mine if i is not None]
+            lift = (
+                float(np.mean([i for i, _ in known]) / np.mean([b for _, b in known]))
+                if known
+                else float("nan")
+            )
+            out[channel] = {"share": len(mine) / len(self.items), "lift": lift, "items": len(mine)}
+        return out
 
     def of(self, users: list[int], report: DemoReport, record: bool) -> tuple[float, float]:
         """(lift, oracle lift) over `users` (rows of the truth); with `record` the history
@@ -218,6 +315,11 @@ class _Lift:
             user, weights = self.interest["user_id"][u], np.asarray(self.interest["interest"][u])
             answer = self.client.recommend(user)
             recommended = [i for i in ids(answer) if i in self.category]
+            if record:
+                for item in (answer or {}).get("items", []):
+                    cat = self.category.get(item["note_id"])
+                    mine = None if cat is None else float(weights[int(cat[1:])])
+                    self.items.append((item.get("channel", "two_tower"), mine, weights.mean()))
             if not recommended:
                 continue
             hits.append(np.mean([weights[int(self.category[i][1:])] for i in recommended]))

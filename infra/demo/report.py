@@ -25,11 +25,26 @@ class DemoReport:
     errors: int = 0
     feature_lag_ms: list[float] = field(default_factory=list)
     exposure_lag_ms: list[float] = field(default_factory=list)
+    coclick_lag_ms: list[float] = field(default_factory=list)
+    """Now minus the co-click job's event-time mark (its fresh list is this far behind)."""
     snapshot_age_s: list[float] = field(default_factory=list)
     exposure_delays_s: list[float] = field(default_factory=list)
     exposure_violations: int = 0
     new_note_delays_s: list[float] = field(default_factory=list)
     new_notes_missing: int = 0
+    fresh_delays_s: list[float] = field(default_factory=list)
+    """Per new note, seconds from its first event until the fresh channel proposed it."""
+    fresh_missing: int = 0
+    """New notes the fresh channel had not proposed within the probe's 30 s."""
+    dashboard_samples: int = 0
+    """Samples the API's /dashboard took during the live phase."""
+    dashboard_targets: int = 0
+    """Metrics endpoints (jobs, online learner) the dashboard reads."""
+    dashboard_targets_up: int = 0
+    """Of those, the ones that answered its last sample."""
+    channels: dict[str, dict] = field(default_factory=dict)
+    """Retrieval channel -> "share" and "items" of the quality users' recommendations, their
+    interest "lift", and "answered": the notes /recommend returned from it in the whole run."""
     category_lift: float = float("nan")
     oracle_lift: float = float("nan")
     """Lift of lists of the notes of highest true interest (the synthetic truth), for scale."""
@@ -59,13 +74,19 @@ class DemoReport:
             "latencies_ms",
             "feature_lag_ms",
             "exposure_lag_ms",
+            "coclick_lag_ms",
             "snapshot_age_s",
             "exposure_delays_s",
             "new_note_delays_s",
+            "fresh_delays_s",
             "history_notes",
         ):
             values = getattr(self, name)
             out[name] = {"n": len(values), "p50": pct(values, 50), "p99": pct(values, 99)}
+        out["channels"] = {
+            c: {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in d.items()}
+            for c, d in self.channels.items()
+        }
         out["run_dir"] = str(self.run_dir)
         return out
 
@@ -119,9 +140,16 @@ def print_report(report: DemoReport, console: Console) -> None:
     table.add_row("/recommend errors", str(report.errors))
     table.add_row("feature freshness (now - hwm)", fmt("feature_lag_ms", "ms"))
     table.add_row("exposure freshness (now - hwm)", fmt("exposure_lag_ms", "ms"))
+    table.add_row("co-click freshness (now - hwm)", fmt("coclick_lag_ms", "ms"))
     table.add_row("ranker snapshot age", fmt("snapshot_age_s", "s"))
     table.add_row("impression -> filtered", fmt("exposure_delays_s", "s"))
     table.add_row("exposed note returned again", str(report.exposure_violations))
+    within = sum(d <= 5.0 for d in report.fresh_delays_s)
+    table.add_row(
+        "new note -> fresh channel",
+        f"{fmt('fresh_delays_s', 's')}; {within} of "
+        f"{len(report.fresh_delays_s) + report.fresh_missing} within 5 s",
+    )
     table.add_row("new note -> in index", fmt("new_note_delays_s", "s"))
     table.add_row("new notes never indexed", str(report.new_notes_missing))
     table.add_row(
@@ -133,7 +161,27 @@ def print_report(report: DemoReport, console: Console) -> None:
         f"{report.active_lift:.2f}x (oracle {report.active_oracle_lift:.2f}x)",
     )
     table.add_row("user history read by /recommend", fmt("history_notes", "notes"))
+    table.add_row(
+        "/dashboard",
+        f"{report.dashboard_samples} samples; {report.dashboard_targets_up} of "
+        f"{report.dashboard_targets} job and learner endpoints answering",
+    )
     console.print(table)
+    if report.channels:
+        mix = Table(title="recommendations by retrieval channel")
+        for column in ("channel", "share", "interest lift", "notes", "share, whole run"):
+            mix.add_column(column, justify="left" if column == "channel" else "right")
+        answered = sum(d.get("answered", 0) for d in report.channels.values())
+        for channel, d in sorted(report.channels.items(), key=lambda kv: -kv[1]["share"]):
+            run_share = d.get("answered", 0) / answered if answered else float("nan")
+            mix.add_row(
+                channel,
+                f"{100 * d['share']:.1f} %",
+                f"{d['lift']:.2f}x",
+                str(d["items"]),
+                f"{100 * run_share:.1f} %",
+            )
+        console.print(mix)
     for ex in report.examples:
         console.print(f"[bold]{ex['user_id']}[/bold] interests {', '.join(ex['top_interests'])}")
         for item in ex["items"]:

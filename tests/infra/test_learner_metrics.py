@@ -69,6 +69,7 @@ def test_learn_online_serves_its_progress_and_lag(
         samples = _scrape(port)
         assert _sum(samples, "streamrec_job_consumer_lag", flow="learn-online") == 0
         assert _sum(samples, "streamrec_job_log_end_offset", flow="learn-online") == 6
+        assert 0 <= _sum(samples, "streamrec_learner_auc", task="click") <= 1  # 1,000 samples
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             check_metrics(r.read())
     finally:

@@ -1,5 +1,5 @@
 """Logit offsets: the bisection fit, the online tracker on held-out predictions, and the refit
-offsets reaching serving through deltas."""
+offsets reaching serving through deltas; the prequential AUC of the online ranker."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from learners.calibration import OffsetTracker, fit_offset
+from features.samples import decode_batch
+from learners.calibration import OffsetTracker, PrequentialAUC, fit_offset, roc_auc
 from learners.inference import Ranker
+from learners.inputs import Columns
 from learners.online import OnlineLearner
 from learners.snapshots import SnapshotReader
 from tests.learners.helpers import CONFIG, Clock, messages, publish_trained, synthetic
@@ -78,3 +80,54 @@ def test_online_offsets_are_refit_and_reach_serving_through_deltas(tmp_path: Pat
     mine = learner.ranker.predict(one_user)
     for task, values in mine.items():
         np.testing.assert_allclose(served[task], values, rtol=1e-6)
+
+
+def test_roc_auc_counts_pairs_and_ties_a_half() -> None:
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.3).astype(np.float64)
+    s = rng.integers(0, 20, 300).astype(np.float64)  # many ties
+    pos, neg = s[y > 0], s[y == 0]
+    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    assert roc_auc(y, s) == pytest.approx(pairs / (len(pos) * len(neg)))
+    assert roc_auc(np.array([0.0, 1.0]), np.array([0.2, 0.9])) == 1.0
+    assert np.isnan(roc_auc(np.zeros(5), np.arange(5.0)))
+
+
+def test_the_prequential_auc_reads_the_newest_window() -> None:
+    rng = np.random.default_rng(4)
+    ring = PrequentialAUC(("click", "like"), window=1_000)
+    assert ring.auc() == {}
+    for _ in range(3):
+        logits, labels, _ = _batch(rng, 0.0)
+        ring.observe(logits, labels)
+    assert ring.samples == 1_000 and 0.6 < ring.auc()["click"] < 1.0
+    for _ in range(2):  # 1,000 new predictions, ranked backwards: the old ones are forgotten
+        logits, labels, _ = _batch(rng, 0.0)
+        ring.observe({t: -z for t, z in logits.items()}, labels)
+    assert ring.auc()["click"] < 0.4
+
+
+def test_the_online_ranker_measures_its_auc_before_learning(tmp_path: Path) -> None:
+    snapshots = publish_trained(tmp_path)
+    learner = OnlineLearner.from_latest(CONFIG, snapshots, clock=Clock())
+    model = learner.ranker.model  # record every forward pass: each precedes its batch's step
+    made: list[np.ndarray] = []
+    forward = model.forward
+
+    def recording(inputs):
+        out = forward(inputs)
+        made.append(out.logits["click"].detach().double().numpy().copy())
+        return out
+
+    model.forward = recording
+    msgs = messages(seed=23, n=2_000, users=300)
+    learner.run(iter(msgs))
+    ring = learner.ranker.prequential
+    assert ring is not None and ring.samples == 2_000
+    auc = ring.auc()
+    assert set(auc) == set(learner.ranker.config.tasks) and 0.0 <= auc["click"] <= 1.0
+    labels = np.concatenate(
+        [Columns.from_samples(decode_batch(m.value).samples).labels["click"] for m in msgs]
+    )
+    logits = np.concatenate(made)
+    assert auc["click"] == pytest.approx(roc_auc(labels, logits))

@@ -153,3 +153,9 @@ def test_recommend_reports_the_channels_that_found_each_item(
     metrics = client.get("/metrics").text
     assert 'streamrec_channel_candidates_total{channel="itemcf"}' in metrics
     assert 'streamrec_channel_items_total{channel="fresh"} 1.0' in metrics
+    # /notes with a user: which channels propose the note to that user (the demo's fresh probe)
+    found = client.get(f"/notes/{fresh}", params={"user_id": "cf-user"}).json()
+    assert "fresh" in found["channels"] and found["shown"] is False
+    found = client.get(f"/notes/{similar[0]}", params={"user_id": "cf-user"}).json()
+    assert "itemcf" in found["channels"] and "fresh" not in found["channels"]
+    assert client.get(f"/notes/{fresh}").json()["channels"] == []

@@ -15,7 +15,15 @@ from infra.config import Settings
 from streams.cf_reference import expected_neighbours
 from streams.config import CoClickConfig
 from streams.events import Event
-from streams.itemcf import NeighbourSink, Refresh, build_flow
+from streams.itemcf import (
+    ClickGraph,
+    CoClickLogic,
+    CoClickState,
+    NeighbourSink,
+    Part,
+    Refresh,
+    build_flow,
+)
 from streams.sources.synthetic import SyntheticConfig
 from tests.streams.helpers import cli_env, events_fixture, raw_batches, replayed_topic, run_to_end
 
@@ -90,6 +98,26 @@ def test_window_evicts_and_swing_penalises_overlap() -> None:
     expected = expected_neighbours(evs, 8, 10, 1.0)["itemcf"]
     assert itemcf == {n: (ids, pytest.approx(s)) for n, (ids, s) in expected.items()}
     assert "x" not in dict(zip(*itemcf["q0"], strict=True))
+
+
+def test_a_new_note_is_written_to_the_fresh_index_without_waiting_for_a_slow_recomputation():
+    """The fresh and author changes go out `refresh_s` after they happen even when the last
+    recomputation stretched its interval; the lists and the mark wait for the recomputation."""
+    logic = CoClickLogic(CoClickState(ClickGraph(CONFIG.user_window)), CONFIG, recoverable=False)
+    logic._last_s = 3_600.0  # the last recomputation took an hour: the next is 2 hours away
+    t = 1_700_000_000_000
+    seen = [("n1", t - 10, True, "a1", "c1"), ("n1", t, False, "", "")]
+    (first,), _ = logic.on_item(Part([("u1", "n1", t)], seen, t))
+    assert first.rows == {} and first.hwm is None and first.stale == []
+    assert [(f.note_id, f.first_seen_ms, f.impressions) for f in first.fresh] == [("n1", t - 10, 1)]
+    assert first.authors == {"a1": {"n1": t - 10}}
+    later = Part([("u2", "n1", t + 5)], [("n2", t + 1, True, "", "c2")], t + 5)
+    (second,), _ = logic.on_item(later)
+    assert [f.note_id for f in second.fresh] == ["n2"] and second.rows == {}
+    assert logic.notify_at() is not None  # the clicks still wait for their recomputation
+    (final,), _ = logic.on_eof()
+    assert "n1" in final.rows["itemcf"]  # recomputed at last
+    assert final.hwm == t + 5 and final.fresh == [] and final.authors == {}
 
 
 @pytest.fixture
