@@ -137,6 +137,7 @@ def train_pass(
             entropies.append(res.gate_entropy)
         if on_progress is not None:
             on_progress(len(batch))
+    ranker.fit_base(cols)
     ranker.recalibrate(cols)
     report.seconds = time.perf_counter() - t0
     report.ranker_loss = float(np.mean(losses)) if losses else float("nan")

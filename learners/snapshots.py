@@ -97,8 +97,9 @@ class SnapshotConfig(BaseModel):
     """Full snapshots kept per model; older fulls and their deltas are pruned on a full publish."""
     full_every_s: float = Field(default=3600.0, gt=0)
     """Seconds between full snapshots published by the online learner."""
-    delta_every_s: float = Field(default=10.0, gt=0)
-    """Seconds between delta snapshots (changed rows only) published by the online learner."""
+    delta_every_s: float = Field(default=1.0, gt=0)
+    """Seconds between delta snapshots (changed rows only) published by the online learner
+    (1 s keeps event -> delta p99 under 5 s; its cost in bytes and swaps: docs/benchmarks.md)."""
     inline_max_bytes: int = Field(default=900_000, ge=0, le=1_000_000)
     """A delta whose announcement (manifest + files) fits in this many bytes is carried in it,
     so replicas apply it without reading the store; larger ones are announced by reference.

@@ -66,10 +66,11 @@ class ContextConfig(BaseModel):
 
 class ChannelsConfig(BaseModel):
     """The channels fed by the co-click job (`streamrec run itemcf`; `serving.channels`):
-    ItemCF, Swing, author and fresh notes. Each gives at most its quota of unseen candidates to
-    the `rank_k` the ranker scores, in the order fresh, (context,) itemcf, swing, author; the
-    two-tower channel fills the rest. A note several channels found is taken once and remembers
-    them all (`channels` of each item in /recommend)."""
+    ItemCF, Swing, author and fresh notes (and the cache channel, written by the recommender).
+    Each gives at most its quota of unseen candidates to the `rank_k` the ranker scores, in the
+    order fresh, (context,) itemcf, swing, author, cache; the two-tower channel fills the rest.
+    A note several channels found is taken once and remembers them all (`channels` of each
+    item in /recommend)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -81,6 +82,13 @@ class ChannelsConfig(BaseModel):
     """Quota of the author channel (0: off)."""
     fresh: int = Field(default=20, ge=0)
     """Quota of the fresh-note channel (0: off)."""
+    cache: int = Field(default=0, ge=0)
+    """Quota of the cache channel (0: off, the default): the notes the ranker placed high in
+    the user's last answer but that were not returned. On, every answer writes them."""
+    cache_size: int = Field(default=100, ge=1)
+    """Notes kept per user by the cache channel (the best fused scores not returned)."""
+    cache_ttl_s: int = Field(default=86_400, ge=1)
+    """Seconds a user's cached notes live without a new answer."""
     history: int = Field(default=20, ge=1, le=200)
     """Last clicked notes of the user whose neighbours and authors are read."""
     per_author: int = Field(default=5, ge=1)

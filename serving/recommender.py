@@ -29,6 +29,7 @@ from features.neighbours import NeighbourStore
 from features.samples import STAT_FEATURES
 from serving.channels import (
     AuthorChannel,
+    CacheChannel,
     Candidates,
     Channel,
     ContextChannel,
@@ -150,16 +151,18 @@ class Recommender:
             config,
         )
         self.router = router
+        self.store = NeighbourStore(features.client, features.project)
         """Experiments: the user's arms and the settings they make (None: no experiments)."""
         self.two_tower = TwoTowerChannel()
         self.context = ContextChannel(config.context) if config.context.enabled else None
-        store = NeighbourStore(features.client, features.project)
+        store = self.store
         cc = config.channels
         self.channels: list[Channel] = [
             FreshChannel(store, cc),
             NeighbourChannel("itemcf", store, cc),
             NeighbourChannel("swing", store, cc),
             AuthorChannel(store, cc),
+            CacheChannel(store),
         ]
         """The co-click job's channels, fresh first (each asked when its quota is > 0)."""
         self._contexts: dict[ContextConfig, ContextChannel] = {config.context: self.context}
@@ -322,6 +325,8 @@ class Recommender:
             order = pool[picked.order]
         fused_place = np.empty(len(cand), dtype=np.int64)
         fused_place[np.argsort(-fused, kind="stable")] = np.arange(len(cand))
+        if config.channels.cache:
+            self._cache(user_id, cand, fused, order, config.channels)
         t.append(time.perf_counter())
         items = [
             Scored(
@@ -361,6 +366,28 @@ class Recommender:
                 "returned": len(items),
             },
         )
+
+    def _cache(
+        self,
+        user_id: str,
+        cand: list[str],
+        fused: np.ndarray,
+        order: np.ndarray,
+        config: ChannelsConfig,
+    ) -> None:
+        """Write the cache channel's notes: the best fused scores not returned (a failing
+        Redis only loses them)."""
+        rest = np.ones(len(cand), dtype=bool)
+        rest[order] = False
+        left = np.flatnonzero(rest)
+        best = left[np.argsort(-fused[left], kind="stable")[: config.cache_size]]
+        try:
+            self.store.write_cache(
+                user_id, [cand[j] for j in best.tolist()], fused[best].tolist(),
+                config.cache_ttl_s,
+            )  # fmt: skip
+        except (redis.RedisError, OSError):
+            return
 
     def candidates_by_channel(self, user_id: str, k: int) -> tuple[list[Candidates], set[str]]:
         """Every channel's candidates for `user_id` (at most `k` each, before the exposure

@@ -109,6 +109,7 @@ def _serve(config: Path, data_dir: Path, bootstrap: str, redis_url: str) -> Iter
             proc.wait(10)
 
 
+@pytest.mark.serial
 def test_a_copyless_replica_answers_as_the_first_within_one_delta_interval(
     tmp_path: Path, s3_url: str, bootstrap: str, redis_url: str, topic_name: str
 ) -> None:
