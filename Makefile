@@ -36,11 +36,16 @@ promtool:
 demo: install
 	$(BIN)/streamrec demo
 
+# The suite's tests are independent sessions' worth of services (each worker its own broker and
+# Redis DB); those that assert wall-clock bounds (`serial`) run alone after the rest.
+TEST_WORKERS ?= 2
+
 test: install tools promtool
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m 'not serial'
+	$(BIN)/pytest -m serial
 
 lint: install
 	$(BIN)/ruff check .

@@ -188,7 +188,14 @@ def _sample_ids(bootstrap: str, topic: str) -> set[str]:
     }
 
 
-def latency(bootstrap: str, redis_url: str, warm: Columns, rate: float, seconds: float) -> dict:
+def latency(
+    bootstrap: str,
+    redis_url: str,
+    warm: Columns,
+    rate: float,
+    seconds: float,
+    delta_every_s: float,
+) -> dict:
     """Event produced -> ranker delta containing its note, through the real joiner process."""
     work = Path(tempfile.mkdtemp(prefix="bench-learning-"))
     topics = {
@@ -206,7 +213,7 @@ def latency(bootstrap: str, redis_url: str, warm: Columns, rate: float, seconds:
     _publish(root, ranker, retriever)
     settings = {
         "kafka": {"bootstrap": bootstrap, "topics": topics},
-        "snapshots": {"root": str(root), "delta_every_s": 10.0},
+        "snapshots": {"root": str(root), "delta_every_s": delta_every_s},
         "samples": {
             "attribution_window_ms": 2_000,
             "allowed_lateness_ms": 500,
@@ -235,6 +242,7 @@ def latency(bootstrap: str, redis_url: str, warm: Columns, rate: float, seconds:
     ]
     produced: list[tuple[str, str, int]] = []  # event_id, note_id, produced at (ms)
     deltas: list[tuple[int, int, set[str]]] = []  # created_ms, hwm_ms, note ids
+    delta_bytes: list[int] = []  # of each ranker delta (the cost of the cadence)
     stop = threading.Event()
 
     def watch() -> None:
@@ -249,6 +257,7 @@ def latency(bootstrap: str, redis_url: str, warm: Columns, rate: float, seconds:
                     (root / "ranker" / f"{m.version:010d}" / "ids.json").read_bytes()
                 )
                 deltas.append((m.created_at_ms, m.hwm_ms, set(ids.get("note", []))))
+                delta_bytes.append(_size(m))
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -288,6 +297,10 @@ def latency(bootstrap: str, redis_url: str, warm: Columns, rate: float, seconds:
         "probes": len(probes),
         "resolved": len(lat),
         "deltas": len(deltas),
+        "deltas per s": len(deltas) / max((max(d[0] for d in deltas) - first_delta) / 1000, 1e-9),
+        "delta bytes p50": percentile(delta_bytes, 50),
+        "delta bytes per s": sum(delta_bytes)
+        / max((max(d[0] for d in deltas) - first_delta) / 1000, 1e-9),
         "p50 s": percentile(lat, 50) if lat else float("nan"),
         "p99 s": percentile(lat, 99) if lat else float("nan"),
         "max s": max(lat) if lat else float("nan"),
@@ -302,6 +315,10 @@ def main(
     rate: float = typer.Option(2_000.0, help="Events/s produced in the latency part."),
     latency_s: float = typer.Option(60.0, help="Seconds of production in the latency part."),
     parts: str = typer.Option("throughput,latency", help="Comma-separated parts to run."),
+    delta_every_s: float = typer.Option(
+        SnapshotConfig.model_fields["delta_every_s"].default,
+        help="The learner's delta cadence in the latency part (default: the shipped one).",
+    ),
 ) -> None:
     """Print the figures; write bench/out/learning_latency.png."""
     import matplotlib.pyplot as plt
@@ -331,6 +348,7 @@ def main(
             cols.take(np.arange(20_000)),
             rate,
             latency_s,
+            delta_every_s,
         )
     console.print(
         f"event -> delta: {res['resolved']:,} of {res['probes']:,} impressions resolved, "
@@ -338,6 +356,11 @@ def main(
         f"max {res['max s']:.2f} s (logs {res['work']}); after the first "
         f"{STEADY_AFTER_S:.0f} s of deltas (startup backlog drained): {res['steady n']:,} "
         f"impressions, p50 {res['steady p50 s']:.2f} s, p99 {res['steady p99 s']:.2f} s"
+    )
+    console.print(
+        f"cadence {delta_every_s:g} s: {res['deltas per s']:.2f} ranker deltas/s (each a serving "
+        f"swap), median {res['delta bytes p50']:,.0f} bytes, {res['delta bytes per s']:,.0f} "
+        "delta bytes/s"
     )
     if res["latencies"]:
         fig, ax = plt.subplots(figsize=(7, 4))

@@ -56,7 +56,14 @@ from bench.quality import _events, join_events
 from features.neighbours import FreshNote
 from learners.config import LearnConfig, RankerConfig, RetrieverConfig
 from learners.inputs import Columns
-from serving.channels import Candidates, FreshChannel, NeighbourChannel, Request, merge_found
+from serving.channels import (
+    Candidates,
+    FreshChannel,
+    NeighbourChannel,
+    Request,
+    merge_calibrated,
+    merge_found,
+)
 from serving.config import ChannelsConfig
 from streams.config import CoClickConfig
 from streams.itemcf import ClickGraph, itemcf_rows, swing_rows
@@ -65,6 +72,9 @@ matplotlib.use("Agg")
 console = Console()
 OUT = Path(__file__).resolve().parent / "out"
 KS = (50, 200)
+MERGES = ("quota merge", "blend", "merged")
+"""The merges reported: quotas by channel, the calibrated blend, and the one chosen on the
+warm-up's tail ("merged", the acceptance's)."""
 HISTORY = 20
 CONFIG = CoClickConfig()
 """The co-click job's settings in the benchmark (its defaults)."""
@@ -237,6 +247,8 @@ class Scored:
 
     lists: dict[str, list[Candidates]]
     clicks: list[tuple[str, str]]
+    activity: dict[str, int]
+    """Each user's activity bucket (`activity_bucket` of their earlier distinct clicks)."""
 
 
 def score_batches(
@@ -268,7 +280,8 @@ def score_batches(
             done = seen.get(u, set())
             unseen = [_unseen(lists[c][u], done) for c in names]
             mine[u] = [Candidates(c.channel, c.ids[: KS[-1]], c.scores[: KS[-1]]) for c in unseen]
-        out.append(Scored(mine, [(b.user_id[i], b.note_id[i]) for i in clicked]))
+        pairs = [(b.user_id[i], b.note_id[i]) for i in clicked]
+        out.append(Scored(mine, pairs, {u: activity_bucket(len(seen.get(u, ()))) for u in users}))
         _learn(b, co, popular, history, seen)
         if retriever is not None and learn_retriever:
             retriever.train_step(b, None)
@@ -289,6 +302,70 @@ def merged_recall(
         hits += sum(n in merged[u] for u, n in batch.clicks)
         total += len(batch.clicks)
     return hits / max(1, total)
+
+
+ACTIVITY = (1, 5, 20, 100)
+"""Edges of the users' activity buckets (earlier distinct clicks: 0, 1-4, 5-19, 20-99, 100+)."""
+RANK_EDGES = (0, 1, 2, 4, 8, 16, 32, 64, 128, 200)
+"""Rank bins of the hit-rate tables (a rate per bin, spread over its ranks)."""
+PRIOR = 20.0
+"""Pseudo clicked samples pulling a bucket's rates towards the all-users rates."""
+POWERS = (1.0, 2.0, 4.0, 16.0)
+"""The blend's evidence norms tried on the warm-up's tail (`merge_calibrated`'s `power`)."""
+"""Pseudo clicked samples pulling a bucket's rates towards the all-users rates."""
+
+
+def activity_bucket(clicks: int) -> int:
+    """The activity bucket of a user with `clicks` earlier distinct clicks."""
+    return int(np.searchsorted(ACTIVITY, clicks, side="right"))
+
+
+def fit_hit_rates(scored: list[Scored], names: list[str]) -> dict[int, dict[str, np.ndarray]]:
+    """Per activity bucket and channel, the probability that the candidate at each rank is the
+    clicked note: hits in each rank bin over (clicked samples x the bin's width), on `scored`
+    (the warm-up's validation tail); a bucket's rates shrunk towards all users' by `PRIOR`."""
+    edges = np.array(RANK_EDGES)
+    width = np.diff(edges).astype(np.float64)
+    buckets = len(ACTIVITY) + 1
+    hits = np.zeros((buckets, len(names), len(width)))
+    samples = np.zeros(buckets)
+    for batch in scored:
+        for u, target in batch.clicks:
+            a = batch.activity[u]
+            samples[a] += 1
+            for c, cand in enumerate(batch.lists[u]):
+                if target in cand.ids:
+                    rank = cand.ids.index(target)
+                    hits[a, c, np.searchsorted(edges, rank, side="right") - 1] += 1
+    overall = hits.sum(axis=0) / (max(1.0, samples.sum()) * width)  # (channels, bins)
+    rates = (hits + PRIOR * overall) / ((samples[:, None, None] + PRIOR) * width)
+    spread = np.repeat(np.arange(len(width)), np.diff(edges))  # rank -> bin
+    return {a: {c: rates[a, j, spread] for j, c in enumerate(names)} for a in range(buckets)}
+
+
+def blended(
+    batch: Scored, tables: dict[int, dict[str, np.ndarray]], power: float
+) -> dict[str, list[str]]:
+    """Each user's calibrated blend at the largest K (its first k are the blend at k)."""
+    return {
+        u: merge_calibrated(cands, tables[batch.activity[u]], KS[-1], power).ids
+        for u, cands in batch.lists.items()
+    }
+
+
+def calibrated_recall(
+    scored: list[Scored], tables: dict[int, dict[str, np.ndarray]], power: float
+) -> list[float]:
+    """Recall@K (each of `KS`) of the calibrated blend with the user's bucket's rates."""
+    hits = np.zeros(len(KS))
+    total = 0
+    for batch in scored:
+        merged = blended(batch, tables, power)
+        for u, target in batch.clicks:
+            at = merged[u].index(target) if target in merged[u] else KS[-1]
+            hits += [at < k for k in KS]
+            total += 1
+    return (hits / max(1, total)).tolist()
 
 
 def tune_shares(scored: list[Scored], names: list[str], step: float = 0.1) -> dict[str, float]:
@@ -322,9 +399,11 @@ def evaluate(
     two_tower: bool,
     warm_epochs: int,
     progress: Progress,
-) -> tuple[Hits, dict[str, float], list[str], dict[str, float]]:
-    """Prequential recall of every channel and of the merge on `cols`; the merge's shares are
-    chosen on the warm-up's last 20 % (replayed from the state of its first 80 %)."""
+) -> tuple[Hits, dict[str, float], list[str], dict[str, object]]:
+    """Prequential recall of every channel and of both merges on `cols`. Every merge choice
+    (quota shares, hit-rate tables, which merge is "merged") is made on the warm-up's last
+    20 %, replayed from the state of its first 80 % with a retriever trained on those 80 % only
+    and updated online on the tail as on the stream - never on the scored stream."""
     from bench.calibration import warm_up
 
     cut = int(len(cols) * warmup)
@@ -333,13 +412,17 @@ def evaluate(
     tasks = ("click",)
     _, retrieval = choose_half_life(warm, tasks, batch, [1, 6, 24, 72, 168, 720], KS[0])
     half_life = max(retrieval, key=retrieval.__getitem__)
-    retriever = None
+    config = LearnConfig(batch_size=batch, seed=7)
+
+    def trained(data: Columns) -> object | None:
+        if not two_tower:
+            return None
+        _, model = warm_up(data, config, RankerConfig(), RetrieverConfig(), 128, warm_epochs)
+        model.freeze_dense()
+        model.set_embedding_lr(config.online_emb_lr)
+        return model
+
     timing: dict[str, float] = {}
-    if two_tower:
-        config = LearnConfig(batch_size=batch, seed=7)
-        _, retriever = warm_up(warm, config, RankerConfig(), RetrieverConfig(), 128, warm_epochs)
-        retriever.freeze_dense()
-        retriever.set_embedding_lr(config.online_emb_lr)
     names = ["fresh", "itemcf", "swing", "popular", *(["two_tower"] if two_tower else [])]
 
     def fresh_state(head: Columns) -> tuple:
@@ -347,39 +430,52 @@ def evaluate(
         _learn(head, *st)
         return st
 
-    head_cut = int(0.8 * len(warm))
-    tail = warm.take(np.arange(head_cut, len(warm))).batches(batch)
-    task = progress.add_task(f"{name} warm-up tail (merge shares)", total=len(tail))
+    head = warm.take(np.arange(int(0.8 * len(warm))))
+    tail = warm.take(np.arange(len(head), len(warm))).batches(batch)
+    task = progress.add_task(f"{name} warm-up tail (merge choices)", total=len(tail))
     tuned = score_batches(
-        tail, fresh_state(warm.take(np.arange(head_cut))), retriever, names, False,
-        lambda: progress.advance(task),
-    )  # fmt: skip
+        tail, fresh_state(head), trained(head), names, True, lambda: progress.advance(task)
+    )
     shares = tune_shares(tuned, names)
-    progress.console.print(f"{name}: merge shares chosen on the warm-up's tail: {shares}")
+    tables = fit_hit_rates(tuned, names)
+    tail_quota = [merged_recall(tuned, names, shares, k) for k in KS]
+    by_power = {pw: calibrated_recall(tuned, tables, pw) for pw in POWERS}
+    power = max(POWERS, key=lambda pw: float(np.mean(by_power[pw])))
+    tail_blend = by_power[power]
+    chosen = "blend" if np.mean(tail_blend) > np.mean(tail_quota) else "quota"
+    choice = {"shares": shares, "tail_quota": tail_quota, "tail_blend": tail_blend,
+              "chosen": chosen, "power": power}  # fmt: skip
+    progress.console.print(f"{name}: choices on the warm-up's tail: {choice}")
     state = fresh_state(warm)
     task = progress.add_task(f"{name} prequential", total=len(rest))
-    scored = score_batches(rest, state, retriever, names, True, lambda: progress.advance(task))
+    scored = score_batches(rest, state, trained(warm), names, True, lambda: progress.advance(task))
     hits = Hits()
     for batch_scored in scored:
+        blend = blended(batch_scored, tables, power)
         batch_merged = {}
         found = {}
         for u, cands in batch_scored.lists.items():
             for k in KS:
                 for c in cands:
                     found[(u, k, c.channel)] = set(c.ids[:k])
-                merged = merge_found([c.top(k) for c in cands], quotas(k, names, shares), k)
-                found[(u, k, "merged")] = set(merged.ids)
-            batch_merged[u] = merged.ids
+                quota = merge_found([c.top(k) for c in cands], quotas(k, names, shares), k)
+                found[(u, k, "quota merge")] = set(quota.ids)
+                found[(u, k, "blend")] = set(blend[u][:k])
+            batch_merged[u] = blend[u] if chosen == "blend" else quota.ids
+            for k in KS:
+                found[(u, k, "merged")] = found[
+                    (u, k, "blend" if chosen == "blend" else "quota merge")
+                ]
         for u, target in batch_scored.clicks:
             for k in KS:
-                for c in [*names, "merged"]:
+                for c in [*names, *MERGES]:
                     hits.add(c, k, target in found[(u, k, c)])
         hits.merged.append(batch_merged)
     co = state[0]
     timing["coclick_refresh_s"] = co.refresh_s
     timing["bytes_per_note"] = co.bytes_per_note()
     timing["half_life_h"] = half_life
-    return hits, timing, stages(name, warm, rest, hits.merged), shares
+    return hits, timing, stages(name, warm, rest, hits.merged), choice
 
 
 def _learn(
@@ -435,22 +531,26 @@ def report(
     hits: Hits,
     timing: dict[str, float],
     names: list[str],
-    shares: dict[str, float],
+    choice: dict[str, object],
 ) -> list[str]:
     """The data set's section: the recall table and the acceptance line."""
+    tail = " / ".join(f"{x:.4f}" for x in choice["tail_quota"])  # type: ignore[union-attr]
+    tail_blend = " / ".join(f"{x:.4f}" for x in choice["tail_blend"])  # type: ignore[union-attr]
     lines = [
         f"## {name}",
         "",
         f"{len(cols):,} samples; {len(hits.values.get(('merged', KS[0]), [])):,} clicked samples "
         f"scored; recent popularity half-life {timing['half_life_h']:g} h (chosen on the "
         f"warm-up's tail); co-click recomputation {timing['coclick_refresh_s']:.1f} s in all, "
-        f"state {timing['bytes_per_note']:,.0f} bytes per note (pickled graph + lists); merge "
-        f"shares chosen on the warm-up's tail: {shares}.",
+        f"state {timing['bytes_per_note']:,.0f} bytes per note (pickled graph + lists). On the "
+        f"warm-up's tail (retriever trained on the warm-up's head only): quota shares "
+        f"{choice['shares']} give Recall@{KS[0]}/@{KS[-1]} {tail}, the calibrated blend "
+        f"(power {choice['power']:g}) {tail_blend}; merged = the {choice['chosen']}.",
         "",
         "| channel | " + " | ".join(f"Recall@{k}" for k in KS) + " |",
         "|---" * (len(KS) + 1) + "|",
     ]
-    for c in [*names, "merged"]:
+    for c in [*names, *MERGES]:
         lines.append(f"| {c} | " + " | ".join(f"{hits.recall(c, k):.4f}" for k in KS) + " |")
     lines.append("")
     for k in KS:
@@ -471,7 +571,9 @@ def main(
     limit: int | None = typer.Option(None, help="Cap on source rows (quick runs)."),
     two_tower: bool = typer.Option(True, help="Include the two-tower channel (trains it)."),
     warm_epochs: int = typer.Option(3, help="Passes of the two-tower warm-up training."),
-    repeats: int = typer.Option(3, help="Runs of each throughput measurement."),
+    repeats: int = typer.Option(3, help="Runs of each throughput measurement (0: none)."),
+    recall: bool = typer.Option(True, help="Measure the channels' recall (off: throughput only)."),
+    only: str | None = typer.Option(None, help="Only the data set whose name starts with this."),
 ) -> None:
     """Recall per channel and merged on MovieLens-100K and the KuaiRand subset; throughput."""
     import matplotlib.pyplot as plt
@@ -494,39 +596,48 @@ def main(
         "",
         "Prequential: each batch is scored by every channel from the warm-up and earlier batches "
         "only, then learnt. Recall@K over the clicked samples, the user's earlier clicks "
-        "excluded. Merge quotas: shares of K per channel chosen on the warm-up's tail, the last "
-        "channel fills the rest.",
+        "excluded. Merges: quotas (shares of K per channel, the last channel fills the rest) and "
+        "the calibrated blend (per activity bucket, channel and rank the hit rate; a note "
+        "scores the sum over the channels that found it), both fitted on the warm-up's tail, "
+        "the better there reported as merged.",
         "",
     ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     with Progress(console=console) as progress, tempfile.TemporaryDirectory():
         for ax, (name, source) in zip(axes, sets.items(), strict=True):
+            if only is not None and not name.startswith(only):
+                continue
             progress.console.print(f"{name}: joining events")
             events = _events(source)
             cols = join_events(events)
-            hits, timing, extra, shares = evaluate(
-                name, cols, warmup, batch, two_tower, warm_epochs, progress
-            )
-            lines += report(name, cols, hits, timing, names, shares)
-            rates = throughput(events, repeats)
-            lines += [
-                f"- co-click flow in process: {rates['coclick']:,.0f} events/s, "
-                f"{rates['coclick'] / rates['ingest']:.2f}x the ingest step alone on the same "
-                f"batches ({rates['ingest']:,.0f} events/s; medians of {repeats}, same run)",
-                "",
-                *extra,
-            ]
-            x = np.arange(len(names) + 1)
-            for j, k in enumerate(KS):
-                ax.bar(x + 0.4 * j, [hits.recall(c, k) for c in [*names, "merged"]], 0.4,
-                       label=f"Recall@{k}")  # fmt: skip
-            ax.set_xticks(x + 0.2, [*names, "merged"])
-            ax.set_title(f"{name}: recall per channel (prequential)")
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(OUT / "pipeline.png", dpi=120)
+            if recall:
+                hits, timing, extra, choice = evaluate(
+                    name, cols, warmup, batch, two_tower, warm_epochs, progress
+                )
+                section = report(name, cols, hits, timing, names, choice) + extra
+                progress.console.print("\n".join(section), markup=False, highlight=False)
+                lines += section
+                x = np.arange(len(names) + len(MERGES))
+                for j, k in enumerate(KS):
+                    ax.bar(x + 0.4 * j, [hits.recall(c, k) for c in [*names, *MERGES]], 0.4,
+                           label=f"Recall@{k}")  # fmt: skip
+                ax.set_xticks(x + 0.2, [*names, *MERGES], rotation=30)
+                ax.set_title(f"{name}: recall per channel (prequential)")
+                ax.legend()
+            if repeats:
+                rates = throughput(events, repeats)
+                lines += [
+                    f"- co-click flow in process: {rates['coclick']:,.0f} events/s, "
+                    f"{rates['coclick'] / rates['ingest']:.2f}x the ingest step alone on the "
+                    f"same batches ({rates['ingest']:,.0f} events/s; medians of {repeats}, same "
+                    "run)",
+                    "",
+                ]
     text = "\n".join(lines)
-    (OUT / "pipeline.md").write_text(text + "\n")
+    if recall:
+        fig.tight_layout()
+        fig.savefig(OUT / "pipeline.png", dpi=120)
+        (OUT / "pipeline.md").write_text(text + "\n")
     console.print(text, markup=False, highlight=False, soft_wrap=True)
     console.print(f"plot: {OUT / 'pipeline.png'}")
 

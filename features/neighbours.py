@@ -11,6 +11,9 @@ channels (`serving.channels`). Every key sits under the Feast project's prefix `
 - `p:fresh`: sorted set of the notes still fresh (first seen recently, too few impressions for
   their statistics to be trusted), score = first-seen time; `p:fresh:info` a hash note ->
   msgpack `[category, author, impressions]`.
+- `p:cache:<user>`: the cache channel's notes of the user - those the ranker placed high in
+  their last answer but that were not returned - as msgpack `[[note ids], [fused scores]]`,
+  written by the recommender (not the job) with a time to live.
 - `p:hwm:itemcf`: the job's event-time high-water mark (`features.client.mark_key`), raised
   after the values of each write on the same connection.
 """
@@ -84,7 +87,18 @@ class NeighbourStore:
         """Key of the fresh notes (sorted by first-seen time)."""
         return f"{self.project}:fresh"
 
+    def cache_key(self, user_id: str) -> str:
+        """Key of a user's cached notes (ranked high, not returned)."""
+        return f"{self.project}:cache:{user_id}"
+
     # -- writes -----------------------------------------------------------------------------
+    def write_cache(self, user_id: str, ids: list[str], scores: list[float], ttl_s: int) -> None:
+        """Replace the user's cached notes (best first) for `ttl_s` seconds; none deletes them."""
+        if ids:
+            self.client.set(self.cache_key(user_id), _ENC.encode((ids, scores)), ex=ttl_s)
+        else:
+            self.client.delete(self.cache_key(user_id))
+
     def write(
         self,
         rows: Mapping[str, Mapping[str, tuple[list[str], list[float]]]],
@@ -145,6 +159,11 @@ class NeighbourStore:
             pipe.get(self.key(kind, n))
         raw = pipe.execute()
         return [([], []) if r is None else _ROW.decode(r) for r in raw]
+
+    def cached(self, user_id: str) -> tuple[list[str], list[float]]:
+        """The user's cached notes (ids best first, scores), ([], []) for none."""
+        raw = self.client.get(self.cache_key(user_id))
+        return ([], []) if raw is None else _ROW.decode(raw)
 
     def author_notes(self, authors: Sequence[str], n: int) -> list[list[tuple[str, int]]]:
         """Each author's `n` newest notes as (note, first-seen ms), newest first."""

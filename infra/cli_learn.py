@@ -168,9 +168,13 @@ def _fail(exc: Exception) -> typer.Exit:
 
 
 def _announcer(settings: Settings, bootstrap: Broker):
-    from learners.snapshots import kafka_announcer
+    from learners.subscription import kafka_announcer
 
-    return kafka_announcer(bootstrap, settings.kafka.topics.embedding_snapshots)
+    return kafka_announcer(
+        bootstrap,
+        settings.kafka.topics.embedding_snapshots,
+        inline_max_bytes=settings.snapshots.inline_max_bytes,
+    )
 
 
 @learn_app.command("full")

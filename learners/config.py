@@ -76,6 +76,11 @@ class RankerConfig:
     (`priors.prior_strength` is not used here), since the bucketised counts beside them say how
     much evidence a rate has (bench.quality: KuaiRand click AUC 0.795 at 2, 0.775 at 5, 0.770
     at 20)."""
+    base_tasks: tuple[str, ...] = ("click", "like")
+    """Tasks whose logit also gets a logistic regression on the window rates
+    (`RankerInputs.rates`), fitted on the full-training log after the core has trained on it
+    (`mmoe.BaseLogits`): an ensemble of the two, in eval mode only (serving, online). Chosen on
+    the warm-up's validation tails, where it raised click and like AUC (docs/learning.md)."""
     priors: FeatureConfig = field(default_factory=FeatureConfig)
     """The feature store's priors the window rates are smoothed towards (its ctr, engagement
     and completion priors; `Settings.features`, handed in by `learners.full.load_or_create`).
@@ -106,7 +111,7 @@ class RankerConfig:
     """Tasks trained on the down-sampled data as it comes and calibrated; the others are
     importance weighted (1 / keep_rate) in the loss, so they need no calibration."""
 
-    LEGACY: ClassVar[dict[str, object]] = {"duration_buckets": 0, "history": 0}
+    LEGACY: ClassVar[dict[str, object]] = {"duration_buckets": 0, "history": 0, "base_tasks": ()}
     """Values of fields a snapshot written before they existed implies (`config_from_dict`)."""
 
     def __post_init__(self) -> None:
@@ -121,6 +126,9 @@ class RankerConfig:
         ]
         if small:
             raise ModelConfigError(f"ranker {small} must be at least 1")
+        unknown = [t for t in self.base_tasks if t not in self.tasks]
+        if unknown:
+            raise ModelConfigError(f"ranker base_tasks {unknown} are not among its tasks")
         missing = [t for t in ID_TABLES if t not in self.id_dims]
         if missing:
             raise ModelConfigError(

@@ -23,6 +23,7 @@ from learners.inputs import Columns
 from learners.preranker import PreRankerConfig
 from learners.snapshots import (
     Manifest,
+    Publication,
     SnapshotConfig,
     SnapshotNotFoundError,
     SnapshotReader,
@@ -136,6 +137,7 @@ def train_pass(
             entropies.append(res.gate_entropy)
         if on_progress is not None:
             on_progress(len(batch))
+    ranker.fit_base(cols)
     ranker.recalibrate(cols)
     report.seconds = time.perf_counter() - t0
     report.ranker_loss = float(np.mean(losses)) if losses else float("nan")
@@ -147,7 +149,7 @@ def run_full(
     log_dir: Path | str,
     config: LearnConfig,
     snapshots: SnapshotConfig,
-    announce: Callable[[Manifest], None] | None = None,
+    announce: Callable[[Publication], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     features: FeatureConfig | None = None,

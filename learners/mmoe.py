@@ -14,6 +14,7 @@ Prediction", KDD 2018.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -250,6 +251,49 @@ def make_core(config: RankerConfig, in_dim: int, tasks: tuple[str, ...]) -> nn.M
     return SharedBottomCore(in_dim, tasks, bottom, c.tower_hidden, c.dropout)
 
 
+class BaseLogits(nn.Module):
+    """A linear map of the window rates to some tasks' logits: a logistic regression per task.
+
+    Weights are buffers, not parameters: no optimiser moves them, `fit` sets them, and they
+    travel in the snapshot with the dense state. Zero (adds nothing) until fitted.
+    """
+
+    def __init__(self, in_dim: int, tasks: tuple[str, ...]) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.register_buffer("weight", torch.zeros(len(tasks), in_dim))
+        self.register_buffer("bias", torch.zeros(len(tasks)))
+
+    def forward(self, rates: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, in_dim) rates -> task -> (B,) base logits."""
+        z = rates @ self.weight.T + self.bias  # (B, T)
+        return {t: z[:, i] for i, t in enumerate(self.tasks)}
+
+    def fit(
+        self,
+        rates: torch.Tensor,
+        loss: Callable[[str, torch.Tensor], torch.Tensor],
+        l2: float = 1e-4,
+        steps: int = 100,
+    ) -> None:
+        """Minimise the sum over tasks of `loss(task, logits)` + `l2` |weight|^2 (L-BFGS)."""
+        w = torch.zeros_like(self.weight, requires_grad=True)
+        b = torch.zeros_like(self.bias, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            z = rates @ w.T + b  # (B, T)
+            total = sum(loss(t, z[:, i]) for i, t in enumerate(self.tasks)) + l2 * (w * w).sum()
+            total.backward()
+            return total
+
+        opt.step(closure)
+        with torch.no_grad():
+            self.weight.copy_(w)
+            self.bias.copy_(b)
+
+
 @dataclass(frozen=True)
 class RankerInputs:
     """Tensors of one batch."""
@@ -326,6 +370,7 @@ class RankingModel(nn.Module):
         self.features = RankerFeatures(store, config)
         self.tasks = (*config.tasks, WATCH)
         self.core = make_core(config, self.features.out_dim, self.tasks)
+        self.base = BaseLogits(2 * R, config.base_tasks) if config.base_tasks else None
 
     def inputs(self, cols: Columns, observe: bool) -> RankerInputs:
         """Tensors of `cols`; with `observe` the IDs are recorded (counted, admitted)."""
@@ -361,8 +406,36 @@ class RankingModel(nn.Module):
         )
 
     def forward(self, x: RankerInputs) -> TaskOutput:
-        """Task logits and gates of a batch."""
-        return self.core(self.features(x))
+        """Task logits and gates of a batch; in eval mode the base logits are added to their
+        tasks' (`RankerConfig.base_tasks`): full training (train mode) trains the core alone."""
+        out = self.core(self.features(x))
+        if self.base is None or self.training:
+            return out
+        base = self.base(x.rates)
+        return TaskOutput(
+            {t: z + base[t] if t in base else z for t, z in out.logits.items()}, out.gates
+        )
+
+    def fit_base(self, cols: Columns) -> None:
+        """Fit the base logits (`RankerConfig.base_tasks`) on `cols` with the tasks' losses."""
+        if self.base is None:
+            return
+        rates = self.inputs(cols, observe=False).rates
+        weight = self.importance(cols)
+        self.base.fit(
+            rates,
+            lambda t, z: fn.binary_cross_entropy_with_logits(
+                z,
+                torch.from_numpy(cols.labels[t]),
+                weight=None if t in self.config.calibrated else weight,
+            ),
+        )
+
+    @staticmethod
+    def importance(cols: Columns) -> torch.Tensor:
+        """(B,) importance weights 1 / keep_rate, scaled to mean 1."""
+        inverse = 1.0 / torch.from_numpy(cols.keep_rate).clamp_min(1e-6)  # (B,)
+        return inverse / inverse.mean()
 
     def id_embeddings(self) -> list[IdEmbedding]:
         """The sparse ID embedding modules."""
@@ -379,9 +452,7 @@ class RankingModel(nn.Module):
 
     def loss(self, out: TaskOutput, cols: Columns) -> torch.Tensor:
         """Sum of the task losses of a batch (see `RankerConfig.calibrated`)."""
-        keep = torch.from_numpy(cols.keep_rate).clamp_min(1e-6)  # (B,)
-        inverse = 1.0 / keep
-        inverse = inverse / inverse.mean()  # importance weights, mean 1
+        inverse = self.importance(cols)  # (B,)
         probs = self.probabilities(out) if self.config.esmm else None
         total = torch.zeros(())
         for t in self.config.tasks:

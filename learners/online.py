@@ -36,6 +36,7 @@ from learners.export import snapshot_exports
 from learners.inputs import Columns
 from learners.snapshots import (
     Manifest,
+    Publication,
     SnapshotConfig,
     SnapshotConflictError,
     SnapshotNotFoundError,
@@ -150,7 +151,7 @@ class OnlineLearner:
         cls,
         config: LearnConfig,
         snapshots: SnapshotConfig,
-        announce: Callable[[Manifest], None] | None = None,
+        announce: Callable[[Publication], None] | None = None,
         on_dead_letter: Callable[[Message, str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         features: FeatureConfig | None = None,

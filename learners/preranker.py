@@ -17,6 +17,7 @@ Training code lives in `learners.training.PreRankerState` (this module is what s
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -310,31 +311,45 @@ class PreRankerModelState(CalibratedMeta, _ModelState):
         self.neg_keep_rate = 1.0
         self.logit_offsets: dict[str, float] = {}
         """Per task, a scalar added to its logit (`fit_offsets`, as the ranker's)."""
-        self._items: dict[str, torch.Tensor] = {}
-        """Note -> its item tower output (cleared whenever the model may have changed)."""
+        self._items: dict[str, int] = {}
+        """Note -> its row of `_item_rows` (cleared whenever the model may have changed)."""
+        self._item_rows = torch.zeros(0)
+        """(capacity, d_i) the item tower outputs of the notes of `_items`."""
+        self._items_lock = threading.Lock()
 
     def clear_cache(self) -> None:
         """Forget the cached item tower outputs (after any change to the model)."""
-        self._items = {}
+        with self._items_lock:
+            self._items, self._item_rows = {}, torch.zeros(0)
 
     @torch.no_grad()
     def item_vectors(self, cols: Columns) -> torch.Tensor:
         """(n, d_i) item tower outputs of the notes of `cols`, computed once per note.
 
         A note's author, category and duration are those of the first request that scored it
-        (they do not change for a published note).
+        (they do not change for a published note). The outputs are rows of one matrix, gathered
+        by index (stacking one tensor per note cost ~5 ms at 2,000 candidates).
         """
-        cache = self._items
-        missing = list(dict.fromkeys(n for n in cols.note_id if n not in cache))
-        if missing:
-            first = {n: j for j, n in reversed(list(enumerate(cols.note_id)))}
-            pick = np.array([first[n] for n in missing])
-            sub = cols.take(pick)
-            x = self.model.inputs(sub, observe=False)
-            out = self.model.item_tower(x.item_rows, x.duration)  # (m, d_i)
-            for n, v in zip(missing, out, strict=True):
-                cache[n] = v
-        return torch.stack([cache[n] for n in cols.note_id])  # (n, d_i)
+        with self._items_lock:
+            cache = self._items
+            missing = list(dict.fromkeys(n for n in cols.note_id if n not in cache))
+            if missing:
+                first = {n: j for j, n in reversed(list(enumerate(cols.note_id)))}
+                sub = cols.take(np.array([first[n] for n in missing]))
+                x = self.model.inputs(sub, observe=False)
+                out = self.model.item_tower(x.item_rows, x.duration)  # (m, d_i)
+                start, rows = len(cache), self._item_rows
+                if start + len(missing) > len(rows):
+                    grown = torch.zeros(
+                        max(2 * len(rows), start + len(missing), 1_024), out.shape[1]
+                    )
+                    if start:
+                        grown[:start] = rows[:start]
+                    self._item_rows = rows = grown
+                rows[start : start + len(missing)] = out
+                cache.update(zip(missing, range(start, start + len(missing)), strict=True))
+            at = np.fromiter((cache[n] for n in cols.note_id), np.int64, len(cols.note_id))
+            return self._item_rows.index_select(0, torch.from_numpy(at))  # (n, d_i)
 
     @torch.no_grad()
     def predict(self, cols: Columns, calibrated: bool = True) -> dict[str, np.ndarray]:

@@ -51,7 +51,6 @@ from safetensors.numpy import save as st_save
 
 from features.paths import object_store
 from learners.errors import (
-    SnapshotAnnounceError,
     SnapshotConflictError,
     SnapshotCorruptError,
     SnapshotError,
@@ -59,7 +58,6 @@ from learners.errors import (
     SnapshotPublishError,
     SnapshotRootNotWritableError,
 )
-from streams.config import Broker
 
 logger = logging.getLogger(__name__)
 
@@ -99,8 +97,14 @@ class SnapshotConfig(BaseModel):
     """Full snapshots kept per model; older fulls and their deltas are pruned on a full publish."""
     full_every_s: float = Field(default=3600.0, gt=0)
     """Seconds between full snapshots published by the online learner."""
-    delta_every_s: float = Field(default=10.0, gt=0)
-    """Seconds between delta snapshots (changed rows only) published by the online learner."""
+    delta_every_s: float = Field(default=1.0, gt=0)
+    """Seconds between delta snapshots (changed rows only) published by the online learner
+    (1 s keeps event -> delta p99 under 5 s; its cost in bytes and swaps: docs/benchmarks.md)."""
+    inline_max_bytes: int = Field(default=900_000, ge=0, le=1_000_000)
+    """A delta whose announcement (manifest + files) fits in this many bytes is carried in it,
+    so replicas apply it without reading the store; larger ones are announced by reference.
+    At most 1,000,000: a Kafka broker's default `message.max.bytes` is 1,048,588 and a
+    producer's 1,000,000, record overhead included. 0: never."""
 
     @property
     def location(self) -> str:
@@ -154,6 +158,17 @@ class Manifest:
 
 
 @dataclass(frozen=True)
+class Publication:
+    """A version as its writer just published it: what an announcer may carry to consumers."""
+
+    manifest: Manifest
+    files: dict[str, bytes]
+    """Every file of the version but the manifest, by name (verified by `manifest.files`)."""
+    location: str
+    """Where the version is: its directory, or its URL on an object store."""
+
+
+@dataclass(frozen=True)
 class Exports:
     """What a full snapshot carries for consumers beyond its tables and dense parameters."""
 
@@ -204,43 +219,6 @@ def _check_kind(manifest: Manifest) -> None:
         raise msgspec.ValidationError(f"kind must be 'full' or 'delta', not {manifest.kind!r}")
     if (manifest.kind == "delta") != (manifest.base_version is not None):
         raise msgspec.ValidationError("base_version must be set for deltas and only for them")
-
-
-def kafka_announcer(
-    bootstrap: Broker, topic: str, timeout_s: float = 10.0
-) -> Callable[[Manifest], None]:
-    """Return an `announce` callback producing each manifest (JSON, key = model) to `topic`.
-
-    The callback waits for the broker's acknowledgement and raises `SnapshotAnnounceError` when
-    it does not come within `timeout_s` (the version stays published on disk).
-    """
-    from streams.kafka_io import make_producer
-
-    producer = make_producer(bootstrap, **{"linger.ms": 0})
-
-    def announce(manifest: Manifest) -> None:
-        failures: list[str] = []
-
-        def delivered(err: object, _msg: object) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        producer.produce(
-            topic,
-            key=manifest.model.encode(),
-            value=encode_manifest(manifest),
-            on_delivery=delivered,
-        )
-        pending = producer.flush(timeout_s)
-        if pending or failures:
-            raise SnapshotAnnounceError(
-                f"snapshot {manifest.model!r} version {manifest.version} is published but its "
-                f"announcement on {topic!r} at {bootstrap} failed "
-                f"({'; '.join(failures) or f'no acknowledgement in {timeout_s} s'}): check the "
-                "broker (`streamrec infra status`); consumers still find it by listing the root"
-            )
-
-    return announce
 
 
 def _version_dir_name(version: int) -> str:
@@ -476,19 +454,95 @@ class _Store:
             ) from exc
 
     def read_tables(self, manifest: Manifest) -> dict[str, TableRows]:
-        weights = self.read_tensors(manifest, TABLES)
-        try:
-            ids = msgspec.json.decode(self.read_verified(manifest, IDS), type=dict[str, list[str]])
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise self.corrupt(manifest.version, IDS, f"is not an id map ({exc})") from exc
-        if set(weights) != set(manifest.rows) or set(ids) != set(manifest.rows):
-            raise self.corrupt(manifest.version, TABLES, "tables differ from the manifest's")
-        for name, rows in manifest.rows.items():
-            if weights[name].shape[0] != rows or len(ids[name]) != rows:
-                raise self.corrupt(
-                    manifest.version, TABLES, f"table {name!r} does not have {rows} rows"
-                )
-        return {name: TableRows(ids[name], weights[name]) for name in manifest.rows}
+        return _decode_tables(
+            manifest,
+            self.read_verified(manifest, TABLES),
+            self.read_verified(manifest, IDS),
+            self.corrupt,
+        )
+
+
+def _decode_tables(
+    manifest: Manifest,
+    tables: bytes,
+    ids: bytes,
+    corrupt: Callable[[int, str | None, str], SnapshotCorruptError],
+) -> dict[str, TableRows]:
+    """The rows of a version from its verified `TABLES` and `IDS` bytes, checked against its
+    manifest (`corrupt(version, file, detail)` makes the error raised)."""
+    try:
+        weights = st_load(tables)
+    except SafetensorError as exc:
+        raise corrupt(manifest.version, TABLES, f"is not a safetensors file ({exc})") from exc
+    try:
+        names = msgspec.json.decode(ids, type=dict[str, list[str]])
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise corrupt(manifest.version, IDS, f"is not an id map ({exc})") from exc
+    if set(weights) != set(manifest.rows) or set(names) != set(manifest.rows):
+        raise corrupt(manifest.version, TABLES, "tables differ from the manifest's")
+    for name, rows in manifest.rows.items():
+        if weights[name].shape[0] != rows or len(names[name]) != rows:
+            raise corrupt(manifest.version, TABLES, f"table {name!r} does not have {rows} rows")
+    return {name: TableRows(names[name], weights[name]) for name in manifest.rows}
+
+
+def delta_follows(current: Snapshot, manifest: Manifest) -> bool:
+    """Whether `manifest` is the delta right after `current` (same model, same full, its parent
+    is `current`'s version): the only delta `apply_delta` applies to it."""
+    return (
+        manifest.kind == "delta"
+        and manifest.model == current.manifest.model
+        and current.versions[:1] == (manifest.base_version,)
+        and manifest.parent_version == current.manifest.version
+    )
+
+
+def apply_delta(current: Snapshot, manifest: Manifest, files: dict[str, bytes]) -> Snapshot:
+    """Return `current` with the delta `manifest` applied from its files' bytes (e.g. carried in
+    its announcement), without reading the store: the state `SnapshotReader.refresh` would
+    return. `current` is not modified.
+
+    Raises:
+        SnapshotConflictError: the delta does not follow `current` (`delta_follows`): read the
+            store instead (`SnapshotReader.refresh`).
+        SnapshotCorruptError: a file is missing or its sha256 differs from the manifest's.
+    """
+    if not delta_follows(current, manifest):
+        raise SnapshotConflictError(
+            f"delta {manifest.model!r} version {manifest.version} (full {manifest.base_version}, "
+            f"after {manifest.parent_version}) does not follow the state held "
+            f"({current.manifest.model!r} versions {list(current.versions)}): refresh from the "
+            "store"
+        )
+
+    def corrupt(version: int, file: str | None, detail: str) -> SnapshotCorruptError:
+        return SnapshotCorruptError(
+            manifest.model,
+            version,
+            file,
+            f"{detail} (as carried in its announcement)",
+            "read the version from the store instead (`SnapshotReader.refresh`)",
+        )
+
+    for name in (TABLES, IDS):
+        data = files.get(name)
+        if data is None:
+            raise corrupt(manifest.version, name, "is missing")
+        if hashlib.sha256(data).hexdigest() != manifest.files.get(name):
+            raise corrupt(manifest.version, name, "sha256 does not match the manifest")
+    rows = _decode_tables(manifest, files[TABLES], files[IDS], corrupt)
+    tables = current.tables
+    merged = {
+        name: _apply_deltas(tables.get(name), [rows[name]] if name in rows else [], owned=False)
+        for name in [*tables, *(n for n in rows if n not in tables)]
+    }
+    return Snapshot(
+        manifest,
+        merged,
+        current.dense,
+        (*current.versions, manifest.version),
+        (*current.delta_metas, manifest.meta),
+    )
 
 
 def _apply_deltas(full: TableRows | None, deltas: list[TableRows], owned: bool) -> TableRows:
@@ -752,7 +806,8 @@ class SnapshotWriter:
         root: the snapshot root (normally `config.location`: a directory or an fsspec URL).
         model: the model's name (its directory under `root`).
         config: retention (`keep_full`) and publishing intervals.
-        announce: called with the manifest of every published version (e.g. `kafka_announcer`).
+        announce: called with every published version (its manifest, files and location; e.g.
+            `learners.subscription.kafka_announcer`).
     """
 
     def __init__(
@@ -760,7 +815,7 @@ class SnapshotWriter:
         root: Path | str,
         model: str,
         config: SnapshotConfig,
-        announce: Callable[[Manifest], None] | None = None,
+        announce: Callable[[Publication], None] | None = None,
     ) -> None:
         self._store = _Store(root, model)
         self._config = config
@@ -815,7 +870,7 @@ class SnapshotWriter:
                 _describe(arrays, exports.schema), exports.schema,
             )  # fmt: skip
             self._prune(version)
-        self._announced(manifest)
+        self._announced(manifest, files)
         return manifest
 
     def publish_delta(
@@ -869,12 +924,14 @@ class SnapshotWriter:
                 _describe({TABLES: weights}, base.schema),
                 base.schema,
             )
-        self._announced(manifest)
+        self._announced(manifest, files)
         return manifest
 
-    def _announced(self, manifest: Manifest) -> None:
+    def _announced(self, manifest: Manifest, files: dict[str, bytes]) -> None:
         if self._announce is not None:
-            self._announce(manifest)
+            where = self._store.where
+            location = f"{where}/{_version_dir_name(manifest.version)}"
+            self._announce(Publication(manifest, files, location))
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -1121,14 +1178,16 @@ def _save_dense(dense: dict[str, np.ndarray]) -> bytes:
 __all__ = [
     "Exports",
     "Manifest",
+    "Publication",
     "Snapshot",
     "SnapshotConfig",
     "SnapshotReader",
     "SnapshotWriter",
     "TableRows",
+    "apply_delta",
     "check_writable",
     "decode_announcement",
+    "delta_follows",
     "encode_manifest",
-    "kafka_announcer",
     "list_models",
 ]

@@ -10,13 +10,16 @@ Every publish of a `SnapshotWriter` with a `kafka_announcer` produces the versio
         for snapshot in sub:  # blocks; each one newer than the last, checksums verified
             use(snapshot.tables["item"], snapshot.manifest.version)
 
-An announcement is only a wake-up call: the snapshot directory is the truth. On each
-announcement of a newer version the subscriber reads the newest consistent state from the
-directory (only the new deltas when it can, `SnapshotReader.refresh`), verifying the checksums of
-everything it reads. A partial or corrupt version is never handed out: it is reported to
-`on_error` (by default a logged warning) and the state stays at the last good version until a
-good one follows (a new full, typically). Announcements that arrive before the files are visible
-are retried on the next polls.
+An announcement is the manifest (JSON, the record's value); a small delta also carries its files
+in the record's headers (`kafka_announcer`, up to `SnapshotConfig.inline_max_bytes`), so a
+consumer holding the version before it applies it without reading the store
+(`learners.snapshots.apply_delta`, checksums verified against the manifest). Otherwise the store
+is the truth: on each announcement of a newer version the subscriber reads the newest consistent
+state from it (only the new deltas when it can, `SnapshotReader.refresh`), verifying the
+checksums of everything it reads. A partial or corrupt version is never handed out: it is
+reported to `on_error` (by default a logged warning) and the state stays at the last good
+version until a good one follows (a new full, typically). Announcements that arrive before the
+files are visible are retried on the next polls.
 
 The Kafka client is kafka-python (pure Python, no native library for downstream consumers);
 the learners' own hot paths use confluent-kafka. The consumer joins no group: it is assigned
@@ -28,15 +31,133 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from learners.errors import SnapshotCorruptError, SnapshotError, SnapshotFollowError
-from learners.snapshots import Manifest, Snapshot, SnapshotReader, decode_announcement
+from learners.errors import (
+    SnapshotAnnounceError,
+    SnapshotCorruptError,
+    SnapshotError,
+    SnapshotFollowError,
+)
+from learners.snapshots import (
+    Manifest,
+    Publication,
+    Snapshot,
+    SnapshotConfig,
+    SnapshotReader,
+    apply_delta,
+    decode_announcement,
+    delta_follows,
+    encode_manifest,
+)
 from streams.config import Broker, connection
 
 logger = logging.getLogger(__name__)
+
+LOCATION_HEADER = "streamrec-location"
+"""Record header: where the announced version is in the store (its directory or URL)."""
+FILE_HEADER = "streamrec-file:"
+"""Record header prefix: `streamrec-file:<name>` holds the bytes of that file of a delta."""
+RECORD_OVERHEAD = 1024
+"""Bytes counted for a record's framing beyond its value and headers (batch header, lengths,
+key): a generous bound, so an announcement counted within `inline_max_bytes` stays under it."""
+INLINE_MAX_BYTES = SnapshotConfig.model_fields["inline_max_bytes"].default
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """One record of the announcements topic."""
+
+    manifest: Manifest
+    files: dict[str, bytes] = field(default_factory=dict)
+    """The delta's files carried in the record (empty: read the version from the store)."""
+    location: str | None = None
+    """Where the version is in the store, as its writer named it (None: not said)."""
+
+
+def encode_announcement(
+    publication: Publication, inline_max_bytes: int = INLINE_MAX_BYTES
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The record value (the manifest JSON) and headers announcing `publication`: its location,
+    and a delta's files when the whole record fits in `inline_max_bytes`."""
+    value = encode_manifest(publication.manifest)
+    headers = [(LOCATION_HEADER, publication.location.encode())]
+    if publication.manifest.kind == "delta" and publication.files:
+        files = [(FILE_HEADER + name, data) for name, data in publication.files.items()]
+        size = RECORD_OVERHEAD + len(value) + sum(len(k) + len(v) for k, v in [*headers, *files])
+        if size <= inline_max_bytes:
+            headers += files
+    return value, headers
+
+
+def decode_record(value: bytes, headers: list[tuple[str, bytes]] | None) -> Announcement:
+    """Parse one record of the announcements topic (headers as (name, bytes) pairs).
+
+    Raises:
+        SnapshotError: the value is not a manifest.
+    """
+    manifest = decode_announcement(value)
+    files, location = {}, None
+    for key, data in headers or ():
+        if key == LOCATION_HEADER:
+            location = bytes(data).decode(errors="replace")
+        elif key.startswith(FILE_HEADER):
+            files[key.removeprefix(FILE_HEADER)] = bytes(data)
+    return Announcement(manifest, files, location)
+
+
+def kafka_announcer(
+    bootstrap: Broker,
+    topic: str,
+    timeout_s: float = 10.0,
+    inline_max_bytes: int = INLINE_MAX_BYTES,
+) -> Callable[[Publication], None]:
+    """Return a `SnapshotWriter` `announce` callback producing each version to `topic`: key =
+    model, value = manifest JSON, headers = its location and, for a delta within
+    `inline_max_bytes` (`SnapshotConfig.inline_max_bytes`), its files (`encode_announcement`).
+
+    The callback waits for the broker's acknowledgement and raises `SnapshotAnnounceError` when
+    it does not come within `timeout_s` (the version stays published in the store).
+    """
+    from confluent_kafka import KafkaException
+
+    from streams.kafka_io import make_producer
+
+    producer = make_producer(bootstrap, **{"linger.ms": 0})
+
+    def announce(publication: Publication) -> None:
+        manifest = publication.manifest
+        failures: list[str] = []
+
+        def delivered(err: object, _msg: object) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        value, headers = encode_announcement(publication, inline_max_bytes)
+        try:
+            producer.produce(
+                topic,
+                key=manifest.model.encode(),
+                value=value,
+                headers=headers,
+                on_delivery=delivered,
+            )
+        except (BufferError, KafkaException) as exc:  # e.g. a record beyond message.max.bytes
+            failures.append(str(exc))
+        pending = producer.flush(timeout_s) if not failures else 0
+        if pending or failures:
+            raise SnapshotAnnounceError(
+                f"snapshot {manifest.model!r} version {manifest.version} is published but its "
+                f"announcement on {topic!r} at {bootstrap} failed "
+                f"({'; '.join(failures) or f'no acknowledgement in {timeout_s} s'}): check the "
+                "broker (`streamrec infra status`) and `snapshots.inline_max_bytes` against its "
+                "`max.message.bytes`; consumers still find the version by listing the store"
+            )
+
+    return announce
 
 
 class _Closing:
@@ -113,14 +234,14 @@ class Announcements(_Closing):
                 raise
             raise SnapshotFollowError(f"cannot follow {topic!r} at {bootstrap}: {exc}") from exc
 
-    def poll(self, timeout_s: float = 0.5) -> list[Manifest]:
+    def poll(self, timeout_s: float = 0.5) -> list[Announcement]:
         """The announcements that arrive within `timeout_s` (undecodable records skipped)."""
         out = []
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000))
         for records in batches.values():
             for record in records:
                 try:
-                    out.append(decode_announcement(record.value))
+                    out.append(decode_record(record.value, record.headers))
                 except SnapshotError as exc:
                     logger.warning(
                         "skipping record %s@%s of %r: %s",
@@ -186,12 +307,25 @@ class SnapshotSubscriber(_Closing):
         """The newest verified snapshot if a newer version was announced (and is readable)
         within `timeout_s` (default `poll_timeout_s`), else None."""
         wait = self.poll_timeout_s if timeout_s is None else timeout_s
-        for manifest in self._announcements.poll(wait):
-            if manifest.model == self.model:
-                self._wanted = max(self._wanted, manifest.version)
+        applied = None
+        for announcement in self._announcements.poll(wait):
+            manifest = announcement.manifest
+            if manifest.model != self.model:
+                continue
+            if (
+                announcement.files
+                and self.current is not None
+                and delta_follows(self.current, manifest)
+            ):
+                try:  # carried in the announcement: no store read
+                    self.current = applied = apply_delta(self.current, manifest, announcement.files)
+                    continue
+                except SnapshotError as exc:
+                    logger.warning("%s", exc)
+            self._wanted = max(self._wanted, manifest.version)
         if self._wanted <= self.version:
-            return None
-        return self._load()
+            return applied
+        return self._load() or applied
 
     def _load(self) -> Snapshot | None:
         self._errors.clear()

@@ -208,6 +208,19 @@ class RankerState(_State, RankerModelState):
         tasks = self.config.calibrated if self.config.esmm else self.config.tasks
         return {t: t not in self.config.calibrated for t in tasks}
 
+    def fit_base(self, cols: Columns, most: int = 200_000, seed: int = 0) -> None:
+        """Refit the base logits (`RankerConfig.base_tasks`) on at most `most` rows of `cols`.
+
+        Full training calls it after its pass, before `recalibrate`: the core has trained
+        without the base, and the offsets are fitted on the sum the model predicts with.
+        """
+        if self.model.base is None:
+            return
+        if len(cols) > most:
+            pick = np.random.default_rng(seed).choice(len(cols), most, replace=False)
+            cols = cols.take(np.sort(pick))
+        self.model.fit_base(cols)
+
     @torch.no_grad()
     def recalibrate(self, cols: Columns, most: int = 200_000, seed: int = 0) -> dict[str, float]:
         """Fit each task's logit offset so that its mean prediction on `cols` equals the task's

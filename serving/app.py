@@ -129,6 +129,11 @@ class Metrics:
             registry=r,
         )
         self.indexed = Gauge("streamrec_index_notes", "Notes in the retrieval index", registry=r)
+        self.carried = Gauge(
+            "streamrec_snapshot_deltas_carried",
+            "Deltas applied from their announcements since start (no store read)",
+            registry=r,
+        )
         self.freshness = Gauge(
             "streamrec_feature_freshness_seconds",
             "Now minus the stats job's event-time high-water mark (NaN before it wrote one)",
@@ -414,6 +419,7 @@ def create_app(
                 metrics.version.labels(model).set(snap.manifest.version)
                 metrics.age.labels(model).set(now - snap.manifest.created_at_ms / 1000)
             metrics.indexed.set(len(view.index))
+        metrics.carried.set(watcher.carried)
         checks = dependencies()
         for name, (ok, _) in checks.items():
             metrics.up.labels(name).set(1 if ok else 0)

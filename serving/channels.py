@@ -17,6 +17,8 @@ note). The channels:
 - `NeighbourChannel` "itemcf" / "swing": the neighbours (`features.neighbours`, kept by the
   co-click job) of the user's last clicked notes, a note scored by its summed similarity to them.
 - `AuthorChannel`: the newest notes of the authors of the user's last clicked notes.
+- `CacheChannel`: the notes the ranker placed high in the user's last answer but that were not
+  returned (written by the recommender when the channel is on; seeds 002 Part 2, 6.3).
 - `FreshChannel`: notes still in their cold start (first seen recently, few impressions), those
   of the user's categories first; the recommender reserves them a share of the returned slots.
 """
@@ -254,6 +256,25 @@ class AuthorChannel:
         return Candidates(self.name, best, np.array([score[n] for n in best], dtype=np.float64))
 
 
+class CacheChannel:
+    """Notes ranked high for the user but not shown: the best fused scores of their last answer
+    beyond the returned notes (`Recommender` writes them, `NeighbourStore.write_cache`)."""
+
+    name = "cache"
+
+    def __init__(self, store: NeighbourStore) -> None:
+        self.store = store
+
+    def probe(self, view: ModelView) -> list[str]:  # noqa: ARG002 - the protocol's signature
+        """None: its candidates are filtered in the request's one exposure call (a note shown
+        by a later answer drops out there)."""
+        return []
+
+    def candidates(self, request: Request, k: int) -> Candidates:
+        ids, scores = self.store.cached(request.user_id)
+        return Candidates(self.name, ids[:k], np.array(scores[:k], dtype=np.float64))
+
+
 class FreshChannel:
     """Notes in their cold start: those of the user's categories first, then the least shown."""
 
@@ -321,3 +342,42 @@ def merge_found(lists: list[Candidates], quotas: list[int | None], total: int) -
             if by is not None and cand.channel not in by:
                 by.append(cand.channel)
     return Merged(ids, channel, [found[n] for n in ids], np.array(scores, dtype=np.float64))
+
+
+def merge_calibrated(
+    lists: list[Candidates], hit_rate: dict[str, np.ndarray], total: int, power: float = 1.0
+) -> Merged:
+    """The channels' candidates blended by estimated hit probability: a note scores the
+    `power`-norm, over the channels that found it, of `hit_rate[channel][rank]` (its 0-based
+    place in that channel's list; ranks past the array take its last value; a channel without
+    a table adds nothing), the best `total` taken (ties: the better best rank, then note id).
+    Evidence of several channels adds up (`power` 1: the sum; larger: towards the best
+    channel's alone, for channels whose hits overlap) instead of the note being taken once by
+    the first; each note's `channel` is the one that contributed most, `channels` every channel
+    that found it (most contributing first), `scores` the combined evidence.
+
+    The tables are learnt offline on held-out clicks (`bench.pipeline` fits them on the
+    warm-up's validation tail: hits at each rank over clicked samples)."""
+    evidence: dict[str, dict[str, float]] = {}
+    best_rank: dict[str, int] = {}
+    for cand in lists:
+        table = hit_rate.get(cand.channel)
+        if table is None or not len(table):
+            continue
+        last = len(table) - 1
+        for rank, note in enumerate(dict.fromkeys(cand.ids)):
+            by = evidence.setdefault(note, {})
+            by[cand.channel] = by.get(cand.channel, 0.0) + float(table[min(rank, last)])
+            best_rank[note] = min(best_rank.get(note, rank), rank)
+    score = {
+        n: float(np.sum(np.power(list(by.values()), power)) ** (1.0 / power))
+        for n, by in evidence.items()
+    }
+    ids = sorted(score, key=lambda n: (-score[n], best_rank[n], n))[:total]
+    channels = [sorted(evidence[n], key=lambda c, n=n: -evidence[n][c]) for n in ids]
+    return Merged(
+        ids,
+        [c[0] for c in channels],
+        channels,
+        np.array([score[n] for n in ids], dtype=np.float64),
+    )

@@ -66,10 +66,11 @@ class ContextConfig(BaseModel):
 
 class ChannelsConfig(BaseModel):
     """The channels fed by the co-click job (`streamrec run itemcf`; `serving.channels`):
-    ItemCF, Swing, author and fresh notes. Each gives at most its quota of unseen candidates to
-    the `rank_k` the ranker scores, in the order fresh, (context,) itemcf, swing, author; the
-    two-tower channel fills the rest. A note several channels found is taken once and remembers
-    them all (`channels` of each item in /recommend)."""
+    ItemCF, Swing, author and fresh notes (and the cache channel, written by the recommender).
+    Each gives at most its quota of unseen candidates to the `rank_k` the ranker scores, in the
+    order fresh, (context,) itemcf, swing, author, cache; the two-tower channel fills the rest.
+    A note several channels found is taken once and remembers them all (`channels` of each
+    item in /recommend)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -81,6 +82,13 @@ class ChannelsConfig(BaseModel):
     """Quota of the author channel (0: off)."""
     fresh: int = Field(default=20, ge=0)
     """Quota of the fresh-note channel (0: off)."""
+    cache: int = Field(default=0, ge=0)
+    """Quota of the cache channel (0: off, the default): the notes the ranker placed high in
+    the user's last answer but that were not returned. On, every answer writes them."""
+    cache_size: int = Field(default=100, ge=1)
+    """Notes kept per user by the cache channel (the best fused scores not returned)."""
+    cache_ttl_s: int = Field(default=86_400, ge=1)
+    """Seconds a user's cached notes live without a new answer."""
     history: int = Field(default=20, ge=1, le=200)
     """Last clicked notes of the user whose neighbours and authors are read."""
     per_author: int = Field(default=5, ge=1)
@@ -105,10 +113,13 @@ class PrerankConfig(BaseModel):
     candidates are cut to `rank_k` in merge order, as before)."""
     model: str = "preranker"
     """Snapshot model name of the pre-ranker."""
-    candidates: int = Field(default=500, ge=1, le=20_000)
-    """Merged unseen candidates handed to the pre-ranker (the ranker gets its best `rank_k`).
-    Each one's window counts are read first: 2,000 made that read 51 ms of an 81 ms /recommend
-    (bench.serving, quiet machine), so 500 by default; raise it with a faster store."""
+    candidates: int = Field(default=2_000, ge=1, le=20_000)
+    """Merged unseen candidates handed to the pre-ranker (the ranker gets its best `rank_k`)."""
+    stats_max_age_s: float = Field(default=1.0, ge=0)
+    """The pre-ranker reads the candidates' window counts through an in-process cache
+    (`serving.stats_cache`): a note's counts are read from Redis at most once per this many
+    seconds, and are at most this much older than the store's (the ranker's `rank_k` notes are
+    read fresh). 0: every candidate read from Redis on every request."""
 
 
 class RerankConfig(BaseModel):

@@ -29,6 +29,7 @@ from features.neighbours import NeighbourStore
 from features.samples import STAT_FEATURES
 from serving.channels import (
     AuthorChannel,
+    CacheChannel,
     Candidates,
     Channel,
     ContextChannel,
@@ -42,6 +43,7 @@ from serving.config import ChannelsConfig, ContextConfig, FusionConfig, ServingC
 from serving.errors import DependencyError
 from serving.experiments import ExperimentRouter
 from serving.rerank import rerank
+from serving.stats_cache import NoteStatsCache
 from serving.watcher import SnapshotWatcher
 
 STAGES = ("merged", "prerank", "rank", "rerank", "returned")
@@ -149,19 +151,32 @@ class Recommender:
             config,
         )
         self.router = router
+        self.store = NeighbourStore(features.client, features.project)
         """Experiments: the user's arms and the settings they make (None: no experiments)."""
         self.two_tower = TwoTowerChannel()
         self.context = ContextChannel(config.context) if config.context.enabled else None
-        store = NeighbourStore(features.client, features.project)
+        store = self.store
         cc = config.channels
         self.channels: list[Channel] = [
             FreshChannel(store, cc),
             NeighbourChannel("itemcf", store, cc),
             NeighbourChannel("swing", store, cc),
             AuthorChannel(store, cc),
+            CacheChannel(store),
         ]
         """The co-click job's channels, fresh first (each asked when its quota is > 0)."""
         self._contexts: dict[ContextConfig, ContextChannel] = {config.context: self.context}
+        self._caches: dict[float, NoteStatsCache] = {}
+        """The pre-ranker's note statistics, one cache per `prerank.stats_max_age_s`."""
+
+    def _stats_cache(self, max_age_s: float) -> NoteStatsCache:
+        """The note statistics cache of the pre-ranker's settings (one per distinct age)."""
+        cache = self._caches.get(max_age_s)
+        if cache is None:
+            cache = self._caches[max_age_s] = NoteStatsCache(
+                lambda ids: self.counts("note_stats", ids), len(STAT_FEATURES), max_age_s
+            )
+        return cache
 
     def _context_for(self, config: ContextConfig) -> ContextChannel | None:
         """The context channel of an arm's settings (one per distinct settings)."""
@@ -255,14 +270,16 @@ class Recommender:
         # the channels' guaranteed shares, kept through the pre-rank cut
         quota_of = {FreshChannel.name: config.channels.fresh, ContextChannel.name: context_k}
         t.append(time.perf_counter())
-        note_stats, notes_degraded = self.counts("note_stats", cand)  # (m, F)
-        t.append(time.perf_counter())
         authors, cats = view.retriever.side_info(cand)
         durations = view.retriever.durations(cand)
-        pre_fused, pre_place = None, None
+        pre_fused, pre_place, pre_degraded = None, None, False
+        features_s = 0.0  # the reads of the window counts, for the "features" step
         if preranker is not None and len(cand) > rank_k:
+            cache = self._stats_cache(config.prerank.stats_max_age_s)
+            pre_stats, pre_degraded, _ = cache.get(cand)  # (m, F), at most max_age old
+            features_s += time.perf_counter() - t[-1]
             pre = preranker.score(
-                user_id, cand, authors, cats, user_stats, note_stats, durations=durations
+                user_id, cand, authors, cats, user_stats, pre_stats, durations=durations
             )
             pre_all = fuse(pre, config.fusion)
             place = np.empty(len(cand), dtype=np.int64)
@@ -273,9 +290,15 @@ class Recommender:
             cand_channels = [cand_channels[j] for j in keep]
             cand_found = [cand_found[j] for j in keep]
             authors, cats = [authors[j] for j in keep], [cats[j] for j in keep]
-            cand_sims, note_stats, durations = cand_sims[kept], note_stats[kept], durations[kept]
+            cand_sims, durations = cand_sims[kept], durations[kept]
             pre_fused, pre_place = pre_all[kept], place[kept]
-        t.append(time.perf_counter())
+        t0 = time.perf_counter()
+        note_stats, notes_degraded = self.counts("note_stats", cand)  # (k, F): the ranker's, fresh
+        notes_degraded = notes_degraded or pre_degraded
+        t1 = time.perf_counter()
+        features_s += t1 - t0
+        # steps: "features" the reads, "prerank" the rest up to here
+        t += [t[-1] + features_s, t1]
         preds = view.ranker.score(
             user_id, cand, authors, cats, user_stats, note_stats,
             durations=durations, history=request.history,
@@ -302,6 +325,8 @@ class Recommender:
             order = pool[picked.order]
         fused_place = np.empty(len(cand), dtype=np.int64)
         fused_place[np.argsort(-fused, kind="stable")] = np.arange(len(cand))
+        if config.channels.cache:
+            self._cache(user_id, cand, fused, order, config.channels)
         t.append(time.perf_counter())
         items = [
             Scored(
@@ -341,6 +366,28 @@ class Recommender:
                 "returned": len(items),
             },
         )
+
+    def _cache(
+        self,
+        user_id: str,
+        cand: list[str],
+        fused: np.ndarray,
+        order: np.ndarray,
+        config: ChannelsConfig,
+    ) -> None:
+        """Write the cache channel's notes: the best fused scores not returned (a failing
+        Redis only loses them)."""
+        rest = np.ones(len(cand), dtype=bool)
+        rest[order] = False
+        left = np.flatnonzero(rest)
+        best = left[np.argsort(-fused[left], kind="stable")[: config.cache_size]]
+        try:
+            self.store.write_cache(
+                user_id, [cand[j] for j in best.tolist()], fused[best].tolist(),
+                config.cache_ttl_s,
+            )  # fmt: skip
+        except (redis.RedisError, OSError):
+            return
 
     def candidates_by_channel(self, user_id: str, k: int) -> tuple[list[Candidates], set[str]]:
         """Every channel's candidates for `user_id` (at most `k` each, before the exposure

@@ -2,11 +2,13 @@
 
 A `ModelView` (ranker, retriever, retrieval index, versions) is built aside and replaced by one
 reference assignment, so a request that took the view keeps a single consistent version to its
-end. New versions are found by polling the snapshot directory every `poll_interval_s`; an
+end. New versions are found by polling the snapshot store every `poll_interval_s`; an
 announcement on `embedding-snapshots` (followed with `learners.subscription.Announcements`,
 kafka-python) wakes the poll at once (announcements may be missed or arrive before the files
-are visible: the directory is the truth). The models come from `learners.inference`, which does
-not load the training code.
+are visible: the store is the truth). A delta carried in its announcement that follows the
+version served is applied from the record alone, without reading the store
+(`learners.snapshots.apply_delta`); any other announcement (a full, a large delta, a gap) wakes
+the poll. The models come from `learners.inference`, which does not load the training code.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from learners.errors import LearnersError
+from learners.errors import LearnersError, SnapshotError
 from learners.inference import Ranker, Retriever
 from learners.preranker import PreRanker
-from learners.snapshots import Snapshot, SnapshotNotFoundError, SnapshotReader
-from learners.subscription import Announcements
+from learners.snapshots import (
+    Snapshot,
+    SnapshotNotFoundError,
+    SnapshotReader,
+    apply_delta,
+    delta_follows,
+)
+from learners.subscription import Announcement, Announcements
 from serving.config import ServingConfig
 from serving.errors import NotReadyError
 from serving.index import NoteIndex
@@ -108,6 +116,8 @@ class SnapshotWatcher:
         self._lock = threading.Lock()
         self.last_error: str | None = None
         self.swaps = 0
+        self.carried = 0
+        """Deltas applied from their announcements (no store read)."""
 
     def current(self) -> ModelView:
         """The view to use for one request.
@@ -143,33 +153,76 @@ class SnapshotWatcher:
                     snaps[name] = reader.refresh(had) if had is not None else reader.latest()
                 except (SnapshotNotFoundError, LearnersError) as exc:
                     logger.debug("no %s snapshot to serve (%s)", name, exc)
+            for name, snap in list(snaps.items()):
+                had = old.snapshots.get(name) if old is not None else None
+                if (  # a store listing behind a delta applied from its announcement
+                    had is not None
+                    and snap.versions[:1] == had.versions[:1]
+                    and snap.manifest.version < had.manifest.version
+                ):
+                    snaps[name] = had
             if old is not None and {k: s.manifest.version for k, s in snaps.items()} == (
                 old.versions
             ):
                 return False
-            kept = {
-                k
-                for k, s in snaps.items()
-                if old is not None and s.manifest.version == old.versions.get(k)
-            }
-            for k in kept:
-                snaps[k] = old.snapshots[k]
-            ranker = old.ranker if "ranker" in kept else Ranker.from_snapshot(snaps["ranker"])
-            if "retriever" in kept:
-                retriever, index = old.retriever, old.index
-            else:
-                retriever = Retriever.from_snapshot(snaps["retriever"])
-                index = _index_for(retriever, old, snaps["retriever"], self._config)
-            preranker = None
-            if "preranker" in kept:
-                preranker = old.preranker
-            elif "preranker" in snaps:
-                preranker = PreRanker.from_snapshot(snaps["preranker"])
-            self._view = ModelView(ranker, retriever, index, snaps, time.time(), preranker)
-            self.last_error = None
-            self.swaps += 1
-            logger.info("serving versions %s (%d notes indexed)", self._view.versions, len(index))
+            self._swap(old, snaps)
             return True
+
+    def apply_announced(self, announcements: list[Announcement]) -> bool:
+        """Apply the deltas carried in `announcements` that follow the versions served, in
+        order, and put them live in one view; return whether all were applied (False: the
+        store has to be read, `refresh`). Announcements of models not served are ignored."""
+        roles = {reader.model: r for r, reader in {**self._readers, **self._optional}.items()}
+        with self._lock:
+            old = self._view
+            if old is None:
+                return False
+            snaps, complete = dict(old.snapshots), True
+            for announcement in announcements:
+                manifest = announcement.manifest
+                role = roles.get(manifest.model)
+                held = snaps.get(role) if role is not None else None
+                if role is None or (held is not None and manifest.version <= held.manifest.version):
+                    continue  # not served, or already read from the store
+                if held is None or not announcement.files or not delta_follows(held, manifest):
+                    complete = False
+                    continue
+                try:
+                    snaps[role] = apply_delta(held, manifest, announcement.files)
+                except SnapshotError as exc:  # damaged in transit: the store has it whole
+                    logger.warning("%s", exc)
+                    complete = False
+                    continue
+                self.carried += 1
+            if any(s is not old.snapshots.get(k) for k, s in snaps.items()):
+                self._swap(old, snaps)
+            return complete
+
+    def _swap(self, old: ModelView | None, snaps: dict[str, Snapshot]) -> None:
+        """Build the view of `snaps` (reusing what `old` has of the same versions) and put it
+        live; called under the lock."""
+        kept = {
+            k
+            for k, s in snaps.items()
+            if old is not None and s.manifest.version == old.versions.get(k)
+        }
+        for k in kept:
+            snaps[k] = old.snapshots[k]
+        ranker = old.ranker if "ranker" in kept else Ranker.from_snapshot(snaps["ranker"])
+        if "retriever" in kept:
+            retriever, index = old.retriever, old.index
+        else:
+            retriever = Retriever.from_snapshot(snaps["retriever"])
+            index = _index_for(retriever, old, snaps["retriever"], self._config)
+        preranker = None
+        if "preranker" in kept:
+            preranker = old.preranker
+        elif "preranker" in snaps:
+            preranker = PreRanker.from_snapshot(snaps["preranker"])
+        self._view = ModelView(ranker, retriever, index, snaps, time.time(), preranker)
+        self.last_error = None
+        self.swaps += 1
+        logger.info("serving versions %s (%d notes indexed)", self._view.versions, len(index))
 
     def pinned(self, pins: dict[str, tuple[str | None, int | None]]) -> ModelView:
         """The view an experiment arm asks for: per role ("ranker", "retriever") another model
@@ -257,7 +310,8 @@ class SnapshotWatcher:
         with announcements:
             while not self._stop.is_set():
                 try:
-                    if announcements.poll(0.2):
+                    batch = announcements.poll(0.2)
+                    if batch and not self.apply_announced(batch):
                         self._wake.set()
                 except Exception as exc:  # a broker hiccup: the directory poll covers it
                     logger.warning("reading %s failed (%s); retrying", topic, exc)

@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import bytewax.operators as op
 import numpy as np
@@ -183,6 +184,43 @@ class ClickGraph:
         return swing, cf
 
 
+def rows_top_k(
+    sims: sp.csr_matrix, own: np.ndarray, names: np.ndarray, order: np.ndarray, k: int
+) -> list[Row]:
+    """Each row's `k` best columns (rounded score desc, then note id), scores > 0 only, the
+    row's own note (`own[row]`) left out: `top_k` for every row of `sims` at once.
+
+    Args:
+        sims: (rows, notes) scores.
+        own: (rows,) each row's own column.
+        names: (notes,) note ids.
+        order: (notes,) each note id's place in sorted order (the tie-break).
+        k: list length.
+    """
+    sims = sims.tocsr()
+    sims.sort_indices()
+    row = np.repeat(np.arange(sims.shape[0]), np.diff(sims.indptr))
+    rounded = np.round(sims.data.astype(np.float64), DIGITS)
+    keep = (rounded > 0) & (sims.indices != own[row])
+    row, cols, rounded = row[keep], sims.indices[keep], rounded[keep]
+    at = np.lexsort((order[cols], -rounded, row))
+    row, cols, rounded = row[at], cols[at], rounded[at]
+    starts = np.searchsorted(row, np.arange(sims.shape[0] + 1))
+    rank = np.arange(len(row)) - starts[row]
+    take = rank < k
+    row, cols, rounded = row[take], cols[take], rounded[take]
+    bounds = np.searchsorted(row, np.arange(sims.shape[0] + 1)).tolist()
+    ids, scores = names[cols].tolist(), rounded.tolist()
+    return [(ids[a:b], scores[a:b]) for a, b in pairwise(bounds)]
+
+
+def _name_order(notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    names = np.array(notes, dtype=object)
+    order = np.empty(len(notes), dtype=np.int64)
+    order[np.argsort(names, kind="stable")] = np.arange(len(notes))
+    return names, order
+
+
 def itemcf_rows(
     notes: list[str], col: dict[str, int], r: sp.csr_matrix, which: Iterable[str], k: int
 ) -> dict[str, Row]:
@@ -194,19 +232,24 @@ def itemcf_rows(
     if not present:
         return out
     idx = np.array([col[n] for n in present])
-    names = np.array(notes, dtype=object)
+    names, order = _name_order(notes)
     activity = np.asarray(r.sum(axis=1)).ravel()  # (users,)
     weight = 1.0 / np.log1p(np.maximum(activity, 1.0))
-    clickers = np.asarray(r.sum(axis=0)).ravel()  # (notes,)
-    co = (r[:, idx].T @ sp.diags(weight) @ r).tocsr()  # (D, notes) weighted co-clicks
-    for d, n in enumerate(present):
-        lo, hi = co.indptr[d], co.indptr[d + 1]
-        cols, values = co.indices[lo:hi], co.data[lo:hi]
-        mask = cols != idx[d]
-        cols, values = cols[mask], values[mask]
-        sims = values / np.sqrt(clickers[idx[d]] * clickers[cols])
-        out[n] = top_k(names[cols], sims, k)
+    norm = 1.0 / np.sqrt(np.asarray(r.sum(axis=0)).ravel())  # (notes,) 1 / sqrt(|U(j)|)
+    rt = r.T.tocsr()
+    co = (rt[idx] @ sp.diags(weight) @ r).tocsr()  # (D, notes) weighted co-clicks
+    sims = sp.diags(norm[idx]) @ co @ sp.diags(norm)
+    out.update(zip(present, rows_top_k(sims, idx, names, order, k), strict=True))
     return out
+
+
+def user_bits(r: sp.csr_matrix) -> np.ndarray:
+    """(users, words) each user's kept notes as a bit set (the overlaps |I(u) & I(v)|)."""
+    bits = np.zeros((r.shape[0], (r.shape[1] + 63) // 64), dtype=np.uint64)
+    rows = np.repeat(np.arange(r.shape[0]), np.diff(r.indptr))
+    one = np.left_shift(np.uint64(1), (r.indices % 64).astype(np.uint64))
+    np.bitwise_or.at(bits, (rows, r.indices // 64), one)
+    return bits
 
 
 def swing_rows(
@@ -232,35 +275,34 @@ def swing_rows(
             todo.append((n, users))
     if not todo:
         return out
-    overlap = (r @ r.T).tocsr()  # (users, users) notes both kept
-    names = np.array(notes, dtype=object)
+    bits = user_bits(r)
+    names, order = _name_order(notes)
+    pairs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for lo in range(0, len(todo), chunk):
         part = todo[lo : lo + chunk]
         sizes = np.array([len(u) for _, u in part])
         base = np.cumsum(sizes) - sizes
         members = np.concatenate([u for _, u in part])  # (M,) the blocks' users, stacked
         left, right = [], []
-        for b, m in enumerate(sizes.tolist()):  # every ordered pair u != v within a block
-            ii, jj = np.divmod(np.arange(m * m), m)
-            keep = ii != jj
-            left.append(base[b] + ii[keep])
-            right.append(base[b] + jj[keep])
+        for b, m in enumerate(sizes.tolist()):  # every unordered pair u < v within a block
+            if m not in pairs:
+                pairs[m] = np.triu_indices(m, 1)
+            ii, jj = pairs[m]
+            left.append(base[b] + ii)
+            right.append(base[b] + jj)
         pi, pj = np.concatenate(left), np.concatenate(right)
-        shared = np.asarray(overlap[members[pi], members[pj]]).ravel()
+        shared = np.bitwise_count(bits[members[pi]] & bits[members[pj]]).sum(axis=1)
         rows = len(members)
         pair = sp.csr_matrix((1.0 / (alpha + shared), (pi, pj)), shape=(rows, rows))
         stacked = r[members]  # (M, notes)
-        # [(b, u), j'] = r[u, j'] sum_v pair[u, v] r[v, j']; summed over u per block, halved:
+        # [(b, u), j'] = r[u, j'] sum_{v > u} pair[u, v] r[v, j']; summed over u per block:
         # each unordered pair {u, v} of block b once, for every note j' both kept
         weighted = stacked.multiply(pair @ stacked)
         block = np.repeat(np.arange(len(part)), sizes)
         sums = sp.csr_matrix((np.ones(rows), (block, np.arange(rows))), shape=(len(part), rows))
-        sims = (sums @ weighted).tocsr()
-        for b, (n, _) in enumerate(part):
-            at = slice(sims.indptr[b], sims.indptr[b + 1])
-            cols, values = sims.indices[at], 0.5 * sims.data[at]
-            mask = cols != col[n]
-            out[n] = top_k(names[cols[mask]], values[mask], k)
+        own = np.array([col[n] for n, _ in part])
+        lists = rows_top_k(sums @ weighted, own, names, order, k)
+        out.update(zip((n for n, _ in part), lists, strict=True))
     return out
 
 

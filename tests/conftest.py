@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -25,6 +26,8 @@ TEST_REDIS_DBS = range(3, 12)
 """Databases a test session may use; each session claims one no other running session holds
 (DB 12 is bench.stats_check's, 14 bench.online_writer's, 0 the default)."""
 CLAIM_KEY = "streamrec:test-session"
+CLAIM_TTL_S = 300
+"""A claim lapses this long after its session stops renewing it (a killed session frees its DB)."""
 
 
 @pytest.fixture(scope="session")
@@ -86,10 +89,21 @@ def redis_url(local_stack: stack.StackState, request: pytest.FixtureRequest) -> 
     else:
         pytest.fail(f"every test Redis DB {list(TEST_REDIS_DBS)} is claimed by another session")
     client.flushdb()
-    client.set(CLAIM_KEY, token, ex=3600)
+    client.set(CLAIM_KEY, token, ex=CLAIM_TTL_S)
+    done = threading.Event()
+    keeper = threading.Thread(target=_keep_claim, args=(client, token, done), daemon=True)
+    keeper.start()
     yield f"{base}/{db}"
+    done.set()
+    keeper.join()
     client.flushdb()
     client.close()
+
+
+def _keep_claim(client: redis.Redis, token: str, done: threading.Event) -> None:
+    """Renew the session's claim on its DB until `done` (a session killed lets it lapse)."""
+    while not done.wait(CLAIM_TTL_S / 3):
+        client.set(CLAIM_KEY, token, ex=CLAIM_TTL_S)
 
 
 @pytest.fixture

@@ -174,6 +174,7 @@ def test_report_summary_plots_and_table(tmp_path: Path) -> None:
     assert re.search(r"fresh[ │]+25.0 %[ │]+nanx[ │]+10[ │]+10.0 %", text), text
 
 
+@pytest.mark.serial
 def test_exposed_notes_are_filtered_and_new_notes_reach_retrieval(
     bootstrap: str, redis_url: str, tmp_path: Path
 ) -> None:

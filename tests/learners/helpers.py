@@ -130,12 +130,16 @@ class Clock:
         return self.now
 
 
-def publish_trained(root: Path, history: int = 0, preranker: bool = False) -> SnapshotConfig:
-    """Full-train both models on a small fixture and publish them (what `learn full` does);
-    with `history` > 0 both read that many clicked notes (samples carry their history), else
-    they have the default configurations; with `preranker` the three-tower pre-ranker too
-    (distilled from the ranker), as model "preranker"."""
-    snapshots = SnapshotConfig(root=root, delta_every_s=10, full_every_s=3600)
+def publish_trained(root: Path | str, history: int = 0, preranker: bool = False) -> SnapshotConfig:
+    """Full-train both models on a small fixture and publish them (what `learn full` does)
+    under `root` (a directory, or a store URL: `snapshots.url`); with `history` > 0 both read
+    that many clicked notes (samples carry their history), else they have the default
+    configurations; with `preranker` the three-tower pre-ranker too (distilled from the
+    ranker), as model "preranker"."""
+    where = (
+        {"root": root} if isinstance(root, Path) else {"root": Path("/nonexistent"), "url": root}
+    )
+    snapshots = SnapshotConfig(**where, delta_every_s=10, full_every_s=3600)
     configs = (RankerConfig(history=history), RetrieverConfig(history=history))
     ranker, retriever, _, _ = load_or_create(CONFIG, snapshots, *(configs if history else ()))
     cols, _ = synthetic(4_000, seed=11)
@@ -149,7 +153,7 @@ def publish_trained(root: Path, history: int = 0, preranker: bool = False) -> Sn
         states.append(("preranker", pre))
     for name, state in states:
         tables, dense = state.full_state()
-        SnapshotWriter(root, name, snapshots).publish_full(
+        SnapshotWriter(snapshots.location, name, snapshots).publish_full(
             tables, dense, state.hwm_ms, state.meta({"offsets": {}}), snapshot_exports(state)
         )
     return snapshots

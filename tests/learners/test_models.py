@@ -190,3 +190,33 @@ def test_two_tower_trains_on_clicks_only_and_corrects_for_popularity() -> None:
     assert len(ids) == len(set(cols.note_id)) and np.allclose(np.linalg.norm(vecs, axis=1), 1)
     u = state.user_vectors(["u1"], cols.user_stats[:1])
     assert u.shape == (1, state.config.out_dim)
+
+
+def test_base_logits_fit_after_training_added_in_eval_mode_and_kept_in_the_snapshot() -> None:
+    cols, _ = synthetic(6_000, seed=3)
+    config = RankerConfig(base_tasks=("click",), **SMALL)
+    state = RankerState.create(config, EmbeddingConfig(admit_after=1, lr=0.1))
+    base = state.model.base
+    assert base is not None and not base.weight.any()  # adds nothing until fitted
+    opt = torch.optim.Adam(state.dense_parameters(), lr=5e-3)
+    state.unfreeze()
+    for b in cols.batches(512):
+        state.train_step(b, opt)
+    state.fit_base(cols)
+    # the base alone is a logistic regression on the rates: it ranks clicks well above chance
+    x = state.model.inputs(cols, observe=False)
+    click = base(x.rates)["click"].detach().numpy()
+    y = cols.labels["click"]
+    assert (click[y > 0][:, None] > click[y == 0][None, :]).mean() > 0.6
+    assert state.model.training  # full training: the core alone
+    state.model.eval()
+    with torch.no_grad():
+        trained = state.model.core(state.model.features(x))
+        served = state.model(x)
+    assert torch.allclose(served.logits["click"], trained.logits["click"] + base(x.rates)["click"])
+    assert torch.equal(served.logits["like"], trained.logits["like"])  # not a base task
+    _, dense = state.full_state()
+    assert any(k.endswith("base.weight") for k in dense)
+    assert config_from_dict(RankerConfig, {}).base_tasks == ()  # older snapshots: no base
+    with pytest.raises(ModelConfigError):
+        RankerConfig(base_tasks=("bogus",))

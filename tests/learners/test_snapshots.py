@@ -36,8 +36,8 @@ from learners.snapshots import (
     TableRows,
     decode_announcement,
     encode_manifest,
-    kafka_announcer,
 )
+from learners.subscription import Announcements, kafka_announcer
 from streams.kafka_io import read_to_end
 
 REPO = Path(__file__).resolve().parents[2]
@@ -439,6 +439,15 @@ def test_announcements_round_trip_through_the_broker(
     records = [r for batch in read_to_end(bootstrap, announce_topic) for r in batch]
     assert [r.key for r in records] == [MODEL.encode()] * 3
     assert [decode_announcement(r.value) for r in records] == sent
+    carried: list = []  # what a consumer (kafka-python, as serving) reads: headers too
+    with Announcements(bootstrap, announce_topic, from_beginning=True) as follower:
+        deadline = time.monotonic() + 30
+        while len(carried) < 3 and time.monotonic() < deadline:
+            carried += follower.poll(0.2)
+    assert [a.manifest for a in carried] == sent
+    assert [sorted(a.files) for a in carried] == [[], [IDS, TABLES], [IDS, TABLES]]  # deltas
+    assert carried[1].files[TABLES] == (tmp_path / MODEL / "0000000002" / TABLES).read_bytes()
+    assert carried[2].location == str(tmp_path / MODEL / "0000000003")
     with pytest.raises(SnapshotError, match="not a snapshot announcement"):
         decode_announcement(b"{not json")
     with pytest.raises(SnapshotError, match="version"):

@@ -13,12 +13,13 @@ from learners import Snapshot, SnapshotSubscriber, follow_snapshots
 from learners.errors import SnapshotCorruptError, SnapshotError, SnapshotFollowError
 from learners.snapshots import (
     TABLES,
+    Publication,
     SnapshotConfig,
     SnapshotReader,
     SnapshotWriter,
     TableRows,
-    kafka_announcer,
 )
+from learners.subscription import kafka_announcer
 
 MODEL = "retriever-x"
 
@@ -66,7 +67,9 @@ def test_subscriber_yields_new_versions_and_refuses_a_corrupt_one(
         data = bytearray(path.read_bytes())
         data[-1] ^= 0xFF
         path.write_bytes(bytes(data))
-        announce(bad)  # a corrupt version announced: refused, the state stays at version 2
+        announce(
+            Publication(bad, {}, str(path.parent))
+        )  # a corrupt version announced: refused, the state stays at version 2
         assert _next(sub, timeout_s=3) is None
         assert sub.version == 2
         assert [type(e) for e in errors] == [SnapshotCorruptError] and errors[0].version == 3

@@ -70,6 +70,7 @@ def _root(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.serial
 def test_full_training_fails_at_once_on_a_read_only_root(
     tmp_path: Path, read_only: Callable[[Path], None]
 ) -> None:
@@ -84,6 +85,7 @@ def test_full_training_fails_at_once_on_a_read_only_root(
     assert isinstance(err.value, LearnersError)
 
 
+@pytest.mark.serial
 def test_online_learner_fails_at_once_when_a_model_directory_is_read_only(
     tmp_path: Path, read_only: Callable[[Path], None]
 ) -> None:
@@ -115,6 +117,7 @@ def test_a_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
         run_full(tmp_path, CONFIG, SnapshotConfig(root=root))
 
 
+@pytest.mark.serial
 def test_learn_full_prints_the_error_and_exits_2(
     tmp_path: Path, read_only: Callable[[Path], None]
 ) -> None:

@@ -22,6 +22,7 @@ from serving.channels import (
     FreshChannel,
     NeighbourChannel,
     Request,
+    merge_calibrated,
     merge_found,
 )
 from serving.config import ChannelsConfig
@@ -115,6 +116,24 @@ def test_merge_found_fills_with_the_last_channel_and_remembers_every_finder() ->
     assert short.ids == ["n3", "n6", "n1"]
 
 
+def test_merge_calibrated_sums_each_channels_rank_evidence() -> None:
+    a = Candidates("a", ["n1", "n2", "n3"], np.array([3.0, 2.0, 1.0]))
+    b = Candidates("b", ["n3", "n4", "n1"], np.array([0.9, 0.8, 0.7]))
+    off = Candidates("off", ["n9"], np.array([5.0]))  # no table: adds nothing
+    rates = {"a": np.array([0.3, 0.2, 0.05]), "b": np.array([0.1, 0.04])}
+    m = merge_calibrated([a, b, off], rates, 3)
+    # n1 0.3 + 0.04 (rank 2 takes b's last value), n3 0.05 + 0.1, n2 0.2, n4 0.04
+    assert m.ids == ["n1", "n2", "n3"]
+    assert m.channel == ["a", "a", "b"]
+    assert m.channels == [["a", "b"], ["a"], ["b", "a"]]
+    np.testing.assert_allclose(m.scores, [0.34, 0.2, 0.15])
+    assert merge_calibrated([a, b], {"b": rates["b"]}, 5).ids == ["n3", "n4", "n1"]
+    # a large power: each note nearly its best channel's evidence (n3 0.1 < n2 0.2)
+    high = merge_calibrated([a, b], rates, 3, power=50.0)
+    assert high.ids == ["n1", "n2", "n3"]
+    np.testing.assert_allclose(high.scores, [0.3, 0.2, 0.1], rtol=1e-3)
+
+
 def test_blend_found_reserves_slots_in_order() -> None:
     fused = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.3])
     found = [["t"], ["t"], ["t", "c"], ["f"], ["c"], ["c"]]
@@ -159,3 +178,33 @@ def test_recommend_reports_the_channels_that_found_each_item(
     found = client.get(f"/notes/{similar[0]}", params={"user_id": "cf-user"}).json()
     assert "itemcf" in found["channels"] and "fresh" not in found["channels"]
     assert client.get(f"/notes/{fresh}").json()["channels"] == []
+
+
+def test_cache_channel_offers_what_the_last_answer_ranked_high_but_did_not_return(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """With the cache channel on, an answer stores its best fused notes beyond the returned
+    ones; the next answer's candidates carry them as found by "cache"; off, nothing is kept."""
+    publish_trained(tmp_path / "snapshots")
+    base = serving_settings(tmp_path / "snapshots", redis_url)
+    channels = base.serving.channels.model_copy(update={"cache": 50, "cache_size": 30})
+    settings = base.model_copy(
+        update={"serving": base.serving.model_copy(update={"channels": channels})}
+    )
+    service = service_for(settings, redis_url)
+    service.watcher.refresh()
+    client = TestClient(service.app)
+    store = NeighbourStore(redis_client, settings.feast_project)
+    first = client.get("/recommend", params={"user_id": "cache-user", "n": 10}).json()["items"]
+    cached, scores = store.cached("cache-user")
+    assert len(cached) == 30 and not {i["note_id"] for i in first} & set(cached)
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] <= min(i["score"] for i in first) + 1e-9  # ranked just below the answer
+    second = client.get("/recommend", params={"user_id": "cache-user", "n": 20}).json()["items"]
+    again = [i for i in second if i["note_id"] in cached]
+    assert again and all("cache" in i["channels"] for i in again)
+    plain = serving_settings(tmp_path / "snapshots", redis_url)
+    off = service_for(plain, redis_url)
+    off.watcher.refresh()
+    TestClient(off.app).get("/recommend", params={"user_id": "cache-off", "n": 10})
+    assert NeighbourStore(redis_client, plain.feast_project).cached("cache-off") == ([], [])

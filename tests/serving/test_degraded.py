@@ -57,6 +57,7 @@ def _up(text: str) -> dict[str, float]:
     }
 
 
+@pytest.mark.serial
 def test_with_redis_hung_every_request_answers_within_twice_the_deadline(
     tmp_path: Path, hung_redis: str
 ) -> None:

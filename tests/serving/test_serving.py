@@ -234,3 +234,44 @@ def test_a_replica_reading_the_store_url_answers_recommend_identically(
         assert [i["note_id"] for i in got["items"]] == [i["note_id"] for i in want["items"]]
         assert [i["scores"] for i in got["items"]] == [i["scores"] for i in want["items"]]
     assert not any(empty.iterdir())
+
+
+def test_cached_note_statistics_give_the_answers_of_fresh_reads(service, redis_url) -> None:
+    """The pre-ranker's note statistics cache (`prerank.stats_max_age_s`) changes no answer
+    while the stored counts stay; when they change, the ranker's scores follow at once (its
+    `rank_k` notes are read fresh), as a service without the cache scores them."""
+    app, watcher, settings = service
+    watcher.refresh()
+    notes, _ = watcher.current().retriever.item_vectors()
+    rng = np.random.default_rng(3)
+    writer = OnlineWriter(connect(redis_url), settings.feast_project)
+
+    def write_counts() -> None:
+        counts = {w.name: rng.poisson(20, (len(notes), len(METRICS))) for w in WINDOWS}
+        cols = derive("note_stats", counts, FeatureConfig())
+        writer.write("note_stats", notes, cols, 1_700_000_000_000)
+
+    write_counts()
+    prerank = settings.serving.prerank.model_copy(update={"stats_max_age_s": 0.0})
+    fresh = service_for(
+        settings.model_copy(
+            update={"serving": settings.serving.model_copy(update={"prerank": prerank})}
+        ),
+        redis_url,
+    )
+    fresh.watcher.refresh()
+    cached, uncached = TestClient(app), TestClient(fresh.app)
+    assert settings.serving.prerank.stats_max_age_s >= 1.0  # the cache is on by default
+
+    def answers(client: TestClient, user: str) -> list[tuple]:
+        body = client.get("/recommend", params={"user_id": user, "n": 20}).json()
+        assert body["stages"]["prerank"] > settings.serving.rank_k
+        return [(i["note_id"], i["scores"], i["prerank_score"]) for i in body["items"]]
+
+    for user in ("u1", "u7", "u1"):  # the second u1: every note's counts from the cache
+        assert answers(cached, user) == answers(uncached, user)
+    write_counts()  # the store moves on; the cache still holds the old counts
+    got, want = answers(cached, "u7"), answers(uncached, "u7")
+    by_note = {n: s for n, s, _ in want}
+    common = [(n, s) for n, s, _ in got if n in by_note]
+    assert common and all(s == by_note[n] for n, s in common)

@@ -17,8 +17,8 @@ from learners.snapshots import (
     SnapshotReader,
     SnapshotWriter,
     TableRows,
-    kafka_announcer,
 )
+from learners.subscription import kafka_announcer
 from serving.config import ServingConfig
 from serving.errors import NotReadyError
 from serving.watcher import ModelView, SnapshotWatcher
@@ -117,11 +117,14 @@ def test_deltas_and_fulls_swap_in_whole_while_requests_read(tmp_path: Path) -> N
     assert first.versions == {"ranker": 1, "retriever": 1} and not _problems(first)  # untouched
 
 
+@pytest.mark.parametrize("inline_max_bytes", [0, 900_000], ids=["by-reference", "carried"])
 def test_watcher_follows_announcements_on_the_topic(
-    tmp_path: Path, bootstrap: str, topic_name: str
+    tmp_path: Path, bootstrap: str, topic_name: str, inline_max_bytes: int
 ) -> None:
+    """Deltas announced by reference wake the store poll; deltas carried in their
+    announcements are applied from them."""
     snapshots = publish_trained(tmp_path)
-    # a poll interval far beyond the test: only an announcement can wake the watcher in time
+    # a poll interval far beyond the test: only an announcement can bring a version in time
     watcher = SnapshotWatcher(tmp_path, "ranker", "retriever", ServingConfig(poll_interval_s=600))
     assert watcher.refresh()
     first = watcher.current()
@@ -133,21 +136,25 @@ def test_watcher_follows_announcements_on_the_topic(
     try:
         clock = Clock()
         learner = OnlineLearner.from_latest(
-            CONFIG, snapshots, announce=kafka_announcer(bootstrap, topic), clock=clock
+            CONFIG,
+            snapshots,
+            announce=kafka_announcer(bootstrap, topic, inline_max_bytes=inline_max_bytes),
+            clock=clock,
         )
         deadline = time.monotonic() + 45  # ~2 s on a quiet machine
-        while watcher.swaps == 1 and time.monotonic() < deadline:
+        while min(watcher.current().versions.values()) == 1 and time.monotonic() < deadline:
             for m in messages(seed=21, n=600, users=300, t0=2 * 10**9):
                 learner.add(m)
             clock.now += 11
             learner.flush()
             learner.tick()
             time.sleep(0.5)
-        assert watcher.swaps > 1, "the announcement did not wake the watcher"
+        assert watcher.swaps > 1, "the announcements did not reach the watcher"
         second = watcher.current()
         assert second.versions["ranker"] > 1 and second.versions["retriever"] > 1
         assert not _problems(second)
         assert first.versions == {"ranker": 1, "retriever": 1} and not _problems(first)
+        assert (watcher.carried > 0) == (inline_max_bytes > 0)
     finally:
         watcher.stop()
 

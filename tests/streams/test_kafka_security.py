@@ -81,7 +81,7 @@ def test_job_context_gives_its_clients_the_settings_security(tmp_path: Path) -> 
 
 
 def test_the_snapshot_announcer_carries_the_security() -> None:
-    from learners.snapshots import kafka_announcer
+    from learners.subscription import kafka_announcer
 
     _carries_security(lambda: kafka_announcer(SECURE, "embedding-snapshots"))
 
