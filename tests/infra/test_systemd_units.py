@@ -104,8 +104,9 @@ def test_units_verify_without_warnings(tmp_path: Path) -> None:
 SANDBOX_RUN = UNIT_DIR.parent / "sandbox_run.py"
 WORKLOAD = """
 import mmap, socket, sys
-import redis, torch
+import torch
 from confluent_kafka.admin import AdminClient
+from features.redis_conn import connect
 
 try:
     mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
@@ -125,7 +126,7 @@ model(x).sum().backward()
 optimizer.step()
 admin = AdminClient({"bootstrap.servers": sys.argv[1]})
 assert admin.list_topics(timeout=10).brokers
-assert redis.Redis.from_url(sys.argv[2]).ping()
+assert connect(sys.argv[2]).ping()  # a single Redis or a cluster
 print("ok")
 """
 
