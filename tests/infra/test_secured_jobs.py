@@ -3,7 +3,8 @@ mutual TLS, given by REDIS_URL alone.
 
 `run stats`, `run exposure`, `run samples` and `run itemcf` (`--until-end`, started together on
 one small replayed topic) write through it; `features get`, `exposure check`, `candidates` and
-`serve` (`/readyz`, `/recommend`) read what they wrote. (`features get` with the `requirepass`
+`serve` (`/readyz`, `/recommend`) read what they wrote; `features rebuild --from kafka` restores
+the rows after the project's keys are deleted. (`features get` with the `requirepass`
 password and `infra status`: `test_secured_cli.py`; `learn full` and `learn online` use no Redis.)
 """
 
@@ -98,6 +99,17 @@ def test_jobs_and_commands_work_on_redis_with_an_acl_user_over_mutual_tls(
     got = _cli(["candidates", user, "--k", "5", "--config", str(config)], env)
     assert "two_tower" in got and "itemcf" in got, got
     _serve(config, env)
+
+    client = connect(url)  # Redis lost the project's data: `features rebuild` restores it
+    client.delete(*[k for k in client.scan_iter(count=1_000) if project.encode() in k])
+    assert FeatureClient(client, project).get("user", [user], COUNTS_30D)["clicks_30d"] == [None]
+    client.close()
+    rebuild = start_job(["features", "rebuild", "--from", "kafka", "--config", str(config)], env)
+    out = job_output(rebuild, 300)
+    assert rebuild.returncode == 0, f"features rebuild: {out}"
+    reader = FeatureClient.from_url(url, project)
+    assert reader.get("user", [user], COUNTS_30D) == row
+    reader.close()
 
 
 def _serve(config: Path, env: dict[str, str]) -> None:
