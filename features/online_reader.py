@@ -23,7 +23,7 @@ from redis.exceptions import AskError, MovedError
 
 from features.errors import FeaturesError
 from features.online_writer import OnlineWriter
-from features.redis_conn import Client, refresh_slots, route
+from features.redis_conn import Client, exchange, refresh_slots, route
 from features.schema import feature_types
 
 _INT64_TAG, _DOUBLE_TAG = 0x20, 0x29  # ValueProto int64_val (varint), double_val (fixed64)
@@ -55,29 +55,12 @@ class OnlineReader:
         raise AssertionError("unreachable")
 
     def _send_and_read(self, commands: list[bytes], keys: list[bytes]) -> list[list[bytes | None]]:
-        held = []
-        try:
-            for node, idx in route(self._client, keys):
-                conn = node.connection_pool.get_connection()
-                held.append((node, conn, idx))
-                payload = (
-                    b"".join(commands)
-                    if len(idx) == len(keys)
-                    else b"".join(commands[i] for i in idx)
-                )
-                conn.send_packed_command([payload])
-            rows: list = [None] * len(keys)
-            for _, conn, idx in held:
-                for i in idx:
-                    rows[i] = conn.read_response()
-            return rows
-        except BaseException:
-            for _, conn, _ in held:
-                conn.disconnect()
-            raise
-        finally:
-            for node, conn, _ in held:
-                node.connection_pool.release(conn)
+        def payload(_, idx: list[int]) -> list[bytes]:  # the commands come packed already
+            if len(idx) == len(keys):
+                return [b"".join(commands)]
+            return [b"".join(commands[i] for i in idx)]
+
+        return exchange(route(self._client, keys), len(keys), payload)
 
     def _field_names(self, view: str, names: tuple[str, ...]) -> list[bytes]:
         cached = self._fields.get((view, names))

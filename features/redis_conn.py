@@ -21,11 +21,12 @@ ask `route` which node holds which keys and keep one connection per node.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import parse_qsl, unquote, urlencode, urlparse, urlunparse
 
 import redis
 from redis.cluster import RedisCluster
+from redis.connection import Connection
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
@@ -189,13 +190,31 @@ def fan_out(client: Client, commands: Sequence[tuple[object, ...]]) -> list[obje
     for i, args in enumerate(commands):
         node = command_client(client, *args)
         groups.setdefault(id(node), (node, []))[1].append(i)
+    return exchange(
+        groups.values(),
+        len(commands),
+        lambda conn, idx: conn.pack_commands([commands[i] for i in idx]),
+    )
+
+
+def exchange(
+    groups: Iterable[tuple[redis.Redis, list[int]]],
+    count: int,
+    payload: Callable[[Connection, list[int]], list[bytes]],
+) -> list[object]:
+    """Send each node the packed commands `payload(conn, idx)` of its indices, every node's
+    before any reply is read; return the `count` raw replies in index order.
+
+    An error reply is raised (the connections are dropped); the pooled connections are always
+    released.
+    """
     held = []
     try:
-        for node, idx in groups.values():
+        for node, idx in groups:
             conn = node.connection_pool.get_connection()
             held.append((node, conn, idx))
-            conn.send_packed_command(conn.pack_commands([commands[i] for i in idx]))
-        replies: list[object] = [None] * len(commands)
+            conn.send_packed_command(payload(conn, idx))
+        replies: list[object] = [None] * count
         for _, conn, idx in held:
             for i in idx:
                 replies[i] = conn.read_response()
