@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from features.client import VIEW_OF, FeatureClient
 from features.errors import ExposureError
 from features.schema import feature_types
-from serving.auth import BearerAuth
+from serving.auth import BearerAuth, send_json
 from serving.config import DashboardConfig
 from serving.dashboard import PAGE, Sampler
 from serving.errors import DependencyError, NotReadyError
@@ -249,19 +249,12 @@ class _Admit:
             return
         if self.in_flight >= self.limit:
             self.metrics.refused.inc()
-            body = b'{"detail":"overloaded: too many requests in flight, retry shortly"}'
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 503,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"retry-after", b"1"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
+            await send_json(
+                send,
+                503,
+                b'{"detail":"overloaded: too many requests in flight, retry shortly"}',
+                (b"retry-after", b"1"),
             )
-            await send({"type": "http.response.body", "body": body})
             return
         self.in_flight += 1
         try:

@@ -46,16 +46,26 @@ class BearerAuth:
         if hmac.compare_digest(scheme.lower() + b" " + rest.strip(), self._expected):
             await self.app(scope, receive, send)
             return
-        body = b'{"detail":"missing or wrong API token: send Authorization: Bearer <token>"}'
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b'Bearer realm="streamrec"'),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        await send_json(
+            send,
+            401,
+            b'{"detail":"missing or wrong API token: send Authorization: Bearer <token>"}',
+            (b"www-authenticate", b'Bearer realm="streamrec"'),
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send, status: int, body: bytes, *headers: tuple[bytes, bytes]) -> None:
+    """Answer an ASGI request with `status` and the JSON `body` (plus `headers`), from middleware
+    that stops it before the app."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                *headers,
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
