@@ -49,6 +49,7 @@ from features.schema import FeatureConfig, derive
 from features.store import apply_definitions, feature_store
 from features.windows import METRICS, WINDOWS
 from infra.config import load_settings
+from infra.processes import stop
 from infra.service import service_for
 from learners.config import LearnConfig
 from learners.full import load_or_create, load_or_create_preranker, prerank_pass, train_pass
@@ -388,13 +389,7 @@ def _start_server(config: Path, data_dir: Path, workers: int) -> tuple[subproces
 
 
 def _stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    stop([proc], signal.SIGTERM, grace_s=20)
 
 
 async def _load(base: str, users: list[str], clients: int, seconds: float) -> dict:
@@ -407,12 +402,12 @@ async def _load(base: str, users: list[str], clients: int, seconds: float) -> di
     async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
         for u in users[:clients]:  # warm-up: one connection per client
             await http.get("/recommend", params={"user_id": u, "n": 20})
-        stop = time.perf_counter() + seconds
+        until = time.perf_counter() + seconds
 
         async def client(k: int) -> None:
             nonlocal refused, errors
             i = k
-            while time.perf_counter() < stop:
+            while time.perf_counter() < until:
                 t0 = time.perf_counter()
                 try:
                     r = await http.get(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from infra.processes import free_port
+from infra.processes import free_port, stop
 from tests.learners.helpers import publish_trained
 
 
@@ -68,10 +68,5 @@ def test_serve_with_two_workers(tmp_path: Path, bootstrap: str, redis_url: str) 
                 assert r.status_code == 200, r.text
                 assert len(r.json()["items"]) == 5
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop([proc], signal.SIGTERM, grace_s=30)
     assert proc.returncode is not None

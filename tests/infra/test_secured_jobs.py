@@ -27,7 +27,7 @@ from features.neighbours import NeighbourStore
 from features.redis_conn import connect
 from features.windows import METRICS, TYPE_METRIC
 from infra.cli import app
-from infra.processes import free_port
+from infra.processes import free_port, stop
 from streams.replay import replay
 from streams.sources import ListSource
 from streams.sources.synthetic import SyntheticConfig
@@ -132,5 +132,4 @@ def _serve(config: Path, env: dict[str, str]) -> None:
             assert r.status_code == 200, r.text
             assert len(r.json()["items"]) == 5
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
+        stop([proc], signal.SIGTERM, grace_s=30)

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from infra.cli_serve import _start_service
 from infra.config import Settings
-from infra.processes import free_port
+from infra.processes import free_port, stop
 from infra.stack import ensure_topics
 from learners.errors import SnapshotConflictError, SnapshotCorruptError
 from learners.online import OnlineLearner
@@ -101,12 +101,7 @@ def _serve(config: Path, data_dir: Path, bootstrap: str, redis_url: str) -> Iter
                 time.sleep(0.2)  # pacing of the readiness probe
             yield http
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop([proc], signal.SIGTERM, grace_s=30)
 
 
 @pytest.mark.serial
