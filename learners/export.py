@@ -202,34 +202,31 @@ def retriever_exports(state: RetrieverModelState) -> Exports:
 
 def ranker_exports(state: RankerModelState) -> Exports:
     """The ranker's schema (architecture, tensors, row 0); no ONNX graph (see docs/snapshots.md)."""
-    cfg = state.config
-    schema = {
-        "architecture": (
-            f"MMoE ranker (Ma et al. 2018), tasks {list(cfg.tasks)}; rebuild it with "
-            "learners.models.RankerModelState.from_snapshot (no ONNX export yet)"
-        ),
-        "row0": ROW0,
-        "bucketing": BUCKETING,
-        "stat_features": list(STAT_FEATURES),
-        "stat_buckets": cfg.stat_buckets,
-        "tensor_docs": TENSOR_DOCS,
-    }
-    return Exports(files={}, schema=schema)
+    return _schema_only(
+        f"MMoE ranker (Ma et al. 2018), tasks {list(state.config.tasks)}; rebuild it with "
+        "learners.models.RankerModelState.from_snapshot (no ONNX export yet)",
+        state.config.stat_buckets,
+    )
 
 
 def preranker_exports(state: PreRankerModelState) -> Exports:
     """The three-tower pre-ranker's schema (as the ranker's: no ONNX graph)."""
-    cfg = state.config
+    return _schema_only(
+        f"three-tower pre-ranker (user, item, cross towers; docs/funnel.md), tasks "
+        f"{list(state.config.tasks)}; rebuild it with learners.preranker.PreRankerModelState"
+        ".from_snapshot (no ONNX export yet)",
+        state.config.stat_buckets,
+    )
+
+
+def _schema_only(architecture: str, stat_buckets: int) -> Exports:
+    """A model's schema without an ONNX graph: its architecture and the shared input rules."""
     schema = {
-        "architecture": (
-            f"three-tower pre-ranker (user, item, cross towers; docs/funnel.md), tasks "
-            f"{list(cfg.tasks)}; rebuild it with learners.preranker.PreRankerModelState"
-            ".from_snapshot (no ONNX export yet)"
-        ),
+        "architecture": architecture,
         "row0": ROW0,
         "bucketing": BUCKETING,
         "stat_features": list(STAT_FEATURES),
-        "stat_buckets": cfg.stat_buckets,
+        "stat_buckets": stat_buckets,
         "tensor_docs": TENSOR_DOCS,
     }
     return Exports(files={}, schema=schema)
