@@ -617,18 +617,19 @@ def main(
     p = _projection(rows, process_gb)[0]
     console.print(f"slope {p['slope']:,.0f} B/entity, fixed {p['fixed'] / 2**20:,.0f} MB/process")
     console.print(f"plot: {_plot(rows, out)}")
-    keys = Table(title="sample joiner: bytes per key (tracemalloc, 20k keys)")
-    keys.add_column("state")
-    keys.add_column("bytes", justify="right")
-    for name, size in joiner_keys().items():
-        keys.add_row(name, f"{size:,.0f}")
-    console.print(keys)
-    cf = Table(title="co-click job (ItemCF/Swing): bytes per key (tracemalloc, 20k notes/users)")
-    cf.add_column("state")
-    cf.add_column("bytes", justify="right")
-    for name, size in coclick_keys().items():
-        cf.add_row(name, f"{size:,.0f}")
-    console.print(cf)
+    for title, sizes in (
+        ("sample joiner: bytes per key (tracemalloc, 20k keys)", joiner_keys()),
+        (
+            "co-click job (ItemCF/Swing): bytes per key (tracemalloc, 20k notes/users)",
+            coclick_keys(),
+        ),
+    ):
+        table = Table(title=title)
+        table.add_column("state")
+        table.add_column("bytes", justify="right")
+        for name, size in sizes.items():
+            table.add_row(name, f"{size:,.0f}")
+        console.print(table)
     console.print("exposure job: no keyed state (Bloom bits live in Redis); 0 B per key in the job")
 
 
