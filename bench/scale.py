@@ -61,7 +61,7 @@ from features.schema import FeatureConfig, derive
 from streams.events import Event, encode_event
 from streams.kafka_io import RawBatch
 from streams.pacing import PACER
-from streams.stats import StatsFlush
+from streams.stats import StatsFlush, shard_keys
 
 console = Console()
 OUT = Path(__file__).resolve().parent / "out"
@@ -199,7 +199,7 @@ class _Part(StatefulSinkPartition):
 class _Sink(FixedPartitionedSink):
     def __init__(self, redis_url: str, project: str, shards: int, sample: int, report: dict):
         self.args = (redis_url, project, sample, report)
-        self.parts = sorted(f"{kind}{i}" for kind in "un" for i in range(shards))
+        self.parts = shard_keys(shards)
 
     def list_parts(self) -> list[str]:
         return self.parts

@@ -36,7 +36,7 @@ from features.schema import FeatureConfig, derive
 from streams import metrics
 from streams.pacing import PACER
 from streams.retry import TRANSIENT, with_retry
-from streams.stats import LogRows, StatsFlush
+from streams.stats import LogRows, StatsFlush, shard_keys
 
 OFFLINE_ROWS = 50_000
 _OFFLINE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
@@ -162,7 +162,7 @@ class FeastOnlineSink(FixedPartitionedSink[StatsFlush, None]):
         flow: str = "stats",
     ) -> None:
         self._args = (redis_url, project, config or FeatureConfig(), offline, flow)
-        self._parts = sorted(f"{kind}{i}" for kind in "un" for i in range(shards))
+        self._parts = shard_keys(shards)
 
     def list_parts(self) -> list[str]:
         return self._parts

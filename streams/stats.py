@@ -86,6 +86,11 @@ class StatsFlush:
     log: LogRows | None = None
 
 
+def shard_keys(shards: int) -> list[str]:
+    """Every key `shard_batches` gives a part, sorted: the stats sinks' partitions."""
+    return sorted(f"{prefix}{s}" for prefix in "un" for s in range(shards))
+
+
 def shard_batches(
     cols: Columns, shards: int, hwm: int | None = None
 ) -> list[tuple[str, ShardBatch]]:
