@@ -1,20 +1,36 @@
-"""The joiner against the per-event joiner of d10c0ad: every sample, counter, batch id and dead
-letter the same on a fixture with late events, duplicates, actions in and out of the window and
-several partitions."""
+"""The columnar joiner against the per-event joiner of d10c0ad: every sample, counter, batch id
+and dead letter the same on a fixture with late events, duplicates, actions in and out of the
+window and several partitions; the batched point-in-time statistics equal the per-span
+computation they replaced."""
 
 from __future__ import annotations
 
 import hashlib
+import pickle
 import random
 
 import msgspec
 import msgspec.structs
+import numpy as np
 import pytest
 
-from features.windows import HOUR
+from features.samples import STAT_FEATURES, SampleBatch
+from features.windows import DAY, HOUR, MINUTE, TYPE_METRIC, WINDOWS
+from streams.config import SamplesConfig
 from streams.events import Event, decode_dead_letter
+from streams.ingest import columns_of
 from streams.kafka_io import RawBatch
+from streams.samples import (
+    COUNT_COLS,
+    STEP_MS,
+    Part,
+    UserLogic,
+    UserState,
+    event_arrays,
+    point_in_time,
+)
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
+from streams.tiles import TileStore, event_metrics
 from tests.streams.helpers import WINDOW, raw_batches, run
 
 # The digest of the per-event joiner's output (commit d10c0ad) on `_fixture()`, per setting of
@@ -102,3 +118,90 @@ def test_samples_counts_and_batches_equal_the_per_event_joiners(
     assert counts["duplicate"] > 0 and counts["late_action"] > 0 and counts["orphan_action"] > 0
     assert counts["attached"] > 0 and counts["kept_negative"] > 0 and result.dead
     assert _digest(result) == PER_EVENT_DIGESTS[setting]
+
+
+def _per_span_point_in_time(store: TileStore, events: list[Event], ids: list[str]) -> np.ndarray:
+    """The per-span computation of d10c0ad (the reference): the store's sums at each span's
+    start plus a prefix sum over the span's earlier events, the events added span by span."""
+    cols = columns_of(0, events)
+    metrics = event_metrics(cols.kind, cols.watch, cols.duration)
+    ts, imp = cols.ts, cols.kind == TYPE_METRIC["impression"]
+    out = np.zeros((int(imp.sum()), len(STAT_FEATURES)), dtype=np.int64)
+    span = ts // STEP_MS
+    bounds = np.flatnonzero(np.r_[True, span[1:] != span[:-1], True])
+    done, emptied = 0, []
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        emptied.append(store.advance(int(ts[lo])))
+        rows = store.rows_for(ids[lo:hi])
+        sel = np.flatnonzero(imp[lo:hi])
+        if len(sel):
+            counts = store.window_counts(rows[sel])
+            base = np.concatenate([counts[w.name][:, COUNT_COLS] for w in WINDOWS], axis=1)
+            key = rows * STEP_MS + (ts[lo:hi] - span[lo] * STEP_MS)
+            order = np.argsort(key, kind="stable")
+            cum = np.zeros((hi - lo + 1, len(COUNT_COLS)), dtype=np.int64)
+            np.cumsum(metrics[lo:hi][order][:, COUNT_COLS], axis=0, out=cum[1:])
+            first = np.searchsorted(key[order], rows[sel] * STEP_MS, side="left")
+            before = np.searchsorted(key[order], key[sel], side="left")
+            out[done : done + len(sel)] = base + np.tile(cum[before] - cum[first], len(WINDOWS))
+            done += len(sel)
+        store.add(rows, ts[lo:hi], metrics[lo:hi])
+    store.release(np.concatenate(emptied))
+    return out
+
+
+def _held(store: TileStore) -> dict[str, list[list[int]]]:
+    """Entity id -> its window sums, for the entities the store holds."""
+    return {
+        key: [store.sums[w.name][row].tolist() for w in WINDOWS] for key, row in store.index.items()
+    }
+
+
+def _release_order(e: Event) -> tuple[int, bool, str]:
+    return e.ts, e.type != "impression", e.event_id
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_point_in_time_equals_the_per_span_computation(seed: int) -> None:
+    """Releases of random sizes over days, with gaps longer than every window and several spans
+    per release: the same counts and the same store (held entities, their sums)."""
+    rng = random.Random(seed)
+    kinds = ("impression", "impression", "click", "play", "like", "hide")
+    t, events = 200 * DAY, []
+    for i in range(3_000):
+        t += rng.choice((0, 0, 1, 700, 20_000, 4 * MINUTE, 40 * MINUTE, 2 * HOUR, 3 * DAY))
+        kind = rng.choice(kinds)
+        more = {"watch_ms": rng.randrange(20_000), "duration_ms": 15_000} if kind == "play" else {}
+        events.append(Event(f"e{i}", t, f"u{rng.randrange(12)}", "n", kind, **more))
+    fast, slow = TileStore(capacity=4), TileStore(capacity=4)
+    at = 0
+    while at < len(events):
+        size = rng.choice((1, 5, 40, 300))
+        ready = sorted(events[at : at + size], key=_release_order)
+        at += size
+        ids = [e.user_id for e in ready]
+        got = point_in_time(fast, event_arrays(ready), ids)
+        want = _per_span_point_in_time(slow, ready, ids)
+        np.testing.assert_array_equal(got, want)
+        assert fast.clock == slow.clock
+        assert _held(fast) == _held(slow)
+    assert len(_held(fast)) > 0
+
+
+def test_a_state_snapshotted_before_the_buffer_arrays_resumes() -> None:
+    """A shard state pickled without the buffer's arrays (the per-event joiner's format) is read
+    with them rebuilt from the buffered events, and its buffered impression still closes."""
+    config = SamplesConfig(shards=1, batch_size=1, negative_keep_rate=1.0)
+    logic = UserLogic(UserState(), config, [0], recoverable=True)
+    imp = Event("i1", 200 * DAY, "u1", "n1", "impression", request_id="r")
+    logic.on_item(Part("u0", 0, imp.ts, [imp]))  # held back by the allowed lateness
+    state = logic.snapshot()
+    assert state is not None and state.core.buffer == [imp]
+    old = {k: v for k, v in state.core.__dict__.items() if k != "arrays"}
+    core = pickle.loads(pickle.dumps(state.core))
+    core.__dict__.clear()
+    core.__setstate__(old)
+    np.testing.assert_array_equal(core.arrays, event_arrays([imp]))
+    state.core = core
+    out, _ = UserLogic(state, config, [0], recoverable=True).on_eof()
+    assert [s.sample_id for x in out if isinstance(x, SampleBatch) for s in x.samples] == ["i1"]
