@@ -446,8 +446,11 @@ class UserState:
     (tuples; recovery stores written before hold deques, read the same way)."""
 
 
-def _join_key(e: Event) -> tuple[str, str, str]:
-    return e.user_id, e.note_id, e.request_id or ""
+def _add_counts(counts: Counter, **added: int) -> None:
+    """Add the non-zero `added` to `counts` (a zero would appear in the next report)."""
+    for reason, n in added.items():
+        if n:
+            counts[reason] += n
 
 
 def build_sample(p: Pending, keep_rate: float) -> Sample:
@@ -526,35 +529,51 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
         if not ready:
             return
         st = self.state
-        stats = iter(point_in_time(st.core.store, arrays, [e.user_id for e in ready]).tolist())
-        for e in ready:
-            key = _join_key(e)
-            if e.type == "impression":
-                early = st.early.pop(e.event_id, None)
-                past = st.history.get(e.user_id)
-                pending = Pending(e, next(stats), early and early[1])
+        stats = point_in_time(st.core.store, arrays, [e.user_id for e in ready]).tolist()
+        pending, by_key, early, closed = st.pending, st.by_key, st.early, st.closed
+        past_of, queue, window = st.history.get, st.queue, self.window
+        clicks_kept = bool(self.history_len)
+        impressions = attached = late = orphans = 0
+        for e in ready:  # counters summed locally, added once (a report sorts its counters)
+            kind = e.type
+            key = (e.user_id, e.note_id, e.request_id or "")
+            if kind == "impression":
+                sid = e.event_id
+                half = early.pop(sid, None)
+                p = Pending(e, stats[impressions], half and half[1])
+                past = past_of(e.user_id)
                 if past:
-                    pending.history = list(reversed(past))
-                st.pending[e.event_id] = pending
-                st.by_key[key] = e.event_id
-                st.queue.append(e.event_id)
-                st.counts["impressions"] += 1
+                    p.history = list(reversed(past))
+                pending[sid] = p
+                by_key[key] = sid
+                queue.append(sid)
+                impressions += 1
                 continue
-            sid = st.by_key.get(key)
-            p = st.pending.get(sid) if sid is not None else None
+            sid = by_key.get(key)
+            p = pending.get(sid) if sid is not None else None
             if p is None:
-                st.counts["late_action" if key in st.closed else "orphan_action"] += 1
-            elif e.ts > p.event.ts + self.window:
-                st.counts["late_action"] += 1
+                if key in closed:
+                    late += 1
+                else:
+                    orphans += 1
+            elif e.ts > p.event.ts + window:
+                late += 1
             else:
-                st.counts["attached"] += 1
-                if e.type == "play":
+                attached += 1
+                if kind == "play":
                     p.watch_ms += e.watch_ms or 0
                     p.duration_ms = max(p.duration_ms, e.duration_ms or 0)
-                elif e.type in LABELS:
-                    p.labels[e.type] = 1
-            if e.type == "click" and self.history_len:
+                elif kind in LABELS:
+                    p.labels[kind] = 1
+            if kind == "click" and clicks_kept:
                 self._remember_click(e)
+        _add_counts(
+            st.counts,
+            impressions=impressions,
+            attached=attached,
+            late_action=late,
+            orphan_action=orphans,
+        )
         if st.early:
             w = self.watermark
             st.early = {k: v for k, v in st.early.items() if v[0] >= w}
@@ -575,40 +594,54 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
     def _close(self, final: bool, out: list[Out]) -> None:
         st, cfg = self.state, self.config
         w = self.watermark
-        while st.queue:
-            p = st.pending[st.queue[0]]
-            deadline = p.event.ts + self.window
+        queue, pending, by_key, closed = st.queue, st.pending, st.by_key, st.closed
+        closed_order, window, batch_size = st.closed_order, self.window, cfg.batch_size
+        rate = cfg.negative_keep_rate
+        samples = missing = positive = negative = dropped = 0
+        while queue:
+            p = pending[queue[0]]
+            e = p.event
+            deadline = e.ts + window
             if not final and (w is None or deadline >= w or p.note_stats is None):
                 break
-            st.queue.popleft()
-            del st.pending[p.event.event_id]
-            key = _join_key(p.event)
-            if st.by_key.get(key) == p.event.event_id:
-                del st.by_key[key]
-            st.closed[key] = deadline
-            st.closed_order.append((deadline, key))
+            queue.popleft()
+            sid = e.event_id
+            del pending[sid]
+            key = (e.user_id, e.note_id, e.request_id or "")
+            if by_key.get(key) == sid:
+                del by_key[key]
+            closed[key] = deadline
+            closed_order.append((deadline, key))
             if p.note_stats is None:
-                st.counts["missing_note_stats"] += 1
+                missing += 1
             if p.duration_ms == 0:
-                p.duration_ms = p.event.duration_ms or 0
-            st.counts["samples"] += 1
+                p.duration_ms = e.duration_ms or 0
+            samples += 1
             if p.labels.get("click"):
                 sample = build_sample(p, 1.0)
-                st.counts["kept_positive"] += 1
-            elif keep_draw(p.event.event_id) < cfg.negative_keep_rate:
-                sample = build_sample(p, cfg.negative_keep_rate)
-                st.counts["kept_negative"] += 1
+                positive += 1
+            elif keep_draw(sid) < rate:
+                sample = build_sample(p, rate)
+                negative += 1
             else:
-                st.counts["dropped_negative"] += 1
+                dropped += 1
                 continue
             st.batch.append(sample)
-            if len(st.batch) >= cfg.batch_size:
+            if len(st.batch) >= batch_size:
                 out.append(self._flush_batch())
+        _add_counts(
+            st.counts,
+            missing_note_stats=missing,
+            samples=samples,
+            kept_positive=positive,
+            kept_negative=negative,
+            dropped_negative=dropped,
+        )
         if w is not None:
-            while st.closed_order and st.closed_order[0][0] + self.window < w:
-                deadline, key = st.closed_order.popleft()
-                if st.closed.get(key) == deadline:
-                    del st.closed[key]
+            while closed_order and closed_order[0][0] + window < w:
+                deadline, key = closed_order.popleft()
+                if closed.get(key) == deadline:
+                    del closed[key]
         if st.batch and self.batch_due is None:
             self.batch_due = datetime.now(UTC) + timedelta(milliseconds=cfg.batch_max_delay_ms)
         if final and st.batch:
