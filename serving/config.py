@@ -62,6 +62,10 @@ class ContextConfig(BaseModel):
     subtracted from their counts before the categories are weighed."""
     sharpen: float = Field(default=4.0, gt=0)
     """Categories share the channel's candidates in proportion to evidence ** sharpen."""
+    keep_mix: bool = True
+    """The reserved share keeps the channel's mix of categories (as many notes of each category
+    as the channel's first candidates hold, the ranker choosing which); off: the channel's
+    best candidates by the fused score, whatever their categories."""
 
 
 class ChannelsConfig(BaseModel):

@@ -311,7 +311,14 @@ class Recommender:
             FreshChannel.name: round(config.channels.fresh_share * n) if fresh_personal else 0,
             ContextChannel.name: round(config.context.share * pool_n) if personal else 0,
         }
-        pool = blend_found(fused, cand_found, reserved, pool_n)
+        mix = None
+        if personal and config.context.keep_mix and reserved[ContextChannel.name]:
+            _, ctx_cats = view.retriever.side_info(ctx.ids[: reserved[ContextChannel.name]])
+            slots: dict[str, int] = {}
+            for c in ctx_cats:
+                slots[c] = slots.get(c, 0) + 1
+            mix = {ContextChannel.name: (cats, slots)}
+        pool = blend_found(fused, cand_found, reserved, pool_n, mix)
         order = pool[:n]
         if rr.enabled and len(pool):
             ids, vecs = view.retriever.item_vectors([cand[j] for j in pool.tolist()])
@@ -449,18 +456,36 @@ def _count_found(channels: list[list[str]]) -> dict[str, int]:
 
 
 def blend_found(
-    fused: np.ndarray, found: list[list[str]], reserved: dict[str, int], n: int
+    fused: np.ndarray,
+    found: list[list[str]],
+    reserved: dict[str, int],
+    n: int,
+    groups: dict[str, tuple[list[str], dict[str, int]]] | None = None,
 ) -> np.ndarray:
     """Indices of the top `n` by `fused` of which at least `reserved[c]` (as far as it has
     them) were found by channel c - reservations taken in the order of `reserved`, each its
     channel's best by `fused` not taken yet; the other slots the best of the rest; the chosen
-    ones in fused order."""
+    ones in fused order.
+
+    `groups[c]` = (group of each candidate, slots per group): channel c's reservation is taken
+    group by group instead, each group's best by `fused` up to its slots (in the order of the
+    slots), then the channel's best of any group if slots are left - the channel keeps its mix
+    of groups (the context channel's categories) and the ranker picks within each."""
     order = np.argsort(-fused, kind="stable").tolist()
     chosen: list[int] = []
     taken: set[int] = set()
     for channel, count in reserved.items():
-        mine = [j for j in order if channel in found[j] and j not in taken]
-        mine = mine[: max(0, min(count, n - len(chosen)))]
+        room = max(0, min(count, n - len(chosen)))
+        mine: list[int] = []
+        if channel in (groups or {}):
+            of, slots = groups[channel]
+            for group, k in slots.items():
+                pick = [j for j in order if of[j] == group and channel in found[j]]
+                pick = [j for j in pick if j not in taken][: min(k, room - len(mine))]
+                mine += pick
+                taken.update(pick)
+        rest = [j for j in order if channel in found[j] and j not in taken]
+        mine += rest[: room - len(mine)]
         chosen += mine
         taken.update(mine)
     chosen += [j for j in order if j not in taken][: max(0, n - len(chosen))]
