@@ -36,10 +36,8 @@ about a second after its first event whatever the lists cost.
 from __future__ import annotations
 
 import copy
-import gc
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -351,28 +349,9 @@ def swing_rows(
     return out
 
 
-@contextmanager
-def no_cycle_collection() -> Iterator[None]:
-    """Python's cycle collector paused: a recomputation makes hundreds of thousands of acyclic
-    objects (the lists), and every few thousand of them the collector would walk the whole
-    click graph (a third of a recomputation's time on the KuaiRand subset)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def changed_lists(graph: ClickGraph, config: CoClickConfig) -> dict[str, dict[str, Row]]:
     """kind -> note -> its recomputed list, for every list the clicks since the last call
     changed ([] when the note has no neighbours left); clears the marks."""
-    with no_cycle_collection():
-        return _changed_lists(graph, config)
-
-
-def _changed_lists(graph: ClickGraph, config: CoClickConfig) -> dict[str, dict[str, Row]]:
     notes, col, r = graph.matrix()
     dirty, renormed = graph.dirty, graph.renormed
     graph.dirty, graph.renormed = set(), set()
