@@ -144,6 +144,24 @@ class ShardState:
     """The online store's generation token when this shard last wrote (`StoreGeneration`)."""
 
 
+class SharedGeneration:
+    """The online store's generation token, read at most once per `max_age_s` for all the shards
+    of a process (each shard asked for it every second: two Redis round trips per shard, waiting
+    behind the pipelined writes)."""
+
+    def __init__(self, read: Callable[[], str], max_age_s: float) -> None:
+        self._read, self._max_age_s = read, max_age_s
+        self._token = ""
+        self._read_at = -math.inf
+
+    def __call__(self) -> str:
+        now = time.monotonic()
+        if now - self._read_at >= self._max_age_s:
+            self._token = self._read()  # a failure raises, and the next call reads again
+            self._read_at = now
+        return self._token
+
+
 class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
     """Keeps one shard's tiles; emits the changed entities every flush interval, and the
     offline-log rows the watermark made final."""
@@ -389,6 +407,10 @@ def build_flow(
             when it changes, every shard rewrites all its entities (the store lost its data).
             None: no check.
     """
+    if generation is not None:
+        # One read per half check interval serves every shard: a lost store is still seen
+        # within 1.5 check intervals.
+        generation = SharedGeneration(generation, GENERATION_CHECK_S / 2)
     if partitions is None and isinstance(source, KafkaBatchSource):
         partitions = [int(p) for p in source.list_parts()]
     flow, parts = ingest_flow(

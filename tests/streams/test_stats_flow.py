@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from features.schema import ENTITY_KEY, FeatureConfig, derive
@@ -20,7 +21,7 @@ from streams.reference import (
     three_times,
 )
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
-from streams.stats import ShardLogic, StatsFlush, build_flow
+from streams.stats import ShardLogic, SharedGeneration, StatsFlush, build_flow
 
 
 def raw_batches(events: list[Event], partitions: int = 3, size: int = 97) -> list[RawBatch]:
@@ -296,3 +297,25 @@ def test_offline_log_takes_only_final_chunks_and_equals_rereading_all(monkeypatc
         )
         assert len(got) > len(events) // 4
         pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+
+def test_shards_share_one_read_of_the_store_generation() -> None:
+    """The shards of a process read the generation token once per age; a failed read is not
+    remembered."""
+    reads: list[str] = []
+    answers = iter(["a", OSError("redis away"), "b"])
+
+    def read() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        reads.append(answer)
+        return answer
+
+    shared = SharedGeneration(read, max_age_s=3600)
+    assert [shared() for _ in range(16)] == ["a"] * 16
+    assert reads == ["a"]
+    fresh = SharedGeneration(read, max_age_s=0)
+    with pytest.raises(OSError, match="redis away"):
+        fresh()
+    assert fresh() == "b"
