@@ -13,7 +13,7 @@ filter's part; `bench.baselines.recall_hits`).
 Channels (the serving code where it exists: `serving.channels.NeighbourChannel`,
 `FreshChannel` and `merge_found` run on in-memory copies of what the co-click job stores):
 - itemcf / swing: the co-click job's own state and formulas (`streams.itemcf.ClickGraph`,
-  `itemcf_rows`, `swing_rows`, the changed notes recomputed after each batch), the user's last
+  `changed_lists`, the changed lists recomputed after each batch), the user's last
   20 distinct clicked notes giving the candidates (the history feature);
 - two_tower: the retriever trained on the warm-up as `bench.quality` trains it, its ID rows
   updated online on each batch after scoring it;
@@ -76,7 +76,7 @@ from serving.channels import (
 )
 from serving.config import ChannelsConfig
 from streams.config import CoClickConfig
-from streams.itemcf import ClickGraph, itemcf_rows, swing_rows
+from streams.itemcf import ClickGraph, changed_lists
 
 matplotlib.use("Agg")
 console = Console()
@@ -137,13 +137,9 @@ class CoClicks:
                 self.category.setdefault(note, cat)
         for i in np.flatnonzero(b.labels["click"] > 0).tolist():
             self.graph.click(b.user_id[i], b.note_id[i], int(b.ts[i]))
-        notes, col, r = self.graph.matrix()
-        swing, cf = self.graph.take_dirty(r, col)
         cfg = self.config
-        self.store.rows["itemcf"].update(itemcf_rows(notes, col, r, cf, cfg.top_k))
-        self.store.rows["swing"].update(
-            swing_rows(self.graph, notes, col, r, swing, cfg.top_k, cfg.alpha, cfg.swing_users)
-        )
+        for kind, rows in changed_lists(self.graph, cfg).items():
+            self.store.rows[kind].update(rows)
         now = int(b.ts.max())
         fresh = [
             n
