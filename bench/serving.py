@@ -21,6 +21,7 @@ Writes bench/out/serving_latency.png (and serving_scaling.png with --concurrency
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -57,6 +58,7 @@ from learners.inputs import LABEL_COLUMNS, Columns, F
 from learners.snapshots import SnapshotConfig, SnapshotWriter
 from serving.config import PrerankConfig, ServingConfig
 from serving.index import NoteIndex
+from streams.runtime import tune_gc
 
 console = Console(width=120)
 OUT = Path(__file__).resolve().parent / "out"
@@ -255,6 +257,7 @@ def main(
         service = service_for(settings, url)
         app, watcher = service.app, service.watcher
         watcher.refresh()
+        tune_gc()  # as `streamrec serve` does once its first snapshots are loaded
         api = TestClient(app)
         console.rule(
             f"/recommend (in-process ASGI, retrieve {retrieve_k:,}, pre-rank {candidates:,}, "
@@ -262,20 +265,28 @@ def main(
         )
         for u in user_ids[:20]:  # warm-up
             api.get("/recommend", params={"user_id": u, "n": 20})
-        latencies, steps, merged = [], [], []
+        latencies, steps, merged, collector = [], [], [], []
+        gc_clock = _CollectorClock()
+        gc.callbacks.append(gc_clock)
         t_all = time.perf_counter()
         for i in track(range(requests), description="requests", console=console):
-            t0 = time.perf_counter()
+            t0, g0 = time.perf_counter(), gc_clock.total
             r = api.get("/recommend", params={"user_id": user_ids[i % users], "n": 20})
             latencies.append((time.perf_counter() - t0) * 1000)
+            collector.append((gc_clock.total - g0) * 1000)
             body = r.json()
             assert body["retrieved"] == retrieve_k and body["ranked"] == 200, body
             steps.append(body["timings_ms"])
             merged.append(body["stages"]["merged"])
         rps = requests / (time.perf_counter() - t_all)
+        gc.callbacks.remove(gc_clock)
         console.print(
             f"/recommend latency p50 {percentile(latencies, 50):.1f} ms  p99 "
             f"{percentile(latencies, 99):.1f} ms  {rps:,.0f} requests/s (one client, serial)"
+        )
+        console.print(
+            f"cyclic collector: {sum(collector):,.0f} ms over {requests} requests, at most "
+            f"{max(collector):.1f} ms in one; {sum(c > 5 for c in collector)} requests over 5 ms"
         )
         console.print(
             f"merged candidates per request: median {median(merged):,.0f} "
@@ -311,6 +322,20 @@ def main(
         )
         _plot(latencies)
         client.flushdb()
+
+
+class _CollectorClock:
+    """A `gc.callbacks` entry that sums the wall time of the cyclic collector's runs."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._start
 
 
 def _over_http(app, user_ids: list[str], requests: int) -> None:

@@ -68,8 +68,11 @@ def _start_service(
     import torch
 
     torch.set_num_threads(1)  # small per-request batches; extra threads only spin here
+    from streams.runtime import tune_gc
+
     service = service_for(settings, redis_url, token)
     service.watcher.refresh()
+    tune_gc()  # imports and first snapshots loaded: a full collection no longer walks them
     service.watcher.start(
         settings.kafka.connect(bootstrap), settings.kafka.topics.embedding_snapshots
     )

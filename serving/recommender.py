@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -34,10 +35,13 @@ from serving.channels import (
     Channel,
     ContextChannel,
     FreshChannel,
+    MergeModel,
     NeighbourChannel,
     Request,
     TwoTowerChannel,
+    load_merge_model,
     merge_found,
+    merge_learned,
 )
 from serving.config import ChannelsConfig, ContextConfig, FusionConfig, ServingConfig
 from serving.errors import DependencyError
@@ -166,6 +170,10 @@ class Recommender:
         ]
         """The co-click job's channels, fresh first (each asked when its quota is > 0)."""
         self._contexts: dict[ContextConfig, ContextChannel] = {config.context: self.context}
+        self._merges: dict[Path, MergeModel] = {}
+        """The learnt merges of the settings' `channels.merge_model` files, read once each."""
+        if cc.merge_model is not None:  # a missing or bad file fails at start, not per request
+            self._merge_for(cc.merge_model)
         self._caches: dict[float, NoteStatsCache] = {}
         """The pre-ranker's note statistics, one cache per `prerank.stats_max_age_s`."""
 
@@ -177,6 +185,14 @@ class Recommender:
                 lambda ids: self.counts("note_stats", ids), len(STAT_FEATURES), max_age_s
             )
         return cache
+
+    def _merge_for(self, path: Path | None) -> MergeModel | None:
+        """The learnt merge stored at `path` (read once; None: the quota merge)."""
+        if path is None:
+            return None
+        if path not in self._merges:
+            self._merges[path] = load_merge_model(path)
+        return self._merges[path]
 
     def _context_for(self, config: ContextConfig) -> ContextChannel | None:
         """The context channel of an arm's settings (one per distinct settings)."""
@@ -264,7 +280,12 @@ class Recommender:
             quotas.insert(at, context_k)
         lists.append(unseen_two_tower)  # the two-tower channel fills up to merged_k
         quotas.append(None)
-        merged = merge_found(lists, quotas, merged_k)
+        model = self._merge_for(config.channels.merge_model)
+        if model is None:
+            merged = merge_found(lists, quotas, merged_k)
+        else:  # the fresh and context channels' quotas stay guaranteed places
+            reserved = {FreshChannel.name: config.channels.fresh, ContextChannel.name: context_k}
+            merged = merge_learned(lists, model, merged_k, reserved)
         cand, cand_channels, cand_sims = merged.ids, merged.channel, merged.scores
         cand_found = merged.channels
         # the channels' guaranteed shares, kept through the pre-rank cut
@@ -433,8 +454,11 @@ class Recommender:
             quota = getattr(quotas, channel.name)
             if quota <= 0:
                 continue
+            asked = int(quota * over)
+            if quotas.merge_model is not None:  # the learnt merge orders a deeper union
+                asked = max(asked, quotas.merge_depth)
             try:
-                found.append((channel.candidates(request, int(quota * over)), quota))
+                found.append((channel.candidates(request, asked), quota))
             except (redis.RedisError, OSError):
                 degraded = True
         return found, degraded

@@ -27,7 +27,6 @@ reason and the late events, and reports the partition's clock (`streams.metrics`
 from __future__ import annotations
 
 import copy
-import gc
 import time
 import zlib
 from collections import deque
@@ -51,6 +50,7 @@ from streams.decode import Decoded, decode_batch
 from streams.errors import EventError, RecoveryStateError
 from streams.events import Event, dead_letter, decode_dead_letter, encode_dead_letter
 from streams.kafka_io import RESET_HINT, RawBatch
+from streams.runtime import tune_gc
 
 P = TypeVar("P")
 
@@ -473,28 +473,6 @@ class IngestLogic(StatefulLogic[RawBatch, Ingested, PartitionClock]):
         return copy.deepcopy(self.state) if self.recoverable else None
 
 
-GC_THRESHOLDS = (10_000, 10, 100)
-"""The cyclic collector's thresholds while stream flows run (Python's defaults: 700, 10, 10)."""
-_TUNED = False
-
-
-def tune_gc_for_flows() -> None:
-    """Make the cyclic garbage collector cheap for a stream job; once per process.
-
-    A stream job imports Feast and with it torch: ~300k objects, which every full collection
-    traverses. When the first flow starts they are frozen (never collected: they live as long
-    as the process), and the collector runs on 10,000 new objects instead of 700, full
-    collections 10x less often: in the sample joiner the collector's share of the CPU fell from
-    24 % to 13 % (docs/benchmarks.md, "Sample joiner"). The flows' state is numpy arrays and
-    mostly acyclic objects, freed by reference counting, so collecting later holds little memory.
-    """
-    global _TUNED
-    if not _TUNED:
-        _TUNED = True
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
-
-
 def ingest_flow(
     name: str,
     source: Source[RawBatch],
@@ -526,7 +504,7 @@ def ingest_flow(
     keyed = op.key_on("by_partition", op.input("in", flow, source), lambda b: str(b.partition))
 
     def logic(resume: PartitionClock | None) -> IngestLogic:
-        tune_gc_for_flows()  # the flow is starting: everything it imports is loaded
+        tune_gc()  # the flow is starting: everything it imports is loaded
         clock = resume or PartitionClock()
         return IngestLogic(clock, name, limits, lateness_ms, shard, dedupe, recoverable, hint)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import math
 import time
 import uuid
@@ -60,10 +61,9 @@ from features.samples import (
 from features.schema import COUNTS
 from features.windows import COMPLETION_FRACTION, METRICS, TYPE_METRIC, WINDOWS
 from streams.config import DEFAULT_LIMITS, EventLimits, SamplesConfig
-from streams.decode import Decoded
 from streams.errors import EventError
 from streams.events import Event, dead_letter, encode_dead_letter, encode_event
-from streams.ingest import Columns, ingest_flow, shard_cache, to_columns
+from streams.ingest import Columns, ingest_flow, shard_cache
 from streams.kafka_io import RawBatch
 from streams.retry import with_retry
 from streams.tiles import TileStore
@@ -72,8 +72,11 @@ from streams.tiles import event_metrics as tile_metrics
 FLOW = "samples"
 STEP_MS = math.gcd(*(w.hop_ms for w in WINDOWS))
 """Within one span of this length no tile leaves any window (every hop is a multiple of it)."""
-_COUNT_COLS = np.array([METRICS.index(m) for m in COUNTS])
+COUNT_COLS = np.array([METRICS.index(m) for m in COUNTS])
+"""The metric columns that `STAT_FEATURES` count, per window."""
 _IMPRESSION = TYPE_METRIC["impression"]
+TS, KIND, WATCH_MS, DURATION_MS = range(4)
+"""Columns of an events array (`event_arrays`)."""
 REASONS = (
     "impressions",
     "samples",
@@ -90,6 +93,18 @@ REASONS = (
 """Counters a `JoinReport` carries (see docs/samples.md)."""
 
 
+def event_arrays(events: Sequence[Event]) -> np.ndarray:
+    """The (n, 4) int64 columns ts, metric index of the type, watch_ms, duration_ms of `events`."""
+    return np.column_stack(
+        [
+            np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events)),
+            np.fromiter((TYPE_METRIC[e.type] for e in events), dtype=np.int64, count=len(events)),
+            np.fromiter((e.watch_ms or 0 for e in events), dtype=np.int64, count=len(events)),
+            np.fromiter((e.duration_ms or 0 for e in events), dtype=np.int64, count=len(events)),
+        ]
+    ).reshape(len(events), 4)
+
+
 @dataclass(frozen=True, slots=True)
 class Part:
     """The events of one raw batch that one shard owns, with the partition's high-water mark."""
@@ -98,6 +113,8 @@ class Part:
     partition: int
     hwm: int
     events: list[Event]
+    arrays: np.ndarray | None = None
+    """`event_arrays(events)` (None: computed by the shard)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,66 +168,84 @@ def shard_parts(cols: Columns, hwm: int | None, shards: int) -> list[tuple[str, 
     """
     if hwm is None:
         return []
-    cache = shard_cache(shards)
-    by_shard: dict[str, list[Event]] = {}
-    for e, user, note in zip(cols.events, cols.users, cols.notes, strict=True):
-        by_shard.setdefault(f"u{cache[user]}", []).append(e)
-        by_shard.setdefault(f"n{cache[note]}", []).append(e)
-    return [
-        (key, Part(key, cols.partition, hwm, by_shard.get(key, [])))
-        for side in "un"
-        for key in (f"{side}{s}" for s in range(shards))
-    ]
+    cache, n, events = shard_cache(shards), len(cols.events), cols.events
+    arrays = np.column_stack([cols.ts, cols.kind, cols.watch, cols.duration]).reshape(n, 4)
+    out = []
+    for side, ids in (("u", cols.users), ("n", cols.notes)):
+        dest = np.fromiter((cache[key] for key in ids), dtype=np.int64, count=n)
+        order = np.argsort(dest, kind="stable")  # by shard, arrival order within
+        cuts = np.searchsorted(dest[order], np.arange(shards + 1)).tolist()
+        for s in range(shards):
+            sel = order[cuts[s] : cuts[s + 1]]
+            key = f"{side}{s}"
+            out.append(
+                (
+                    key,
+                    Part(key, cols.partition, hwm, [events[i] for i in sel.tolist()], arrays[sel]),
+                )
+            )
+    return out
 
 
-def point_in_time(store: TileStore, events: list[Event], ids: list[str]) -> np.ndarray:
+def point_in_time(store: TileStore, arrays: np.ndarray, ids: list[str]) -> np.ndarray:
     """Add final events (sorted by ts) to `store`; return each impression's counts before it.
 
     The counts of an impression at time t are its entity's `STAT_FEATURES` windows as of t over
-    the events with ts < t (its own and later events excluded). Events are processed in spans
-    of `STEP_MS`: within a span the windows keep their tiles, so an impression's counts are the
-    store's sums at the span start plus the span's earlier events of the same entity
-    (a prefix sum), computed for the whole span at once.
+    the events with ts < t (its own and later events excluded): the store's sums as of t (the
+    events before this call, less the tiles that left each window by t) plus this call's
+    events of the same entity with ts < t whose tile is inside the window at t (per window, a
+    range of time ending at t: two searches in one sort of the events by entity and time).
+    Tiles leave windows only at multiples of `STEP_MS`, so the store's clock is moved once per
+    span of that length holding impressions, and the events are added once, at the end.
 
     Args:
-        store: the shard's tiles; holds every final event before `events`.
-        events: the newly final events, in (ts, impressions first, event id) order.
+        store: the shard's tiles; holds every final event before `arrays`.
+        arrays: the newly final events (`event_arrays`), in (ts, impressions first, event id)
+            order.
         ids: the entity id of each event (user or note).
 
     Returns:
         (impressions, len(STAT_FEATURES)) int64 counts, in the impressions' order.
     """
-    cols = to_columns(Decoded("", 0, 0, events, []))
-    metrics = tile_metrics(cols.kind, cols.watch, cols.duration)  # (n, M)
-    ts, imp = cols.ts, cols.kind == _IMPRESSION
-    out = np.zeros((int(imp.sum()), len(STAT_FEATURES)), dtype=np.int64)
+    ts = arrays[:, TS]
+    metrics = tile_metrics(arrays[:, KIND], arrays[:, WATCH_MS], arrays[:, DURATION_MS])  # (n, M)
+    imp = np.flatnonzero(arrays[:, KIND] == _IMPRESSION)
+    out = np.zeros((len(imp), len(STAT_FEATURES)), dtype=np.int64)
+    if not len(ts):
+        return out
+    rows = store.rows_for(ids)
     span = ts // STEP_MS
-    bounds = np.flatnonzero(np.r_[True, span[1:] != span[:-1], True])
-    done, emptied = 0, []
-    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        emptied.append(store.advance(int(ts[lo])))
-        rows = store.rows_for(ids[lo:hi])
-        sel = np.flatnonzero(imp[lo:hi])
-        if len(sel):
-            counts = store.window_counts(rows[sel])
-            base = np.concatenate([counts[w.name][:, _COUNT_COLS] for w in WINDOWS], axis=1)
-            key = rows * STEP_MS + (ts[lo:hi] - span[lo] * STEP_MS)  # entity, then time
-            order = np.argsort(key, kind="stable")
-            sorted_key = key[order]
-            cum = np.zeros((hi - lo + 1, len(_COUNT_COLS)), dtype=np.int64)
-            np.cumsum(metrics[lo:hi][order][:, _COUNT_COLS], axis=0, out=cum[1:])
-            first = np.searchsorted(sorted_key, rows[sel] * STEP_MS, side="left")
-            before = np.searchsorted(sorted_key, key[sel], side="left")
-            prefix = cum[before] - cum[first]  # (k, counts): same entity, earlier ts
-            out[done : done + len(sel)] = base + np.tile(prefix, len(WINDOWS))
-            done += len(sel)
-        store.add(rows, ts[lo:hi], metrics[lo:hi])
+    emptied = []
+    if len(imp):
+        imp_rows, imp_ts = rows[imp], ts[imp]
+        cuts = np.flatnonzero(np.r_[True, span[imp][1:] != span[imp][:-1], True]).tolist()
+        per_window = len(COUNT_COLS)
+        for lo, hi in itertools.pairwise(cuts):
+            span_start = ts[np.searchsorted(span, span[imp[lo]])]  # the span's first event
+            emptied.append(store.advance(int(span_start)))
+            r = imp_rows[lo:hi, None]
+            for j, w in enumerate(WINDOWS):
+                out[lo:hi, j * per_window : (j + 1) * per_window] = store.sums[w.name][
+                    r, COUNT_COLS
+                ]
+        # This call's earlier events of the same entity, inside each window as of the impression.
+        times = np.unique(ts)
+        width = len(times) + 1
+        key = rows * width + np.searchsorted(times, ts)
+        order = np.argsort(key, kind="stable")
+        sorted_key = key[order]
+        cum = np.zeros((len(ts) + 1, per_window), dtype=np.int64)
+        np.cumsum(metrics[order][:, COUNT_COLS], axis=0, out=cum[1:])
+        upto = np.searchsorted(sorted_key, imp_rows * width + np.searchsorted(times, imp_ts))
+        for j, w in enumerate(WINDOWS):
+            start = (imp_ts // w.hop_ms - w.tiles + 1) * w.hop_ms  # the window's oldest tile
+            since = np.searchsorted(sorted_key, imp_rows * width + np.searchsorted(times, start))
+            out[:, j * per_window : (j + 1) * per_window] += cum[upto] - cum[since]
+    emptied.append(store.advance(int(ts[np.searchsorted(span, span[-1])])))  # the last span
+    store.add(rows, ts, metrics)
+    emptied.append(rows)
     store.release(np.concatenate(emptied))  # entities whose windows all emptied (docs/stats.md)
     return out
-
-
-def _order(e: Event) -> tuple[int, bool, str]:
-    return e.ts, e.type != "impression", e.event_id
 
 
 @dataclass
@@ -223,6 +258,13 @@ class ShardCore:
     seen: set[str] = field(default_factory=set)
     recent: deque[tuple[int, str]] = field(default_factory=deque)
     shard: str = ""
+    arrays: np.ndarray = field(default_factory=lambda: event_arrays([]))
+    """`event_arrays(buffer)`."""
+
+    def __setstate__(self, state: dict) -> None:
+        if "arrays" not in state:  # a snapshot from before the buffer's arrays
+            state = {**state, "arrays": event_arrays(state["buffer"])}
+        self.__dict__.update(state)
 
 
 class _ShardLogic:
@@ -260,37 +302,59 @@ class _ShardLogic:
         core.shard = part.shard
         core.hwm[part.partition] = max(part.hwm, core.hwm.get(part.partition, part.hwm))
         self.heard[part.partition] = time.monotonic()
-        late = []
+        late, keep = [], []
         w = self.watermark
-        for e in part.events:
-            if e.event_id in core.seen:
+        seen = core.seen
+        for i, e in enumerate(part.events):
+            if e.event_id in seen:
                 counts["duplicate"] += 1
             elif w is not None and e.ts < w:
                 late.append(e)
             else:
-                core.seen.add(e.event_id)
-                core.buffer.append(e)
+                seen.add(e.event_id)
+                keep.append(i)
+        if keep:
+            arrays = event_arrays(part.events) if part.arrays is None else part.arrays
+            if len(keep) == len(part.events):
+                core.buffer.extend(part.events)
+            else:
+                core.buffer.extend(part.events[i] for i in keep)
+                arrays = arrays[keep]
+            core.arrays = np.concatenate([core.arrays, arrays]) if len(core.arrays) else arrays
         return late
 
-    def _release(self, final: bool) -> list[Event]:
-        """Advance the watermark; return the events that became final, in processing order."""
+    def _release(self, final: bool) -> tuple[list[Event], np.ndarray]:
+        """Advance the watermark; return the events that became final, in processing order
+        (ts, impressions first, event id), and their `event_arrays`."""
         core = self.core
         w = math.inf if final else self._compute_watermark()
+        nothing = [], core.arrays[:0]
         if w is None or (self.watermark is not None and w <= self.watermark):
-            return []
+            return nothing
         self.watermark = w
         if not core.buffer:
-            return []
-        ready = [e for e in core.buffer if e.ts < w]
-        if not ready:
-            return []
-        core.buffer = [e for e in core.buffer if e.ts >= w]
-        ready.sort(key=_order)
-        core.recent.extend((e.ts, e.event_id) for e in ready)
+            return nothing
+        final_ = core.arrays[:, TS] < w
+        ready = np.flatnonzero(final_)
+        if not len(ready):
+            return nothing
+        buffer = core.buffer
+        ids = np.array([buffer[i].event_id for i in ready.tolist()], dtype=object)
+        by_id = np.argsort(ids, kind="stable")
+        arrays = core.arrays[ready[by_id]]
+        order = by_id[np.lexsort((arrays[:, KIND] != _IMPRESSION, arrays[:, TS]))]
+        events = [buffer[i] for i in ready[order].tolist()]
+        arrays = core.arrays[ready[order]]
+        if len(ready) == len(buffer):
+            core.buffer, core.arrays = [], core.arrays[:0]
+        else:
+            rest = np.flatnonzero(~final_)
+            core.buffer, core.arrays = [buffer[i] for i in rest.tolist()], core.arrays[rest]
+        core.recent.extend(zip(arrays[:, TS].tolist(), ids[order].tolist(), strict=True))
         horizon = w - self.config.dedupe_horizon_ms
         while core.recent and core.recent[0][0] < horizon:
             core.seen.discard(core.recent.popleft()[1])
-        return ready
+        return events, arrays
 
     def _idle_wakeup(self, waiting: bool) -> datetime | None:
         """When a partition would turn idle (letting the watermark move), if anything waits."""
@@ -320,12 +384,12 @@ class NoteLogic(_ShardLogic, StatefulLogic[Part, tuple[str, NoteHalves], NoteSta
         # Events refused here are counted (and dead-lettered) by the user shard, which sees
         # the same events; a user shard whose watermark is ahead never waits for their halves.
         self._receive(value, Counter())
-        return self._emit(self._release(final=False)), StatefulLogic.RETAIN
+        return self._emit(*self._release(final=False)), StatefulLogic.RETAIN
 
-    def _emit(self, ready: list[Event]) -> list[tuple[str, NoteHalves]]:
+    def _emit(self, ready: list[Event], arrays: np.ndarray) -> list[tuple[str, NoteHalves]]:
         if not ready:
             return []
-        stats = point_in_time(self.core.store, ready, [e.note_id for e in ready])
+        stats = point_in_time(self.core.store, arrays, [e.note_id for e in ready])
         shown = [e for e in ready if e.type == "impression"]
         cache = shard_cache(self.config.shards)
         dest = np.array([cache[e.user_id] for e in shown], dtype=np.int64)
@@ -338,10 +402,10 @@ class NoteLogic(_ShardLogic, StatefulLogic[Part, tuple[str, NoteHalves], NoteSta
         return out
 
     def on_notify(self) -> tuple[list[tuple[str, NoteHalves]], bool]:
-        return self._emit(self._release(final=False)), StatefulLogic.RETAIN
+        return self._emit(*self._release(final=False)), StatefulLogic.RETAIN
 
     def on_eof(self) -> tuple[list[tuple[str, NoteHalves]], bool]:
-        return self._emit(self._release(final=True)), StatefulLogic.RETAIN
+        return self._emit(*self._release(final=True)), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         return self._idle_wakeup(bool(self.core.buffer))
@@ -444,7 +508,7 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
                 st.counts["late_event"] += 1
                 detail = f"ts {e.ts} is older than the joiner's watermark {self.watermark}"
                 out.append(_late_letter(e, detail, value.partition))
-            self._process(self._release(final=False))
+            self._process(*self._release(final=False))
         self._close(final=False, out=out)
         return self._with_report(out), StatefulLogic.RETAIN
 
@@ -458,11 +522,11 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
                 st.early[sid] = (ts, stats)
             # else: the impression was refused here as late; its half has nothing to join.
 
-    def _process(self, ready: list[Event]) -> None:
+    def _process(self, ready: list[Event], arrays: np.ndarray) -> None:
         if not ready:
             return
         st = self.state
-        stats = iter(point_in_time(st.core.store, ready, [e.user_id for e in ready]).tolist())
+        stats = iter(point_in_time(st.core.store, arrays, [e.user_id for e in ready]).tolist())
         for e in ready:
             key = _join_key(e)
             if e.type == "impression":
@@ -575,7 +639,7 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
 
     def on_notify(self) -> tuple[list[Out], bool]:
         out: list[Out] = []
-        self._process(self._release(final=False))
+        self._process(*self._release(final=False))
         self._close(final=False, out=out)
         if self.state.batch and self.batch_due and datetime.now(UTC) >= self.batch_due:
             out.append(self._flush_batch())
@@ -583,7 +647,7 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
 
     def on_eof(self) -> tuple[list[Out], bool]:
         out: list[Out] = []
-        self._process(self._release(final=True))
+        self._process(*self._release(final=True))
         self._close(final=True, out=out)
         st = self.state
         if self._updates is not None:
