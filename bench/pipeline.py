@@ -13,7 +13,7 @@ filter's part; `bench.baselines.recall_hits`).
 Channels (the serving code where it exists: `serving.channels.NeighbourChannel`,
 `FreshChannel` and `merge_found` run on in-memory copies of what the co-click job stores):
 - itemcf / swing: the co-click job's own state and formulas (`streams.itemcf.ClickGraph`,
-  `itemcf_rows`, `swing_rows`, the changed notes recomputed after each batch), the user's last
+  `changed_lists`, the changed lists recomputed after each batch), the user's last
   20 distinct clicked notes giving the candidates (the history feature);
 - two_tower: the retriever trained on the warm-up as `bench.quality` trains it, its ID rows
   updated online on each batch after scoring it;
@@ -21,11 +21,16 @@ Channels (the serving code where it exists: `serving.channels.NeighbourChannel`,
 - fresh: notes first seen within `fresh_ms` with fewer than `trust_impressions` impressions,
   the user's categories first.
 No author channel: neither data set names authors.
-Merged: `merge_found` with quotas in proportion to shares of K per channel (merge order fresh,
-itemcf, swing, popular, two-tower; the last fills the rest), chosen on the warm-up alone: its
-last 20 % is replayed from the state of its first 80 % (the retriever, trained on the whole
-warm-up, is not updated there) and greedy moves of 0.1 between channels maximise the mean of
-Recall@50 and @200 - never on the scored stream.
+Merges, every choice made on the warm-up alone: its last 20 % (the tail) is replayed from the
+state of its first 80 % with a retriever trained on those 80 % only - never on the scored
+stream. `merge_found` with quotas in proportion to shares of K per channel (merge order fresh,
+itemcf, swing, popular, two-tower; the last fills the rest; greedy moves of 0.1 between
+channels maximise the mean of Recall@50 and @200 on the tail); `merge_calibrated` (hit-rate
+tables per activity bucket, channel and rank fitted on the tail); `merge_learned` (a linear
+score of each candidate in the union of each channel's `DEPTH` unseen candidates, fitted by
+`fit_merge` on the tail, its penalty chosen by two folds of the tail's batches; the fitted
+model is written to bench/out/merge-<data set>.json, the file `serving.channels.merge_model`
+reads). The best of the three on the tail is "merged".
 
 Also measured: the co-click flow's throughput in process (TestingSource of the same raw batches)
 against the ingest step alone on the same batches in the same run, and the state's size per
@@ -36,6 +41,7 @@ note. Writes bench/out/pipeline.md and bench/out/pipeline.png.
 
 from __future__ import annotations
 
+import json
 import pickle
 import tempfile
 import time
@@ -59,22 +65,31 @@ from learners.inputs import Columns
 from serving.channels import (
     Candidates,
     FreshChannel,
+    MergeModel,
+    MergeSample,
     NeighbourChannel,
     Request,
+    fit_merge,
     merge_calibrated,
     merge_found,
+    merge_learned,
 )
 from serving.config import ChannelsConfig
 from streams.config import CoClickConfig
-from streams.itemcf import ClickGraph, itemcf_rows, swing_rows
+from streams.itemcf import ClickGraph, changed_lists
 
 matplotlib.use("Agg")
 console = Console()
 OUT = Path(__file__).resolve().parent / "out"
 KS = (50, 200)
-MERGES = ("quota merge", "blend", "merged")
-"""The merges reported: quotas by channel, the calibrated blend, and the one chosen on the
-warm-up's tail ("merged", the acceptance's)."""
+MERGES = ("quota merge", "blend", "learned merge", "merged")
+"""The merges reported: quotas by channel, the calibrated blend, the learnt merge, and the one
+chosen on the warm-up's tail ("merged", the acceptance's)."""
+DEPTH = 600
+"""Unseen candidates per channel in the union the learnt merge orders (the other merges and
+the channels' own recall read the first `KS[-1]`)."""
+L2 = (1e-3, 1e-2)
+"""The learnt merge's penalties tried on the warm-up's tail (two folds of its batches)."""
 HISTORY = 20
 CONFIG = CoClickConfig()
 """The co-click job's settings in the benchmark (its defaults)."""
@@ -122,13 +137,9 @@ class CoClicks:
                 self.category.setdefault(note, cat)
         for i in np.flatnonzero(b.labels["click"] > 0).tolist():
             self.graph.click(b.user_id[i], b.note_id[i], int(b.ts[i]))
-        notes, col, r = self.graph.matrix()
-        swing, cf = self.graph.take_dirty(r, col)
         cfg = self.config
-        self.store.rows["itemcf"].update(itemcf_rows(notes, col, r, cf, cfg.top_k))
-        self.store.rows["swing"].update(
-            swing_rows(self.graph, notes, col, r, swing, cfg.top_k, cfg.alpha, cfg.swing_users)
-        )
+        for kind, rows in changed_lists(self.graph, cfg).items():
+            self.store.rows[kind].update(rows)
         now = int(b.ts.max())
         fresh = [
             n
@@ -242,8 +253,8 @@ def stages(
 
 @dataclass
 class Scored:
-    """One scored batch: each clicking user's unseen candidates per channel (at most the
-    largest K) and the clicked (user, note) pairs."""
+    """One scored batch: each clicking user's unseen candidates per channel (at most `DEPTH`)
+    and the clicked (user, note) pairs."""
 
     lists: dict[str, list[Candidates]]
     clicks: list[tuple[str, str]]
@@ -273,13 +284,13 @@ def score_batches(
         if retriever is not None and users:
             stats = np.stack([b.user_stats[first[u]] for u in users])
             vectors = (retriever.user_vectors(users, stats), retriever.item_vectors())
-        longest = KS[-1] + max((len(seen.get(u, ())) for u in users), default=0)
+        longest = DEPTH + max((len(seen.get(u, ())) for u in users), default=0)
         lists = channel_lists(users, history, co, popular, vectors, longest)
         mine = {}
         for u in users:  # the user's earlier clicks excluded (a repeat click is no hit)
             done = seen.get(u, set())
             unseen = [_unseen(lists[c][u], done) for c in names]
-            mine[u] = [Candidates(c.channel, c.ids[: KS[-1]], c.scores[: KS[-1]]) for c in unseen]
+            mine[u] = [c.top(DEPTH) for c in unseen]
         pairs = [(b.user_id[i], b.note_id[i]) for i in clicked]
         out.append(Scored(mine, pairs, {u: activity_bucket(len(seen.get(u, ()))) for u in users}))
         _learn(b, co, popular, history, seen)
@@ -287,6 +298,61 @@ def score_batches(
             retriever.train_step(b, None)
         advance()
     return out
+
+
+def shallow(scored: list[Scored], k: int = KS[-1]) -> list[Scored]:
+    """The scored batches with each channel's list cut to its first `k`."""
+    return [
+        Scored({u: [c.top(k) for c in cs] for u, cs in b.lists.items()}, b.clicks, b.activity)
+        for b in scored
+    ]
+
+
+def merge_samples(scored: list[Scored]) -> list[MergeSample]:
+    """Each clicking user's channel lists and clicked notes (`fit_merge`'s samples)."""
+    out = []
+    for batch in scored:
+        clicked: dict[str, set[str]] = {}
+        for u, n in batch.clicks:
+            clicked.setdefault(u, set()).add(n)
+        out += [MergeSample(cs, frozenset(clicked[u])) for u, cs in batch.lists.items()]
+    return out
+
+
+def learned_recall(scored: list[Scored], model: MergeModel) -> list[float]:
+    """Recall@K (each of `KS`) of the learnt merge."""
+    hits = np.zeros(len(KS))
+    total = 0
+    for batch in scored:
+        merged = {u: merge_learned(cs, model, KS[-1]).ids for u, cs in batch.lists.items()}
+        for u, target in batch.clicks:
+            at = merged[u].index(target) if target in merged[u] else KS[-1]
+            hits += [at < k for k in KS]
+            total += 1
+    return (hits / max(1, total)).tolist()
+
+
+def tune_learned(scored: list[Scored], names: list[str]) -> tuple[MergeModel, float, list[float]]:
+    """The learnt merge fitted on `scored` (the warm-up's tail) with the penalty of `L2` whose
+    fit on one half of the batches does best on the other (mean of Recall@50 and @200 over
+    both ways), that penalty and its two-fold recall (held out, unlike the other merges' tail
+    figures)."""
+    half = len(scored) // 2
+    if not half:
+        raise ValueError(
+            f"the warm-up's tail has {len(scored)} batch(es); the learnt merge's folds need 2: "
+            "give a larger --warmup or a smaller --batch"
+        )
+    folds = [(scored[:half], scored[half:]), (scored[half:], scored[:half])]
+    by_l2 = {
+        l2: np.mean(
+            [learned_recall(b, fit_merge(merge_samples(a), tuple(names), l2)) for a, b in folds],
+            axis=0,
+        ).tolist()
+        for l2 in L2
+    }
+    l2 = max(L2, key=lambda x: float(np.mean(by_l2[x])))
+    return fit_merge(merge_samples(scored), tuple(names), l2), l2, by_l2[l2]
 
 
 def merged_recall(
@@ -433,39 +499,43 @@ def evaluate(
     head = warm.take(np.arange(int(0.8 * len(warm))))
     tail = warm.take(np.arange(len(head), len(warm))).batches(batch)
     task = progress.add_task(f"{name} warm-up tail (merge choices)", total=len(tail))
-    tuned = score_batches(
+    deep = score_batches(
         tail, fresh_state(head), trained(head), names, True, lambda: progress.advance(task)
     )
+    tuned = shallow(deep)
     shares = tune_shares(tuned, names)
     tables = fit_hit_rates(tuned, names)
     tail_quota = [merged_recall(tuned, names, shares, k) for k in KS]
     by_power = {pw: calibrated_recall(tuned, tables, pw) for pw in POWERS}
     power = max(POWERS, key=lambda pw: float(np.mean(by_power[pw])))
     tail_blend = by_power[power]
-    chosen = "blend" if np.mean(tail_blend) > np.mean(tail_quota) else "quota"
+    model, l2, tail_learned = tune_learned(deep, names)
+    (OUT / f"merge-{name.split()[0].lower()}.json").write_text(json.dumps(model.to_json()))
+    on_tail = {"quota merge": tail_quota, "blend": tail_blend, "learned merge": tail_learned}
+    chosen = max(on_tail, key=lambda m: float(np.mean(on_tail[m])))
     choice = {"shares": shares, "tail_quota": tail_quota, "tail_blend": tail_blend,
-              "chosen": chosen, "power": power}  # fmt: skip
+              "tail_learned": tail_learned, "l2": l2, "chosen": chosen, "power": power}  # fmt: skip
     progress.console.print(f"{name}: choices on the warm-up's tail: {choice}")
     state = fresh_state(warm)
     task = progress.add_task(f"{name} prequential", total=len(rest))
-    scored = score_batches(rest, state, trained(warm), names, True, lambda: progress.advance(task))
+    deep = score_batches(rest, state, trained(warm), names, True, lambda: progress.advance(task))
     hits = Hits()
-    for batch_scored in scored:
+    for batch_deep, batch_scored in zip(deep, shallow(deep), strict=True):
         blend = blended(batch_scored, tables, power)
         batch_merged = {}
         found = {}
         for u, cands in batch_scored.lists.items():
+            lists = {"blend": blend[u]}
+            lists["learned merge"] = merge_learned(batch_deep.lists[u], model, KS[-1]).ids
             for k in KS:
                 for c in cands:
                     found[(u, k, c.channel)] = set(c.ids[:k])
                 quota = merge_found([c.top(k) for c in cands], quotas(k, names, shares), k)
                 found[(u, k, "quota merge")] = set(quota.ids)
-                found[(u, k, "blend")] = set(blend[u][:k])
-            batch_merged[u] = blend[u] if chosen == "blend" else quota.ids
-            for k in KS:
-                found[(u, k, "merged")] = found[
-                    (u, k, "blend" if chosen == "blend" else "quota merge")
-                ]
+                for m, ids in lists.items():
+                    found[(u, k, m)] = set(ids[:k])
+                found[(u, k, "merged")] = found[(u, k, chosen)]
+            batch_merged[u] = lists.get(chosen, quota.ids)
         for u, target in batch_scored.clicks:
             for k in KS:
                 for c in [*names, *MERGES]:
@@ -536,6 +606,7 @@ def report(
     """The data set's section: the recall table and the acceptance line."""
     tail = " / ".join(f"{x:.4f}" for x in choice["tail_quota"])  # type: ignore[union-attr]
     tail_blend = " / ".join(f"{x:.4f}" for x in choice["tail_blend"])  # type: ignore[union-attr]
+    tail_learned = " / ".join(f"{x:.4f}" for x in choice["tail_learned"])  # type: ignore[union-attr]
     lines = [
         f"## {name}",
         "",
@@ -545,7 +616,9 @@ def report(
         f"state {timing['bytes_per_note']:,.0f} bytes per note (pickled graph + lists). On the "
         f"warm-up's tail (retriever trained on the warm-up's head only): quota shares "
         f"{choice['shares']} give Recall@{KS[0]}/@{KS[-1]} {tail}, the calibrated blend "
-        f"(power {choice['power']:g}) {tail_blend}; merged = the {choice['chosen']}.",
+        f"(power {choice['power']:g}) {tail_blend}, the learnt merge of each channel's "
+        f"{DEPTH} (penalty {choice['l2']:g}; fitted on one half of the tail's batches, "
+        f"measured on the other, both ways) {tail_learned}; merged = the {choice['chosen']}.",
         "",
         "| channel | " + " | ".join(f"Recall@{k}" for k in KS) + " |",
         "|---" * (len(KS) + 1) + "|",
@@ -596,10 +669,12 @@ def main(
         "",
         "Prequential: each batch is scored by every channel from the warm-up and earlier batches "
         "only, then learnt. Recall@K over the clicked samples, the user's earlier clicks "
-        "excluded. Merges: quotas (shares of K per channel, the last channel fills the rest) and "
+        "excluded. Merges: quotas (shares of K per channel, the last channel fills the rest), "
         "the calibrated blend (per activity bucket, channel and rank the hit rate; a note "
-        "scores the sum over the channels that found it), both fitted on the warm-up's tail, "
-        "the better there reported as merged.",
+        "scores the sum over the channels that found it) and the learnt merge (a linear score "
+        f"of each channel's rank, score and agreement over the union of each channel's {DEPTH}, "
+        "fitted by a softmax over each user's union; `serving.channels.fit_merge`), all fitted "
+        "on the warm-up's tail, the best there reported as merged.",
         "",
     ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))

@@ -25,7 +25,9 @@ note). The channels:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -33,6 +35,7 @@ import numpy as np
 from features.neighbours import NeighbourStore
 from learners.inference import Retriever
 from serving.config import ChannelsConfig, ContextConfig
+from serving.errors import MergeModelError
 from serving.watcher import ModelView
 
 
@@ -381,3 +384,191 @@ def merge_calibrated(
         channels,
         np.array([score[n] for n in ids], dtype=np.float64),
     )
+
+
+RANK_BINS = 11
+"""Rank bins of the learnt merge's features: 0, 1, 2-3, 4-7, ..., 512 and beyond."""
+FEATURES_PER_CHANNEL = RANK_BINS + 3
+"""Rank bins, log rank, relative score and log score (`merge_features`)."""
+
+
+@dataclass(frozen=True)
+class MergeModel:
+    """A learnt merge (`fit_merge`): a linear score of a candidate from what each channel says
+    of it, fitted so that the note the user clicks ranks first among the union."""
+
+    channels: tuple[str, ...]
+    """The channels whose answers it reads (others' candidates get no evidence)."""
+    mean: np.ndarray
+    """(F,) feature means of the fit (features are standardised)."""
+    scale: np.ndarray
+    """(F,) feature standard deviations of the fit."""
+    weights: np.ndarray
+    """(F,) weights of the standardised features."""
+
+    def to_json(self) -> dict[str, object]:
+        """The model as JSON-ready lists (`from_json` reads it back)."""
+        return {
+            "channels": list(self.channels),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "weights": self.weights.tolist(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> MergeModel:
+        """The model written by `to_json`; MergeModelError when its sizes do not agree."""
+        try:
+            channels = tuple(str(c) for c in data["channels"])  # type: ignore[attr-defined]
+            arrays = [np.asarray(data[k], dtype=np.float64) for k in ("mean", "scale", "weights")]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MergeModelError(
+                f"not a merge model ({exc!r}): write it with MergeModel.to_json"
+            ) from exc
+        size = FEATURES_PER_CHANNEL * len(channels) + 1
+        if any(a.shape != (size,) for a in arrays):
+            raise MergeModelError(
+                f"merge model for {len(channels)} channels needs {size} means, scales and "
+                f"weights, got {[a.shape for a in arrays]}: refit it with fit_merge"
+            )
+        return cls(channels, *arrays)
+
+
+def load_merge_model(path: Path) -> MergeModel:
+    """The learnt merge stored at `path` (`MergeModel.to_json` as JSON)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise MergeModelError(
+            f"merge model {path} not found: write it with `python -m bench.pipeline` "
+            "(bench/out/merge-<data set>.json) or set serving.channels.merge_model to null"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise MergeModelError(f"merge model {path} is not JSON ({exc}): rewrite it") from exc
+    if not isinstance(data, dict):
+        raise MergeModelError(f"merge model {path} is not a JSON object: rewrite it")
+    return MergeModel.from_json(data)
+
+
+def merge_features(
+    lists: list[Candidates], channels: tuple[str, ...]
+) -> tuple[list[str], np.ndarray]:
+    """The union of the lists' notes (first appearance order) and their features: per channel in
+    `channels` its rank bin (one-hot), log(1 + rank), score over the list's largest |score| and
+    signed log(1 + |score|) (zeros where the channel did not find the note); then the number
+    of those channels that found it."""
+    width = FEATURES_PER_CHANNEL
+    by_name = {c.channel: c for c in lists}
+    union = list(dict.fromkeys(n for c in lists for n in c.ids))
+    where = {n: j for j, n in enumerate(union)}
+    x = np.zeros((len(union), width * len(channels) + 1), dtype=np.float64)
+    for c, name in enumerate(channels):
+        cand = by_name.get(name)
+        if cand is None or not cand.ids:
+            continue
+        first = {n: r for r, n in reversed(list(enumerate(cand.ids)))}  # a repeat: its first
+        rows = np.array([where[n] for n in first])
+        ranks = np.array(list(first.values()))
+        s = cand.scores[ranks]
+        top = float(np.max(np.abs(cand.scores))) or 1.0
+        block = c * width
+        bins = np.minimum(np.floor(np.log2(ranks + 1)).astype(int), RANK_BINS - 1)
+        x[rows, block + bins] = 1.0
+        x[rows, block + RANK_BINS] = np.log1p(ranks)
+        x[rows, block + RANK_BINS + 1] = s / top
+        x[rows, block + RANK_BINS + 2] = np.sign(s) * np.log1p(np.abs(s))
+        x[rows, -1] += 1.0
+    return union, x
+
+
+def merge_learned(
+    lists: list[Candidates],
+    model: MergeModel,
+    total: int,
+    reserved: dict[str, int] | None = None,
+) -> Merged:
+    """The union of the channels' candidates ordered by `model`'s score, the best `total` taken;
+    a channel in `reserved` keeps its first `reserved[channel]` notes among them whatever their
+    score (a guaranteed share, as the fresh channel's quota), the other places go by score
+    (ties: first found first). Each note's `channel` is the first list that holds it,
+    `channels` every list that holds it, `scores` the model's score; best score first."""
+    union, x = merge_features(lists, model.channels)
+    if not union:
+        return Merged([], [], [], np.zeros(0))
+    score = ((x - model.mean) / model.scale) @ model.weights
+    where = {n: j for j, n in enumerate(union)}
+    chosen: dict[int, None] = {}
+    for cand in lists:
+        for note in cand.ids[: (reserved or {}).get(cand.channel, 0)]:
+            if len(chosen) < total:
+                chosen[where[note]] = None
+    for j in np.argsort(-score, kind="stable").tolist():
+        if len(chosen) >= total:
+            break
+        chosen.setdefault(j)
+    order = sorted(chosen, key=lambda j: (-score[j], j))
+    ids = [union[j] for j in order]
+    found: dict[str, list[str]] = {n: [] for n in ids}
+    for cand in lists:
+        for note in dict.fromkeys(cand.ids):
+            by = found.get(note)
+            if by is not None and cand.channel not in by:
+                by.append(cand.channel)
+    return Merged(ids, [found[n][0] for n in ids], [found[n] for n in ids], score[order])
+
+
+@dataclass(frozen=True)
+class MergeSample:
+    """One user's channel answers (unseen candidates) and the notes they went on to click."""
+
+    lists: list[Candidates]
+    clicked: frozenset[str]
+
+
+def fit_merge(
+    samples: list[MergeSample], channels: tuple[str, ...], l2: float = 1e-3
+) -> MergeModel:
+    """A `MergeModel` fitted on held-out clicks by a listwise softmax: for each clicked note
+    some channel found, minus the log of its softmax share among its user's union (L-BFGS,
+    penalty `l2` on the weights of the standardised features)."""
+    from scipy.optimize import minimize
+
+    xs, starts, targets = [], [], []
+    size = 0
+    for s in samples:
+        union, x = merge_features(s.lists, channels)
+        hit = [j for j, n in enumerate(union) if n in s.clicked]
+        if not hit:
+            continue  # no channel found the clicked notes: nothing to learn from the user
+        xs.append(x)
+        starts.append(size)
+        targets += [size + j for j in hit]
+        size += len(union)
+    if not targets:
+        raise MergeModelError(
+            "fit_merge needs samples whose clicked notes some channel found: give it more "
+            "held-out clicks"
+        )
+    x = np.concatenate(xs)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale == 0] = 1.0
+    z = (x - mean) / scale
+    seg = np.repeat(np.arange(len(starts)), np.diff([*starts, size]))
+    start = np.array(starts)
+    pos = np.array(targets)
+    per_user = np.bincount(seg[pos], minlength=len(starts)).astype(np.float64)
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = z @ w
+        top = np.maximum.reduceat(s, start)
+        e = np.exp(s - top[seg])
+        total = np.add.reduceat(e, start)
+        lse = np.log(total) + top
+        value = float(np.sum(lse[seg[pos]] - s[pos])) / len(pos) + l2 * float(w @ w)
+        ds = per_user[seg] * e / total[seg]
+        np.subtract.at(ds, pos, 1.0)
+        return value, z.T @ ds / len(pos) + 2 * l2 * w
+
+    w = minimize(loss, np.zeros(z.shape[1]), jac=True, method="L-BFGS-B").x
+    return MergeModel(channels, mean, scale, w)

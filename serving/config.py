@@ -62,6 +62,10 @@ class ContextConfig(BaseModel):
     subtracted from their counts before the categories are weighed."""
     sharpen: float = Field(default=4.0, gt=0)
     """Categories share the channel's candidates in proportion to evidence ** sharpen."""
+    keep_mix: bool = True
+    """The reserved share keeps the channel's mix of categories (as many notes of each category
+    as the channel's first candidates hold, the ranker choosing which); off: the channel's
+    best candidates by the fused score, whatever their categories."""
 
 
 class ChannelsConfig(BaseModel):
@@ -100,6 +104,14 @@ class ChannelsConfig(BaseModel):
     score): a new note gets impressions before its statistics can earn them."""
     overfetch: float = Field(default=2.0, ge=1)
     """Each channel is asked for its quota times this (the exposure filter drops some)."""
+    merge_model: Path | None = None
+    """A learnt merge (`serving.channels.MergeModel` JSON, as `bench.pipeline` writes it to
+    bench/out/merge-<data set>.json): the channels' unseen candidates ordered by its score over
+    their union (`merge_learned`), the fresh and context quotas kept as guaranteed places.
+    None: the quota merge (`merge_found`)."""
+    merge_depth: int = Field(default=600, ge=1, le=10_000)
+    """With a learnt merge, candidates asked of each co-click channel (at least its quota
+    times `overfetch`): the union it orders."""
 
 
 class PrerankConfig(BaseModel):

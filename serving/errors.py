@@ -20,3 +20,7 @@ class RetrievalIndexError(ServingError):
 class DependencyError(ServingError):
     """A store the answer needs (Redis: exposure filters) cannot be read in time; the request
     is refused (503) rather than answered wrongly. The message names the store and the cause."""
+
+
+class MergeModelError(ServingError):
+    """A learnt merge's file (`channels.merge_model`) or its fitting samples are unusable."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import redis
@@ -34,10 +35,13 @@ from serving.channels import (
     Channel,
     ContextChannel,
     FreshChannel,
+    MergeModel,
     NeighbourChannel,
     Request,
     TwoTowerChannel,
+    load_merge_model,
     merge_found,
+    merge_learned,
 )
 from serving.config import ChannelsConfig, ContextConfig, FusionConfig, ServingConfig
 from serving.errors import DependencyError
@@ -166,6 +170,10 @@ class Recommender:
         ]
         """The co-click job's channels, fresh first (each asked when its quota is > 0)."""
         self._contexts: dict[ContextConfig, ContextChannel] = {config.context: self.context}
+        self._merges: dict[Path, MergeModel] = {}
+        """The learnt merges of the settings' `channels.merge_model` files, read once each."""
+        if cc.merge_model is not None:  # a missing or bad file fails at start, not per request
+            self._merge_for(cc.merge_model)
         self._caches: dict[float, NoteStatsCache] = {}
         """The pre-ranker's note statistics, one cache per `prerank.stats_max_age_s`."""
 
@@ -177,6 +185,14 @@ class Recommender:
                 lambda ids: self.counts("note_stats", ids), len(STAT_FEATURES), max_age_s
             )
         return cache
+
+    def _merge_for(self, path: Path | None) -> MergeModel | None:
+        """The learnt merge stored at `path` (read once; None: the quota merge)."""
+        if path is None:
+            return None
+        if path not in self._merges:
+            self._merges[path] = load_merge_model(path)
+        return self._merges[path]
 
     def _context_for(self, config: ContextConfig) -> ContextChannel | None:
         """The context channel of an arm's settings (one per distinct settings)."""
@@ -264,7 +280,12 @@ class Recommender:
             quotas.insert(at, context_k)
         lists.append(unseen_two_tower)  # the two-tower channel fills up to merged_k
         quotas.append(None)
-        merged = merge_found(lists, quotas, merged_k)
+        model = self._merge_for(config.channels.merge_model)
+        if model is None:
+            merged = merge_found(lists, quotas, merged_k)
+        else:  # the fresh and context channels' quotas stay guaranteed places
+            reserved = {FreshChannel.name: config.channels.fresh, ContextChannel.name: context_k}
+            merged = merge_learned(lists, model, merged_k, reserved)
         cand, cand_channels, cand_sims = merged.ids, merged.channel, merged.scores
         cand_found = merged.channels
         # the channels' guaranteed shares, kept through the pre-rank cut
@@ -311,7 +332,14 @@ class Recommender:
             FreshChannel.name: round(config.channels.fresh_share * n) if fresh_personal else 0,
             ContextChannel.name: round(config.context.share * pool_n) if personal else 0,
         }
-        pool = blend_found(fused, cand_found, reserved, pool_n)
+        mix = None
+        if personal and config.context.keep_mix and reserved[ContextChannel.name]:
+            _, ctx_cats = view.retriever.side_info(ctx.ids[: reserved[ContextChannel.name]])
+            slots: dict[str, int] = {}
+            for c in ctx_cats:
+                slots[c] = slots.get(c, 0) + 1
+            mix = {ContextChannel.name: (cats, slots)}
+        pool = blend_found(fused, cand_found, reserved, pool_n, mix)
         order = pool[:n]
         if rr.enabled and len(pool):
             ids, vecs = view.retriever.item_vectors([cand[j] for j in pool.tolist()])
@@ -426,8 +454,11 @@ class Recommender:
             quota = getattr(quotas, channel.name)
             if quota <= 0:
                 continue
+            asked = int(quota * over)
+            if quotas.merge_model is not None:  # the learnt merge orders a deeper union
+                asked = max(asked, quotas.merge_depth)
             try:
-                found.append((channel.candidates(request, int(quota * over)), quota))
+                found.append((channel.candidates(request, asked), quota))
             except (redis.RedisError, OSError):
                 degraded = True
         return found, degraded
@@ -449,18 +480,36 @@ def _count_found(channels: list[list[str]]) -> dict[str, int]:
 
 
 def blend_found(
-    fused: np.ndarray, found: list[list[str]], reserved: dict[str, int], n: int
+    fused: np.ndarray,
+    found: list[list[str]],
+    reserved: dict[str, int],
+    n: int,
+    groups: dict[str, tuple[list[str], dict[str, int]]] | None = None,
 ) -> np.ndarray:
     """Indices of the top `n` by `fused` of which at least `reserved[c]` (as far as it has
     them) were found by channel c - reservations taken in the order of `reserved`, each its
     channel's best by `fused` not taken yet; the other slots the best of the rest; the chosen
-    ones in fused order."""
+    ones in fused order.
+
+    `groups[c]` = (group of each candidate, slots per group): channel c's reservation is taken
+    group by group instead, each group's best by `fused` up to its slots (in the order of the
+    slots), then the channel's best of any group if slots are left - the channel keeps its mix
+    of groups (the context channel's categories) and the ranker picks within each."""
     order = np.argsort(-fused, kind="stable").tolist()
     chosen: list[int] = []
     taken: set[int] = set()
     for channel, count in reserved.items():
-        mine = [j for j in order if channel in found[j] and j not in taken]
-        mine = mine[: max(0, min(count, n - len(chosen)))]
+        room = max(0, min(count, n - len(chosen)))
+        mine: list[int] = []
+        if channel in (groups or {}):
+            of, slots = groups[channel]
+            for group, k in slots.items():
+                pick = [j for j in order if of[j] == group and channel in found[j]]
+                pick = [j for j in pick if j not in taken][: min(k, room - len(mine))]
+                mine += pick
+                taken.update(pick)
+        rest = [j for j in order if channel in found[j] and j not in taken]
+        mine += rest[: room - len(mine)]
         chosen += mine
         taken.update(mine)
     chosen += [j for j in order if j not in taken][: max(0, n - len(chosen))]

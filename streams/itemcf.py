@@ -169,19 +169,38 @@ class ClickGraph:
         users = sorted(clicked, key=lambda u: (clicked[u], u))[-n:]
         return np.array([self.user_index[u] for u in users], dtype=np.int64)
 
-    def take_dirty(self, r: sp.csr_matrix, col: dict[str, int]) -> tuple[set[str], set[str]]:
-        """(notes whose Swing lists changed, notes whose ItemCF lists changed); clears both."""
-        swing = set(self.dirty)
-        cf = set(self.dirty)
-        renormed = [col[n] for n in self.renormed if n in col]
-        if renormed:
-            users = np.asarray(r[:, renormed].sum(axis=1)).ravel() > 0
-            near = np.asarray(r[users].sum(axis=0)).ravel() > 0
-            notes = list(col)
-            cf.update(notes[j] for j in np.flatnonzero(near).tolist())
-        cf.update(self.renormed)  # an evicted note without users loses its list
-        self.dirty, self.renormed = set(), set()
-        return swing, cf
+
+def kth_best(
+    row: np.ndarray, values: np.ndarray, n: int, k: int, cells: int = 1 << 22
+) -> np.ndarray:
+    """(n,) each row's `k`-th largest value, -inf for a row with at most `k` values.
+
+    Args:
+        row: each value's row, non-decreasing.
+        values: the values.
+        n: rows.
+        k: the rank wanted.
+        cells: most cells of one padded (rows, widest row) block partitioned at once.
+    """
+    count = np.bincount(row, minlength=n)
+    out = np.full(n, -np.inf)
+    big = np.flatnonzero(count > k)
+    if not len(big):
+        return out
+    starts = np.concatenate(([0], np.cumsum(count)))
+    slot = np.full(n, -1)
+    per_block = max(1, cells // int(count[big].max()))
+    for lo in range(0, len(big), per_block):  # blocks of rows, each padded to its widest
+        block = big[lo : lo + per_block]
+        width = int(count[block].max())
+        slot[block] = np.arange(len(block))
+        at = np.arange(starts[block[0]], starts[block[-1] + 1])
+        at = at[slot[row[at]] >= 0]
+        pad = np.full((len(block), width), -np.inf)
+        pad[slot[row[at]], at - starts[row[at]]] = values[at]
+        out[block] = np.partition(pad, width - k, axis=1)[:, width - k]
+        slot[block] = -1
+    return out
 
 
 def rows_top_k(
@@ -198,18 +217,22 @@ def rows_top_k(
         k: list length.
     """
     sims = sims.tocsr()
-    sims.sort_indices()
-    row = np.repeat(np.arange(sims.shape[0]), np.diff(sims.indptr))
+    n = sims.shape[0]
+    row = np.repeat(np.arange(n), np.diff(sims.indptr))
     rounded = np.round(sims.data.astype(np.float64), DIGITS)
     keep = (rounded > 0) & (sims.indices != own[row])
     row, cols, rounded = row[keep], sims.indices[keep], rounded[keep]
+    # only what can be in a list is sorted: in a row with more than k scores, those at least
+    # its k-th best (ties with it included, the tie-break decides among them)
+    keep = rounded >= kth_best(row, rounded, n, k)[row]
+    row, cols, rounded = row[keep], cols[keep], rounded[keep]
     at = np.lexsort((order[cols], -rounded, row))
     row, cols, rounded = row[at], cols[at], rounded[at]
-    starts = np.searchsorted(row, np.arange(sims.shape[0] + 1))
+    starts = np.searchsorted(row, np.arange(n + 1))
     rank = np.arange(len(row)) - starts[row]
     take = rank < k
     row, cols, rounded = row[take], cols[take], rounded[take]
-    bounds = np.searchsorted(row, np.arange(sims.shape[0] + 1)).tolist()
+    bounds = np.searchsorted(row, np.arange(n + 1)).tolist()
     ids, scores = names[cols].tolist(), rounded.tolist()
     return [(ids[a:b], scores[a:b]) for a, b in pairwise(bounds)]
 
@@ -219,6 +242,16 @@ def _name_order(notes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     order = np.empty(len(notes), dtype=np.int64)
     order[np.argsort(names, kind="stable")] = np.arange(len(notes))
     return names, order
+
+
+def itemcf_sims(r: sp.csr_matrix, idx: np.ndarray) -> sp.csr_matrix:
+    """(len(idx), notes) ItemCF scores of the notes in columns `idx` (module docstring)."""
+    activity = np.asarray(r.sum(axis=1)).ravel()  # (users,)
+    weight = 1.0 / np.log1p(np.maximum(activity, 1.0))
+    norm = 1.0 / np.sqrt(np.asarray(r.sum(axis=0)).ravel())  # (notes,) 1 / sqrt(|U(j)|)
+    rt = r.T.tocsr()
+    co = (rt[idx] @ sp.diags(weight) @ r).tocsr()  # (D, notes) weighted co-clicks
+    return (sp.diags(norm[idx]) @ co @ sp.diags(norm)).tocsr()
 
 
 def itemcf_rows(
@@ -233,14 +266,24 @@ def itemcf_rows(
         return out
     idx = np.array([col[n] for n in present])
     names, order = _name_order(notes)
-    activity = np.asarray(r.sum(axis=1)).ravel()  # (users,)
-    weight = 1.0 / np.log1p(np.maximum(activity, 1.0))
-    norm = 1.0 / np.sqrt(np.asarray(r.sum(axis=0)).ravel())  # (notes,) 1 / sqrt(|U(j)|)
-    rt = r.T.tocsr()
-    co = (rt[idx] @ sp.diags(weight) @ r).tocsr()  # (D, notes) weighted co-clicks
-    sims = sp.diags(norm[idx]) @ co @ sp.diags(norm)
-    out.update(zip(present, rows_top_k(sims, idx, names, order, k), strict=True))
+    out.update(zip(present, rows_top_k(itemcf_sims(r, idx), idx, names, order, k), strict=True))
     return out
+
+
+def itemcf_changed(
+    notes: list[str], col: dict[str, int], r: sp.csr_matrix, dirty: set[str],
+    renormed: set[str], k: int,
+) -> dict[str, Row]:  # fmt: skip
+    """The ItemCF lists that changed since the last recomputation, recomputed exactly: the
+    dirty and renormed notes' and every note co-clicked with a renormed one (its score with it
+    changed by |U|, and that note is in most lists: their stored scores change)."""
+    which = set(dirty) | set(renormed)
+    moved = [col[n] for n in renormed if n in col]
+    if moved:
+        users = np.asarray(r[:, moved].sum(axis=1)).ravel() > 0
+        near = np.asarray(r[users].sum(axis=0)).ravel() > 0
+        which.update(notes[j] for j in np.flatnonzero(near).tolist())
+    return itemcf_rows(notes, col, r, sorted(which), k)
 
 
 def user_bits(r: sp.csr_matrix) -> np.ndarray:
@@ -304,6 +347,20 @@ def swing_rows(
         lists = rows_top_k(sums @ weighted, own, names, order, k)
         out.update(zip((n for n, _ in part), lists, strict=True))
     return out
+
+
+def changed_lists(graph: ClickGraph, config: CoClickConfig) -> dict[str, dict[str, Row]]:
+    """kind -> note -> its recomputed list, for every list the clicks since the last call
+    changed ([] when the note has no neighbours left); clears the marks."""
+    notes, col, r = graph.matrix()
+    dirty, renormed = graph.dirty, graph.renormed
+    graph.dirty, graph.renormed = set(), set()
+    rows = {"itemcf": itemcf_changed(notes, col, r, dirty, renormed, config.top_k)}
+    if config.swing:
+        rows["swing"] = swing_rows(
+            graph, notes, col, r, sorted(dirty), config.top_k, config.alpha, config.swing_users
+        )
+    return rows
 
 
 @dataclass
@@ -397,13 +454,7 @@ class CoClickLogic(StatefulLogic[Part, Refresh, CoClickState]):
         st, cfg = self.state, self.config
         rows: dict[str, dict[str, Row]] = {}
         if st.graph.dirty or st.graph.renormed:
-            notes, col, r = st.graph.matrix()
-            swing, cf = st.graph.take_dirty(r, col)
-            rows["itemcf"] = itemcf_rows(notes, col, r, sorted(cf), cfg.top_k)
-            if cfg.swing:
-                rows["swing"] = swing_rows(
-                    st.graph, notes, col, r, sorted(swing), cfg.top_k, cfg.alpha, cfg.swing_users
-                )
+            rows = changed_lists(st.graph, cfg)
         horizon = (st.hwm or 0) - cfg.fresh_ms
         for note, info in list(st.fresh.items()):
             if info[1] >= cfg.trust_impressions or info[0] < horizon:

@@ -144,6 +144,24 @@ class ShardState:
     """The online store's generation token when this shard last wrote (`StoreGeneration`)."""
 
 
+class SharedGeneration:
+    """The online store's generation token, read at most once per `max_age_s` for all the shards
+    of a process (each shard asked for it every second: two Redis round trips per shard, waiting
+    behind the pipelined writes)."""
+
+    def __init__(self, read: Callable[[], str], max_age_s: float) -> None:
+        self._read, self._max_age_s = read, max_age_s
+        self._token = ""
+        self._read_at = -math.inf
+
+    def __call__(self) -> str:
+        now = time.monotonic()
+        if now - self._read_at >= self._max_age_s:
+            self._token = self._read()  # a failure raises, and the next call reads again
+            self._read_at = now
+        return self._token
+
+
 class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
     """Keeps one shard's tiles; emits the changed entities every flush interval, and the
     offline-log rows the watermark made final."""
@@ -172,6 +190,8 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
             state.pending = [
                 ([ids[r] for r in rows.tolist()], ts, m) for rows, ts, m in state.pending
             ]
+        self.bounds = [(int(ts.min()), int(ts.max())) for _, ts, _ in state.pending]
+        """Least and greatest event time of each chunk of `state.pending`, in its order."""
         self.interval_s = flush_interval_ms / 1000
         self.next_flush: datetime | None = None
         self.lateness = lateness_ms
@@ -191,7 +211,7 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
             rows = st.store.rows_for(value.ids)
             st.store.add(rows, value.ts, value.metrics)
             st.dirty.update(rows.tolist())
-            st.pending.append((value.ids, value.ts, value.metrics))
+            self._keep(value.ids, value.ts, value.metrics)
         now = datetime.now(UTC)
         if self.next_flush is None:
             self.next_flush = now + timedelta(seconds=self.interval_s)
@@ -212,6 +232,37 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
         values = [marks[p] for p in active if p in marks] or list(marks.values())
         return min(values) - self.lateness if values else None
 
+    def _keep(self, ids: list[str], ts: np.ndarray, metrics: np.ndarray) -> None:
+        """Add a chunk of events to the pending ones (not yet in the log)."""
+        self.state.pending.append((ids, ts, metrics))
+        self.bounds.append((int(ts.min()), int(ts.max())))
+
+    def _take_pending(self, bound: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Remove and return (ids, event times, metrics) of the pending chunks holding an event
+        at or before `bound` (None: all); the other chunks stay pending, untouched.
+
+        A flush thus costs what becomes final, not every event within the lateness (at 10k
+        events/s, 10 min of them: re-reading them all at every flush was the job's bottleneck).
+        """
+        st = self.state
+        if bound is None:
+            taken, st.pending, self.bounds = st.pending, [], []
+        else:
+            taken, kept, kept_bounds = [], [], []
+            for chunk, span in zip(st.pending, self.bounds, strict=True):
+                if span[0] <= bound:
+                    taken.append(chunk)
+                else:
+                    kept.append(chunk)
+                    kept_bounds.append(span)
+            st.pending, self.bounds = kept, kept_bounds
+        if not taken:
+            empty = np.empty(0, np.int64)
+            return np.empty(0, dtype=object), empty, np.empty((0, len(METRICS)), np.int64)
+        keys = np.array([k for chunk in taken for k in chunk[0]], dtype=object)
+        ts, metrics = (np.concatenate(x) for x in list(zip(*taken, strict=True))[1:])
+        return keys, ts, metrics
+
     def _log_rows(self, final: bool) -> LogRows | None:
         """Replay the pending events older than the watermark into the log tiles."""
         st, log = self.state, self.state.log
@@ -219,18 +270,18 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
         target = st.store.clock if final else (None if w is None else w - 1)
         if target is None:
             return None
-        if st.pending:
-            keys = np.array([k for chunk in st.pending for k in chunk[0]], dtype=object)
-            ts, metrics = (np.concatenate(x) for x in list(zip(*st.pending, strict=True))[1:])
+        clock = log.clock
+        # Events after `bound` are neither late (<= clock) nor ready (<= target, which a late
+        # event raises to clock + 1 below): they are left pending as they are.
+        bound = None if final else (target if clock is None else max(target, clock + 1))
+        keys, ts, metrics = self._take_pending(bound)
+        if len(ts):
             rows = log.rows_for(keys.tolist())
-        elif log.clock is None or target <= log.clock:
+        elif clock is None or target <= clock:
             return None
         else:  # no event, but time passed: tiles may leave windows
-            rows, ts = np.empty(0, np.int64), np.empty(0, np.int64)
-            keys = np.empty(0, dtype=object)
-            metrics = np.empty((0, len(METRICS)), np.int64)
+            rows = np.empty(0, np.int64)
         parts = []
-        clock = log.clock
         late = ts <= clock if clock is not None else np.zeros(len(ts), dtype=bool)
         if late.any():
             # Events the log clock has passed (their partition idle or unknown until then):
@@ -242,10 +293,12 @@ class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):
             rows, ts, metrics, keys = rows[~late], ts[~late], metrics[~late], keys[~late]
             target = max(target, clock + 1)
         if clock is not None and target <= clock:
-            st.pending = [(keys.tolist(), ts, metrics)] if len(ts) else []
+            if len(ts):
+                self._keep(keys.tolist(), ts, metrics)
             return None
         ready = ts <= target
-        st.pending = [] if ready.all() else [(keys[~ready].tolist(), ts[~ready], metrics[~ready])]
+        if not ready.all():
+            self._keep(keys[~ready].tolist(), ts[~ready], metrics[~ready])
         if ready.any() or clock is not None:
             parts.append(log.history(rows[ready], ts[ready], metrics[ready], target))
         if not parts:
@@ -354,6 +407,10 @@ def build_flow(
             when it changes, every shard rewrites all its entities (the store lost its data).
             None: no check.
     """
+    if generation is not None:
+        # One read per half check interval serves every shard: a lost store is still seen
+        # within 1.5 check intervals.
+        generation = SharedGeneration(generation, GENERATION_CHECK_S / 2)
     if partitions is None and isinstance(source, KafkaBatchSource):
         partitions = [int(p) for p in source.list_parts()]
     flow, parts = ingest_flow(

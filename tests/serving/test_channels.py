@@ -37,6 +37,19 @@ def test_blend_reserves_slots_for_a_channel_and_keeps_the_fused_order() -> None:
     assert blend_found(fused, found, {"c": 5}, 4).tolist() == [0, 5, 4, 3]  # c has only three
 
 
+def test_blend_keeps_a_channels_group_mix_and_lets_the_ranker_pick_within() -> None:
+    fused = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3])
+    found = [["c"]] * 7
+    group = ["a", "a", "a", "a", "b", "b", "b"]
+    # by fused alone the 3 slots go to group a; with slots a:1, b:2 the best of each
+    assert blend_found(fused, found, {"c": 3}, 3).tolist() == [0, 1, 2]
+    got = blend_found(fused, found, {"c": 3}, 3, {"c": (group, {"a": 1, "b": 2})})
+    assert got.tolist() == [0, 4, 5]
+    # a group short of its slots: the channel's best of the rest fill them
+    got = blend_found(fused, found, {"c": 4}, 4, {"c": (group, {"b": 4})})
+    assert got.tolist() == [0, 4, 5, 6]
+
+
 def test_context_channel_places_a_user_by_what_they_were_shown_and_clicked(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
@@ -67,6 +80,18 @@ def test_context_channel_places_a_user_by_what_they_were_shown_and_clicked(
     assert set(cats) == {target}  # the only category with evidence
     scores = [i["score"] for i in placed]
     assert scores == sorted(scores, reverse=True)
+
+    # evidence for a second category: the answer keeps the channel's mix of the two
+    other = sorted(popular.by_category)[5]
+    more = popular.by_category[other][:7]
+    ExposureWriter(redis_client, settings.exposure).add_batch(["stranger"] * 7, more, [10**12] * 7)
+    lists, _ = service.recommender.candidates_by_channel("stranger", 20)
+    channel = next(c for c in lists if c.channel == "context")
+    _, want = view.retriever.side_info(channel.ids[:20])
+    assert set(want) == {target, other}
+    mixed = recommend("stranger")
+    _, got = view.retriever.side_info([i["note_id"] for i in mixed if i["channel"] == "context"])
+    assert sorted(got) == sorted(want)
 
     off = settings.model_copy(
         update={

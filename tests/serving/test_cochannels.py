@@ -3,6 +3,7 @@ reservations of returned slots."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +18,23 @@ from features.history import HistoryWriter
 from features.neighbours import FreshNote, NeighbourStore
 from infra.service import service_for
 from serving.channels import (
+    FEATURES_PER_CHANNEL,
+    RANK_BINS,
     AuthorChannel,
     Candidates,
     FreshChannel,
+    MergeModel,
+    MergeSample,
     NeighbourChannel,
     Request,
+    fit_merge,
+    load_merge_model,
     merge_calibrated,
     merge_found,
+    merge_learned,
 )
 from serving.config import ChannelsConfig
+from serving.errors import MergeModelError
 from serving.recommender import blend_found
 from tests.learners.helpers import publish_trained
 from tests.serving.helpers import serving_settings
@@ -134,6 +143,77 @@ def test_merge_calibrated_sums_each_channels_rank_evidence() -> None:
     np.testing.assert_allclose(high.scores, [0.3, 0.2, 0.1], rtol=1e-3)
 
 
+def _model(weights: dict[int, float], channels: tuple[str, ...] = ("a", "b")) -> MergeModel:
+    size = FEATURES_PER_CHANNEL * len(channels) + 1
+    w = np.zeros(size)
+    for j, v in weights.items():
+        w[j] = v
+    return MergeModel(channels, np.zeros(size), np.ones(size), w)
+
+
+def test_merge_learned_orders_the_union_by_the_model_and_keeps_reserved_places() -> None:
+    a = Candidates("a", ["n1", "n2", "n3"], np.array([3.0, 2.0, 1.0]))
+    b = Candidates("b", ["n3", "n4"], np.array([0.9, 0.8]))
+    other = Candidates("c", ["n5"], np.array([1.0]))  # unknown to the model: no evidence
+    # b's rank 0 worth 5, each finding channel 1, a's log rank -1
+    model = _model({FEATURES_PER_CHANNEL: 5.0, 2 * FEATURES_PER_CHANNEL: 1.0, RANK_BINS: -1.0})
+    m = merge_learned([a, b, other], model, 4)
+    # n3: 5 + 2 - log 3; n1: 1; n4: 1; n2: 1 - log 2; n5: 0
+    assert m.ids == ["n3", "n1", "n4", "n2"]
+    np.testing.assert_allclose(m.scores, [7.0 - np.log(3.0), 1.0, 1.0, 1.0 - np.log(2.0)])
+    assert m.channel == ["a", "a", "b", "a"]
+    assert m.channels == [["a", "b"], ["a"], ["b"], ["a"]]
+    kept = merge_learned([a, b, other], model, 3, {"c": 1})  # c's first place guaranteed
+    assert kept.ids == ["n3", "n1", "n5"]
+    assert merge_learned([], model, 3).ids == []
+
+
+def test_fit_merge_learns_which_channel_finds_the_clicked_note(tmp_path: Path) -> None:
+    """Channel "good" has the clicked note in its first three, "noise" anywhere in its 50:
+    the fitted merge puts it in the top three for nearly every held-out user, and a model read
+    back from its file merges identically."""
+    rng = np.random.default_rng(3)
+
+    def sample() -> MergeSample:
+        notes = [f"n{j}" for j in rng.permutation(200)]
+        target = notes[0]
+        good = notes[1:20]
+        good.insert(int(rng.integers(3)), target)
+        noise = notes[20:69]
+        noise.insert(int(rng.integers(50)), target)
+        lists = [
+            Candidates("noise", noise, np.linspace(1.0, 0.5, 50)),
+            Candidates("good", good, np.linspace(2.0, 1.0, 20)),
+        ]
+        return MergeSample(lists, frozenset([target]))
+
+    model = fit_merge([sample() for _ in range(200)], ("noise", "good"))
+    held_out = [sample() for _ in range(100)]
+    top3 = [next(iter(s.clicked)) in merge_learned(s.lists, model, 3).ids for s in held_out]
+    assert np.mean(top3) >= 0.95
+    first_noise = [merge_learned(s.lists, model, 1).ids == s.lists[0].ids[:1] for s in held_out]
+    assert np.mean(first_noise) < 0.2
+    path = tmp_path / "merge.json"
+    path.write_text(json.dumps(model.to_json()))
+    again = load_merge_model(path)
+    for s in held_out:
+        read, fitted = merge_learned(s.lists, again, 20), merge_learned(s.lists, model, 20)
+        assert read.ids == fitted.ids
+        np.testing.assert_array_equal(read.scores, fitted.scores)
+    with pytest.raises(MergeModelError, match="clicked notes some channel found"):
+        fit_merge([MergeSample(held_out[0].lists, frozenset(["elsewhere"]))], ("good",))
+
+
+def test_load_merge_model_names_a_missing_or_mismatched_file(tmp_path: Path) -> None:
+    with pytest.raises(MergeModelError, match="not found: write it with"):
+        load_merge_model(tmp_path / "none.json")
+    bad = _model({}).to_json()
+    bad["channels"] = ["a"]  # sizes for two channels
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(MergeModelError, match="refit it with fit_merge"):
+        load_merge_model(tmp_path / "bad.json")
+
+
 def test_blend_found_reserves_slots_in_order() -> None:
     fused = np.array([0.9, 0.8, 0.7, 0.1, 0.2, 0.3])
     found = [["t"], ["t"], ["t", "c"], ["f"], ["c"], ["c"]]
@@ -178,6 +258,44 @@ def test_recommend_reports_the_channels_that_found_each_item(
     found = client.get(f"/notes/{similar[0]}", params={"user_id": "cf-user"}).json()
     assert "itemcf" in found["channels"] and "fresh" not in found["channels"]
     assert client.get(f"/notes/{fresh}").json()["channels"] == []
+
+
+def test_recommend_with_a_learnt_merge_orders_candidates_by_its_score(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """With `channels.merge_model` set, the merged candidates carry the model's score (a model
+    that only values ItemCF's finds: they score 10, the others 0); a missing file fails at start."""
+    publish_trained(tmp_path / "snapshots")
+    base = serving_settings(tmp_path / "snapshots", redis_url)
+    channels = ("itemcf", "two_tower")
+    model = _model(dict.fromkeys(range(RANK_BINS), 10.0), channels)
+    path = tmp_path / "merge.json"
+    path.write_text(json.dumps(model.to_json()))
+    cc = base.serving.channels.model_copy(update={"merge_model": path, "merge_depth": 5})
+    settings = base.model_copy(update={"serving": base.serving.model_copy(update={"channels": cc})})
+    service = service_for(settings, redis_url)
+    service.watcher.refresh()
+    notes, _ = service.watcher.current().retriever.item_vectors()
+    clicked, similar = notes[:1], notes[1:11]
+    HistoryWriter(redis_client, settings.feast_project).write(["lm-user"], [clicked], [1_000])
+    NeighbourStore(redis_client, settings.feast_project).write(
+        {"itemcf": {clicked[0]: (similar, [1.0 - 0.05 * j for j in range(len(similar))])}}
+    )
+    r = TestClient(service.app).get("/recommend", params={"user_id": "lm-user", "n": 50})
+    assert r.status_code == 200, r.text
+    items = r.json()["items"]
+    by_itemcf = [i for i in items if "itemcf" in i["channels"]]
+    assert by_itemcf and all(i["note_id"] in similar for i in by_itemcf)
+    assert all(i["retrieval_score"] == pytest.approx(10.0) for i in by_itemcf)
+    assert all(i["retrieval_score"] == pytest.approx(0.0) for i in items if i not in by_itemcf)
+    missing = cc.model_copy(update={"merge_model": tmp_path / "none.json"})
+    with pytest.raises(MergeModelError, match=r"none\.json not found"):
+        service_for(
+            base.model_copy(
+                update={"serving": base.serving.model_copy(update={"channels": missing})}
+            ),
+            redis_url,
+        )
 
 
 def test_cache_channel_offers_what_the_last_answer_ranked_high_but_did_not_return(

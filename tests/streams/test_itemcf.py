@@ -6,8 +6,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
+import scipy.sparse as sp
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from features.neighbours import NeighbourStore
@@ -23,6 +25,11 @@ from streams.itemcf import (
     Part,
     Refresh,
     build_flow,
+    changed_lists,
+    itemcf_rows,
+    rows_top_k,
+    swing_rows,
+    top_k,
 )
 from streams.sources.synthetic import SyntheticConfig
 from tests.streams.helpers import cli_env, events_fixture, raw_batches, replayed_topic, run_to_end
@@ -65,6 +72,53 @@ def test_flow_equals_oracle_after_every_batch_coalesced(events: list[Event]) -> 
             assert got[kind][note][1] == pytest.approx(scores, abs=1e-8), (kind, note)
     # the later refreshes recomputed only some notes
     assert min(len(r.rows.get("swing", {})) for r in out[1:]) < len(expected["swing"])
+
+
+def test_changed_lists_equal_a_full_recomputation_at_every_refresh(events: list[Event]) -> None:
+    """Refreshed after every few clicks, the lists kept from the changed notes alone equal every
+    note's lists recomputed from scratch, at each refresh (short lists: most are full, so the
+    k-th selection and its ties decide)."""
+    config = CoClickConfig(top_k=4, user_window=8, swing_users=6)
+    graph = ClickGraph(config.user_window)
+    kept: dict[str, dict] = {"itemcf": {}, "swing": {}}
+    clicks = [e for e in events if e.type == "click"]
+    lo = 0
+    for size in [1, 3, 11, 40] * 100:
+        if lo >= len(clicks):
+            break
+        for e in clicks[lo : lo + size]:
+            graph.click(e.user_id, e.note_id, e.ts)
+        lo += size
+        changed = changed_lists(graph, config)
+        for kind, rows in changed.items():
+            kept[kind].update(rows)
+        notes, col, r = graph.matrix()
+        want = itemcf_rows(notes, col, r, notes, config.top_k)
+        assert {n: v for n, v in kept["itemcf"].items() if v[0]} == {
+            n: v for n, v in want.items() if v[0]
+        }
+        swing = swing_rows(graph, notes, col, r, notes, 4, config.alpha, config.swing_users)
+        assert {n: v for n, v in kept["swing"].items() if v[0]} == {
+            n: v for n, v in swing.items() if v[0]
+        }
+    assert lo >= len(clicks) > 300
+
+
+def test_rows_top_k_equals_the_one_row_top_k_with_ties() -> None:
+    """The vectorised top-k of every row (k-th selection first) equals `top_k` row by row, own
+    note left out, on scores with many ties at the k-th."""
+    rng = np.random.default_rng(5)
+    sims = sp.random(300, 120, density=0.6, random_state=rng, format="csr")
+    sims.data = rng.integers(0, 6, len(sims.data)) / 3.0  # few distinct values, zeros too
+    names = np.array([f"n{j:03d}" for j in rng.permutation(120)], dtype=object)
+    order = np.argsort(np.argsort(names))
+    own = rng.integers(0, 120, 300)
+    for k in (1, 7, 50, 200):
+        got = rows_top_k(sims, own, names, order, k)
+        for i, row in enumerate(got):
+            scores = sims[i].toarray().ravel()
+            scores[own[i]] = 0.0
+            assert row == top_k(names, scores, k), (k, i)
 
 
 def test_window_evicts_and_swing_penalises_overlap() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from features.schema import ENTITY_KEY, FeatureConfig, derive
@@ -20,7 +21,7 @@ from streams.reference import (
     three_times,
 )
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
-from streams.stats import StatsFlush, build_flow
+from streams.stats import ShardLogic, SharedGeneration, StatsFlush, build_flow
 
 
 def raw_batches(events: list[Event], partitions: int = 3, size: int = 97) -> list[RawBatch]:
@@ -264,3 +265,57 @@ def test_impressions_carrying_the_items_duration_count_no_expected_completion() 
         want = reference_counts(frame, key, as_of)
         pd.testing.assert_frame_equal(got[want.columns].loc[want.index], want, check_names=False)
         assert 0 < want["expected_completions_milli_1d"].sum() < 14 * 1_000
+
+
+def test_offline_log_takes_only_final_chunks_and_equals_rereading_all(monkeypatch) -> None:
+    """A flush takes out of the pending events only the chunks holding one the watermark made
+    final; its rows equal those of re-reading every pending event at every flush (before)."""
+    cfg = SyntheticConfig(seed=5, users=300, notes=900, request_gap_ms=600_000.0)
+    events = [e for b in SyntheticSource(cfg, limit=4_000).batches() for e in b]
+    config = StatsConfig(shards=2, flush_interval_ms=1)
+    # All the partitions that hold events (the synthetic users' skew can leave one empty) hold
+    # the watermark from the start, so no event reaches the log late and the rows do not
+    # depend on when the flushes happen.
+    parts = sorted({b.partition for b in raw_batches(events)})
+    left: list[int] = []
+    take = ShardLogic._take_pending
+
+    def spied(self: ShardLogic, bound: int | None) -> tuple:
+        out = take(self, bound)
+        left.append(len(self.state.pending))
+        return out
+
+    monkeypatch.setattr(ShardLogic, "_take_pending", spied)
+    fast, _ = run(events, config, parts)
+    assert max(left) > 0  # chunks were left pending untouched
+    monkeypatch.setattr(ShardLogic, "_take_pending", lambda self, _bound: take(self, None))
+    every, _ = run(events, config, parts)
+    for view, key in (("user_stats", "user_id"), ("note_stats", "note_id")):
+        got, want = (
+            log_frame(f, view).drop(columns="created").sort_values([key, "event_ts"])
+            for f in (fast, every)
+        )
+        assert len(got) > len(events) // 4
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+
+
+def test_shards_share_one_read_of_the_store_generation() -> None:
+    """The shards of a process read the generation token once per age; a failed read is not
+    remembered."""
+    reads: list[str] = []
+    answers = iter(["a", OSError("redis away"), "b"])
+
+    def read() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        reads.append(answer)
+        return answer
+
+    shared = SharedGeneration(read, max_age_s=3600)
+    assert [shared() for _ in range(16)] == ["a"] * 16
+    assert reads == ["a"]
+    fresh = SharedGeneration(read, max_age_s=0)
+    with pytest.raises(OSError, match="redis away"):
+        fresh()
+    assert fresh() == "b"
