@@ -318,6 +318,17 @@ class Merged:
     """The taking channel's score of each note."""
 
 
+def _found_by(lists: list[Candidates], ids: list[str]) -> dict[str, list[str]]:
+    """Note of `ids` -> the channels of `lists` that found it, in the lists' order."""
+    found: dict[str, list[str]] = {n: [] for n in ids}
+    for cand in lists:
+        for note in dict.fromkeys(cand.ids):
+            by = found.get(note)
+            if by is not None and cand.channel not in by:
+                by.append(cand.channel)
+    return found
+
+
 def merge_found(lists: list[Candidates], quotas: list[int | None], total: int) -> Merged:
     """The channels' candidates merged in the order of `lists`: up to `quotas[i]` new notes
     from channel i (None: as many as bring the merged notes to `total`), at most `total` in
@@ -338,12 +349,7 @@ def merge_found(lists: list[Candidates], quotas: list[int | None], total: int) -
             channel.append(cand.channel)
             scores.append(score)
             room -= 1
-    found: dict[str, list[str]] = {n: [] for n in ids}
-    for cand in lists:
-        for note in dict.fromkeys(cand.ids):
-            by = found.get(note)
-            if by is not None and cand.channel not in by:
-                by.append(cand.channel)
+    found = _found_by(lists, ids)
     return Merged(ids, channel, [found[n] for n in ids], np.array(scores, dtype=np.float64))
 
 
@@ -508,12 +514,7 @@ def merge_learned(
         chosen.setdefault(j)
     order = sorted(chosen, key=lambda j: (-score[j], j))
     ids = [union[j] for j in order]
-    found: dict[str, list[str]] = {n: [] for n in ids}
-    for cand in lists:
-        for note in dict.fromkeys(cand.ids):
-            by = found.get(note)
-            if by is not None and cand.channel not in by:
-                by.append(cand.channel)
+    found = _found_by(lists, ids)
     return Merged(ids, [found[n][0] for n in ids], [found[n] for n in ids], score[order])
 
 
