@@ -2,6 +2,7 @@
 /dashboard."""
 
 import contextlib
+import threading
 import time
 from typing import Annotated, Literal
 
@@ -277,15 +278,18 @@ def create_app(
     max_in_flight: int = 32,
     api_token: str | None = None,
     dashboard: DashboardConfig | None = None,
+    compute_slots: int = 1,
 ) -> FastAPI:
     """The API over a recommender (its watcher is started and stopped by the caller); with
     `api_token`, every request but the probes needs it as a bearer token (`serving.auth`);
     `dashboard`: what /dashboard samples (`app.state.dashboard`, the `Sampler`; its thread
-    starts with the first /dashboard request, `stop()` ends it)."""
+    starts with the first /dashboard request, `stop()` ends it); `compute_slots`: /recommend
+    calls computed at once (the others wait for a slot)."""
     app = FastAPI(title="streamrec", version="0.1.0")
     metrics = Metrics()
     reader: FeatureClient = recommender.features
     watcher = recommender.watcher
+    slots = threading.BoundedSemaphore(compute_slots)
 
     @app.get("/recommend", response_model=RecommendResponse)
     def recommend(
@@ -293,7 +297,8 @@ def create_app(
         n: Annotated[int | None, Query(ge=1, le=max_n)] = None,
     ) -> RecommendResponse:
         try:
-            rec = recommender.recommend(user_id, n or default_n)
+            with slots:
+                rec = recommender.recommend(user_id, n or default_n)
         except NotReadyError as exc:
             raise HTTPException(503, str(exc)) from None
         except DependencyError as exc:

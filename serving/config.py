@@ -208,6 +208,11 @@ class ServingConfig(BaseModel):
     serve` allows on a loopback address only. Also `STREAMREC_API_TOKEN_FILE`."""
     max_in_flight: int = Field(default=32, ge=1)
     """Requests served at once; more are refused at once with 503 and `Retry-After: 1`."""
+    compute_slots: int = Field(default=1, ge=1)
+    """/recommend calls a worker computes at once; the other admitted ones wait their turn.
+    More interleave on the GIL and each runs slower: with 8 clients one slot gave 1.42x the
+    throughput of one worker at one client on 2 workers, against 1.18x unbounded
+    (docs/benchmarks.md, "Serving"). Scale with workers (`streamrec serve --workers`)."""
     poll_interval_s: float = Field(default=1.0, gt=0)
     """Snapshot directory check interval (announcements on Kafka wake it earlier)."""
     fusion: FusionConfig = FusionConfig()

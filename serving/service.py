@@ -74,5 +74,6 @@ def build_service(
         config.max_in_flight,
         api_token,
         config.dashboard,
+        config.compute_slots,
     )
     return Service(app, watcher, recommender)

@@ -103,7 +103,7 @@ def test_features_missing_rank_with_the_priors_and_say_so(
 def test_beyond_max_in_flight_requests_get_503_with_retry_after(
     tmp_path: Path, redis_url: str
 ) -> None:
-    svc = _service(tmp_path, redis_url, max_in_flight=2)
+    svc = _service(tmp_path, redis_url, max_in_flight=2, compute_slots=2)
     gate = threading.Event()
     entered = threading.Semaphore(0)
     original = svc.recommender.recommend
@@ -135,3 +135,45 @@ def test_beyond_max_in_flight_requests_get_503_with_retry_after(
     for w in workers:
         w.join(10)
     assert results == [200, 200]
+
+
+def test_recommend_calls_wait_for_a_compute_slot(tmp_path: Path, redis_url: str) -> None:
+    svc = _service(tmp_path, redis_url, max_in_flight=4, compute_slots=1)
+    gate = threading.Event()
+    entered = threading.Semaphore(0)
+    lock = threading.Lock()
+    running, most = [0], [0]
+    original = svc.recommender.recommend
+
+    def slow(user_id: str, n: int):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        entered.release()
+        gate.wait(10)
+        try:
+            return original(user_id, n)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    svc.recommender.recommend = slow
+    client = TestClient(svc.app)
+    results: list[int] = []
+    workers = [
+        threading.Thread(
+            target=lambda u=u: results.append(
+                client.get("/recommend", params={"user_id": u}).status_code
+            )
+        )
+        for u in ("u1", "u2")
+    ]
+    for w in workers:
+        w.start()
+    assert entered.acquire(timeout=10)  # one computes ...
+    assert not entered.acquire(timeout=1.0)  # ... the other, admitted, waits for the slot
+    gate.set()
+    assert entered.acquire(timeout=10)  # and computes once the first is done
+    for w in workers:
+        w.join(10)
+    assert results == [200, 200] and most[0] == 1
