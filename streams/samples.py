@@ -63,7 +63,7 @@ from features.windows import COMPLETION_FRACTION, METRICS, TYPE_METRIC, WINDOWS
 from streams.config import DEFAULT_LIMITS, EventLimits, SamplesConfig
 from streams.errors import EventError
 from streams.events import Event, dead_letter, encode_dead_letter, encode_event
-from streams.ingest import Columns, ingest_flow, shard_cache
+from streams.ingest import Columns, columns_of, ingest_flow, shard_cache
 from streams.kafka_io import RawBatch
 from streams.retry import with_retry
 from streams.tiles import TileStore
@@ -93,16 +93,14 @@ REASONS = (
 """Counters a `JoinReport` carries (see docs/samples.md)."""
 
 
+def column_arrays(cols: Columns) -> np.ndarray:
+    """The (n, 4) int64 columns ts, metric index of the type, watch_ms, duration_ms of `cols`."""
+    return np.column_stack([cols.ts, cols.kind, cols.watch, cols.duration]).reshape(len(cols.ts), 4)
+
+
 def event_arrays(events: Sequence[Event]) -> np.ndarray:
-    """The (n, 4) int64 columns ts, metric index of the type, watch_ms, duration_ms of `events`."""
-    return np.column_stack(
-        [
-            np.fromiter((e.ts for e in events), dtype=np.int64, count=len(events)),
-            np.fromiter((TYPE_METRIC[e.type] for e in events), dtype=np.int64, count=len(events)),
-            np.fromiter((e.watch_ms or 0 for e in events), dtype=np.int64, count=len(events)),
-            np.fromiter((e.duration_ms or 0 for e in events), dtype=np.int64, count=len(events)),
-        ]
-    ).reshape(len(events), 4)
+    """`column_arrays` of `events` (where no ingest step made their columns)."""
+    return column_arrays(columns_of(0, list(events)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +167,7 @@ def shard_parts(cols: Columns, hwm: int | None, shards: int) -> list[tuple[str, 
     if hwm is None:
         return []
     cache, n, events = shard_cache(shards), len(cols.events), cols.events
-    arrays = np.column_stack([cols.ts, cols.kind, cols.watch, cols.duration]).reshape(n, 4)
+    arrays = column_arrays(cols)
     out = []
     for side, ids in (("u", cols.users), ("n", cols.notes)):
         dest = np.fromiter((cache[key] for key in ids), dtype=np.int64, count=n)
