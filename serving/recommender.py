@@ -17,6 +17,7 @@ stage's score (docs/funnel.md).
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,10 +336,7 @@ class Recommender:
         mix = None
         if personal and config.context.keep_mix and reserved[ContextChannel.name]:
             _, ctx_cats = view.retriever.side_info(ctx.ids[: reserved[ContextChannel.name]])
-            slots: dict[str, int] = {}
-            for c in ctx_cats:
-                slots[c] = slots.get(c, 0) + 1
-            mix = {ContextChannel.name: (cats, slots)}
+            mix = {ContextChannel.name: (cats, dict(Counter(ctx_cats)))}  # first seen first
         pool = blend_found(fused, cand_found, reserved, pool_n, mix)
         order = pool[:n]
         if rr.enabled and len(pool):
