@@ -168,12 +168,17 @@ def test_the_dashboard_renders_every_panel_in_headless_chromium(
                 if k[0] == "streamrec_channel_items_total" and v
             }
 
-            def rendered(d) -> bool:
+            def rendered(d) -> bool:  # drawn from data sampled after the job had been read
                 ready = d.execute_script(
                     "return [...document.querySelectorAll('.panel')].map(p => p.dataset.ready)"
                 )
+                drawn = int(d.execute_script("return document.body.dataset.samples || 0"))
                 text = d.find_element("id", "dlq").find_element("class name", "value").text
-                return ready == ["1"] * len(PANELS) and text == f"{_number(dead)} dead letters"
+                return (
+                    ready == ["1"] * len(PANELS)
+                    and drawn >= after
+                    and text == f"{_number(dead)} dead letters"
+                )
 
             def read() -> float:  # every message the job read: the sum of rate x interval
                 points = http.get("/dashboard/data").json()["points"]
@@ -184,6 +189,8 @@ def test_the_dashboard_renders_every_panel_in_headless_chromium(
 
             try:  # sampled after the job, then drawn (a count the page abbreviates can't tell)
                 WebDriverWait(driver, 20, 0.05).until(lambda _: read() >= 300 - 1e-6)
+                # a page drawn before (the dead-letter count it abbreviates may not tell) won't do
+                after = len(http.get("/dashboard/data").json()["points"])
                 WebDriverWait(driver, 20, 0.05).until(rendered)
             except TimeoutException:
                 targets = http.get("/dashboard/data").json()["targets"]
