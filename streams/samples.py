@@ -246,6 +246,21 @@ def point_in_time(store: TileStore, arrays: np.ndarray, ids: list[str]) -> np.nd
     return out
 
 
+def release_order(ts: np.ndarray, later: np.ndarray, ids: list[str]) -> np.ndarray:
+    """The order that processes events by (ts, impressions first (`later` False), event id).
+
+    Sorted by numpy on the ids as fixed-width strings (the same order as Python's: code points),
+    unless an id holds a NUL character, which such strings drop at the end.
+    """
+    if "\x00" in "".join(ids):
+        keys = later.tolist()
+        stamps = ts.tolist()
+        return np.array(
+            sorted(range(len(ids)), key=lambda j: (stamps[j], keys[j], ids[j])), dtype=np.int64
+        )
+    return np.lexsort((np.array(ids), later, ts))
+
+
 @dataclass
 class ShardCore:
     """Recoverable state every shard has: tiles, watermark inputs, not-yet-final events."""
@@ -254,7 +269,8 @@ class ShardCore:
     hwm: dict[int, int] = field(default_factory=dict)
     buffer: list[Event] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
-    recent: deque[tuple[int, str]] = field(default_factory=deque)
+    recent: deque[tuple[np.ndarray, list[str]]] = field(default_factory=deque)
+    """The released events' (ts, event ids), one pair of columns per release, in release order."""
     shard: str = ""
     arrays: np.ndarray = field(default_factory=lambda: event_arrays([]))
     """`event_arrays(buffer)`."""
@@ -262,6 +278,10 @@ class ShardCore:
     def __setstate__(self, state: dict) -> None:
         if "arrays" not in state:  # a snapshot from before the buffer's arrays
             state = {**state, "arrays": event_arrays(state["buffer"])}
+        recent = state["recent"]
+        if recent and not isinstance(recent[0][0], np.ndarray):  # one (ts, id) per event
+            ts = np.array([t for t, _ in recent], dtype=np.int64)
+            state = {**state, "recent": deque([(ts, [i for _, i in recent])])}
         self.__dict__.update(state)
 
 
@@ -337,23 +357,36 @@ class _ShardLogic:
         if not len(ready):
             return nothing
         buffer, picked = core.buffer, ready.tolist()
-        ts = core.arrays[ready, TS].tolist()
-        later = (core.arrays[ready, KIND] != _IMPRESSION).tolist()
         ids = [buffer[i].event_id for i in picked]
-        # One sort of Python keys: faster than sorting the ids as numpy objects, then the rest.
-        order = sorted(range(len(picked)), key=lambda j: (ts[j], later[j], ids[j]))
-        events = [buffer[picked[j]] for j in order]
+        ts = core.arrays[ready, TS]
+        order = release_order(ts, core.arrays[ready, KIND] != _IMPRESSION, ids)
+        events = [buffer[i] for i in ready[order].tolist()]
         arrays = core.arrays[ready[order]]
         if len(ready) == len(buffer):
             core.buffer, core.arrays = [], core.arrays[:0]
         else:
             rest = np.flatnonzero(~final_)
             core.buffer, core.arrays = [buffer[i] for i in rest.tolist()], core.arrays[rest]
-        core.recent.extend((ts[j], ids[j]) for j in order)
-        horizon = w - self.config.dedupe_horizon_ms
-        while core.recent and core.recent[0][0] < horizon:
-            core.seen.discard(core.recent.popleft()[1])
+        core.recent.append((ts[order], [ids[j] for j in order.tolist()]))
+        self._forget(w - self.config.dedupe_horizon_ms)
         return events, arrays
+
+    def _forget(self, horizon: float) -> None:
+        """Forget the ids of released events older than `horizon`, oldest released first, up to
+        the first that is not (as one event at a time would)."""
+        recent, seen = self.core.recent, self.core.seen
+        while recent:
+            ts, ids = recent[0]
+            young = ts >= horizon
+            if not young.any():
+                seen.difference_update(ids)
+                recent.popleft()
+                continue
+            cut = int(np.argmax(young))
+            if cut:
+                seen.difference_update(ids[:cut])
+                recent[0] = (ts[cut:], ids[cut:])
+            return
 
     def _idle_wakeup(self, waiting: bool) -> datetime | None:
         """When a partition would turn idle (letting the watermark move), if anything waits."""
@@ -461,7 +494,9 @@ class OpenImpressions:
 
     Row r is the impression at absolute position `first + r` (positions never change, so the
     join keys and ids can point at them); rows before `start` are closed and dropped when the
-    arrays next grow. The arrays have room for more rows than `events` holds.
+    arrays next grow, and so are the entries of `by_key` and `index` pointing before `first`
+    (an entry pointing before `opened` is a closed impression's: `find` ignores it). The arrays
+    have room for more rows than `events` holds.
     """
 
     events: list[Event] = field(default_factory=list)
@@ -483,9 +518,18 @@ class OpenImpressions:
     """The impression's own duration_ms (0: unknown)."""
     first: int = 0
     start: int = 0
+    by_key: dict[JoinKey, int] = field(default_factory=dict)
+    """Join key -> position of the newest impression with it."""
+    index: dict[str, int] = field(default_factory=dict)
+    """Sample id -> position of the impression."""
 
     def __len__(self) -> int:
         return len(self.events) - self.start
+
+    @property
+    def opened(self) -> int:
+        """The position of the oldest open impression."""
+        return self.first + self.start
 
     @property
     def end(self) -> int:
@@ -526,6 +570,9 @@ class OpenImpressions:
         del self.events[:start], self.keys[:start], self.history[:start]
         self.first += start
         self.start = 0
+        first = self.first
+        self.by_key = {k: at for k, at in self.by_key.items() if at >= first}
+        self.index = {sid: at for sid, at in self.index.items() if at >= first}
 
 
 @dataclass
@@ -534,10 +581,6 @@ class UserState:
 
     core: ShardCore = field(default_factory=ShardCore)
     open: OpenImpressions = field(default_factory=OpenImpressions)
-    by_key: dict[JoinKey, int] = field(default_factory=dict)
-    """Join key -> position in `open` of the newest open impression with it."""
-    index: dict[str, int] = field(default_factory=dict)
-    """Sample id -> position in `open` of the open impression."""
     early: dict[str, tuple[int, Sequence[int]]] = field(default_factory=dict)
     closed: dict[JoinKey, int] = field(default_factory=dict)
     closed_order: deque[tuple[int, JoinKey]] = field(default_factory=deque)
@@ -551,16 +594,14 @@ class UserState:
     def __setstate__(self, state: dict) -> None:
         if "pending" in state:  # a snapshot from before `OpenImpressions`: `Pending` objects
             state = dict(state)
-            pending, queue = state.pop("pending"), state.pop("queue")
-            state["open"], state["index"] = _opened(pending, queue)
-            state["by_key"] = {k: state["index"][sid] for k, sid in state["by_key"].items()}
+            state["open"] = _opened(state.pop("pending"), state.pop("queue"), state.pop("by_key"))
         self.__dict__.update(state)
 
 
 def _opened(
-    pending: dict[str, Pending], queue: deque[str]
-) -> tuple[OpenImpressions, dict[str, int]]:
-    """The `OpenImpressions` and sample id index of an older snapshot's `Pending` objects."""
+    pending: dict[str, Pending], queue: deque[str], by_key: dict[JoinKey, str]
+) -> OpenImpressions:
+    """The `OpenImpressions` of an older snapshot's `Pending` objects (`by_key`: their ids)."""
     shown = [pending[sid] for sid in queue]
     block = OpenImpressions()
     events = [p.event for p in shown]
@@ -577,7 +618,9 @@ def _opened(
         for label, value in p.labels.items():
             block.labels[r, LABELS.index(label)] = value
         block.watch[r], block.duration[r] = p.watch_ms, p.duration_ms
-    return block, {sid: r for r, sid in enumerate(queue)}
+    block.index = {sid: r for r, sid in enumerate(queue)}
+    block.by_key = {k: block.index[sid] for k, sid in by_key.items()}
+    return block
 
 
 def _add_counts(counts: Counter, **added: int) -> None:
@@ -625,18 +668,18 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
         return self._with_report(out), StatefulLogic.RETAIN
 
     def _take_halves(self, halves: NoteHalves) -> None:
-        st, w, index = self.state, self.watermark, self.state.index
+        st, w, block = self.state, self.watermark, self.state.open
+        index, opened = block.index, block.opened
         rows, got = [], []
         for j, (sid, ts) in enumerate(zip(halves.sample_ids, halves.ts, strict=True)):
-            at = index.get(sid)
-            if at is not None:
+            at = index.get(sid, -1)
+            if at >= opened:
                 rows.append(at)
                 got.append(j)
             elif w is None or ts >= w:
                 st.early[sid] = (ts, halves.stats[j])
             # else: the impression was refused here as late; its half has nothing to join.
         if rows:
-            block = st.open
             at = np.array(rows, dtype=np.int64) - block.first
             block.note_stats[at] = halves.stats[got]
             block.has_note[at] = True
@@ -647,7 +690,8 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
             return
         st = self.state
         stats = point_in_time(st.core.store, arrays, [e.user_id for e in ready])
-        block, by_key, index, early, closed = st.open, st.by_key, st.index, st.early, st.closed
+        block, early, closed = st.open, st.early, st.closed
+        by_key, index, opened = block.by_key, block.index, block.opened
         past_of, clicks_kept = st.history.get, bool(self.history_len)
         at = block.end  # the position of the next impression
         shown, keys, pasts, halves, halves_at = [], [], [], [], []
@@ -668,8 +712,8 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
                 by_key[key] = index[sid] = at
                 at += 1
                 continue
-            found = by_key.get(key)
-            if found is None:
+            found = by_key.get(key, -1)
+            if found < opened:  # none open
                 if key in closed:
                     late += 1
                 else:
@@ -753,41 +797,35 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
 
     def _close_rows(self, lo: int, hi: int, out: list[Out]) -> None:
         """Close rows [lo, hi) of the open impressions: a sample each, kept if positive or drawn."""
-        st, block, window = self.state, self.state.open, self.window
-        by_key, index, closed, closed_order = st.by_key, st.index, st.closed, st.closed_order
-        rate, first = self.config.negative_keep_rate, block.first
-        clicked = (block.labels[lo:hi, _CLICK] > 0).tolist()
-        kept: list[int] = []
-        rates: list[float] = []
-        positive = 0
-        events, keys = block.events, block.keys
-        for r, click in zip(range(lo, hi), clicked, strict=True):
-            e, key = events[r], keys[r]
-            sid = e.event_id
-            del index[sid]
-            if by_key.get(key) == first + r:
-                del by_key[key]
-            deadline = e.ts + window
-            closed[key] = deadline
-            closed_order.append((deadline, key))
-            if click:
-                kept.append(r)
-                rates.append(1.0)
-                positive += 1
-            elif keep_draw(sid) < rate:
-                kept.append(r)
-                rates.append(rate)
-        block.start = hi
+        st, block = self.state, self.state.open
+        rate = self.config.negative_keep_rate
+        events, keys = block.events[lo:hi], block.keys[lo:hi]
+        deadlines = (block.ts[lo:hi] + self.window).tolist()
+        st.closed.update(zip(keys, deadlines, strict=True))
+        st.closed_order.extend(zip(deadlines, keys, strict=True))
+        block.start = hi  # their `by_key` and `index` entries now point before `opened`
+        clicked = block.labels[lo:hi, _CLICK] > 0
+        positive = int(clicked.sum())
+        keep = clicked.copy()
+        drawn = np.flatnonzero(~clicked)
+        draws = np.fromiter(
+            (keep_draw(events[r].event_id) for r in drawn.tolist()),
+            dtype=np.float64,
+            count=len(drawn),
+        )
+        keep[drawn[draws < rate]] = True
+        rows = np.flatnonzero(keep)
+        rates = np.where(clicked[rows], 1.0, rate)
         _add_counts(
             st.counts,
             missing_note_stats=int((~block.has_note[lo:hi]).sum()),
             samples=hi - lo,
             kept_positive=positive,
-            kept_negative=len(kept) - positive,
-            dropped_negative=hi - lo - len(kept),
+            kept_negative=len(rows) - positive,
+            dropped_negative=hi - lo - len(rows),
         )
         batch, size = st.batch, self.config.batch_size
-        for sample in self._samples(kept, rates):
+        for sample in self._samples((rows + lo).tolist(), rates.tolist()):
             batch.append(sample)
             if len(batch) >= size:
                 out.append(self._flush_batch())

@@ -32,6 +32,7 @@ from streams.samples import (
     UserState,
     event_arrays,
     point_in_time,
+    release_order,
 )
 from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 from streams.tiles import TileStore, event_metrics
@@ -281,3 +282,32 @@ def test_a_state_snapshotted_with_pending_objects_resumes() -> None:
             note_stats=[4] * k,
         ),
     ]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_release_order_is_pythons_sort_of_ts_impressions_first_event_id(seed: int) -> None:
+    """Ties of ts and kind broken by id, ids that are prefixes of others and, in the second
+    seed, ids with NUL characters (which numpy's strings would drop at the end)."""
+    rng = random.Random(seed)
+    alphabet = "ab\x00" if seed == 2 else "abé"
+    ids = list({"".join(rng.choices(alphabet, k=rng.randrange(1, 6))) for _ in range(400)})
+    rng.shuffle(ids)
+    ts = [rng.choice((5, 6, 7)) for _ in ids]
+    later = [rng.random() < 0.5 for _ in ids]
+    want = sorted(range(len(ids)), key=lambda j: (ts[j], later[j], ids[j]))
+    got = release_order(np.array(ts), np.array(later), ids)
+    assert got.tolist() == want
+
+
+def test_ids_released_before_their_columns_are_forgotten_at_the_horizon() -> None:
+    """A snapshot holding one (ts, id) pair per released event (before the columns) is read
+    as one release; ids are forgotten from the oldest up to the first inside the horizon."""
+    state = {**ShardCore().__dict__, "seen": {"a", "b", "c"}}
+    state["recent"] = deque([(5, "a"), (9, "b"), (7, "c")])
+    core = ShardCore.__new__(ShardCore)
+    core.__setstate__(state)
+    logic = UserLogic(UserState(core=core), SamplesConfig(), [0], recoverable=False)
+    logic._forget(8)
+    assert core.seen == {"b", "c"}  # c is older than 8 but released after b
+    logic._forget(10)
+    assert core.seen == set() and not core.recent
