@@ -503,9 +503,9 @@ class OpenImpressions:
 
     Row r is the impression at absolute position `first + r` (positions never change, so the
     join keys and ids can point at them); rows before `start` are closed and dropped when the
-    arrays next grow, and so are the entries of `by_key` and `index` pointing before `first`
-    (an entry pointing before `opened` is a closed impression's: `find` ignores it). The arrays
-    have room for more rows than `events` holds.
+    arrays next grow; the entries of `by_key` and `index` pointing at closed impressions (before
+    `opened`: ignored) are dropped then too once they outnumber the open ones. The arrays have
+    room for more rows than `events` holds.
     """
 
     events: list[Event] = field(default_factory=list)
@@ -569,9 +569,9 @@ class OpenImpressions:
         self.history.extend(history)
 
     def _regrow(self, more: int) -> None:
-        """Drop the closed rows; make room for the open ones and `more` (twice as many)."""
+        """Drop the closed rows; make room for the open ones and `more` (a quarter more)."""
         start, live = self.start, len(self.events) - self.start
-        capacity = max(64, 2 * (live + more))
+        capacity = max(64, (live + more) * 5 // 4)
         for name in _COLUMNS:
             grown = _empty(name, capacity)
             grown[:live] = getattr(self, name)[start : start + live]
@@ -580,8 +580,9 @@ class OpenImpressions:
         self.first += start
         self.start = 0
         first = self.first
-        self.by_key = {k: at for k, at in self.by_key.items() if at >= first}
-        self.index = {sid: at for sid, at in self.index.items() if at >= first}
+        if len(self.index) > 2 * (live + more):  # mostly closed ones: drop them
+            self.by_key = {k: at for k, at in self.by_key.items() if at >= first}
+            self.index = {sid: at for sid, at in self.index.items() if at >= first}
 
 
 @dataclass
