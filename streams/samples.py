@@ -431,15 +431,16 @@ class NoteLogic(_ShardLogic, StatefulLogic[Part, tuple[str, NoteHalves], NoteSta
         if not ready:
             return []
         stats = point_in_time(self.core.store, arrays, [e.note_id for e in ready])
-        shown = [e for e in ready if e.type == "impression"]
+        imp = np.flatnonzero(arrays[:, KIND] == _IMPRESSION)
+        shown = [ready[i] for i in imp.tolist()]
         cache = shard_cache(self.config.shards)
-        dest = np.array([cache[e.user_id] for e in shown], dtype=np.int64)
+        dest = np.fromiter((cache[e.user_id] for e in shown), dtype=np.int64, count=len(shown))
+        stamps = arrays[imp, TS]
         out = []
         for s in np.unique(dest).tolist():
             sel = np.flatnonzero(dest == s)
             ids = [shown[i].event_id for i in sel.tolist()]
-            ts = [shown[i].ts for i in sel.tolist()]
-            out.append((f"u{s}", NoteHalves(ids, ts, stats[sel])))
+            out.append((f"u{s}", NoteHalves(ids, stamps[sel].tolist(), stats[sel])))
         return out
 
     def on_notify(self) -> tuple[list[tuple[str, NoteHalves]], bool]:
@@ -679,20 +680,18 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
 
     def _take_halves(self, halves: NoteHalves) -> None:
         st, w, block = self.state, self.watermark, self.state.open
-        index, opened = block.index, block.opened
-        rows, got = [], []
-        for j, (sid, ts) in enumerate(zip(halves.sample_ids, halves.ts, strict=True)):
-            at = index.get(sid, -1)
-            if at >= opened:
-                rows.append(at)
-                got.append(j)
-            elif w is None or ts >= w:
-                st.early[sid] = (ts, halves.stats[j])
-            # else: the impression was refused here as late; its half has nothing to join.
-        if rows:
-            at = np.array(rows, dtype=np.int64) - block.first
-            block.note_stats[at] = halves.stats[got]
-            block.has_note[at] = True
+        index = block.index
+        at = np.array([index.get(sid, -1) for sid in halves.sample_ids], dtype=np.int64)
+        found = at >= block.opened
+        if found.any():
+            rows = at[found] - block.first
+            block.note_stats[rows] = halves.stats[found]
+            block.has_note[rows] = True
+        if not found.all():  # halves ahead of their impressions, or of impressions refused late
+            for j in np.flatnonzero(~found).tolist():
+                ts = halves.ts[j]
+                if w is None or ts >= w:
+                    st.early[halves.sample_ids[j]] = (ts, halves.stats[j])
 
     def _process(self, ready: list[Event], arrays: np.ndarray) -> None:
         """Open the released impressions; join the released actions to the open ones."""
