@@ -9,10 +9,10 @@ the rest is cut into batches; every channel scores each batch from the warm-up a
 batches only, then learns from it. Each clicked sample is a request (as in `bench.quality`'s
 recall): what it reads about its user is point-in-time - the sample's window counts (the user
 tower's input, as `serving.channels.Request.user_stats`), the user's last clicks and clicked
-set up to it, earlier clicks of the same batch included - while the models and lists are the
-batch's start's. It is a hit at K when its note is among the channel's top K for the request,
-the notes the user clicked before excluded (the exposure filter's part; a repeat click is no
-hit). Until 2026-12-07 a user had one request per batch, at their first click, scored against
+set before its timestamp, earlier clicks of the same batch included - while the models and
+lists are the batch's start's. It is a hit at K when its note is among the channel's top K for
+the request, the notes the user clicked before excluded (the exposure filter's part; a repeat
+click is no hit). Until 2026-12-07 a user had one request per batch, at their first click, scored against
 all their clicks of the batch: the user tower then read counts up to 40 clicks old (MovieLens
 users click ~39 times per batch), which cost the two-tower channel a quarter of its recall.
 
@@ -293,11 +293,13 @@ def score_batches(
     `names` from `state` (and the retriever) as they were before the batch, then learnt.
 
     What a request reads about its user is point-in-time, as serving reads it: the sample's
-    window counts (the user tower's input), the user's last clicks and clicked set up to the
-    sample (earlier clicks of the same batch included: the history feature and the exposure
-    filter are current within seconds). The models and lists (co-click lists, popularity, the
-    retriever's rows, the fresh notes) are the batch's start's. Only every `every`-th clicked
-    sample (counted over all batches) is scored; every sample is learnt."""
+    window counts (the user tower's input), the user's last clicks and clicked set before the
+    sample's timestamp (earlier clicks of the same batch included: the history feature and the
+    exposure filter are current within seconds; clicks at the same timestamp are not: half of
+    MovieLens's clicks share their second with the user's previous one). The models and lists
+    (co-click lists, popularity, the retriever's rows, the fresh notes) are the batch's start's.
+    Only every `every`-th clicked sample (counted over all batches) is scored; every sample is
+    learnt."""
     co, popular, history, seen = state
     count = 0
     for b in batches:
@@ -307,13 +309,19 @@ def score_batches(
         users: dict[int, str] = {}
         req_history: dict[int, list[str]] = {}
         req_seen: dict[int, set[str]] = {}
+        pending: list[int] = []  # clicks at the current timestamp, not yet readable
         for i in clicked:
-            u, n = b.user_id[i], b.note_id[i]
+            if pending and b.ts[i] > b.ts[pending[0]]:
+                for j in pending:
+                    u, n = b.user_id[j], b.note_id[j]
+                    now_history[u] = [n, *(x for x in now_history[u] if x != n)][:HISTORY]
+                    now_seen[u] = now_seen[u] | {n}
+                pending = []
+            u = b.user_id[i]
             if count % every == 0:
                 users[i], req_history[i], req_seen[i] = u, now_history[u], now_seen[u]
             count += 1
-            now_history[u] = [n, *(x for x in now_history[u] if x != n)][:HISTORY]
-            now_seen[u] = now_seen[u] | {n}
+            pending.append(i)
         vectors = None
         if retriever is not None and users:
             stats = b.user_stats[list(users)]

@@ -95,3 +95,18 @@ def test_each_click_is_a_request_with_its_own_point_in_time_inputs() -> None:
         assert scored.activity[r] == activity_bucket(len(earlier))
     itemcf = [scored.lists[r][0].ids for r in sorted(scored.lists)]
     assert itemcf[0] == [] and "b" in itemcf[1]  # a's co-clicked note, from the batch's a
+
+
+def test_clicks_at_the_same_timestamp_do_not_see_each_other() -> None:
+    """Two clicks of one user in the same millisecond are one moment: neither is in the other's
+    history or exclusions; a later click sees both."""
+    warm = make_cols(["v", "v"], ["a", "b"], [1, 1])
+    ts = [T0 + 10_000, T0 + 10_000, T0 + 11_000]
+    batch = make_cols(["u", "u", "u"], ["a", "b", "c"], [1, 1, 1], ts=ts)
+    state = (CoClicks(CONFIG), RecentPopularity(("click",), HOUR_MS), {}, {})
+    _learn(warm, *state)
+    [scored] = list(score_batches([batch], state, None, ["popular"], True, lambda: None))
+    first, second, third = (scored.lists[r][0].ids for r in sorted(scored.lists))
+    assert {"a", "b"} <= set(first) and {"a", "b"} <= set(second)
+    assert not {"a", "b"} & set(third)
+    assert [scored.activity[r] for r in sorted(scored.lists)] == [0, 0, activity_bucket(2)]
