@@ -12,9 +12,10 @@ tower's input, as `serving.channels.Request.user_stats`), the user's last clicks
 set before its timestamp, earlier clicks of the same batch included - while the models and
 lists are the batch's start's. It is a hit at K when its note is among the channel's top K for
 the request, the notes the user clicked before excluded (the exposure filter's part; a repeat
-click is no hit). Until 2026-12-07 a user had one request per batch, at their first click, scored against
-all their clicks of the batch: the user tower then read counts up to 40 clicks old (MovieLens
-users click ~39 times per batch), which cost the two-tower channel a quarter of its recall.
+click is no hit). Until 2026-12-07 a user had one request per batch, at their first click,
+scored against all their clicks of the batch: the user tower then read counts up to 40 clicks
+old (MovieLens users click ~39 times per batch), which cost the two-tower channel a quarter of
+its recall.
 
 Channels (the serving code where it exists: `serving.channels.NeighbourChannel`,
 `FreshChannel` and `merge_found` run on in-memory copies of what the co-click job stores):
