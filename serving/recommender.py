@@ -295,6 +295,7 @@ class Recommender:
         authors, cats = view.retriever.side_info(cand)
         durations = view.retriever.durations(cand)
         pre_fused, pre_place, pre_degraded = None, None, False
+        rank_stats = None  # the kept notes' counts of the pre-ranker's read, when reused
         features_s = 0.0  # the reads of the window counts, for the "features" step
         if preranker is not None and len(cand) > rank_k:
             cache = self._stats_cache(config.prerank.stats_max_age_s)
@@ -314,8 +315,13 @@ class Recommender:
             authors, cats = [authors[j] for j in keep], [cats[j] for j in keep]
             cand_sims, durations = cand_sims[kept], durations[kept]
             pre_fused, pre_place = pre_all[kept], place[kept]
+            if config.prerank.rank_from_cache:
+                rank_stats = pre_stats[kept]
         t0 = time.perf_counter()
-        note_stats, notes_degraded = self.counts("note_stats", cand)  # (k, F): the ranker's, fresh
+        if rank_stats is None:  # (k, F): the ranker's, fresh
+            note_stats, notes_degraded = self.counts("note_stats", cand)
+        else:
+            note_stats, notes_degraded = rank_stats, False
         notes_degraded = notes_degraded or pre_degraded
         t1 = time.perf_counter()
         features_s += t1 - t0
