@@ -6,9 +6,11 @@ in the training samples), the channels' candidates (`serving.channels`: `retriev
 the two-tower index; the context channel's popular notes of the user's categories, which reads
 the history if the models did not and probes the exposure filter), ONE exposure-filter call
 over all of them, the unseen candidates merged by quota up to `prerank.candidates` (`rank_k`
-without a pre-ranker), their counts (one round trip), the three-tower pre-ranker's fused score
-cutting them to `rank_k` (`learners.preranker`; the fresh and context channels keep their
-quotas), calibrated MMoE predictions, a fused score, the best `rerank.pool` with a share of the
+without a pre-ranker), their counts (one round trip for those the note statistics cache does
+not hold), the three-tower pre-ranker's fused score cutting them to `rank_k`
+(`learners.preranker`; the fresh and context channels keep their quotas), calibrated MMoE
+predictions on the kept notes' counts (`prerank.rank_from_cache`: those the pre-ranker had;
+off, one more round trip), a fused score, the best `rerank.pool` with a share of the
 slots reserved for the fresh and context channels (`blend_found`), and n of them chosen and
 ordered by MMR with the window rules (`serving.rerank`). Each returned note carries every
 stage's score (docs/funnel.md).
