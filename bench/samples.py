@@ -3,7 +3,8 @@
 Replays synthetic events into a fresh topic, then runs, in the same process and interleaved,
 the bare read-and-decode flow (`bench.common.bare_read_decode_rate`, the peer) and the joiner
 (`streams.samples.build_flow` with `KafkaBatchSource`, `KafkaSink`, `SampleLogSink`), several
-times each; prints medians and the ratio.
+times each; prints medians and the ratio, and the joiner's CPU time (this process's, all threads:
+steadier than its wall time on a loaded machine).
 
     .venv/bin/python -m bench.samples [--events 200000] [--repeats 3] [--keep-rate 0.25]
 """
@@ -34,8 +35,10 @@ from streams.sources.synthetic import SyntheticConfig, SyntheticSource
 console = Console()
 
 
-def joiner_run(bootstrap: str, topic: str, config: SamplesConfig) -> tuple[float, Counter, int]:
-    """Run the joiner over `topic` once; return (seconds, report totals, rows in the log)."""
+def joiner_run(
+    bootstrap: str, topic: str, config: SamplesConfig
+) -> tuple[float, float, Counter, int]:
+    """Run the joiner over `topic` once; return (wall s, CPU s, report totals, rows in the log)."""
     counts: Counter = Counter()
     out_topic = fresh_topic(bootstrap, "bench-samples-out")
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,11 +52,11 @@ def joiner_run(bootstrap: str, topic: str, config: SamplesConfig) -> tuple[float
             partitions_of(bootstrap, topic),
             recoverable=False,
         )
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         run_main(flow)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         rows = read_sample_log(Path(tmp)).num_rows
-    return elapsed, counts, rows
+    return elapsed, cpu, counts, rows
 
 
 def main() -> None:
@@ -68,6 +71,7 @@ def main() -> None:
     config = SamplesConfig(negative_keep_rate=args.keep_rate)
     bare: list[float] = []
     joiner: list[float] = []
+    cpu: list[float] = []
     with bench_stack() as state:
         topic = fresh_topic(state.bootstrap, "bench-samples")
         ensure_topics(state.bootstrap, [f"{topic}.dlq"], 1)
@@ -76,8 +80,9 @@ def main() -> None:
             task = progress.add_task("bare read vs joiner", total=args.repeats)
             for _ in range(args.repeats):
                 bare.append(bare_read_decode_rate(state.bootstrap, topic, args.events))
-                seconds, counts, rows = joiner_run(state.bootstrap, topic, config)
+                seconds, used, counts, rows = joiner_run(state.bootstrap, topic, config)
                 joiner.append(seconds)
+                cpu.append(used)
                 progress.advance(task)
     closed = counts["samples"]
     kept = counts["kept_positive"] + counts["kept_negative"]
@@ -89,7 +94,8 @@ def main() -> None:
     console.print(f"bare read+decode: {bare_rate:,.0f} events/s (median of {args.repeats})")
     console.print(
         f"joiner: {wall:.2f} s wall (median), {args.events / wall:,.0f} events/s, "
-        f"{closed / wall:,.0f} samples closed/s, {kept / wall:,.0f} samples written/s"
+        f"{closed / wall:,.0f} samples closed/s, {kept / wall:,.0f} samples written/s; "
+        f"CPU {median(cpu):.2f} s (median; runs {', '.join(f'{c:.2f}' for c in cpu)})"
     )
     console.print(f"joiner / bare (events/s): {args.events / wall / bare_rate:.2f}")
 

@@ -341,9 +341,9 @@ def child(path: Path, events: int, redis_url: str, sample: int) -> dict:
 
 def joiner_keys(n: int = 20_000) -> dict[str, float]:
     """Bytes per key of the sample joiner's state, by tracemalloc over its own user-shard logic:
-    n open impressions (n users, attribution windows open: each with its `Pending`, join keys,
-    de-duplication entries and its user's point-in-time tile row), then a click of each
-    (attached, plus the user's click history)."""
+    n open impressions (n users, attribution windows open: each with its row of
+    `OpenImpressions`, join keys, de-duplication entries and its user's point-in-time tile row),
+    then a click of each (attached, plus the user's click history)."""
     import tracemalloc
 
     from streams.config import SamplesConfig

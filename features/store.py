@@ -8,6 +8,7 @@ The registry lives at `<data_dir>/feast/registry-<project>.db` and the offline l
 from __future__ import annotations
 
 import shutil
+import uuid
 from pathlib import Path
 
 from feast import FeatureStore, RepoConfig
@@ -83,9 +84,9 @@ def _empty_history_log(offline: Path) -> None:
     from features.offline_log import CREATED, EVENT_TS
 
     directory = offline / HISTORY_VIEW
-    if directory.exists():
+    directory.mkdir(parents=True, exist_ok=True)  # jobs started together apply at once
+    if any(directory.glob("*.parquet")):
         return
-    directory.mkdir(parents=True)
     stamp = pa.timestamp("ms", tz="UTC")
     schema = pa.schema(
         [
@@ -95,7 +96,9 @@ def _empty_history_log(offline: Path) -> None:
             (HISTORY_FEATURE, pa.list_(pa.string())),
         ]
     )
-    pq.write_table(schema.empty_table(), directory / "part-empty.parquet")
+    staged = directory / f".part-empty-{uuid.uuid4().hex}"  # readers skip dot files
+    pq.write_table(schema.empty_table(), staged)
+    staged.replace(directory / "part-empty.parquet")  # atomic: never read half written
 
 
 def online_features(store: FeatureStore, view: str, ids: list[str]) -> dict[str, list]:

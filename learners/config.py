@@ -245,9 +245,9 @@ class LearnConfig(BaseModel):
     newest this-many samples, each made before it learnt from them (held-out, following the
     stream; `learners.calibration.OffsetTracker`); 0 keeps the offsets full training fitted on
     its own log. Off by default: on the warm-up validation tails 1,000 keeps every task within
-    0.957-1.034 of the observed rate per fifth (0.958-1.160 off) but moves the offsets batch to
-    batch, which costs the stream's pooled AUC (MovieLens like -0.017; KuaiRand click +0.009);
-    docs/learning.md "Choices"."""
+    0.950-1.056 of the observed rate per fifth (0.958-1.224 off) but moves the offsets batch to
+    batch, which costs the stream's pooled AUC (MovieLens like -0.011; damped or longer windows
+    cost less and calibrate less); docs/learning.md "Choices"."""
     auc_window: int = Field(default=10_000, ge=0)
     """Online: the ranker's AUC per task is measured on its predictions for the newest
     this-many samples, each made before it learnt from them (`streamrec_learner_auc`, the API's

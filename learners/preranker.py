@@ -273,16 +273,15 @@ def fit_offsets(
     cols: Columns,
     tasks: tuple[str, ...],
     calibrated: tuple[str, ...],
+    a: float,
 ) -> dict[str, float]:
-    """Per task the scalar that, added to its logits, makes the mean prediction on `cols` equal
-    the task's rate there (weighted by 1 / keep_rate unless the task is `calibrated`), as
-    `RankerState.recalibrate` fits the ranker's."""
+    """Per task the scalar that, added to its logits, makes the mean final prediction on `cols`
+    (a `calibrated` task's corrected with the negative keep rate `a`) equal the task's rate
+    there, both weighted by 1 / keep_rate, as `RankerState.recalibrate` fits the ranker's."""
     inverse = torch.from_numpy(1.0 / np.maximum(cols.keep_rate, 1e-6))  # (B,)
     return {
         t: fit_offset(
-            logits[t],
-            torch.from_numpy(cols.labels[t]),
-            torch.ones_like(inverse) if t in calibrated else inverse,
+            logits[t], torch.from_numpy(cols.labels[t]), inverse, a if t in calibrated else None
         )
         for t in tasks
     }

@@ -184,7 +184,9 @@ class RankerState(_State, RankerModelState):
         out = self.model(self.model.inputs(cols, observe=True))
         if self.tracker is not None and not self.model.training:
             # online (eval mode): `out` predicts samples the model has not learnt from yet
-            self.logit_offsets.update(self.tracker.observe(out.logits, cols.labels, cols.keep_rate))
+            self.logit_offsets.update(
+                self.tracker.observe(out.logits, cols.labels, cols.keep_rate, self.neg_keep_rate)
+            )
         if self.prequential is not None and not self.model.training:
             self.prequential.observe(out.logits, cols.labels)
         loss = self.model.loss(out, cols)
@@ -203,10 +205,11 @@ class RankerState(_State, RankerModelState):
         self.prequential = keep or (PrequentialAUC(self.config.tasks, window) if window else None)
 
     def _fitted(self) -> dict[str, bool]:
-        """Tasks whose logit offset is fitted -> whether their rate is importance weighted."""
+        """Tasks whose logit offset is fitted -> whether their prediction is corrected for
+        down-sampling (`RankerConfig.calibrated`; the others are importance weighted)."""
         # with ESMM a task's prediction is pCTR x sigmoid(its logit): only click is fitted here
         tasks = self.config.calibrated if self.config.esmm else self.config.tasks
-        return {t: t not in self.config.calibrated for t in tasks}
+        return {t: t in self.config.calibrated for t in tasks}
 
     def fit_base(self, cols: Columns, most: int = 200_000, seed: int = 0) -> None:
         """Refit the base logits (`RankerConfig.base_tasks`) on at most `most` rows of `cols`.
@@ -228,23 +231,24 @@ class RankerState(_State, RankerModelState):
 
         The down-sampling calibration p = a q / (1 - q + a q) is exact only for a q that is
         right on the sampled data, and a model's mean q wanders with the last optimiser steps
-        (up to 6 % off its own training data in tests/learners/test_models.py): a calibrated
-        task's raw mean is matched to its rate on the sampled log. The importance-weighted
-        tasks drift too (KuaiRand completion at a = 0.25: 1.25x the observed rate without
-        this): their mean weighted by 1 / keep_rate is matched to the weighted rate, i.e. to
-        the rate before down-sampling. Full training calls this on its log (a sample of `most`
-        rows), where the model is more confident than on new data; online, `track_offsets`
-        refits them on predictions for samples the model had not learnt from.
+        (up to 6 % off its own training data in tests/learners/test_models.py); the
+        importance-weighted tasks drift too (KuaiRand completion at a = 0.25: 1.25x the
+        observed rate without this). Each task's final prediction (a calibrated task's after
+        the correction) is matched on the samples weighted by 1 / keep_rate, i.e. on every
+        impression, to the weighted rate, the rate before down-sampling
+        (`learners.calibration.fit_offset`). Full training calls this on its log (a sample of
+        `most` rows), where the model is more confident than on new data; online,
+        `track_offsets` refits them on predictions for samples the model had not learnt from.
         """
         if len(cols) > most:
             pick = np.random.default_rng(seed).choice(len(cols), most, replace=False)
             cols = cols.take(np.sort(pick))
         out = self._forward(cols)
         inverse = torch.from_numpy(1.0 / np.maximum(cols.keep_rate, 1e-6))  # (B,)
-        for t, weighted in self._fitted().items():
-            z = out.logits[t]  # (B,)
-            w = inverse if weighted else torch.ones_like(inverse)  # (B,)
-            self.logit_offsets[t] = fit_offset(z, torch.from_numpy(cols.labels[t]), w)
+        for t, corrected in self._fitted().items():
+            a = self.neg_keep_rate if corrected else None
+            y = torch.from_numpy(cols.labels[t])  # (B,)
+            self.logit_offsets[t] = fit_offset(out.logits[t], y, inverse, a)
         return dict(self.logit_offsets)
 
 
@@ -444,5 +448,7 @@ class PreRankerState(_State, PreRankerModelState):
         self.model.eval()
         logits = self.model(self.model.inputs(cols, observe=False))
         self.model.train(was)
-        self.logit_offsets = fit_offsets(logits, cols, self.config.tasks, self.config.calibrated)
+        self.logit_offsets = fit_offsets(
+            logits, cols, self.config.tasks, self.config.calibrated, self.neg_keep_rate
+        )
         return dict(self.logit_offsets)

@@ -246,6 +246,21 @@ def point_in_time(store: TileStore, arrays: np.ndarray, ids: list[str]) -> np.nd
     return out
 
 
+def release_order(ts: np.ndarray, later: np.ndarray, ids: list[str]) -> np.ndarray:
+    """The order that processes events by (ts, impressions first (`later` False), event id).
+
+    Sorted by numpy on the ids as fixed-width strings (the same order as Python's: code points),
+    unless an id holds a NUL character, which such strings drop at the end.
+    """
+    if "\x00" in "".join(ids):
+        keys = later.tolist()
+        stamps = ts.tolist()
+        return np.array(
+            sorted(range(len(ids)), key=lambda j: (stamps[j], keys[j], ids[j])), dtype=np.int64
+        )
+    return np.lexsort((np.array(ids), later, ts))
+
+
 @dataclass
 class ShardCore:
     """Recoverable state every shard has: tiles, watermark inputs, not-yet-final events."""
@@ -254,7 +269,8 @@ class ShardCore:
     hwm: dict[int, int] = field(default_factory=dict)
     buffer: list[Event] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
-    recent: deque[tuple[int, str]] = field(default_factory=deque)
+    recent: deque[tuple[np.ndarray, list[str]]] = field(default_factory=deque)
+    """The released events' (ts, event ids), one pair of columns per release, in release order."""
     shard: str = ""
     arrays: np.ndarray = field(default_factory=lambda: event_arrays([]))
     """`event_arrays(buffer)`."""
@@ -262,6 +278,10 @@ class ShardCore:
     def __setstate__(self, state: dict) -> None:
         if "arrays" not in state:  # a snapshot from before the buffer's arrays
             state = {**state, "arrays": event_arrays(state["buffer"])}
+        recent = state["recent"]
+        if recent and not isinstance(recent[0][0], np.ndarray):  # one (ts, id) per event
+            ts = np.array([t for t, _ in recent], dtype=np.int64)
+            state = {**state, "recent": deque([(ts, [i for _, i in recent])])}
         self.__dict__.update(state)
 
 
@@ -301,22 +321,31 @@ class _ShardLogic:
         core.hwm[part.partition] = max(part.hwm, core.hwm.get(part.partition, part.hwm))
         self.heard[part.partition] = time.monotonic()
         late, keep = [], []
-        w = self.watermark
-        seen = core.seen
-        for i, e in enumerate(part.events):
-            if e.event_id in seen:
-                counts["duplicate"] += 1
-            elif w is not None and e.ts < w:
-                late.append(e)
-            else:
-                seen.add(e.event_id)
-                keep.append(i)
+        w, seen, events = self.watermark, core.seen, part.events
+        arrays = event_arrays(events) if part.arrays is None else part.arrays
+        ids = [e.event_id for e in events]
+        fresh = set(ids)
+        if (
+            len(fresh) == len(ids)
+            and seen.isdisjoint(fresh)
+            and (w is None or not len(ids) or arrays[:, TS].min() >= w)
+        ):
+            seen |= fresh  # no duplicate, nothing late: what the loop below would do, in C
+            keep = range(len(ids))
+        else:
+            for i, e in enumerate(events):
+                if e.event_id in seen:
+                    counts["duplicate"] += 1
+                elif w is not None and e.ts < w:
+                    late.append(e)
+                else:
+                    seen.add(e.event_id)
+                    keep.append(i)
         if keep:
-            arrays = event_arrays(part.events) if part.arrays is None else part.arrays
-            if len(keep) == len(part.events):
-                core.buffer.extend(part.events)
+            if len(keep) == len(events):
+                core.buffer.extend(events)
             else:
-                core.buffer.extend(part.events[i] for i in keep)
+                core.buffer.extend(events[i] for i in keep)
                 arrays = arrays[keep]
             core.arrays = np.concatenate([core.arrays, arrays]) if len(core.arrays) else arrays
         return late
@@ -337,23 +366,36 @@ class _ShardLogic:
         if not len(ready):
             return nothing
         buffer, picked = core.buffer, ready.tolist()
-        ts = core.arrays[ready, TS].tolist()
-        later = (core.arrays[ready, KIND] != _IMPRESSION).tolist()
         ids = [buffer[i].event_id for i in picked]
-        # One sort of Python keys: faster than sorting the ids as numpy objects, then the rest.
-        order = sorted(range(len(picked)), key=lambda j: (ts[j], later[j], ids[j]))
-        events = [buffer[picked[j]] for j in order]
+        ts = core.arrays[ready, TS]
+        order = release_order(ts, core.arrays[ready, KIND] != _IMPRESSION, ids)
+        events = [buffer[i] for i in ready[order].tolist()]
         arrays = core.arrays[ready[order]]
         if len(ready) == len(buffer):
             core.buffer, core.arrays = [], core.arrays[:0]
         else:
             rest = np.flatnonzero(~final_)
             core.buffer, core.arrays = [buffer[i] for i in rest.tolist()], core.arrays[rest]
-        core.recent.extend((ts[j], ids[j]) for j in order)
-        horizon = w - self.config.dedupe_horizon_ms
-        while core.recent and core.recent[0][0] < horizon:
-            core.seen.discard(core.recent.popleft()[1])
+        core.recent.append((ts[order], [ids[j] for j in order.tolist()]))
+        self._forget(w - self.config.dedupe_horizon_ms)
         return events, arrays
+
+    def _forget(self, horizon: float) -> None:
+        """Forget the ids of released events older than `horizon`, oldest released first, up to
+        the first that is not (as one event at a time would)."""
+        recent, seen = self.core.recent, self.core.seen
+        while recent:
+            ts, ids = recent[0]
+            young = ts >= horizon
+            if not young.any():
+                seen.difference_update(ids)
+                recent.popleft()
+                continue
+            cut = int(np.argmax(young))
+            if cut:
+                seen.difference_update(ids[:cut])
+                recent[0] = (ts[cut:], ids[cut:])
+            return
 
     def _idle_wakeup(self, waiting: bool) -> datetime | None:
         """When a partition would turn idle (letting the watermark move), if anything waits."""
@@ -389,15 +431,16 @@ class NoteLogic(_ShardLogic, StatefulLogic[Part, tuple[str, NoteHalves], NoteSta
         if not ready:
             return []
         stats = point_in_time(self.core.store, arrays, [e.note_id for e in ready])
-        shown = [e for e in ready if e.type == "impression"]
+        imp = np.flatnonzero(arrays[:, KIND] == _IMPRESSION)
+        shown = [ready[i] for i in imp.tolist()]
         cache = shard_cache(self.config.shards)
-        dest = np.array([cache[e.user_id] for e in shown], dtype=np.int64)
+        dest = np.fromiter((cache[e.user_id] for e in shown), dtype=np.int64, count=len(shown))
+        stamps = arrays[imp, TS]
         out = []
         for s in np.unique(dest).tolist():
             sel = np.flatnonzero(dest == s)
             ids = [shown[i].event_id for i in sel.tolist()]
-            ts = [shown[i].ts for i in sel.tolist()]
-            out.append((f"u{s}", NoteHalves(ids, ts, stats[sel])))
+            out.append((f"u{s}", NoteHalves(ids, stamps[sel].tolist(), stats[sel])))
         return out
 
     def on_notify(self) -> tuple[list[tuple[str, NoteHalves]], bool]:
@@ -415,7 +458,8 @@ class NoteLogic(_ShardLogic, StatefulLogic[Part, tuple[str, NoteHalves], NoteSta
 
 @dataclass(slots=True)
 class Pending:
-    """An impression whose attribution window is open (or whose note statistics are awaited)."""
+    """An open impression as recovery stores written before `OpenImpressions` hold it (read by
+    `UserState.__setstate__`)."""
 
     event: Event
     user_stats: list[int]
@@ -426,17 +470,131 @@ class Pending:
     history: list[str] = field(default_factory=list)
 
 
+JoinKey = tuple[str, str, str]
+"""(user id, note id, request id or "") of an impression and of the actions joined to it."""
+_STATS = len(STAT_FEATURES)
+_PLAY = TYPE_METRIC["play"]
+_LABEL_COL = np.full(max(TYPE_METRIC.values()) + 1, -1, dtype=np.int64)
+"""Metric index of an event type -> its column in `LABELS` (-1: not a label)."""
+for _j, _label in enumerate(LABELS):
+    _LABEL_COL[TYPE_METRIC[_label]] = _j
+_CLICK = LABELS.index("click")
+_COLUMNS = {
+    "ts": ((), np.int64),
+    "user_stats": ((_STATS,), np.int64),
+    "note_stats": ((_STATS,), np.int64),
+    "has_note": ((), np.bool_),
+    "labels": ((len(LABELS),), np.int8),
+    "watch": ((), np.int64),
+    "duration": ((), np.int64),
+    "item_duration": ((), np.int64),
+}
+"""Array columns of `OpenImpressions`: name -> (shape of a row, dtype)."""
+
+
+def _empty(name: str, rows: int = 0) -> np.ndarray:
+    shape, dtype = _COLUMNS[name]
+    return np.zeros((rows, *shape), dtype=dtype)
+
+
+@dataclass
+class OpenImpressions:
+    """A user shard's impressions whose window is open or whose note statistics are awaited, in
+    processing order, as columns.
+
+    Row r is the impression at absolute position `first + r` (positions never change, so the
+    join keys and ids can point at them); rows before `start` are closed and dropped when the
+    arrays next grow; the entries of `by_key` and `index` pointing at closed impressions (before
+    `opened`: ignored) are dropped then too once they outnumber the open ones. The arrays have
+    room for more rows than `events` holds.
+    """
+
+    events: list[Event] = field(default_factory=list)
+    keys: list[JoinKey] = field(default_factory=list)
+    history: list[tuple[str, ...] | deque[str]] = field(default_factory=list)
+    """The user's clicked notes before the impression, oldest first (the state's own tuple)."""
+    ts: np.ndarray = field(default_factory=lambda: _empty("ts"))
+    user_stats: np.ndarray = field(default_factory=lambda: _empty("user_stats"))
+    note_stats: np.ndarray = field(default_factory=lambda: _empty("note_stats"))
+    """Zeros until the note side's half arrives (`has_note`)."""
+    has_note: np.ndarray = field(default_factory=lambda: _empty("has_note"))
+    labels: np.ndarray = field(default_factory=lambda: _empty("labels"))
+    """1 where an action of that `LABELS` column was attached."""
+    watch: np.ndarray = field(default_factory=lambda: _empty("watch"))
+    """Summed watch_ms of the attached plays."""
+    duration: np.ndarray = field(default_factory=lambda: _empty("duration"))
+    """Largest duration_ms of the attached plays (0: none)."""
+    item_duration: np.ndarray = field(default_factory=lambda: _empty("item_duration"))
+    """The impression's own duration_ms (0: unknown)."""
+    first: int = 0
+    start: int = 0
+    by_key: dict[JoinKey, int] = field(default_factory=dict)
+    """Join key -> position of the newest impression with it."""
+    index: dict[str, int] = field(default_factory=dict)
+    """Sample id -> position of the impression."""
+
+    def __len__(self) -> int:
+        return len(self.events) - self.start
+
+    @property
+    def opened(self) -> int:
+        """The position of the oldest open impression."""
+        return self.first + self.start
+
+    @property
+    def end(self) -> int:
+        """The absolute position the next appended impression gets."""
+        return self.first + len(self.events)
+
+    def append(
+        self,
+        events: list[Event],
+        keys: list[JoinKey],
+        history: list[tuple[str, ...] | deque[str]],
+        arrays: np.ndarray,
+        user_stats: np.ndarray,
+    ) -> None:
+        """Open impressions `events` (their `event_arrays` and point-in-time user statistics)."""
+        n, m = len(self.events), len(events)
+        if n + m > len(self.ts):
+            self._regrow(m)
+            n = len(self.events)
+        rows = slice(n, n + m)
+        for name in ("note_stats", "has_note", "labels", "watch", "duration"):
+            getattr(self, name)[rows] = 0
+        self.ts[rows] = arrays[:, TS]
+        self.item_duration[rows] = arrays[:, DURATION_MS]
+        self.user_stats[rows] = user_stats
+        self.events.extend(events)
+        self.keys.extend(keys)
+        self.history.extend(history)
+
+    def _regrow(self, more: int) -> None:
+        """Drop the closed rows; make room for the open ones and `more` (a quarter more)."""
+        start, live = self.start, len(self.events) - self.start
+        capacity = max(64, (live + more) * 5 // 4)
+        for name in _COLUMNS:
+            grown = _empty(name, capacity)
+            grown[:live] = getattr(self, name)[start : start + live]
+            setattr(self, name, grown)
+        del self.events[:start], self.keys[:start], self.history[:start]
+        self.first += start
+        self.start = 0
+        first = self.first
+        if len(self.index) > 2 * (live + more):  # mostly closed ones: drop them
+            self.by_key = {k: at for k, at in self.by_key.items() if at >= first}
+            self.index = {sid: at for sid, at in self.index.items() if at >= first}
+
+
 @dataclass
 class UserState:
     """Recoverable state of a user shard."""
 
     core: ShardCore = field(default_factory=ShardCore)
-    pending: dict[str, Pending] = field(default_factory=dict)
-    by_key: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    queue: deque[str] = field(default_factory=deque)
-    early: dict[str, tuple[int, list[int]]] = field(default_factory=dict)
-    closed: dict[tuple[str, str, str], int] = field(default_factory=dict)
-    closed_order: deque[tuple[int, tuple[str, str, str]]] = field(default_factory=deque)
+    open: OpenImpressions = field(default_factory=OpenImpressions)
+    early: dict[str, tuple[int, Sequence[int]]] = field(default_factory=dict)
+    closed: dict[JoinKey, int] = field(default_factory=dict)
+    closed_order: deque[tuple[int, JoinKey]] = field(default_factory=deque)
     batch: list[Sample] = field(default_factory=list)
     seq: int = 0
     counts: Counter = field(default_factory=Counter)
@@ -444,37 +602,43 @@ class UserState:
     """User -> the notes they clicked, oldest first (at most `history_len`), in event time
     (tuples; recovery stores written before hold deques, read the same way)."""
 
+    def __setstate__(self, state: dict) -> None:
+        if "pending" in state:  # a snapshot from before `OpenImpressions`: `Pending` objects
+            state = dict(state)
+            state["open"] = _opened(state.pop("pending"), state.pop("queue"), state.pop("by_key"))
+        self.__dict__.update(state)
+
+
+def _opened(
+    pending: dict[str, Pending], queue: deque[str], by_key: dict[JoinKey, str]
+) -> OpenImpressions:
+    """The `OpenImpressions` of an older snapshot's `Pending` objects (`by_key`: their ids)."""
+    shown = [pending[sid] for sid in queue]
+    block = OpenImpressions()
+    events = [p.event for p in shown]
+    block.append(
+        events,
+        [(e.user_id, e.note_id, e.request_id or "") for e in events],
+        [tuple(reversed(p.history)) for p in shown],
+        event_arrays(events),
+        np.array([p.user_stats for p in shown], dtype=np.int64).reshape(len(shown), _STATS),
+    )
+    for r, p in enumerate(shown):
+        if p.note_stats is not None:
+            block.note_stats[r], block.has_note[r] = p.note_stats, True
+        for label, value in p.labels.items():
+            block.labels[r, LABELS.index(label)] = value
+        block.watch[r], block.duration[r] = p.watch_ms, p.duration_ms
+    block.index = {sid: r for r, sid in enumerate(queue)}
+    block.by_key = {k: block.index[sid] for k, sid in by_key.items()}
+    return block
+
 
 def _add_counts(counts: Counter, **added: int) -> None:
     """Add the non-zero `added` to `counts` (a zero would appear in the next report)."""
     for reason, n in added.items():
         if n:
             counts[reason] += n
-
-
-def build_sample(p: Pending, keep_rate: float) -> Sample:
-    """The sample of a closed impression."""
-    e = p.event
-    duration = p.duration_ms
-    return Sample(
-        sample_id=e.event_id,
-        ts=e.ts,
-        user_id=e.user_id,
-        note_id=e.note_id,
-        author_id=e.author_id or "",
-        category=e.category or "",
-        request_id=e.request_id or "",
-        position=-1 if e.position is None else e.position,
-        **{label: p.labels.get(label, 0) for label in LABELS},
-        watch_ms=p.watch_ms,
-        duration_ms=duration,
-        completion=int(duration > 0 and p.watch_ms >= COMPLETION_FRACTION * duration),
-        keep_rate=keep_rate,
-        user_stats=p.user_stats,
-        note_stats=p.note_stats if p.note_stats is not None else [0] * len(STAT_FEATURES),
-        item_duration_ms=e.duration_ms or 0,
-        history=p.history,
-    )
 
 
 Out = SampleBatch | JoinReport | HistoryUpdate | KafkaSinkMessage
@@ -515,60 +679,84 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
         return self._with_report(out), StatefulLogic.RETAIN
 
     def _take_halves(self, halves: NoteHalves) -> None:
-        st, w = self.state, self.watermark
-        for sid, ts, stats in zip(halves.sample_ids, halves.ts, halves.stats.tolist(), strict=True):
-            p = st.pending.get(sid)
-            if p is not None:
-                p.note_stats = stats
-            elif w is None or ts >= w:
-                st.early[sid] = (ts, stats)
-            # else: the impression was refused here as late; its half has nothing to join.
+        st, w, block = self.state, self.watermark, self.state.open
+        index = block.index
+        at = np.array([index.get(sid, -1) for sid in halves.sample_ids], dtype=np.int64)
+        found = at >= block.opened
+        if found.any():
+            rows = at[found] - block.first
+            block.note_stats[rows] = halves.stats[found]
+            block.has_note[rows] = True
+        if not found.all():  # halves ahead of their impressions, or of impressions refused late
+            for j in np.flatnonzero(~found).tolist():
+                ts = halves.ts[j]
+                if w is None or ts >= w:
+                    st.early[halves.sample_ids[j]] = (ts, halves.stats[j])
 
     def _process(self, ready: list[Event], arrays: np.ndarray) -> None:
+        """Open the released impressions; join the released actions to the open ones."""
         if not ready:
             return
         st = self.state
-        stats = point_in_time(st.core.store, arrays, [e.user_id for e in ready]).tolist()
-        pending, by_key, early, closed = st.pending, st.by_key, st.early, st.closed
-        past_of, queue, window = st.history.get, st.queue, self.window
-        clicks_kept = bool(self.history_len)
-        impressions = attached = late = orphans = 0
-        for e in ready:  # counters summed locally, added once (a report sorts its counters)
-            kind = e.type
+        stats = point_in_time(st.core.store, arrays, [e.user_id for e in ready])
+        block, early, closed = st.open, st.early, st.closed
+        by_key, index, opened = block.by_key, block.index, block.opened
+        past_of, clicks_kept = st.history.get, bool(self.history_len)
+        at = block.end  # the position of the next impression
+        shown, keys, pasts, halves, halves_at = [], [], [], [], []
+        acts, act_at = [], []  # actions whose key has an open impression, and its position
+        late = orphans = 0
+        for i, e in enumerate(ready):  # counters summed locally, added once
             key = (e.user_id, e.note_id, e.request_id or "")
-            if kind == "impression":
+            if e.type == "impression":
                 sid = e.event_id
-                half = early.pop(sid, None)
-                p = Pending(e, stats[impressions], half and half[1])
-                past = past_of(e.user_id)
-                if past:
-                    p.history = list(reversed(past))
-                pending[sid] = p
-                by_key[key] = sid
-                queue.append(sid)
-                impressions += 1
+                if early:
+                    half = early.pop(sid, None)
+                    if half is not None:
+                        halves.append(half[1])
+                        halves_at.append(at)
+                shown.append(e)
+                keys.append(key)
+                pasts.append(past_of(e.user_id, ()))
+                by_key[key] = index[sid] = at
+                at += 1
                 continue
-            sid = by_key.get(key)
-            p = pending.get(sid) if sid is not None else None
-            if p is None:
+            found = by_key.get(key, -1)
+            if found < opened:  # none open
                 if key in closed:
                     late += 1
                 else:
                     orphans += 1
-            elif e.ts > p.event.ts + window:
-                late += 1
             else:
-                attached += 1
-                if kind == "play":
-                    p.watch_ms += e.watch_ms or 0
-                    p.duration_ms = max(p.duration_ms, e.duration_ms or 0)
-                elif kind in LABELS:
-                    p.labels[kind] = 1
-            if kind == "click" and clicks_kept:
+                acts.append(i)
+                act_at.append(found)
+            if e.type == "click" and clicks_kept:
                 self._remember_click(e)
+        if shown:
+            block.append(shown, keys, pasts, arrays[arrays[:, KIND] == _IMPRESSION], stats)
+            if halves:
+                rows = np.array(halves_at, dtype=np.int64) - block.first
+                block.note_stats[rows] = halves
+                block.has_note[rows] = True
+        attached = 0
+        if acts:
+            act = np.array(acts, dtype=np.int64)
+            rows = np.array(act_at, dtype=np.int64) - block.first
+            inside = arrays[act, TS] <= block.ts[rows] + self.window
+            act, rows = act[inside], rows[inside]
+            late += len(inside) - len(act)
+            attached = len(act)
+            kinds = arrays[act, KIND]
+            play = kinds == _PLAY
+            if play.any():
+                np.add.at(block.watch, rows[play], arrays[act[play], WATCH_MS])
+                np.maximum.at(block.duration, rows[play], arrays[act[play], DURATION_MS])
+            cols = _LABEL_COL[kinds]
+            labelled = cols >= 0
+            block.labels[rows[labelled], cols[labelled]] = 1
         _add_counts(
             st.counts,
-            impressions=impressions,
+            impressions=len(shown),
             attached=attached,
             late_action=late,
             orphan_action=orphans,
@@ -591,51 +779,21 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
             self._updates.ts.append(e.ts)
 
     def _close(self, final: bool, out: list[Out]) -> None:
+        """Close the open impressions from the oldest up to the first whose window is still open
+        or whose note statistics are awaited (all at the end of input); batch their samples."""
         st, cfg = self.state, self.config
-        w = self.watermark
-        queue, pending, by_key, closed = st.queue, st.pending, st.by_key, st.closed
-        closed_order, window, batch_size = st.closed_order, self.window, cfg.batch_size
-        rate = cfg.negative_keep_rate
-        samples = missing = positive = negative = dropped = 0
-        while queue:
-            p = pending[queue[0]]
-            e = p.event
-            deadline = e.ts + window
-            if not final and (w is None or deadline >= w or p.note_stats is None):
-                break
-            queue.popleft()
-            sid = e.event_id
-            del pending[sid]
-            key = (e.user_id, e.note_id, e.request_id or "")
-            if by_key.get(key) == sid:
-                del by_key[key]
-            closed[key] = deadline
-            closed_order.append((deadline, key))
-            if p.note_stats is None:
-                missing += 1
-            if p.duration_ms == 0:
-                p.duration_ms = e.duration_ms or 0
-            samples += 1
-            if p.labels.get("click"):
-                sample = build_sample(p, 1.0)
-                positive += 1
-            elif keep_draw(sid) < rate:
-                sample = build_sample(p, rate)
-                negative += 1
-            else:
-                dropped += 1
-                continue
-            st.batch.append(sample)
-            if len(st.batch) >= batch_size:
-                out.append(self._flush_batch())
-        _add_counts(
-            st.counts,
-            missing_note_stats=missing,
-            samples=samples,
-            kept_positive=positive,
-            kept_negative=negative,
-            dropped_negative=dropped,
-        )
+        w, window, block = self.watermark, self.window, st.open
+        lo, hi = block.start, len(block.events)
+        if final:
+            cut = hi
+        elif w is None or lo == hi:
+            cut = lo
+        else:
+            wait = (block.ts[lo:hi] + window >= w) | ~block.has_note[lo:hi]
+            cut = lo + int(np.argmax(wait)) if wait.any() else hi
+        if cut > lo:
+            self._close_rows(lo, cut, out)
+        closed, closed_order = st.closed, st.closed_order
         if w is not None:
             while closed_order and closed_order[0][0] + window < w:
                 deadline, key = closed_order.popleft()
@@ -645,6 +803,84 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
             self.batch_due = datetime.now(UTC) + timedelta(milliseconds=cfg.batch_max_delay_ms)
         if final and st.batch:
             out.append(self._flush_batch())
+
+    def _close_rows(self, lo: int, hi: int, out: list[Out]) -> None:
+        """Close rows [lo, hi) of the open impressions: a sample each, kept if positive or drawn."""
+        st, block = self.state, self.state.open
+        rate = self.config.negative_keep_rate
+        events, keys = block.events[lo:hi], block.keys[lo:hi]
+        deadlines = (block.ts[lo:hi] + self.window).tolist()
+        st.closed.update(zip(keys, deadlines, strict=True))
+        st.closed_order.extend(zip(deadlines, keys, strict=True))
+        block.start = hi  # their `by_key` and `index` entries now point before `opened`
+        clicked = block.labels[lo:hi, _CLICK] > 0
+        positive = int(clicked.sum())
+        keep = clicked.copy()
+        drawn = np.flatnonzero(~clicked)
+        draws = np.fromiter(
+            (keep_draw(events[r].event_id) for r in drawn.tolist()),
+            dtype=np.float64,
+            count=len(drawn),
+        )
+        keep[drawn[draws < rate]] = True
+        rows = np.flatnonzero(keep)
+        rates = np.where(clicked[rows], 1.0, rate)
+        _add_counts(
+            st.counts,
+            missing_note_stats=int((~block.has_note[lo:hi]).sum()),
+            samples=hi - lo,
+            kept_positive=positive,
+            kept_negative=len(rows) - positive,
+            dropped_negative=hi - lo - len(rows),
+        )
+        batch, size = st.batch, self.config.batch_size
+        for sample in self._samples((rows + lo).tolist(), rates.tolist()):
+            batch.append(sample)
+            if len(batch) >= size:
+                out.append(self._flush_batch())
+                batch = st.batch
+
+    def _samples(self, rows: list[int], rates: list[float]) -> list[Sample]:
+        """The samples of open impressions at `rows` (kept with `rates`)."""
+        block = self.state.open
+        at = np.array(rows, dtype=np.int64)
+        watch, played = block.watch[at], block.duration[at]
+        item = block.item_duration[at]
+        duration = np.where(played == 0, item, played)  # no play: the impression's own
+        # Sample's label fields are LABELS, in that order, between `position` and `watch_ms`.
+        return [
+            Sample(
+                e.event_id,
+                e.ts,
+                e.user_id,
+                e.note_id,
+                e.author_id or "",
+                e.category or "",
+                e.request_id or "",
+                -1 if e.position is None else e.position,
+                *labels,
+                w,
+                d,
+                int(d > 0 and w >= COMPLETION_FRACTION * d),
+                keep_rate,
+                u,
+                n,
+                i,
+                list(reversed(block.history[r])),
+            )
+            for r, e, labels, w, d, keep_rate, u, n, i in zip(
+                rows,
+                (block.events[r] for r in rows),
+                block.labels[at].tolist(),
+                watch.tolist(),
+                duration.tolist(),
+                rates,
+                block.user_stats[at].tolist(),
+                block.note_stats[at].tolist(),
+                item.tolist(),
+                strict=True,
+            )
+        ]
 
     def _flush_batch(self) -> SampleBatch:
         st = self.state
@@ -691,7 +927,7 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
         return out, StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        waiting = bool(self.core.buffer or self.state.queue)
+        waiting = bool(self.core.buffer or len(self.state.open))
         times = [t for t in (self.batch_due, self._idle_wakeup(waiting)) if t is not None]
         return min(times) if times else None
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from features.samples import decode_batch
-from learners.calibration import OffsetTracker, PrequentialAUC, fit_offset, roc_auc
+from learners.calibration import OffsetTracker, PrequentialAUC, calibrate, fit_offset, roc_auc
 from learners.inference import Ranker
 from learners.inputs import Columns
 from learners.online import OnlineLearner
@@ -39,18 +39,56 @@ def _batch(rng: np.random.Generator, bias: float, n: int = 500) -> tuple:
     return {"click": logits, "like": logits}, {"click": labels, "like": labels}, keep
 
 
+def _sampled_batch(rng: np.random.Generator, bias: float, a: float = 0.25, n: int = 1_000) -> tuple:
+    """Impressions with labels drawn from a known truth, negatives kept at rate `a` (their
+    keep rate `a`); click logits are those of q = p / (p + a (1 - p)), the probability on the
+    sampled data it learns, like logits those of p (importance weighted), both `bias` too high."""
+    truth = rng.normal(-1, 1.5, n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-truth))).astype(np.float64)
+    kept = (labels > 0) | (rng.random(n) < a)
+    truth, labels = truth[kept], labels[kept]
+    keep = np.where(labels > 0, 1.0, a)
+    logits = {
+        "click": torch.from_numpy(truth - np.log(a) + bias),
+        "like": torch.from_numpy(truth + bias),
+    }
+    return logits, {"click": labels, "like": labels}, keep, a
+
+
+def test_fit_offset_matches_the_calibrated_prediction_to_the_rate_of_every_impression() -> None:
+    rng = np.random.default_rng(2)
+    logits, labels, keep, a = _sampled_batch(rng, 0.7, n=20_000)
+    w = torch.from_numpy(1.0 / keep)
+    y = torch.from_numpy(labels["click"])
+    d = fit_offset(logits["click"], y, w, a)
+    p = calibrate(torch.sigmoid(logits["click"] + d), a)
+    assert float((w * p).sum() / w.sum()) == pytest.approx(float((w * y).sum() / w.sum()), abs=1e-9)
+    assert d == pytest.approx(-0.7, abs=0.1)  # the bias the logits were given
+    # an over-confident model (logits twice as far out): matching its raw mean to the sampled
+    # rate (the criterion before) leaves the calibrated mean 15 % above the rate; this matches it
+    z = 2 * logits["click"]
+    rate = float((w * y).sum() / w.sum())
+
+    def ratio(d: float) -> float:
+        return float((w * calibrate(torch.sigmoid(z + d), a)).sum() / w.sum()) / rate
+
+    assert ratio(fit_offset(z, y, torch.ones_like(w))) > 1.1
+    assert ratio(fit_offset(z, y, w, a)) == pytest.approx(1.0, abs=1e-9)
+
+
 def test_the_tracker_fits_the_newest_window_and_forgets_the_rest() -> None:
     rng = np.random.default_rng(1)
-    tracker = OffsetTracker({"click": False, "like": True}, window=4_000)
-    assert tracker.observe(*_batch(rng, 1.0)) == {}  # 500 < window // 4
+    tracker = OffsetTracker({"click": True, "like": False}, window=4_000)
+    assert tracker.observe(*_sampled_batch(rng, 1.0)) == {}  # ~490 kept < window // 4
     for _ in range(12):
-        offsets = tracker.observe(*_batch(rng, 1.0))
-    assert offsets["click"] == pytest.approx(-1.0, abs=0.15)  # the logits were 1 too high
-    # the weighted task is matched to the weighted rate: the same logits, a different offset
-    assert offsets["like"] != pytest.approx(offsets["click"], abs=0.01)
-    for _ in range(8):  # 4,000 new samples: the old ones are out of the window
-        offsets = tracker.observe(*_batch(rng, -0.5))
+        offsets = tracker.observe(*_sampled_batch(rng, 1.0))
+    # the logits were 1 too high: the calibrated and the importance-weighted task both find it
+    assert offsets["click"] == pytest.approx(-1.0, abs=0.15)
+    assert offsets["like"] == pytest.approx(-1.0, abs=0.15)
+    for _ in range(10):  # ~4,900 new samples: the old ones are out of the window
+        offsets = tracker.observe(*_sampled_batch(rng, -0.5))
     assert offsets["click"] == pytest.approx(0.5, abs=0.15)
+    assert offsets["like"] == pytest.approx(0.5, abs=0.15)
 
 
 def test_online_offsets_are_refit_and_reach_serving_through_deltas(tmp_path: Path) -> None:

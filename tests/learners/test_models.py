@@ -136,12 +136,16 @@ def test_calibration_restores_the_true_click_rate_within_5_percent() -> None:
     assert state.neg_keep_rate == pytest.approx(a)
     truth = p_true.mean()
     drifted = state.predict(test)["click"].mean()
-    # what full training does after its pass: the logit offset that makes the mean raw
-    # prediction on the (down-sampled) log equal its click rate
+    # what full training does after its pass: the logit offset that makes the mean calibrated
+    # prediction over the log's samples weighted by 1 / keep_rate (every impression) equal the
+    # weighted click rate
     offsets = state.recalibrate(train)
     assert set(offsets) == set(state.config.tasks)
-    raw_train = state.predict(train, calibrated=False)["click"].mean()
-    assert raw_train == pytest.approx(train.labels["click"].mean(), rel=1e-4)
+    w = 1.0 / train.keep_rate
+    on_train = state.predict(train)["click"]
+    assert float((w * on_train).sum() / w.sum()) == pytest.approx(
+        float((w * train.labels["click"]).sum() / w.sum()), rel=1e-4
+    )
     raw = state.predict(test, calibrated=False)["click"].mean()
     calibrated = state.predict(test)["click"].mean()
     assert abs(raw / truth - 1) > 0.5  # down-sampling inflates the raw rate
@@ -150,7 +154,6 @@ def test_calibration_restores_the_true_click_rate_within_5_percent() -> None:
     assert abs(calibrated / truth - 1) < abs(drifted / truth - 1)
     # the importance-weighted tasks: their mean weighted by 1 / keep_rate on the log equals the
     # weighted rate (the rate before down-sampling), so on unsampled data it is the true rate
-    w = 1.0 / train.keep_rate
     on_log = state.predict(train)
     on_test = state.predict(test)
     for t in ("like", "completion"):
