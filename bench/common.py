@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import statistics
 import tempfile
@@ -24,15 +25,45 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 @contextmanager
 def bench_stack() -> Iterator[stack.StackState]:
-    """Use KAFKA_BOOTSTRAP/REDIS_URL if set, else a stack of its own that is stopped at the end."""
+    """Use KAFKA_BOOTSTRAP/REDIS_URL if set, else a stack of its own that is stopped at the end.
+
+    Without REDIS_URL the Redis is one of the bench's own (`own_redis`), not a Redis that
+    happens to answer on 6379: the figures are then those of the tuning the project ships
+    (`stack.REDIS_TUNING`), and two benches never flush each other's keys.
+    """
     data_dir = Path(tempfile.mkdtemp(prefix="streamrec-bench-"))
-    settings = load_settings(env={**_env(), "STREAMREC_DATA_DIR": str(data_dir)})
-    state = stack.up(settings)
+    env = _env()
+    with contextlib.ExitStack() as resources:
+        if "REDIS_URL" not in env:
+            env["REDIS_URL"] = resources.enter_context(own_redis())
+        settings = load_settings(env={**env, "STREAMREC_DATA_DIR": str(data_dir)})
+        state = stack.up(settings)
+        try:
+            yield state
+        finally:
+            stack.down(settings)
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextmanager
+def own_redis() -> Iterator[str]:
+    """The URL of a `redis-server` of the bench's own, tuned as the one `infra` starts
+    (`stack.REDIS_TUNING`), without persistence; stopped at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="streamrec-bench-redis-"))
+    port = free_port()
+    argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
+    proc = spawn([*argv, *stack.REDIS_TUNING], directory / "redis.log")
+    url = f"redis://127.0.0.1:{port}/0"
     try:
-        yield state
+        deadline = time.monotonic() + 10
+        while not stack.redis_answers(url):  # polling the condition: it answers
+            if time.monotonic() > deadline:
+                raise RuntimeError("the bench's redis-server did not start")
+            time.sleep(0.05)
+        yield url
     finally:
-        stack.down(settings)
-        shutil.rmtree(data_dir, ignore_errors=True)
+        stop([proc])
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager
@@ -41,25 +72,17 @@ def redis_pair(cluster: bool) -> Iterator[dict[str, str]]:
     `cluster` also `cluster`, a local 3-master Redis Cluster; both with `stack.REDIS_TUNING`, so
     they differ only by the clustering. Stopped at the end."""
     directory = Path(tempfile.mkdtemp(prefix="streamrec-bench-redis-"))
-    port = free_port()
-    argv = ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"]
-    proc = spawn([*argv, *stack.REDIS_TUNING], directory / "single.log")
-    urls = {"single": f"redis://127.0.0.1:{port}/0"}
     cluster_ = None
     try:
-        deadline = time.monotonic() + 10
-        while not stack.redis_answers(urls["single"]):  # polling the condition: it answers
-            if time.monotonic() > deadline:
-                raise RuntimeError("the bench's redis-server did not start")
-            time.sleep(0.05)
-        if cluster:
-            cluster_ = stack.start_redis_cluster(directory / "cluster")
-            urls["cluster"] = cluster_.url
-        yield urls
+        with own_redis() as single:
+            urls = {"single": single}
+            if cluster:
+                cluster_ = stack.start_redis_cluster(directory / "cluster")
+                urls["cluster"] = cluster_.url
+            yield urls
     finally:
         if cluster_ is not None:
             cluster_.stop()
-        stop([proc])
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -176,6 +176,9 @@ def main(
     rounds: int = typer.Option(2, help="Interleaved rounds of the scaling points (medians)."),
     retrieve_k: int = typer.Option(2_000, help="Two-tower candidates (merged: about as many)."),
     candidates: int = typer.Option(2_000, help="Merged candidates handed to the pre-ranker."),
+    stats_max_age: float = typer.Option(
+        -1.0, help="`prerank.stats_max_age_s` of the served settings (negative: the default)."
+    ),
 ) -> None:
     """Print the index table, /recommend latency and the Feast peer."""
     OUT.mkdir(exist_ok=True)
@@ -214,6 +217,9 @@ def main(
         ExposureWriter(client, exposure).add_batch(
             shown_users, shown, np.full(len(shown), T0 + 10**7)
         )
+        prerank = {"candidates": candidates}
+        if stats_max_age >= 0:
+            prerank["stats_max_age_s"] = stats_max_age
         settings = load_settings(env={"REDIS_URL": url}).model_copy(
             update={
                 "snapshots": snaps,
@@ -222,7 +228,7 @@ def main(
                 "serving": ServingConfig(
                     retrieve_k=retrieve_k,
                     rank_k=200,
-                    prerank=PrerankConfig(candidates=candidates),
+                    prerank=PrerankConfig(**prerank),
                 ),
             }
         )
@@ -237,7 +243,7 @@ def main(
                         "serving": {
                             "retrieve_k": retrieve_k,
                             "rank_k": 200,
-                            "prerank": {"candidates": candidates},
+                            "prerank": prerank,
                         },
                         "redis": {"url": url},
                         "kafka": {"bootstrap": state.bootstrap},
@@ -268,7 +274,7 @@ def main(
         latencies, steps, merged, collector = [], [], [], []
         gc_clock = _CollectorClock()
         gc.callbacks.append(gc_clock)
-        t_all = time.perf_counter()
+        t_all, cpu_all, redis_all = time.perf_counter(), time.process_time(), _redis_cpu(client)
         for i in track(range(requests), description="requests", console=console):
             t0, g0 = time.perf_counter(), gc_clock.total
             r = api.get("/recommend", params={"user_id": user_ids[i % users], "n": 20})
@@ -279,10 +285,16 @@ def main(
             steps.append(body["timings_ms"])
             merged.append(body["stages"]["merged"])
         rps = requests / (time.perf_counter() - t_all)
+        cpu_ms = (time.process_time() - cpu_all) * 1000 / requests
+        redis_ms = (_redis_cpu(client) - redis_all) * 1000 / requests
         gc.callbacks.remove(gc_clock)
         console.print(
             f"/recommend latency p50 {percentile(latencies, 50):.1f} ms  p99 "
             f"{percentile(latencies, 99):.1f} ms  {rps:,.0f} requests/s (one client, serial)"
+        )
+        console.print(
+            f"CPU per request: this process {cpu_ms:.1f} ms (TestClient and the app), Redis "
+            f"{redis_ms:.1f} ms (`INFO cpu` of the whole server: exact when no one else uses it)"
         )
         console.print(
             f"cyclic collector: {sum(collector):,.0f} ms over {requests} requests, at most "
@@ -322,6 +334,12 @@ def main(
         )
         _plot(latencies)
         client.flushdb()
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (user + system, all its threads)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 class _CollectorClock:

@@ -128,45 +128,47 @@ def _millis(raw: bytes) -> int:
     return Timestamp.FromString(raw).ToMilliseconds()
 
 
-_WIDTH = 11  # tag byte + at most 10 varint bytes (or 8 double bytes)
+_WIDTH = 11  # tag byte + at most 10 varint bytes
 _SHIFTS = np.arange(10, dtype=np.uint64) * np.uint64(7)
 
 
 def decode_values(raw: Sequence[bytes | None]) -> np.ndarray:
     """float64 values of serialized `ValueProto`s holding int64_val or double_val (NaN else).
 
-    Vectorised: every value is laid in an 11-byte row; int64 varints and little-endian doubles
-    are decoded with numpy. Anything else (empty, another type) goes through `ValueProto`.
+    Vectorised: the values are joined into one byte array; the int64 varints are decoded with
+    numpy one value length at a time (counts are mostly one or two varint bytes, so there are
+    few lengths), the little-endian doubles as one view. Anything else (another type, a varint
+    not filling its value) goes through `ValueProto`. `tests/features/test_online_reader.py`
+    checks it against `ValueProto` and the previous (11-byte row) decoder.
     """
-    out = np.full(len(raw), np.nan)
-    present = [j for j, v in enumerate(raw) if v]
-    if not present:
-        return out
-    values = [raw[j] for j in present]
+    values = [v or b"" for v in raw]
+    out = np.full(len(values), np.nan)
     lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
     data = np.frombuffer(b"".join(values), dtype=np.uint8)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    offsets = np.arange(_WIDTH)
-    inside = offsets[None, :] < np.minimum(lengths, _WIDTH)[:, None]
-    index = np.where(inside, starts[:, None] + offsets[None, :], 0)
-    rows = np.where(inside, data[index], 0).astype(np.uint8)  # (M, 11)
-    tag = rows[:, 0]
-    result = np.full(len(values), np.nan)
-    ints = (tag == _INT64_TAG) & (lengths <= _WIDTH)
-    if ints.any():
-        b = rows[ints, 1:].astype(np.uint64)  # (I, 10)
-        cont = (b & np.uint64(0x80)) != 0
-        live = np.concatenate([np.ones((len(b), 1), bool), np.cumprod(cont[:, :-1], axis=1)], 1)
-        groups = ((b & np.uint64(0x7F)) << _SHIFTS) * live.astype(np.uint64)
-        result[ints] = np.bitwise_or.reduce(groups, axis=1).view(np.int64)
-    doubles = (tag == _DOUBLE_TAG) & (lengths == 9)
-    if doubles.any():
-        result[doubles] = np.ascontiguousarray(rows[doubles, 1:9]).view("<f8")[:, 0]
-    other = np.flatnonzero(~(ints | doubles))
-    for k in other.tolist():
+    if not len(data):
+        return out
+    starts = np.cumsum(lengths) - lengths
+    tag = np.zeros(len(values), dtype=np.uint8)
+    present = lengths > 0
+    tag[present] = data[starts[present]]
+    done = ~present
+    ints = (tag == _INT64_TAG) & (lengths >= 2) & (lengths <= _WIDTH)
+    for n in np.unique(lengths[ints]).tolist():
+        sel = np.flatnonzero(ints & (lengths == n))
+        b = data[starts[sel, None] + np.arange(1, n)].astype(np.uint64)  # (k, n - 1) varints
+        more = (b & np.uint64(0x80)) != 0
+        whole = more[:, :-1].all(axis=1) & ~more[:, -1]  # the varint ends at the value's end
+        sel, b = sel[whole], b[whole]
+        groups = (b & np.uint64(0x7F)) << _SHIFTS[: n - 1]
+        out[sel] = np.bitwise_or.reduce(groups, axis=1).view(np.int64)
+        done[sel] = True
+    doubles = np.flatnonzero((tag == _DOUBLE_TAG) & (lengths == 9))
+    if len(doubles):
+        out[doubles] = data[starts[doubles, None] + np.arange(1, 9)].view("<f8")[:, 0]
+        done[doubles] = True
+    for k in np.flatnonzero(~done).tolist():
         v = ValueProto.FromString(values[k])
         kind = v.WhichOneof("val")
         if kind is not None:
-            result[k] = getattr(v, kind)
-    out[present] = result
+            out[k] = getattr(v, kind)
     return out

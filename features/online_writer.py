@@ -86,24 +86,19 @@ def _bulk_len(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _as_bulks(values: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """RESP bulk strings (`$n`, CR LF, the n value bytes, CR LF) of values (..., 11) padded with
-    lengths n < 100: (..., _BULK_WIDTH) zero padded, and their lengths."""
-    head, head_len = _bulk_len(lengths)  # (..., 5), (...)
-    crlf = np.broadcast_to(_CRLF, (*lengths.shape, 2))
-    seg = np.concatenate([head, values, crlf], axis=-1)  # (..., 18)
-    keep = np.concatenate(
-        [
-            np.arange(5) < head_len[..., None],
-            np.arange(values.shape[-1]) < lengths[..., None],
-            np.ones((*lengths.shape, 2), dtype=bool),
-        ],
-        axis=-1,
-    )  # (..., 18)
-    first = np.argsort(~keep, axis=-1, kind="stable")  # kept bytes first, in order
-    out = np.take_along_axis(seg, first, axis=-1)
-    total = keep.sum(axis=-1)
-    out[np.arange(_BULK_WIDTH) >= total[..., None]] = 0
-    return out, total
+    """RESP bulk strings (`$n`, CR LF, the n value bytes, CR LF) of values (k, 11) padded with
+    lengths n < 100: (k, _BULK_WIDTH) zero padded, and their lengths."""
+    head, head_len = _bulk_len(lengths)  # (k, 5), (k,)
+    k = len(lengths)
+    rows = np.arange(k)[:, None]
+    out = np.zeros((k, _BULK_WIDTH), dtype=np.uint8)
+    out[:, :5] = head  # a 4-byte head's fifth byte is overwritten by the value below
+    out[rows, head_len[:, None] + np.arange(values.shape[-1])] = values
+    end = head_len + lengths  # where the value's CR LF goes
+    out[rows[:, 0], end] = ord("\r")
+    out[rows[:, 0], end + 1] = ord("\n")
+    out[np.arange(_BULK_WIDTH) >= (end + 2)[:, None]] = 0
+    return out, end + 2
 
 
 _BULK_WIDTH = 18
@@ -121,7 +116,8 @@ def _int64_bulks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     small = (v >= 0) & (v < _SMALL)
     if small.all():
         return _SMALL_BULKS[v], _SMALL_LENS[v]
-    out, lengths = _SMALL_BULKS[np.where(small, v, 0)], _SMALL_LENS[np.where(small, v, 0)]
+    at = np.where(small, v, 0)
+    out, lengths = _SMALL_BULKS[at], _SMALL_LENS[at]
     out[~small], lengths[~small] = _as_bulks(*_varints(v[~small]))
     return out, lengths
 
@@ -161,6 +157,15 @@ class OnlineWriter:
             view: {name: _mmh3(f"{view}:{name}") for name in feature_types(view)}
             for view in ENTITY_KEY
         }
+        self._layout = {
+            view: (
+                list(fields),
+                np.array([i for i, n in enumerate(fields) if feature_types(view)[n] == "int64"]),
+                np.array([i for i, n in enumerate(fields) if feature_types(view)[n] != "int64"]),
+            )
+            for view, fields in self._fields.items()
+        }
+        """View -> its fields in write order, and the positions of the int64 and float64 ones."""
         self._field_bulks = {
             view: np.frombuffer(
                 b"".join(_bulk(f) for f in fields.values()), dtype=np.uint8
@@ -212,25 +217,27 @@ class OnlineWriter:
         width = max(len(h) for h in heads)
         head_data = np.frombuffer(b"".join(h.ljust(width, b"\0") for h in heads), dtype=np.uint8)
         head_lens = np.fromiter((len(h) for h in heads), dtype=np.int64, count=rows)
-        # Every field of every row at once: (R, F, piece) arrays, in the fields' write order;
-        # a piece is the field name's bulk string (fixed: 4-byte murmur3) and the value's.
-        names = list(fields)
-        kinds = feature_types(view)
-        is_int = np.array([kinds[n] == "int64" for n in names])
+        # Every field of every row at once, in the fields' write order: a row is its head and
+        # F pieces, a piece the field name's bulk string (fixed: 4-byte murmur3) and the
+        # value's, padded to one width; `mask` keeps the bytes that are not padding.
+        names, int_at, float_at = self._layout[view]
         field_data = self._field_bulks[view]  # (F, 10)
         fw = field_data.shape[1]
-        pieces = np.zeros((rows, len(names), fw + _BULK_WIDTH), dtype=np.uint8)  # (R, F, P)
-        lens = np.empty((rows, len(names)), dtype=np.int64)  # (R, F)
+        piece = fw + _BULK_WIDTH
+        data = np.empty((rows, width + len(names) * piece), dtype=np.uint8)
+        mask = np.empty(data.shape, dtype=bool)
+        data[:, :width] = head_data.reshape(rows, width)
+        mask[:, :width] = np.arange(width) < head_lens[:, None]
+        pieces = data[:, width:].reshape(rows, len(names), piece)  # a view of `data`
         pieces[:, :, :fw] = field_data
-        ints = np.stack([np.asarray(columns[n]) for n in names if kinds[n] == "int64"], axis=1)
-        pieces[:, is_int, fw:], lens[:, is_int] = _int64_bulks(ints)
-        floats = np.stack([np.asarray(columns[n]) for n in names if kinds[n] != "int64"], axis=1)
-        pieces[:, ~is_int, fw : fw + _DOUBLE_BULK] = _double_bulks(floats)
-        lens[:, ~is_int] = _DOUBLE_BULK
-        piece_mask = np.arange(pieces.shape[2]) < (lens + fw)[..., None]  # (R, F, P)
-        data = np.concatenate([head_data.reshape(rows, width), pieces.reshape(rows, -1)], axis=1)
-        mask = np.concatenate(
-            [np.arange(width) < head_lens[:, None], piece_mask.reshape(rows, -1)], axis=1
+        lens = np.empty((rows, len(names)), dtype=np.int64)  # (R, F) value bulk lengths
+        ints = np.stack([np.asarray(columns[names[i]]) for i in int_at], axis=1)
+        pieces[:, int_at, fw:], lens[:, int_at] = _int64_bulks(ints)
+        floats = np.stack([np.asarray(columns[names[i]]) for i in float_at], axis=1)
+        pieces[:, float_at, fw : fw + _DOUBLE_BULK] = _double_bulks(floats)
+        lens[:, float_at] = _DOUBLE_BULK
+        mask[:, width:].reshape(rows, len(names), piece)[...] = (
+            np.arange(piece) < (lens + fw)[..., None]
         )
         payload = data[mask].tobytes()
         if self._ttl:
@@ -308,6 +315,40 @@ class OnlineWriter:
             raise
         client, conn, pending = self._conns[id(node)]
         self._conns[id(node)] = (client, conn, pending + replies)
+
+    @property
+    def unread(self) -> int:
+        """Replies of writes sent that are not read yet."""
+        return sum(pending for _, _, pending in self._conns.values()) + len(self._after)
+
+    def poll(self) -> int:
+        """Read the replies that have arrived, without waiting for the others; return how many
+        are still outstanding (raise if Redis refused a write).
+
+        On a Redis Cluster this is `collect` (commands queued by `send_command` go out only once
+        every node has acknowledged the writes before them).
+        """
+        if is_cluster(self._client):
+            self.collect()
+            return 0
+        errors: list[redis.ResponseError] = []
+        outstanding = 0
+        for key, (node, conn, pending) in list(self._conns.items()):
+            try:
+                while pending and conn.can_read(timeout=0):
+                    try:
+                        conn.read_response()
+                    except redis.ResponseError as exc:
+                        errors.append(exc)
+                    pending -= 1
+            except BaseException:
+                self._drop_connection()
+                raise
+            self._conns[key] = (node, conn, pending)
+            outstanding += pending
+        if errors:
+            raise FeaturesError(f"Redis refused {len(errors)} writes: {errors[0]}")
+        return outstanding
 
     def collect(self) -> None:
         """Wait for the replies of everything sent; raise if Redis refused any write."""

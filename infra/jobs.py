@@ -229,6 +229,7 @@ def _build_stats(ctx: JobContext) -> BuiltJob:
             s.features,
             offline=s.paths.offline(s.feast_project),
             flow=ctx.flow,
+            durable=ctx.recoverable,
         ),
         _dlq(ctx),
         s.stats,

@@ -199,9 +199,11 @@ class RankerModelState(CalibratedMeta, _ModelState):
     def _forward(self, cols: Columns) -> TaskOutput:
         """The model's raw output on `cols` in eval mode (its mode is restored after)."""
         was = self.model.training
-        self.model.eval()
+        if was:  # a served model is in eval mode already: no walk over its modules
+            self.model.eval()
         out = self.model(self.model.inputs(cols, observe=False))
-        self.model.train(was)
+        if was:
+            self.model.train()
         return out
 
     def outputs(

@@ -357,7 +357,8 @@ class PreRankerModelState(CalibratedMeta, _ModelState):
         and the upper layers per candidate."""
         m, c = self.model, self.config
         was = m.training
-        m.eval()
+        if was:  # a served model is in eval mode already: no walk over its modules
+            m.eval()
         n = len(cols)
         user = cols.take(np.zeros(1, dtype=np.int64))  # the user's inputs, once
         u_rows = torch.from_numpy(self.store["user"].rows(user.user_id))  # (1,)
@@ -369,7 +370,8 @@ class PreRankerModelState(CalibratedMeta, _ModelState):
             stat_tensor(cols.note_stats, c.stat_buckets), note_rates, u_rates.expand(n, -1)
         )  # (n, d_c)
         logits = m.head(u.expand(n, -1), i, x)
-        m.train(was)
+        if was:
+            m.train()
         return self.outputs(logits, calibrated)
 
     @torch.no_grad()

@@ -6,9 +6,11 @@ in the training samples), the channels' candidates (`serving.channels`: `retriev
 the two-tower index; the context channel's popular notes of the user's categories, which reads
 the history if the models did not and probes the exposure filter), ONE exposure-filter call
 over all of them, the unseen candidates merged by quota up to `prerank.candidates` (`rank_k`
-without a pre-ranker), their counts (one round trip), the three-tower pre-ranker's fused score
-cutting them to `rank_k` (`learners.preranker`; the fresh and context channels keep their
-quotas), calibrated MMoE predictions, a fused score, the best `rerank.pool` with a share of the
+without a pre-ranker), their counts (one round trip for those the note statistics cache does
+not hold), the three-tower pre-ranker's fused score cutting them to `rank_k`
+(`learners.preranker`; the fresh and context channels keep their quotas), calibrated MMoE
+predictions on the kept notes' counts (`prerank.rank_from_cache`: those the pre-ranker had;
+off, one more round trip), a fused score, the best `rerank.pool` with a share of the
 slots reserved for the fresh and context channels (`blend_found`), and n of them chosen and
 ordered by MMR with the window rules (`serving.rerank`). Each returned note carries every
 stage's score (docs/funnel.md).
@@ -295,6 +297,7 @@ class Recommender:
         authors, cats = view.retriever.side_info(cand)
         durations = view.retriever.durations(cand)
         pre_fused, pre_place, pre_degraded = None, None, False
+        rank_stats = None  # the kept notes' counts of the pre-ranker's read, when reused
         features_s = 0.0  # the reads of the window counts, for the "features" step
         if preranker is not None and len(cand) > rank_k:
             cache = self._stats_cache(config.prerank.stats_max_age_s)
@@ -314,8 +317,13 @@ class Recommender:
             authors, cats = [authors[j] for j in keep], [cats[j] for j in keep]
             cand_sims, durations = cand_sims[kept], durations[kept]
             pre_fused, pre_place = pre_all[kept], place[kept]
+            if config.prerank.rank_from_cache:
+                rank_stats = pre_stats[kept]
         t0 = time.perf_counter()
-        note_stats, notes_degraded = self.counts("note_stats", cand)  # (k, F): the ranker's, fresh
+        if rank_stats is None:  # (k, F): the ranker's, fresh
+            note_stats, notes_degraded = self.counts("note_stats", cand)
+        else:
+            note_stats, notes_degraded = rank_stats, False
         notes_degraded = notes_degraded or pre_degraded
         t1 = time.perf_counter()
         features_s += t1 - t0

@@ -1,46 +1,48 @@
 """The stats job's output: derived features into Feast's Redis online store and an offline log.
 
-Each `StatsFlush` becomes one pipelined write of Feast's own online format (`OnlineWriter`),
-whose replies are read at the next batch, so Redis writes while the flow computes;
-the flow's event-time high-water mark is kept at `<project>:hwm:stats` in Redis so readers
+Each `StatsFlush` becomes one pipelined write of Feast's own online format (`OnlineWriter`).
+Redis's replies are read as they arrive, without waiting for them (the worker would otherwise
+sit idle while Redis applies a batch), up to `MAX_UNREAD` outstanding replies per partition and
+at every epoch snapshot, where all of them are read. The flow's event-time high-water mark is
+kept at `<project>:hwm:stats` in Redis, sent after the values on the same connection, so readers
 know the time the values are valid as of. The flushes' offline-log rows (`LogRows`, one per
 entity and change time, docs/stats.md) are appended, in parquet part files, to the offline log
-that the feature views' batch sources read (point-in-time training data, `feast materialize`).
+that the feature views' batch sources read (point-in-time training data, `feast materialize`),
+by one `OfflineLogWriter` per process: a thread of its own writes a part of every shard's rows
+about every second.
 
 The sink has one partition per stats shard (`u0`.., `n0`..), so Bytewax calls each partition's
-`snapshot` at every epoch: there the offline rows buffered so far are written (parquet parts
-are written aside, then renamed) and Redis's replies collected, before the epoch - and the Kafka
-offsets with it - is committed. After a crash, the rows of the epochs after the last commit are
-emitted again: the online store gets the same aggregates again, the offline log may hold a row
-twice (identical values and event time, harmless to point-in-time joins), and nothing is lost.
+`snapshot` at every epoch: there the offline rows appended so far are made durable (most are
+written already: the snapshot waits for the last second's part at most) and Redis's replies
+collected, before the epoch - and the Kafka offsets with it - is committed. After a crash, the
+rows of the epochs after the last commit are emitted again: the online store gets the same
+aggregates again, the offline log may hold a row twice (identical values and event time,
+harmless to point-in-time joins), and nothing is lost.
 
 Each write is measured (`streams.metrics`, flow `stats`, sink `online`, store `redis`): entities
-written (`streamrec_job_sink_items_total`), the write's wall time - reading the previous batch's
-replies and pipelining this one - (`streamrec_job_sink_write_seconds`) and its time.
+written (`streamrec_job_sink_items_total`), the write's wall time - reading the replies that
+arrived and pipelining this batch - (`streamrec_job_sink_write_seconds`) and its time.
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from features.client import mark_key
-from features.offline_log import offline_rows, write_offline_parts
+from features.offline_log import OfflineLogWriter
 from features.online_writer import OnlineWriter
 from features.redis_conn import connect
 from features.schema import FeatureConfig, derive
 from streams import metrics
 from streams.pacing import PACER
 from streams.retry import TRANSIENT, with_retry
-from streams.stats import LogRows, StatsFlush, shard_keys
+from streams.stats import StatsFlush, shard_keys
 
-OFFLINE_ROWS = 50_000
-_OFFLINE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="offline-log")
-"""Writes full offline parts off the worker thread (pyarrow releases the GIL while writing)."""
+MAX_UNREAD = 20_000
+"""Replies a partition leaves unread before it waits for Redis (backpressure)."""
 
 
 SINK = "online"
@@ -53,17 +55,16 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         redis_url: str,
         project: str,
         config: FeatureConfig,
-        offline: Path | None,
-        flow: str = "stats",
+        offline: OfflineLogWriter | None,
+        flow: str,
+        durable: bool,
     ) -> None:
         self._redis = connect(redis_url)
+        self._durable = durable
         self._writer = OnlineWriter(self._redis, project)
         self._config = config
         self._hwm_key = mark_key(project, "stats")
         self._offline = offline
-        self._pending: dict[str, list[pa.Table]] = {}
-        self._pending_rows = 0
-        self._writing: list[Future] = []
         self._unacked: list[StatsFlush] = []
         """Flushes sent whose replies are not read yet (sent again if Redis failed them)."""
         self._flow = flow
@@ -74,13 +75,16 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         start = time.perf_counter()
         for flush in items:
             if self._offline is not None and flush.log is not None:
-                self._log(flush.view, flush.log)
+                log = flush.log
+                self._offline.append(flush.view, log.ids, log.counts, log.ts, log.created_ms)
         try:
-            # The replies of the previous batch are read first: Redis wrote it meanwhile.
-            self._writer.collect()
-            self._unacked = []
+            # The replies that arrived are read; Redis applies the rest meanwhile.
+            if self._writer.poll() > MAX_UNREAD:
+                self._writer.collect()
+            if not self._writer.unread:
+                self._unacked = []
             self._send(items)
-            self._unacked = list(items)
+            self._unacked += items
         except TRANSIENT:
             lost, self._unacked = self._unacked + list(items), []
             with_retry(lambda: self._write_now(lost), "stats sink")
@@ -91,7 +95,7 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         metrics.flushed(self._flow, SINK)
 
     def _send(self, items: list[StatsFlush]) -> None:
-        """Pipeline the rows of `items` and the mark (replies read at the next batch)."""
+        """Pipeline the rows of `items` and the mark (replies read as they arrive)."""
         hwm = 0
         for flush in items:
             columns = derive(flush.view, flush.counts, self._config)
@@ -106,34 +110,25 @@ class _Partition(StatefulSinkPartition[StatsFlush, None]):
         self._send(items)
         self._writer.collect()
 
-    def _log(self, view: str, log: LogRows) -> None:
-        columns = derive(view, log.counts, self._config)
-        table = offline_rows(view, log.ids, columns, log.ts, log.created_ms)
-        self._pending.setdefault(view, []).append(table)
-        self._pending_rows += len(log.ids)
-        if self._pending_rows >= OFFLINE_ROWS:
-            self._writing.append(_OFFLINE.submit(write_offline_parts, self._offline, self._pending))
-            self._pending = {}
-            self._pending_rows = 0
-
     def snapshot(self) -> None:
-        """Make everything written so far durable before Bytewax commits the epoch."""
+        """Make everything written so far durable before Bytewax commits the epoch (without a
+        recovery store nothing is committed: a restart re-reads the topic from its start)."""
+        if self._durable:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Wait until Redis has applied every write and the offline rows are on disk."""
         try:
             self._writer.collect()
         except TRANSIENT:
             lost, self._unacked = self._unacked, []
             with_retry(lambda: self._write_now(lost), "stats sink")
         self._unacked = []
-        if self._pending:
-            self._writing.append(_OFFLINE.submit(write_offline_parts, self._offline, self._pending))
-            self._pending = {}
-            self._pending_rows = 0
-        for done in self._writing:
-            done.result()
-        self._writing.clear()
+        if self._offline is not None:
+            self._offline.sync()
 
     def close(self) -> None:
-        self.snapshot()
+        self._settle()
         self._writer.close()
         self._redis.close()
 
@@ -149,7 +144,10 @@ class FeastOnlineSink(FixedPartitionedSink[StatsFlush, None]):
     """Writes stats flushes to Feast's online store (and, optionally, the offline log).
 
     Items are `(shard key, StatsFlush)`; the partitions are the stats shards; `flow` labels
-    the write metrics.
+    the write metrics. `durable`: the flow has a recovery store, so each epoch snapshot waits
+    until Redis has applied the writes and the offline rows are on disk before Bytewax commits
+    the epoch; without one, nothing is committed (a restart re-reads the topic from its start)
+    and the snapshot does not wait.
     """
 
     def __init__(
@@ -160,8 +158,11 @@ class FeastOnlineSink(FixedPartitionedSink[StatsFlush, None]):
         config: FeatureConfig | None = None,
         offline: Path | None = None,
         flow: str = "stats",
+        durable: bool = True,
     ) -> None:
-        self._args = (redis_url, project, config or FeatureConfig(), offline, flow)
+        config = config or FeatureConfig()
+        log = None if offline is None else OfflineLogWriter(offline, config)
+        self._args = (redis_url, project, config, log, flow, durable)
         self._parts = shard_keys(shards)
 
     def list_parts(self) -> list[str]:

@@ -21,6 +21,7 @@ import bisect
 import copy
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -146,21 +147,43 @@ class ShardState:
 
 
 class SharedGeneration:
-    """The online store's generation token, read at most once per `max_age_s` for all the shards
-    of a process (each shard asked for it every second: two Redis round trips per shard, waiting
-    behind the pipelined writes)."""
+    """The online store's generation token for all the shards of a process, read again every
+    `max_age_s` by a thread of its own, so no shard waits for Redis (each shard asked for it
+    every second: two Redis round trips per shard, waiting behind the pipelined writes; then
+    one read per process, still in the worker thread).
+
+    The first call reads the token itself (and raises what the read raised; the next call
+    reads again); after it, a call returns the token the thread read last, or raises, once,
+    what its last read raised.
+    """
 
     def __init__(self, read: Callable[[], str], max_age_s: float) -> None:
         self._read, self._max_age_s = read, max_age_s
-        self._token = ""
-        self._read_at = -math.inf
+        self._token: str | None = None
+        self._error: Exception | None = None
+        self._thread: threading.Thread | None = None
 
     def __call__(self) -> str:
-        now = time.monotonic()
-        if now - self._read_at >= self._max_age_s:
-            self._token = self._read()  # a failure raises, and the next call reads again
-            self._read_at = now
+        if self._token is None:
+            self._token = self._read()
+            self._thread = threading.Thread(target=self._loop, name="generation", daemon=True)
+            self._thread.start()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
         return self._token
+
+    def refresh(self) -> None:
+        """Read the token now (what the thread does every `max_age_s`)."""
+        try:
+            self._token = self._read()
+        except Exception as exc:  # handed to the next call
+            self._error = exc
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self._max_age_s)
+            self.refresh()
 
 
 class ShardLogic(StatefulLogic[ShardBatch, StatsFlush, ShardState]):

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 from features.errors import FeaturesError
 from features.online_writer import OnlineWriter
+from features.redis_conn import is_cluster
 from features.schema import ENTITY_KEY, FeatureConfig, derive, feature_types
 from features.store import (
     REPO,
@@ -185,3 +187,39 @@ def test_redis_url_becomes_feasts_connection_string() -> None:
     )
     with pytest.raises(FeaturesError, match="redis://"):
         connection_string("http://cache.local")
+
+
+def test_poll_reads_what_arrived_and_collect_the_rest(store, redis_client: redis.Redis) -> None:
+    """`poll` never waits: it returns the replies still outstanding; once `collect` returns,
+    none are, and the rows read back as written."""
+    if is_cluster(redis_client):
+        pytest.skip("on a cluster poll is collect")
+    writer = OnlineWriter(redis_client, store.config.project)
+    cols = _columns("note_stats", 2)
+    ids = [f"n{i}" for i in range(len(EDGE_INTS))]
+    for shift in range(3):
+        writer.send("note_stats", ids, {k: np.roll(v, shift) for k, v in cols.items()}, 7)
+    sent = 3 * len(ids)
+    assert writer.unread == sent
+    left = writer.poll()
+    assert 0 <= left <= sent
+    assert writer.unread == left
+    writer.collect()
+    assert writer.unread == 0
+    assert writer.poll() == 0
+    got = online_features(store, "note_stats", ids)
+    assert got["clicks_1d"] == [int(v) for v in np.roll(cols["clicks_1d"], 2)]
+
+
+def test_poll_raises_what_redis_refused(redis_client: redis.Redis) -> None:
+    if is_cluster(redis_client):
+        pytest.skip("on a cluster poll is collect")
+    key = f"str-{uuid.uuid4().hex}"
+    redis_client.set(key, "not a hash")
+    writer = OnlineWriter(redis_client, "p")
+    writer.send_command("HSET", key, "f", "v")
+    deadline = time.monotonic() + 10
+    with pytest.raises(FeaturesError, match="refused 1 writes"):
+        while writer.poll() and time.monotonic() < deadline:  # until Redis's reply arrives
+            pass
+    redis_client.delete(key)

@@ -63,6 +63,23 @@ def test_request_scoring_with_cached_item_tower_equals_batch_scoring() -> None:
     assert state._items == {}
 
 
+def test_predicting_keeps_the_model_mode_and_scores_as_in_eval_mode() -> None:
+    """`predict` of a model in training mode scores in eval mode and leaves it training; a
+    served model (eval mode) stays in eval mode."""
+    cols, _ = synthetic(500, seed=6)
+    state = _state()
+    state.train_step(cols, torch.optim.Adam(state.dense_parameters(), lr=1e-3))
+    req = cols.take(np.zeros(40, dtype=np.int64))
+    state.model.train()
+    training = state.predict(req)
+    assert state.model.training and all(m.training for m in state.model.modules())
+    state.model.eval()
+    served = state.predict(req)
+    assert not any(m.training for m in state.model.modules())
+    for t in served:
+        np.testing.assert_array_equal(training[t], served[t])
+
+
 def test_learns_clicks_and_distillation_pulls_it_towards_the_ranker() -> None:
     train, _ = synthetic(6_000, seed=4)
     test, _ = synthetic(2_000, seed=5)

@@ -237,9 +237,10 @@ def test_a_replica_reading_the_store_url_answers_recommend_identically(
 
 
 def test_cached_note_statistics_give_the_answers_of_fresh_reads(service, redis_url) -> None:
-    """The pre-ranker's note statistics cache (`prerank.stats_max_age_s`) changes no answer
-    while the stored counts stay; when they change, the ranker's scores follow at once (its
-    `rank_k` notes are read fresh), as a service without the cache scores them."""
+    """The note statistics cache (`prerank.stats_max_age_s`, the ranker taking the pre-ranker's
+    counts by default: `prerank.rank_from_cache`) changes no answer while the stored counts
+    stay; with `rank_from_cache` off, when the counts change the ranker's scores follow at once
+    (its `rank_k` notes are read fresh), as a service without the cache scores them."""
     app, watcher, settings = service
     watcher.refresh()
     notes, _ = watcher.current().retriever.item_vectors()
@@ -252,16 +253,18 @@ def test_cached_note_statistics_give_the_answers_of_fresh_reads(service, redis_u
         writer.write("note_stats", notes, cols, 1_700_000_000_000)
 
     write_counts()
-    prerank = settings.serving.prerank.model_copy(update={"stats_max_age_s": 0.0})
-    fresh = service_for(
-        settings.model_copy(
-            update={"serving": settings.serving.model_copy(update={"prerank": prerank})}
-        ),
-        redis_url,
-    )
-    fresh.watcher.refresh()
-    cached, uncached = TestClient(app), TestClient(fresh.app)
+
+    def client_with(**prerank: object) -> TestClient:
+        changed = settings.serving.prerank.model_copy(update=prerank)
+        serving = settings.serving.model_copy(update={"prerank": changed})
+        other = service_for(settings.model_copy(update={"serving": serving}), redis_url)
+        other.watcher.refresh()
+        return TestClient(other.app)
+
+    cached, uncached = TestClient(app), client_with(stats_max_age_s=0.0)
+    rank_fresh = client_with(rank_from_cache=False)
     assert settings.serving.prerank.stats_max_age_s >= 1.0  # the cache is on by default
+    assert settings.serving.prerank.rank_from_cache
 
     def answers(client: TestClient, user: str) -> list[tuple]:
         body = client.get("/recommend", params={"user_id": user, "n": 20}).json()
@@ -269,9 +272,11 @@ def test_cached_note_statistics_give_the_answers_of_fresh_reads(service, redis_u
         return [(i["note_id"], i["scores"], i["prerank_score"]) for i in body["items"]]
 
     for user in ("u1", "u7", "u1"):  # the second u1: every note's counts from the cache
-        assert answers(cached, user) == answers(uncached, user)
-    write_counts()  # the store moves on; the cache still holds the old counts
-    got, want = answers(cached, "u7"), answers(uncached, "u7")
+        want = answers(uncached, user)
+        assert answers(cached, user) == want
+        assert answers(rank_fresh, user) == want
+    write_counts()  # the store moves on; the caches still hold the old counts
+    got, want = answers(rank_fresh, "u7"), answers(uncached, "u7")
     by_note = {n: s for n, s, _ in want}
     common = [(n, s) for n, s, _ in got if n in by_note]
     assert common and all(s == by_note[n] for n, s in common)
