@@ -189,11 +189,11 @@ def test_redis_url_becomes_feasts_connection_string() -> None:
         connection_string("http://cache.local")
 
 
+@pytest.mark.single_redis  # on a cluster `poll` is `collect` (a pipeline per node)
 def test_poll_reads_what_arrived_and_collect_the_rest(store, redis_client: redis.Redis) -> None:
     """`poll` never waits: it returns the replies still outstanding; once `collect` returns,
     none are, and the rows read back as written."""
-    if is_cluster(redis_client):
-        pytest.skip("on a cluster poll is collect")
+    assert not is_cluster(redis_client)
     writer = OnlineWriter(redis_client, store.config.project)
     cols = _columns("note_stats", 2)
     ids = [f"n{i}" for i in range(len(EDGE_INTS))]
@@ -211,9 +211,9 @@ def test_poll_reads_what_arrived_and_collect_the_rest(store, redis_client: redis
     assert got["clicks_1d"] == [int(v) for v in np.roll(cols["clicks_1d"], 2)]
 
 
+@pytest.mark.single_redis
 def test_poll_raises_what_redis_refused(redis_client: redis.Redis) -> None:
-    if is_cluster(redis_client):
-        pytest.skip("on a cluster poll is collect")
+    assert not is_cluster(redis_client)
     key = f"str-{uuid.uuid4().hex}"
     redis_client.set(key, "not a hash")
     writer = OnlineWriter(redis_client, "p")
