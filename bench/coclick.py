@@ -17,13 +17,13 @@ import time
 import uuid
 
 import typer
+from bytewax.testing import run_main
 from rich.console import Console
 from rich.progress import Progress
 
 from bench.common import DATA, bare_read_decode_rate, bench_stack, fresh_topic, median
 from features.neighbours import KINDS, NeighbourStore
 from features.redis_conn import connect
-from infra.stack import ensure_topics
 from streams.config import CoClickConfig
 from streams.itemcf import NeighbourSink, build_flow
 from streams.kafka_io import KafkaBatchSource
@@ -38,36 +38,23 @@ console = Console()
 def coclick_run(bootstrap: str, topic: str, redis_url: str, config: CoClickConfig) -> float:
     """Run the co-click job over `topic` once into a fresh key prefix; return its seconds."""
     project = f"bench_coclick_{uuid.uuid4().hex[:8]}"
-    dead: list[object] = []
     flow = build_flow(
         KafkaBatchSource(bootstrap, topic, tail=False),
         NeighbourSink(redis_url, project, config.per_author),
-        CallbackSink(dead.append),
+        CallbackSink(lambda _: None),
         config,
         recoverable=False,
     )
-    from bytewax.testing import run_main
-
     start = time.perf_counter()
     run_main(flow)
     elapsed = time.perf_counter() - start
     client = connect(redis_url)
-    lists = sum(1 for _ in client.scan_iter(NeighbourStore(client, project).key(KINDS[0], "*")))
-    assert lists > 0, "the co-click job wrote no neighbour list"
-    for keys in _chunks(client.scan_iter(f"{project}:*", count=1_000), 1_000):
-        client.delete(*keys)
+    keys = list(client.scan_iter(match=f"{project}:*", count=1_000))
+    lists = NeighbourStore(client, project).key(KINDS[0], "").encode()
+    assert any(k.startswith(lists) for k in keys), "the co-click job wrote no neighbour list"
+    client.delete(*keys)
+    client.close()
     return elapsed
-
-
-def _chunks(items, n: int):
-    chunk: list = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == n:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def main(
@@ -87,7 +74,6 @@ def main(
             if only is not None and not name.startswith(only):
                 continue
             topic = fresh_topic(state.bootstrap, "bench-coclick")
-            ensure_topics(state.bootstrap, [f"{topic}.dlq"], 1)
             events = replay(source, state.bootstrap, topic).events
             bare: list[float] = []
             job: list[float] = []
