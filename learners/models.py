@@ -37,6 +37,7 @@ from learners.embeddings import EmbeddingStore
 from learners.errors import ModelConfigError
 from learners.inputs import Columns
 from learners.mmoe import WATCH, RankingModel, TaskOutput
+from learners.modules import evaluating
 from learners.snapshots import Snapshot
 from learners.two_tower import TwoTowerModel
 
@@ -198,13 +199,8 @@ class RankerModelState(CalibratedMeta, _ModelState):
 
     def _forward(self, cols: Columns) -> TaskOutput:
         """The model's raw output on `cols` in eval mode (its mode is restored after)."""
-        was = self.model.training
-        if was:  # a served model is in eval mode already: no walk over its modules
-            self.model.eval()
-        out = self.model(self.model.inputs(cols, observe=False))
-        if was:
-            self.model.train()
-        return out
+        with evaluating(self.model):
+            return self.model(self.model.inputs(cols, observe=False))
 
     def outputs(
         self, probs: dict[str, torch.Tensor], watch_logit: torch.Tensor, calibrated: bool = True

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
 from learners.embeddings import IdEmbedding
 from learners.inputs import F
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Run the block with `module` in eval mode, its mode restored after. A module in eval mode
+    already (every served model) is left alone: no walk over its submodules per call."""
+    if not module.training:
+        yield
+        return
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train()
 
 
 class MLP(nn.Module):

@@ -34,7 +34,7 @@ from learners.errors import ModelConfigError
 from learners.inference import Ranker, _Scorer
 from learners.inputs import Columns, R, duration_tensor, rate_tensor, stat_tensor
 from learners.models import CalibratedMeta, _ModelState
-from learners.modules import MLP, StatEmbedding
+from learners.modules import MLP, StatEmbedding, evaluating
 
 WATCH = "watch"
 """The watch-time task, as the ranker's (logit z, sigmoid(z) against t / (1 + t))."""
@@ -356,31 +356,26 @@ class PreRankerModelState(CalibratedMeta, _ModelState):
         candidates: the user tower once (row 0), the item tower from its cache, the cross tower
         and the upper layers per candidate."""
         m, c = self.model, self.config
-        was = m.training
-        if was:  # a served model is in eval mode already: no walk over its modules
-            m.eval()
-        n = len(cols)
-        user = cols.take(np.zeros(1, dtype=np.int64))  # the user's inputs, once
-        u_rows = torch.from_numpy(self.store["user"].rows(user.user_id))  # (1,)
-        u_rates = rate_tensor(user.user_stats, c.rate_prior_strength, c.priors)  # (1, R)
-        u = m.user_tower(u_rows, stat_tensor(user.user_stats, c.stat_buckets), u_rates)  # (1, d_u)
-        i = self.item_vectors(cols)  # (n, d_i)
-        note_rates = rate_tensor(cols.note_stats, c.rate_prior_strength, c.priors)  # (n, R)
-        x = m.cross_tower(
-            stat_tensor(cols.note_stats, c.stat_buckets), note_rates, u_rates.expand(n, -1)
-        )  # (n, d_c)
-        logits = m.head(u.expand(n, -1), i, x)
-        if was:
-            m.train()
+        with evaluating(m):
+            n = len(cols)
+            user = cols.take(np.zeros(1, dtype=np.int64))  # the user's inputs, once
+            u_rows = torch.from_numpy(self.store["user"].rows(user.user_id))  # (1,)
+            u_rates = rate_tensor(user.user_stats, c.rate_prior_strength, c.priors)  # (1, R)
+            u_stats = stat_tensor(user.user_stats, c.stat_buckets)
+            u = m.user_tower(u_rows, u_stats, u_rates)  # (1, d_u)
+            i = self.item_vectors(cols)  # (n, d_i)
+            note_rates = rate_tensor(cols.note_stats, c.rate_prior_strength, c.priors)  # (n, R)
+            x = m.cross_tower(
+                stat_tensor(cols.note_stats, c.stat_buckets), note_rates, u_rates.expand(n, -1)
+            )  # (n, d_c)
+            logits = m.head(u.expand(n, -1), i, x)
         return self.outputs(logits, calibrated)
 
     @torch.no_grad()
     def predict_batch(self, cols: Columns, calibrated: bool = True) -> dict[str, np.ndarray]:
         """`predict` for rows of many users (every tower on every row, no cache)."""
-        was = self.model.training
-        self.model.eval()
-        logits = self.model(self.model.inputs(cols, observe=False))
-        self.model.train(was)
+        with evaluating(self.model):
+            logits = self.model(self.model.inputs(cols, observe=False))
         return self.outputs(logits, calibrated)
 
     def outputs(self, logits: dict[str, torch.Tensor], calibrated: bool) -> dict[str, np.ndarray]:

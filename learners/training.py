@@ -30,6 +30,7 @@ from learners.models import (
     from_json_array,
     json_array,
 )
+from learners.modules import evaluating
 from learners.preranker import PreRankerModelState, fit_offsets, teacher_probabilities
 from learners.snapshots import Snapshot, TableRows
 from learners.two_tower import RetrievalBatch, StreamingFrequency
@@ -444,10 +445,8 @@ class PreRankerState(_State, PreRankerModelState):
         if len(cols) > most:
             pick = np.random.default_rng(seed).choice(len(cols), most, replace=False)
             cols = cols.take(np.sort(pick))
-        was = self.model.training
-        self.model.eval()
-        logits = self.model(self.model.inputs(cols, observe=False))
-        self.model.train(was)
+        with evaluating(self.model):
+            logits = self.model(self.model.inputs(cols, observe=False))
         self.logit_offsets = fit_offsets(
             logits, cols, self.config.tasks, self.config.calibrated, self.neg_keep_rate
         )
