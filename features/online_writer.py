@@ -332,20 +332,7 @@ class OnlineWriter:
             self.collect()
             return 0
         errors: list[redis.ResponseError] = []
-        outstanding = 0
-        for key, (node, conn, pending) in list(self._conns.items()):
-            try:
-                while pending and conn.can_read(timeout=0):
-                    try:
-                        conn.read_response()
-                    except redis.ResponseError as exc:
-                        errors.append(exc)
-                    pending -= 1
-            except BaseException:
-                self._drop_connection()
-                raise
-            self._conns[key] = (node, conn, pending)
-            outstanding += pending
+        _, outstanding = self._read_replies(errors, wait=False)
         if errors:
             raise FeaturesError(f"Redis refused {len(errors)} writes: {errors[0]}")
         return outstanding
@@ -355,18 +342,7 @@ class OnlineWriter:
         errors: list[redis.ResponseError] = []
         replies = 0
         while True:
-            for key, (node, conn, pending) in list(self._conns.items()):
-                try:
-                    for _ in range(pending):
-                        try:
-                            conn.read_response()
-                        except redis.ResponseError as exc:
-                            errors.append(exc)
-                except BaseException:
-                    self._drop_connection()
-                    raise
-                replies += pending
-                self._conns[key] = (node, conn, 0)
+            replies += self._read_replies(errors, wait=True)[0]
             if not self._after or errors:
                 break
             after, self._after = self._after, []
@@ -381,6 +357,26 @@ class OnlineWriter:
             ):
                 refresh_slots(self._client)
             raise FeaturesError(f"Redis refused {len(errors)} of {replies} writes: {errors[0]}")
+
+    def _read_replies(self, errors: list[redis.ResponseError], wait: bool) -> tuple[int, int]:
+        """Read every connection's replies (with `wait` all of them, else those that have
+        arrived), appending Redis's refusals to `errors`; return (read, still outstanding)."""
+        read = outstanding = 0
+        for key, (node, conn, pending) in list(self._conns.items()):
+            try:
+                while pending and (wait or conn.can_read(timeout=0)):
+                    try:
+                        conn.read_response()
+                    except redis.ResponseError as exc:
+                        errors.append(exc)
+                    pending -= 1
+                    read += 1
+            except BaseException:
+                self._drop_connection()
+                raise
+            self._conns[key] = (node, conn, pending)
+            outstanding += pending
+        return read, outstanding
 
     def close(self) -> None:
         """Collect outstanding replies and give the connections back."""

@@ -46,7 +46,8 @@ VIEWS = {"u": "user_stats", "n": "note_stats"}
 
 logger = logging.getLogger(__name__)
 GENERATION_CHECK_S = 1.0
-"""How often a shard asks whether the online store lost its data (one Redis GET)."""
+"""How often a shard asks whether the online store lost its data (the token `SharedGeneration`
+reads in its own thread)."""
 LOG_IDLE_PARTITION_MS = 30_000
 """A partition not heard from for this long (wall time) stops holding the offline log back."""
 
