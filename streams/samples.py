@@ -66,7 +66,7 @@ from streams.events import Event, dead_letter, encode_dead_letter, encode_event
 from streams.ingest import Columns, columns_of, ingest_flow, shard_cache
 from streams.kafka_io import RawBatch
 from streams.retry import with_retry
-from streams.tiles import TileStore
+from streams.tiles import PLAY, TileStore
 from streams.tiles import event_metrics as tile_metrics
 
 FLOW = "samples"
@@ -95,7 +95,7 @@ REASONS = (
 
 def column_arrays(cols: Columns) -> np.ndarray:
     """The (n, 4) int64 columns ts, metric index of the type, watch_ms, duration_ms of `cols`."""
-    return np.column_stack([cols.ts, cols.kind, cols.watch, cols.duration]).reshape(len(cols.ts), 4)
+    return np.column_stack([cols.ts, cols.kind, cols.watch, cols.duration])
 
 
 def event_arrays(events: Sequence[Event]) -> np.ndarray:
@@ -473,7 +473,6 @@ class Pending:
 JoinKey = tuple[str, str, str]
 """(user id, note id, request id or "") of an impression and of the actions joined to it."""
 _STATS = len(STAT_FEATURES)
-_PLAY = TYPE_METRIC["play"]
 _LABEL_COL = np.full(max(TYPE_METRIC.values()) + 1, -1, dtype=np.int64)
 """Metric index of an event type -> its column in `LABELS` (-1: not a label)."""
 for _j, _label in enumerate(LABELS):
@@ -747,7 +746,7 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
             late += len(inside) - len(act)
             attached = len(act)
             kinds = arrays[act, KIND]
-            play = kinds == _PLAY
+            play = kinds == PLAY
             if play.any():
                 np.add.at(block.watch, rows[play], arrays[act[play], WATCH_MS])
                 np.maximum.at(block.duration, rows[play], arrays[act[play], DURATION_MS])
@@ -834,16 +833,16 @@ class UserLogic(_ShardLogic, StatefulLogic[Part | NoteHalves, Out, UserState]):
             dropped_negative=hi - lo - len(rows),
         )
         batch, size = st.batch, self.config.batch_size
-        for sample in self._samples((rows + lo).tolist(), rates.tolist()):
+        for sample in self._samples(rows + lo, rates.tolist()):
             batch.append(sample)
             if len(batch) >= size:
                 out.append(self._flush_batch())
                 batch = st.batch
 
-    def _samples(self, rows: list[int], rates: list[float]) -> list[Sample]:
-        """The samples of open impressions at `rows` (kept with `rates`)."""
+    def _samples(self, at: np.ndarray, rates: list[float]) -> list[Sample]:
+        """The samples of open impressions at rows `at` (int64; kept with `rates`)."""
         block = self.state.open
-        at = np.array(rows, dtype=np.int64)
+        rows = at.tolist()
         watch, played = block.watch[at], block.duration[at]
         item = block.item_duration[at]
         duration = np.where(played == 0, item, played)  # no play: the impression's own
