@@ -510,8 +510,9 @@ def blend_found(
         if channel in (groups or {}):
             of, slots = groups[channel]
             for group, k in slots.items():
-                pick = [j for j in order if of[j] == group and channel in found[j]]
-                pick = [j for j in pick if j not in taken][: min(k, room - len(mine))]
+                pick = [
+                    j for j in order if of[j] == group and channel in found[j] and j not in taken
+                ][: min(k, room - len(mine))]
                 mine += pick
                 taken.update(pick)
         rest = [j for j in order if channel in found[j] and j not in taken]
