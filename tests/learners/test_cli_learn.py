@@ -45,7 +45,8 @@ def test_learn_full_then_online_until_end(
         yaml.safe_dump(
             {
                 "kafka": {"topics": topics},
-                "snapshots": {"root": str(root)},
+                # one delta, at the end: the 1 s cadence adds one whenever the run outlasts it
+                "snapshots": {"root": str(root), "delta_every_s": 3600},
                 "learn": {"batch_size": 256},
             }
         )
